@@ -1,0 +1,154 @@
+//! The embedded default bus: each informational event becomes one JSON line on a writer
+//! (the process's stdout), flushed before it counts as confirmed. There is nobody to ask for
+//! decisions, so requests fail at once with "no responders" and get their fallback.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{BusError, Message};
+
+#[derive(Clone)]
+pub struct Stdout {
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    source: String,
+    time: &'a str,
+    subject: &'a str,
+    key: Option<&'a str>,
+    data: &'a RawValue,
+}
+
+impl Stdout {
+    pub fn new(out: Box<dyn Write + Send>) -> Stdout {
+        Stdout { out: Arc::new(Mutex::new(out)) }
+    }
+
+    /// Writes one line per message and flushes; all succeed or all fail together.
+    pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
+        let mut text = Vec::with_capacity(batch.iter().map(|m| m.payload.len() + 256).sum());
+        for message in batch {
+            write_line(&mut text, message);
+        }
+        let out = self.out.clone();
+        // The writer may be a pipe that blocks: keep it off the async workers.
+        let written = tokio::task::spawn_blocking(move || {
+            let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            out.write_all(&text).and_then(|()| out.flush())
+        })
+        .await;
+        let result = match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(BusError::Unavailable(format!("write to stdout: {error}"))),
+            Err(error) => Err(BusError::Unavailable(format!("stdout writer: {error}"))),
+        };
+        vec![result; batch.len()]
+    }
+
+    pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
+        Err(BusError::NoResponders(message.destination.clone()))
+    }
+
+    pub async fn close(&self) {
+        let _ = self.publish(&[]).await;
+    }
+}
+
+fn write_line(text: &mut Vec<u8>, message: &Message) {
+    let compact = compact_json(&message.payload);
+    // The payload was checked to be one JSON object when it was accepted.
+    let data: &RawValue = serde_json::from_slice(&compact).expect("accepted payloads are JSON");
+    let line = Line {
+        id: &message.id,
+        kind: &message.command,
+        source: format!("/tencent/{}", message.sdk_app_id),
+        time: &message.time_text,
+        subject: &message.destination,
+        key: message.key.as_deref(),
+        data,
+    };
+    serde_json::to_writer(&mut *text, &line).expect("writing JSON to a Vec cannot fail");
+    text.push(b'\n');
+}
+
+/// Drops the whitespace between JSON tokens so a pretty-printed body fits on one line; the
+/// bytes of every string and number are kept as received.
+fn compact_json(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        }
+        out.push(byte);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_keeps_strings_and_numbers() {
+        let pretty = b"{\n  \"a b\": \"x \\\" y\\\\\",\n  \"n\": [1.50, -2e3 ]\n}\n";
+        assert_eq!(compact_json(pretty), br#"{"a b":"x \" y\\","n":[1.50,-2e3]}"#);
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn one_line_per_event() {
+        let shared = Shared::default();
+        let bus = Stdout::new(Box::new(shared.clone()));
+        let origin = super::super::Origin { sdk_app_id: "1400".into(), ..Default::default() };
+        let message = Message::new(
+            "tencent",
+            "Live.X",
+            Some("r1".into()),
+            origin,
+            Bytes::from_static(b"{\n \"RoomId\": \"r1\"\n}"),
+        );
+        let results = bus.publish(&[message.clone(), message.clone()]).await;
+        assert!(results.iter().all(Result::is_ok));
+        let text = String::from_utf8(shared.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(line["id"], message.id.as_str());
+        assert_eq!(line["type"], "Live.X");
+        assert_eq!(line["source"], "/tencent/1400");
+        assert_eq!(line["subject"], "tencent.Live.X");
+        assert_eq!(line["key"], "r1");
+        assert_eq!(line["data"]["RoomId"], "r1");
+        assert!(matches!(bus.request(&message).await, Err(BusError::NoResponders(_))));
+    }
+}

@@ -1,0 +1,310 @@
+//! Command-line flags and their `HOOKBUS_*` environment variables: the only module that reads
+//! either. `main` turns a [`ServeArgs`] into built things (a bus, a listener, [`Limits`],
+//! [`Decisions`]) and passes those down; nothing below `main` sees the flags themselves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::decision::{Decisions, Fallback};
+use crate::routes::Limits;
+
+/// Tencent gives up on a blocking callback after this long; our deadline must be shorter.
+pub const TENCENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Parser)]
+#[command(name = "hookbus", version, about = "Tencent Cloud Live and Chat callbacks onto Kafka, NATS or RabbitMQ")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Send the documented sample callbacks, signed, to a running gateway and print each answer.
+    Simulate(SimulateArgs),
+    /// Answer blocking callbacks (gifts, messages) from the bus: a reference responder.
+    Respond(RespondArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusKind {
+    Stdout,
+    Nats,
+    Amqp,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the bus is and how to talk to it; shared by `serve` and `respond`.
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// Message bus to publish to.
+    #[arg(long, env = "HOOKBUS_BUS", value_enum, default_value = "stdout")]
+    pub bus: BusKind,
+    /// Destination prefix: events go to `{prefix}.{CallbackCommand}`.
+    #[arg(long, env = "HOOKBUS_PREFIX", default_value = "tencent", value_parser = parse_prefix)]
+    pub prefix: String,
+    /// NATS server URL.
+    #[arg(long, env = "HOOKBUS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Publish through JetStream and wait for its PubAck (a stream must cover the subjects).
+    #[arg(long, env = "HOOKBUS_NATS_JETSTREAM")]
+    pub nats_jetstream: bool,
+    /// Create a JetStream stream NAME over `{prefix}.>` at start when none covers the subjects.
+    #[arg(long, env = "HOOKBUS_NATS_CREATE_STREAM", value_name = "NAME")]
+    pub nats_create_stream: Option<String>,
+    /// RabbitMQ URL.
+    #[arg(long, env = "HOOKBUS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Durable topic exchange that events are published to (declared at start).
+    #[arg(long, env = "HOOKBUS_AMQP_EXCHANGE", default_value = "tencent")]
+    pub amqp_exchange: String,
+    /// Kafka bootstrap brokers, comma-separated.
+    #[arg(long, env = "HOOKBUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic this instance reads decisions from [default: `{prefix}.replies.{instance id}`].
+    #[arg(long, env = "HOOKBUS_KAFKA_REPLY_TOPIC")]
+    pub kafka_reply_topic: Option<String>,
+    /// Create missing topics through the admin API before their first publish.
+    #[arg(long, env = "HOOKBUS_KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kafka_create_topics: bool,
+    /// Partitions of topics the gateway creates.
+    #[arg(long, env = "HOOKBUS_KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+    /// Name of this instance (reply topic, logs) [default: hostname plus a random suffix].
+    #[arg(long, env = "HOOKBUS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOOKBUS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Path that Tencent posts callbacks to.
+    #[arg(long, env = "HOOKBUS_PATH", default_value = "/", value_parser = parse_path)]
+    pub path: String,
+    /// Accepted SdkAppid (repeatable; comma-separated in the environment). Any when absent.
+    #[arg(long = "sdk-app-id", env = "HOOKBUS_SDK_APP_ID", value_delimiter = ',')]
+    pub sdk_app_ids: Vec<String>,
+    /// Callback token: when set, `Sign` and `RequestTime` are required and checked.
+    #[arg(long, env = "HOOKBUS_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// File holding the callback token (trailing whitespace ignored).
+    #[arg(long, env = "HOOKBUS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Largest accepted difference between RequestTime and now.
+    #[arg(long, env = "HOOKBUS_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+    /// Largest accepted callback body.
+    #[arg(long, env = "HOOKBUS_MAX_BODY_BYTES", default_value_t = 65536)]
+    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub bus: BusArgs,
+    /// How long a blocking callback waits for a decision (must be under 2s).
+    #[arg(long, env = "HOOKBUS_DECISION_TIMEOUT", default_value = "1500ms", value_parser = parse_decision_timeout)]
+    pub decision_timeout: Duration,
+    /// Answer for a gift when no valid decision arrives in time.
+    #[arg(long, env = "HOOKBUS_GIFT_FALLBACK", value_enum, default_value = "deny")]
+    pub gift_fallback: Fallback,
+    /// Answer for a room message when no valid decision arrives in time.
+    #[arg(long, env = "HOOKBUS_MESSAGE_FALLBACK", value_enum, default_value = "allow")]
+    pub message_fallback: Fallback,
+    /// Keep the outbox on disk in this directory (crash-safe). Not yet supported.
+    #[arg(long, env = "HOOKBUS_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Events the in-memory outbox holds before callbacks are answered 503.
+    #[arg(long, env = "HOOKBUS_OUTBOX_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbox_capacity: u32,
+    /// Time allowed on SIGTERM/SIGINT to finish requests and flush the outbox.
+    #[arg(long, env = "HOOKBUS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// TLS certificate (PEM). Not yet supported.
+    #[arg(long, env = "HOOKBUS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM). Not yet supported.
+    #[arg(long, env = "HOOKBUS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, env = "HOOKBUS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Gateway callback URL.
+    #[arg(long, env = "HOOKBUS_SIMULATE_URL", default_value = "http://127.0.0.1:8080/")]
+    pub url: String,
+    /// SdkAppid to send.
+    #[arg(long, env = "HOOKBUS_SDK_APP_ID", default_value = "1400000000")]
+    pub sdk_app_id: String,
+    /// Token to sign with (no Sign is sent without one).
+    #[arg(long, env = "HOOKBUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Commands to send [default: every documented sample].
+    pub commands: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RespondArgs {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    /// Decision to give: allow, deny or a numeric ErrorCode.
+    #[arg(long, default_value = "allow", value_parser = parse_decision)]
+    pub decision: i64,
+    /// Wait this long before answering (to try the deadline).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub delay: Duration,
+}
+
+impl ServeArgs {
+    /// The request-handling limits these flags describe, with the token read from its file.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| anyhow::anyhow!("cannot read --token-file {}: {error}", path.display()))?;
+                Some(text.trim_end().to_owned())
+            }
+            (None, None) => None,
+        };
+        if token.as_deref() == Some("") {
+            anyhow::bail!("the callback token is empty");
+        }
+        Ok(Limits {
+            path: self.path.clone(),
+            sdk_app_ids: self.sdk_app_ids.clone(),
+            token,
+            max_clock_skew: self.max_clock_skew,
+            max_body_bytes: self.max_body_bytes,
+            prefix: self.bus.prefix.clone(),
+        })
+    }
+
+    pub fn decisions(&self) -> Decisions {
+        Decisions {
+            timeout: self.decision_timeout,
+            gift_fallback: self.gift_fallback,
+            message_fallback: self.message_fallback,
+        }
+    }
+}
+
+impl BusArgs {
+    /// The instance id, made unique per process when not given.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "hookbus".to_owned());
+            let suffix = uuid::Uuid::now_v7().simple().to_string();
+            format!("{host}-{}", &suffix[suffix.len() - 8..])
+        })
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("{error} (write e.g. 1500ms or 2s)"))
+}
+
+fn parse_decision_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout >= TENCENT_TIMEOUT {
+        return Err("must be under 2s: Tencent gives up on a blocking callback at 2s".into());
+    }
+    if timeout.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(timeout)
+}
+
+fn parse_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err("must start with /".into());
+    }
+    if ["/healthz", "/readyz", "/metrics"].contains(&text) {
+        return Err(format!("{text} is reserved"));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_prefix(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !text.starts_with('.')
+        && !text.ends_with('.');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("use letters, digits, '.', '_' and '-', not starting or ending with '.'".into())
+    }
+}
+
+fn parse_decision(text: &str) -> Result<i64, String> {
+    match text {
+        "allow" => Ok(0),
+        "deny" => Ok(1),
+        code => code.parse().map_err(|_| "write allow, deny or a numeric ErrorCode".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec!["hookbus", "serve"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Serve(args) => args,
+            other => panic!("parsed {other:?}"),
+        })
+    }
+
+    #[test]
+    fn defaults_serve_on_stdout() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(args.bus.bus, BusKind::Stdout);
+        assert_eq!(args.decision_timeout, Duration::from_millis(1500));
+        assert_eq!(args.gift_fallback, Fallback::Deny);
+        assert_eq!(args.message_fallback, Fallback::Allow);
+        assert_eq!(args.listen.port(), 8080);
+    }
+
+    #[test]
+    fn decision_timeout_of_two_seconds_or_more_is_refused() {
+        let error = serve(&["--decision-timeout", "2s"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("under 2s"), "{error}");
+        assert!(serve(&["--decision-timeout", "1999ms"]).is_ok());
+    }
+
+    #[test]
+    fn bad_durations_and_paths_are_refused() {
+        assert!(serve(&["--shutdown-grace", "ten"]).is_err());
+        assert!(serve(&["--path", "callback"]).is_err());
+        assert!(serve(&["--path", "/metrics"]).is_err());
+        assert!(serve(&["--prefix", "a b"]).is_err());
+    }
+
+    #[test]
+    fn sdk_app_ids_repeat() {
+        let args = serve(&["--sdk-app-id", "1", "--sdk-app-id", "2,3"]).unwrap();
+        assert_eq!(args.sdk_app_ids, ["1", "2", "3"]);
+    }
+}

@@ -1,0 +1,199 @@
+//! Blocking callbacks: ask a responder over the bus, wait until the deadline, check the reply,
+//! and answer Tencent with the decision or the configured fallback. The deadline lives here
+//! alone (`timeout` around `Bus::request`); backends only send and match replies.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::bus::{Bus, BusError, Message};
+use crate::metrics::Metrics;
+use crate::tencent::Blocking;
+
+/// What to answer when no valid decision arrives in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fallback {
+    Allow,
+    Deny,
+}
+
+/// How blocking callbacks are decided.
+#[derive(Debug, Clone)]
+pub struct Decisions {
+    pub timeout: Duration,
+    pub gift_fallback: Fallback,
+    pub message_fallback: Fallback,
+}
+
+/// How a decision came about; a metric label each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Reply,
+    Timeout,
+    NoResponders,
+    Invalid,
+    BusError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Reply, Outcome::Timeout, Outcome::NoResponders, Outcome::Invalid, Outcome::BusError];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Reply => "reply",
+            Outcome::Timeout => "timeout",
+            Outcome::NoResponders => "no-responders",
+            Outcome::Invalid => "invalid",
+            Outcome::BusError => "bus-error",
+        }
+    }
+}
+
+/// A responder's reply: exactly what it would have answered Tencent.
+#[derive(Debug, Deserialize)]
+struct Reply<'a> {
+    #[serde(rename = "ErrorCode")]
+    code: i64,
+    #[serde(rename = "ErrorInfo", default)]
+    info: String,
+    #[serde(rename = "MsgBody", borrow)]
+    msg_body: Option<&'a RawValue>,
+    #[serde(rename = "CloudCustomData", borrow)]
+    cloud_custom_data: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(rename = "ActionStatus")]
+    status: &'static str,
+    #[serde(rename = "ErrorCode")]
+    code: i64,
+    #[serde(rename = "ErrorInfo")]
+    info: &'a str,
+    #[serde(rename = "MsgBody", skip_serializing_if = "Option::is_none")]
+    msg_body: Option<&'a RawValue>,
+    #[serde(rename = "CloudCustomData", skip_serializing_if = "Option::is_none")]
+    cloud_custom_data: Option<&'a RawValue>,
+}
+
+impl Decisions {
+    /// Asks the bus for a decision on `message` and returns the body to answer Tencent with.
+    /// Never fails: every problem becomes the fallback, counted and logged.
+    pub async fn decide(&self, bus: &Bus, kind: Blocking, mut message: Message, metrics: &Metrics) -> Bytes {
+        let started = Instant::now();
+        let deadline = SystemTime::now() + self.timeout;
+        message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
+        let (outcome, answer) = match tokio::time::timeout(self.timeout, bus.request(&message)).await {
+            Ok(Ok(reply)) => match answer_reply(kind, &reply) {
+                Ok(answer) => (Outcome::Reply, answer),
+                Err(reason) => {
+                    tracing::warn!(id = %message.id, reason, reply = %String::from_utf8_lossy(&reply), "invalid decision reply");
+                    (Outcome::Invalid, self.fallback(kind, "invalid reply"))
+                }
+            },
+            Ok(Err(BusError::NoResponders(_))) => (Outcome::NoResponders, self.fallback(kind, "no responders")),
+            Ok(Err(error)) => {
+                tracing::warn!(id = %message.id, %error, "decision request failed");
+                (Outcome::BusError, self.fallback(kind, "bus error"))
+            }
+            Err(_elapsed) => (Outcome::Timeout, self.fallback(kind, "decision timeout")),
+        };
+        let elapsed = started.elapsed();
+        metrics.decision(kind, outcome, elapsed);
+        tracing::debug!(id = %message.id, command = kind.command(), outcome = outcome.label(), ?elapsed, "decided");
+        answer
+    }
+
+    fn fallback(&self, kind: Blocking, why: &str) -> Bytes {
+        let fallback = match kind {
+            Blocking::Gift => self.gift_fallback,
+            Blocking::Message => self.message_fallback,
+        };
+        let (code, info) = match fallback {
+            Fallback::Allow => (0, String::new()),
+            Fallback::Deny => (1, format!("hookbus fallback: {why}")),
+        };
+        encode(&Answer { status: "OK", code, info: &info, msg_body: None, cloud_custom_data: None })
+    }
+}
+
+/// Checks a reply and turns it into Tencent's answer; `Err` names what is wrong with it.
+fn answer_reply(kind: Blocking, reply: &[u8]) -> Result<Bytes, &'static str> {
+    let reply: Reply = serde_json::from_slice(reply).map_err(|_| "not a JSON object with an integer ErrorCode")?;
+    if !kind.valid_code(reply.code) {
+        return Err("ErrorCode is not valid for this command");
+    }
+    // Only messages may be rewritten, and only when allowed (ErrorCode 0).
+    let rewrite = kind == Blocking::Message && reply.code == 0;
+    let msg_body = reply.msg_body.filter(|_| rewrite);
+    let cloud_custom_data = reply.cloud_custom_data.filter(|_| rewrite);
+    if msg_body.is_some_and(|body| !body.get().starts_with('[')) {
+        return Err("MsgBody is not an array");
+    }
+    if cloud_custom_data.is_some_and(|data| !data.get().starts_with('"')) {
+        return Err("CloudCustomData is not a string");
+    }
+    Ok(encode(&Answer { status: "OK", code: reply.code, info: &reply.info, msg_body, cloud_custom_data }))
+}
+
+fn encode(answer: &Answer) -> Bytes {
+    Bytes::from(serde_json::to_vec(answer).expect("an answer always serialises"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn valid_replies_pass_through() {
+        let answer = answer_reply(Blocking::Gift, br#"{"ErrorCode":102150,"ErrorInfo":"too many"}"#).unwrap();
+        assert_eq!(json(&answer), serde_json::json!({"ActionStatus":"OK","ErrorCode":102150,"ErrorInfo":"too many"}));
+        let answer = answer_reply(Blocking::Gift, br#"{"ErrorCode":0}"#).unwrap();
+        assert_eq!(json(&answer), serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}));
+    }
+
+    #[test]
+    fn messages_may_be_rewritten_when_allowed() {
+        let reply = br#"{"ErrorCode":0,"ErrorInfo":"","MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"***"}}],"CloudCustomData":"x"}"#;
+        let answer = json(&answer_reply(Blocking::Message, reply).unwrap());
+        assert_eq!(answer["MsgBody"][0]["MsgContent"]["Text"], "***");
+        assert_eq!(answer["CloudCustomData"], "x");
+        let denied = json(&answer_reply(Blocking::Message, br#"{"ErrorCode":2,"MsgBody":[]}"#).unwrap());
+        assert_eq!(denied, serde_json::json!({"ActionStatus":"OK","ErrorCode":2,"ErrorInfo":""}));
+        let gift = json(&answer_reply(Blocking::Gift, br#"{"ErrorCode":0,"MsgBody":[]}"#).unwrap());
+        assert!(gift.get("MsgBody").is_none());
+    }
+
+    #[test]
+    fn invalid_replies_are_refused() {
+        for reply in
+            [&br#"{"ErrorCode":2}"#[..], br#"{"ErrorCode":"0"}"#, br#"{"ErrorInfo":"no code"}"#, b"allow", br#"[0]"#]
+        {
+            assert!(answer_reply(Blocking::Gift, reply).is_err(), "{}", String::from_utf8_lossy(reply));
+        }
+        assert!(answer_reply(Blocking::Message, br#"{"ErrorCode":10201}"#).is_err());
+        assert!(answer_reply(Blocking::Message, br#"{"ErrorCode":0,"MsgBody":"x"}"#).is_err());
+        assert!(answer_reply(Blocking::Message, br#"{"ErrorCode":0,"CloudCustomData":1}"#).is_err());
+    }
+
+    #[test]
+    fn fallbacks_follow_the_flags() {
+        let decisions = Decisions {
+            timeout: Duration::from_millis(10),
+            gift_fallback: Fallback::Deny,
+            message_fallback: Fallback::Allow,
+        };
+        let gift = json(&decisions.fallback(Blocking::Gift, "decision timeout"));
+        assert_eq!(gift["ErrorCode"], 1);
+        assert_eq!(gift["ErrorInfo"], "hookbus fallback: decision timeout");
+        let message = json(&decisions.fallback(Blocking::Message, "decision timeout"));
+        assert_eq!(message, serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}));
+    }
+}

@@ -1,0 +1,85 @@
+//! hookbus receives Tencent Cloud Live and Chat callbacks over HTTP and puts them on a
+//! message bus: informational callbacks go through an outbox with broker confirms, blocking
+//! callbacks (gifts, room messages) are decided by a responder over request-reply.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags and `HOOKBUS_*` environment variables; the only module that reads them.
+//! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
+//! - [`routes`]: what each endpoint does; the checks of a callback in order.
+//! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
+//! - [`decision`]: blocking callbacks: deadline, reply validation, fallbacks.
+//! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
+//! - [`bus`]: the enum of concrete bus clients and the message they carry.
+//! - [`metrics`]: counters for `/metrics`.
+//! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
+//! - [`respond`]: a reference responder for blocking callbacks.
+
+pub mod bus;
+pub mod config;
+pub mod decision;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod respond;
+pub mod routes;
+pub mod simulate;
+pub mod tencent;
+
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::bus::Bus;
+use crate::decision::Decisions;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::routes::{App, Limits};
+
+/// The built parts of a gateway, ready to serve.
+pub struct Gateway {
+    pub limits: Limits,
+    pub decisions: Decisions,
+    pub bus: Bus,
+    pub outbox_capacity: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// What a finished run left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Accepted events the bus had not confirmed when the grace period ran out.
+    pub lost: usize,
+}
+
+/// Serves callbacks on `listener` until `shutdown` resolves; then stops accepting, finishes
+/// open requests, and flushes the outbox, all within the shutdown grace period.
+pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Report {
+    let metrics = Arc::new(Metrics::default());
+    let outbox = Arc::new(Outbox::new(gateway.outbox_capacity));
+    let publisher = tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone()));
+    let app = Arc::new(App {
+        limits: gateway.limits,
+        decisions: gateway.decisions,
+        bus: gateway.bus.clone(),
+        outbox: outbox.clone(),
+        metrics: metrics.clone(),
+    });
+    let left = http::serve(listener, app, shutdown, gateway.shutdown_grace).await;
+    outbox.close();
+    tracing::info!(depth = outbox.depth(), within = ?left, "flushing the outbox");
+    let mut publisher = publisher;
+    if tokio::time::timeout(left, &mut publisher).await.is_err() {
+        publisher.abort();
+    }
+    let lost = outbox.depth();
+    if lost > 0 {
+        metrics.lost.fetch_add(lost as u64, Relaxed);
+        tracing::error!(lost, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
+    }
+    gateway.bus.close().await;
+    Report { lost }
+}

@@ -1,0 +1,93 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use hookbus::bus::Bus;
+use hookbus::config::{Cli, Command, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
+use hookbus::respond::Responder;
+use hookbus::Gateway;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().flatten_event(true).init(),
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Simulate(args) => simulate(args).await,
+            Command::Respond(args) => respond(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("hookbus: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.tls_cert.is_none(), "--tls-cert is not supported yet");
+    anyhow::ensure!(args.spool_dir.is_none(), "--spool-dir is not supported yet");
+    let limits = args.limits()?;
+    let bus = Bus::connect(&args.bus).await.context("connecting to the bus")?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, path = limits.path, bus = ?args.bus.bus, "hookbus ready");
+    let gateway = Gateway {
+        limits,
+        decisions: args.decisions(),
+        bus,
+        outbox_capacity: args.outbox_capacity as usize,
+        shutdown_grace: args.shutdown_grace,
+    };
+    let report = hookbus::run(gateway, listener, signal()).await;
+    tracing::info!(lost = report.lost, "hookbus stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let answers =
+        hookbus::simulate::simulate(&args.url, &args.sdk_app_id, args.token.as_deref(), &args.commands).await?;
+    let mut all_ok = true;
+    for answer in answers {
+        all_ok &= answer.status == 200;
+        println!("{:<48} {} {}", answer.command, answer.status, answer.body);
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn respond(args: RespondArgs) -> anyhow::Result<ExitCode> {
+    let bus = Bus::connect(&args.bus).await.context("connecting to the bus")?;
+    let responder = Responder { code: args.decision, delay: args.delay };
+    tokio::select! {
+        result = bus.respond(&args.bus.prefix, responder) => result.context("responding")?,
+        () = signal() => {}
+    }
+    bus.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on the first SIGINT or SIGTERM (Kubernetes sends SIGTERM).
+async fn signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail at start-up");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,160 @@
+//! Counters for `/metrics`, rendered in the Prometheus text format. Labels are bounded:
+//! commands past [`MAX_COMMANDS`] distinct values share the label `other`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::decision::Outcome;
+use crate::tencent::Blocking;
+
+const MAX_COMMANDS: usize = 64;
+const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 1500, 2000];
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
+    rejections: Mutex<HashMap<&'static str, u64>>,
+    decisions: [[AtomicU64; Outcome::ALL.len()]; 2],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    latency_sum_us: AtomicU64,
+    latency_count: AtomicU64,
+    pub published: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    pub lost: AtomicU64,
+    pub late_replies: AtomicU64,
+    pub unroutable: AtomicU64,
+}
+
+impl Metrics {
+    pub fn request(&self, command: &str, status: u16) {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(statuses) = requests.get_mut(command) {
+            *statuses.entry(status).or_default() += 1;
+            return;
+        }
+        let label = if requests.len() < MAX_COMMANDS { command } else { "other" };
+        *requests.entry(label.to_owned()).or_default().entry(status).or_default() += 1;
+    }
+
+    pub fn rejection(&self, reason: &'static str) {
+        *self.rejections.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    pub fn decision(&self, kind: Blocking, outcome: Outcome, elapsed: Duration) {
+        self.decisions[kind as usize][outcome as usize].fetch_add(1, Relaxed);
+        let ms = elapsed.as_millis() as u64;
+        for (bucket, limit) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_MS) {
+            if ms <= limit {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_sum_us.fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every family; `outbox_depth` is read by the caller.
+    pub fn render(&self, outbox_depth: usize, outbox_capacity: usize, bus_connected: bool) -> String {
+        let mut out = String::with_capacity(4096);
+        family(&mut out, "requests_total", "counter", "Callbacks answered, by command and HTTP status.");
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut requests: Vec<_> = requests.into_iter().collect();
+        requests.sort();
+        for (command, statuses) in requests {
+            for (status, count) in statuses {
+                let _ = writeln!(out, "hookbus_requests_total{{command=\"{command}\",status=\"{status}\"}} {count}");
+            }
+        }
+        family(&mut out, "rejections_total", "counter", "Callbacks refused, by reason.");
+        let mut rejections: Vec<_> =
+            self.rejections.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect();
+        rejections.sort();
+        for (reason, count) in rejections {
+            let _ = writeln!(out, "hookbus_rejections_total{{reason=\"{reason}\"}} {count}");
+        }
+        family(&mut out, "decisions_total", "counter", "Blocking callbacks answered, by command and outcome.");
+        for kind in [Blocking::Gift, Blocking::Message] {
+            for outcome in Outcome::ALL {
+                let count = self.decisions[kind as usize][outcome as usize].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "hookbus_decisions_total{{command=\"{}\",outcome=\"{}\"}} {count}",
+                    kind.command(),
+                    outcome.label()
+                );
+            }
+        }
+        family(&mut out, "decision_seconds", "histogram", "Time from request to decision answer.");
+        for (bucket, limit) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_MS) {
+            let _ = writeln!(
+                out,
+                "hookbus_decision_seconds_bucket{{le=\"{}\"}} {}",
+                limit as f64 / 1000.0,
+                bucket.load(Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(out, "hookbus_decision_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "hookbus_decision_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "hookbus_decision_seconds_count {count}");
+        let gauges = [
+            ("outbox_depth", "Events accepted and not yet confirmed by the bus.", outbox_depth as u64),
+            ("outbox_capacity", "Events the outbox holds before answering 503.", outbox_capacity as u64),
+            ("bus_connected", "1 while the bus link is up.", u64::from(bus_connected)),
+        ];
+        for (name, help, value) in gauges {
+            family(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "hookbus_{name} {value}");
+        }
+        let counters = [
+            ("publishes_confirmed_total", "Events the bus confirmed.", &self.published),
+            ("publishes_retried_total", "Publish attempts that failed and will be retried.", &self.retried),
+            ("publishes_failed_total", "Events the bus refused for good (e.g. unroutable).", &self.failed),
+            ("events_lost_total", "Accepted events not delivered at shutdown (memory outbox).", &self.lost),
+            ("late_replies_total", "Decision replies that arrived after the deadline.", &self.late_replies),
+            ("unroutable_total", "Messages the broker returned as unroutable.", &self.unroutable),
+        ];
+        for (name, help, counter) in counters {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "hookbus_{name} {}", counter.load(Relaxed));
+        }
+        out
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP hookbus_{name} {help}\n# TYPE hookbus_{name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_labels_are_bounded() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_COMMANDS + 10 {
+            metrics.request(&format!("Cmd{n}"), 200);
+        }
+        metrics.request("Cmd0", 200);
+        let text = metrics.render(0, 1, true);
+        assert!(text.contains("hookbus_requests_total{command=\"Cmd0\",status=\"200\"} 2"));
+        assert!(text.contains("hookbus_requests_total{command=\"other\",status=\"200\"} 10"));
+        assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
+    }
+
+    #[test]
+    fn decisions_fill_the_histogram() {
+        let metrics = Metrics::default();
+        metrics.decision(Blocking::Gift, Outcome::Timeout, Duration::from_millis(1500));
+        let text = metrics.render(3, 10, false);
+        assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\"} 1"));
+        assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1\"} 0"));
+        assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1.5\"} 1"));
+        assert!(text.contains("hookbus_outbox_depth 3"));
+        assert!(text.contains("hookbus_bus_connected 0"));
+    }
+}

@@ -1,0 +1,232 @@
+//! What each endpoint does: the callback path (SPEC §2, checks in order), `/healthz`,
+//! `/readyz` and `/metrics`. Generic over the request body so tests can call [`handle`]
+//! without a socket; sockets, connections and shutdown belong to `http`.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::bus::{Bus, Message, Origin};
+use crate::decision::Decisions;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::tencent::{self, Blocking, Body, Query, SignError};
+
+/// How callbacks are checked.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub path: String,
+    /// Accepted SdkAppids; any when empty.
+    pub sdk_app_ids: Vec<String>,
+    pub token: Option<String>,
+    pub max_clock_skew: std::time::Duration,
+    pub max_body_bytes: usize,
+    pub prefix: String,
+}
+
+/// Everything a request needs, built once at start.
+pub struct App {
+    pub limits: Limits,
+    pub decisions: Decisions,
+    pub bus: Bus,
+    pub outbox: Arc<Outbox>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a callback was refused: the status, the Tencent FAIL body and the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// Carries the method that is allowed.
+    #[error("method not allowed: use {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("SdkAppid is not accepted")]
+    Forbidden,
+    #[error("{}", .0.reason())]
+    Unauthorized(SignError),
+    #[error("body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{reason}")]
+    BadRequest { label: &'static str, reason: &'static str },
+    #[error("outbox full, try again later")]
+    Overloaded,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::NotFound => StatusCode::NOT_FOUND,
+            Rejection::Forbidden => StatusCode::FORBIDDEN,
+            Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `reason` label of `hookbus_rejections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::MethodNotAllowed(_) => "method",
+            Rejection::NotFound => "not_found",
+            Rejection::Forbidden => "sdkappid",
+            Rejection::Unauthorized(SignError::Missing) => "sign_missing",
+            Rejection::Unauthorized(SignError::BadTime) => "sign_bad_time",
+            Rejection::Unauthorized(SignError::Stale) => "sign_stale",
+            Rejection::Unauthorized(SignError::Mismatch) => "sign_mismatch",
+            Rejection::PayloadTooLarge(_) => "too_large",
+            Rejection::BadRequest { label, .. } => label,
+            Rejection::Overloaded => "outbox_full",
+        }
+    }
+
+    fn bad(label: &'static str, reason: &'static str) -> Rejection {
+        Rejection::BadRequest { label, reason }
+    }
+}
+
+const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
+
+/// Answers one request. Never fails: every problem is a Tencent-shaped FAIL answer.
+pub async fn handle<B>(app: &App, request: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = request.uri().path();
+    let get = request.method() == Method::GET;
+    match path {
+        _ if path == app.limits.path => callback(app, request).await,
+        "/healthz" if get => text(StatusCode::OK, "ok\n"),
+        "/readyz" if get => {
+            if !app.bus.is_connected() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "bus disconnected\n")
+            } else if app.outbox.is_full() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "outbox full\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/metrics" if get => {
+            let body = app.metrics.render(app.outbox.depth(), app.outbox.capacity(), app.bus.is_connected());
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            response
+        }
+        "/healthz" | "/readyz" | "/metrics" => reject(app, "", Rejection::MethodNotAllowed("GET")),
+        _ => reject(app, "", Rejection::NotFound),
+    }
+}
+
+async fn callback<B>(app: &App, request: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let query = Query::parse(request.uri().query().unwrap_or(""));
+    let command = query.command.clone().unwrap_or_default();
+    match accept(app, request, query).await {
+        Ok((command, answer)) => {
+            app.metrics.request(&command, 200);
+            tracing::debug!(command, latency = ?started.elapsed(), "callback answered");
+            let mut response = Response::new(Full::new(answer));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(rejection) => reject(app, &command, rejection),
+    }
+}
+
+/// The checks of SPEC §2 in order; on success the command and the answer body.
+async fn accept<B>(app: &App, request: Request<B>, query: Query) -> Result<(String, Bytes), Rejection>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let limits = &app.limits;
+    if request.method() != Method::POST {
+        return Err(Rejection::MethodNotAllowed("POST"));
+    }
+    let sdk_app_id = query.sdk_app_id.as_deref().unwrap_or("");
+    if !limits.sdk_app_ids.is_empty() && !limits.sdk_app_ids.iter().any(|id| id == sdk_app_id) {
+        return Err(Rejection::Forbidden);
+    }
+    if let Some(token) = &limits.token {
+        let (sign, time) = (query.sign.as_deref(), query.request_time.as_deref());
+        tencent::verify(token, sign, time, limits.max_clock_skew, SystemTime::now())
+            .map_err(Rejection::Unauthorized)?;
+    }
+    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
+        return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
+    }
+    let payload = match Limited::new(request.into_body(), limits.max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
+        }
+        Err(_) => return Err(Rejection::bad("body_read", "body could not be read")),
+    };
+    let body = Body::parse(&payload).map_err(|reason| Rejection::bad("not_json_object", reason))?;
+    let command = match (query.command, body.callback_command.as_deref()) {
+        (Some(query), Some(body)) if query != body => {
+            return Err(Rejection::bad("command_mismatch", "CallbackCommand differs between query and body"));
+        }
+        (Some(query), _) => query,
+        (None, Some(body)) => body.to_owned(),
+        (None, None) => return Err(Rejection::bad("command_missing", "CallbackCommand is missing")),
+    };
+    if !tencent::valid_command(&command) {
+        return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
+    }
+    let origin = Origin {
+        sdk_app_id: sdk_app_id.to_owned(),
+        client_ip: query.client_ip.unwrap_or_default(),
+        opt_platform: query.opt_platform.unwrap_or_default(),
+    };
+    let message = Message::new(&limits.prefix, &command, body.room_key(), origin, payload);
+    match Blocking::of(&command) {
+        Some(kind) => {
+            let answer = app.decisions.decide(&app.bus, kind, message, &app.metrics).await;
+            Ok((command, answer))
+        }
+        None => {
+            app.outbox.push(message).map_err(|_| Rejection::Overloaded)?;
+            Ok((command, Bytes::from_static(OK)))
+        }
+    }
+}
+
+/// Answers a refusal, logs its reason once and counts it.
+fn reject(app: &App, command: &str, rejection: Rejection) -> Response<Full<Bytes>> {
+    let status = rejection.status();
+    let label = if tencent::valid_command(command) { command } else { "unknown" };
+    app.metrics.request(label, status.as_u16());
+    app.metrics.rejection(rejection.label());
+    tracing::warn!(status = status.as_u16(), reason = %rejection, label = rejection.label(), command = label, "callback rejected");
+    let body = serde_json::json!({
+        "ActionStatus": "FAIL",
+        "ErrorCode": status.as_u16(),
+        "ErrorInfo": rejection.to_string(),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Rejection::MethodNotAllowed(allow) = rejection {
+        response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
