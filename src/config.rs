@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bus::Bus;
 use crate::decision::{Decisions, Fallback};
+use crate::Gateway;
 use crate::routes::Limits;
 
 /// Tencent gives up on a blocking callback after this long; our deadline must be shorter.
@@ -170,7 +172,7 @@ pub struct RespondArgs {
 
 impl ServeArgs {
     /// The request-handling limits these flags describe, with the token read from its file.
-    pub fn limits(&self) -> anyhow::Result<Limits> {
+    fn limits(&self) -> anyhow::Result<Limits> {
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => Some(token.clone()),
             (None, Some(path)) => {
@@ -193,12 +195,19 @@ impl ServeArgs {
         })
     }
 
-    pub fn decisions(&self) -> Decisions {
-        Decisions {
-            timeout: self.decision_timeout,
-            gift_fallback: self.gift_fallback,
-            message_fallback: self.message_fallback,
-        }
+    /// The gateway these flags describe, on an already connected bus.
+    pub fn gateway(&self, bus: Bus) -> anyhow::Result<Gateway> {
+        Ok(Gateway {
+            limits: self.limits()?,
+            decisions: Decisions {
+                timeout: self.decision_timeout,
+                gift_fallback: self.gift_fallback,
+                message_fallback: self.message_fallback,
+            },
+            bus,
+            outbox_capacity: self.outbox_capacity as usize,
+            shutdown_grace: self.shutdown_grace,
+        })
     }
 }
 

@@ -8,7 +8,6 @@ use tracing_subscriber::EnvFilter;
 use hookbus::bus::Bus;
 use hookbus::config::{Cli, Command, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
 use hookbus::respond::Responder;
-use hookbus::Gateway;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -44,17 +43,10 @@ fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.tls_cert.is_none(), "--tls-cert is not supported yet");
     anyhow::ensure!(args.spool_dir.is_none(), "--spool-dir is not supported yet");
-    let limits = args.limits()?;
     let bus = Bus::connect(&args.bus).await.context("connecting to the bus")?;
+    let gateway = args.gateway(bus)?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, path = limits.path, bus = ?args.bus.bus, "hookbus ready");
-    let gateway = Gateway {
-        limits,
-        decisions: args.decisions(),
-        bus,
-        outbox_capacity: args.outbox_capacity as usize,
-        shutdown_grace: args.shutdown_grace,
-    };
+    tracing::info!(listen = %listener.local_addr()?, path = gateway.limits.path, bus = ?args.bus.bus, "hookbus ready");
     let report = hookbus::run(gateway, listener, signal()).await;
     tracing::info!(lost = report.lost, "hookbus stopped");
     Ok(ExitCode::SUCCESS)

@@ -73,14 +73,6 @@ pub async fn simulate(
     token: Option<&str>,
     commands: &[String],
 ) -> anyhow::Result<Vec<Answer>> {
-    let uri: Uri = url.parse().with_context(|| format!("bad --url {url}"))?;
-    anyhow::ensure!(uri.scheme_str() == Some("http"), "--url must be http://host:port/path");
-    let host = uri.host().context("--url has no host")?;
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port)).await.with_context(|| format!("cannot connect to {host}:{port}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-
     let chosen: Vec<(&str, &[u8])> = if commands.is_empty() {
         SAMPLES.to_vec()
     } else {
@@ -92,6 +84,14 @@ pub async fn simulate(
             })
             .collect::<anyhow::Result<_>>()?
     };
+    let uri: Uri = url.parse().with_context(|| format!("bad --url {url}"))?;
+    anyhow::ensure!(uri.scheme_str() == Some("http"), "--url must be http://host:port/path");
+    let host = uri.host().context("--url has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port)).await.with_context(|| format!("cannot connect to {host}:{port}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+
     let mut answers = Vec::with_capacity(chosen.len());
     for (command, body) in chosen {
         let target = format!("{}?{}", uri.path(), query(sdk_app_id, command, token));

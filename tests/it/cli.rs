@@ -1,0 +1,91 @@
+//! The binary as a newcomer runs it: `hookbus serve` on the embedded default, `hookbus
+//! simulate` against it, SIGTERM, and refused flags.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookbus");
+
+/// Starts `hookbus serve` on a free port and returns it with the address it logged.
+fn serve(flags: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("the gateway logs before exiting").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn serve_simulate_and_sigterm() {
+    let (mut child, addr) = serve(&["--token", "t0k", "--sdk-app-id", "1400000000"]);
+    let output = Command::new(BIN)
+        .args(["simulate", "--url", &format!("http://{addr}/"), "--token", "t0k"])
+        .output()
+        .expect("simulate runs");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{printed}");
+    let answers: Vec<&str> = printed.lines().collect();
+    assert_eq!(answers.len(), hookbus::simulate::SAMPLES.len());
+    assert!(answers.iter().all(|line| line.contains(" 200 ")), "{printed}");
+    let gift = answers.iter().find(|l| l.starts_with("Live.CallbackBeforeSendGift")).unwrap();
+    assert!(gift.contains(r#""ErrorCode":1"#), "{gift}");
+
+    let unsigned = Command::new(BIN)
+        .args(["simulate", "--url", &format!("http://{addr}/"), "Live.CallbackAfterCreateRoom"])
+        .output()
+        .unwrap();
+    assert!(!unsigned.status.success());
+    assert!(String::from_utf8_lossy(&unsigned.stdout).contains(" 401 "));
+
+    terminate(&child);
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut events = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut events).unwrap();
+    let events: Vec<serde_json::Value> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), hookbus::simulate::SAMPLES.len() - 2, "every informational sample, once");
+    assert!(events.iter().all(|e| e["source"] == "/tencent/1400000000"));
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_clear_error() {
+    for (flags, expected) in [
+        (&["--decision-timeout", "2s"][..], "under 2s"),
+        (&["--listen", "nowhere"], "--listen"),
+        (&["--bus", "redis"], "possible values"),
+    ] {
+        let output = Command::new(BIN).arg("serve").args(flags).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+    }
+}
+
+#[test]
+fn simulate_refuses_unknown_samples() {
+    let output = Command::new(BIN).args(["simulate", "Live.NoSuchThing"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no documented sample"));
+}

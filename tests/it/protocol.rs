@@ -1,0 +1,232 @@
+//! The callback checks of SPEC §2 and every documented sample, over real HTTP, on the
+//! stdout bus writing to a buffer the test reads back.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hookbus::bus::stdout::Stdout;
+use hookbus::bus::Bus;
+use hyper::Method;
+use serde_json::json;
+
+use crate::support::{eventually, request, samples, Captured, Gateway, APP, TOKEN};
+
+const SECURED: &[&str] = &["--sdk-app-id", APP, "--token", TOKEN];
+
+async fn secured() -> (Gateway, Captured) {
+    let captured = Captured::default();
+    let bus = Bus::Stdout(Stdout::new(Box::new(captured.clone())));
+    (Gateway::start(SECURED, bus).await, captured)
+}
+
+fn ok() -> serde_json::Value {
+    json!({"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0})
+}
+
+#[tokio::test]
+async fn every_sample_is_accepted_and_published_exactly() {
+    let (gateway, captured) = secured().await;
+    let samples = samples();
+    let mut informational = Vec::new();
+    for (command, body) in &samples {
+        let (status, answer) = gateway.post(command, body).await;
+        assert_eq!(status, 200, "{command}");
+        match command.as_str() {
+            "Live.CallbackBeforeSendGift" => {
+                assert_eq!(answer["ErrorCode"], 1, "gifts fall back to deny: {answer}");
+                assert_eq!(answer["ActionStatus"], "OK");
+            }
+            "Group.CallbackBeforeSendMsg" => assert_eq!(answer, json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""})),
+            _ => {
+                assert_eq!(answer, ok(), "{command}");
+                informational.push((command, body));
+            }
+        }
+    }
+    let report = gateway.stop().await;
+    assert_eq!(report.lost, 0);
+    let lines = captured.lines();
+    assert_eq!(lines.len(), informational.len(), "one line per informational event, none for decisions");
+    for (line, (command, body)) in lines.iter().zip(&informational) {
+        let data: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(line["type"], command.as_str());
+        assert_eq!(line["subject"], format!("tencent.{command}"));
+        assert_eq!(line["source"], format!("/tencent/{APP}"));
+        assert_eq!(line["data"], data, "{command}");
+        assert_eq!(uuid::Uuid::parse_str(line["id"].as_str().unwrap()).unwrap().get_version_num(), 7);
+        assert!(humantime::parse_rfc3339(line["time"].as_str().unwrap()).is_ok());
+    }
+    let key = |command: &str| lines.iter().find(|l| l["type"] == command).unwrap()["key"].clone();
+    assert_eq!(key("Live.CallbackAfterCreateRoom"), "tandy-test-rest");
+    assert_eq!(key("Group.CallbackAfterSendMsg"), "@TGS#2J4SZEAEL");
+    assert_eq!(key("Live.CallbackAfterStartBattle"), "pk-3");
+    assert_eq!(key("Live.CallbackAfterCloudRecordingChanged"), "635055");
+    assert_eq!(key("Follow.CallbackAfterFollowAdd"), serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn unknown_commands_are_forwarded() {
+    let (gateway, captured) = secured().await;
+    let body = br#"{"CallbackCommand":"Live.CallbackAfterSomethingNew","RoomId":"r9"}"#;
+    assert_eq!(gateway.post("Live.CallbackAfterSomethingNew", body).await, (200, ok()));
+    gateway.stop().await;
+    let lines = captured.lines();
+    assert_eq!(lines[0]["subject"], "tencent.Live.CallbackAfterSomethingNew");
+    assert_eq!(lines[0]["key"], "r9");
+}
+
+/// Posts with a raw target and body and returns status, ErrorCode and ErrorInfo.
+async fn raw(gateway: &Gateway, method: Method, target: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let (status, answer) = request(gateway.addr, method, target, body).await;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON answer");
+    if status != 200 {
+        assert_eq!(answer["ActionStatus"], "FAIL", "{answer}");
+        assert_eq!(answer["ErrorCode"], status, "{answer}");
+        assert!(!answer["ErrorInfo"].as_str().unwrap().is_empty());
+    }
+    (status, answer)
+}
+
+fn signed(command: &str, app: &str, token: &str, time: u64) -> String {
+    let time = time.to_string();
+    let sign = hookbus::tencent::sign(token, &time);
+    format!("/?SdkAppid={app}&CallbackCommand={command}&contenttype=json&Sign={sign}&RequestTime={time}")
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn every_rejection_answers_a_tencent_failure() {
+    let (gateway, captured) = secured().await;
+    let room = br#"{"CallbackCommand":"Live.CallbackAfterCreateRoom"}"#;
+    let cmd = "Live.CallbackAfterCreateRoom";
+    let good = signed(cmd, APP, TOKEN, now());
+    let cases: Vec<(&str, Method, String, Vec<u8>, u16, &str)> = vec![
+        ("GET on the callback path", Method::GET, good.clone(), vec![], 405, "method"),
+        ("PUT on the callback path", Method::PUT, good.clone(), room.to_vec(), 405, "method"),
+        ("foreign SdkAppid", Method::POST, signed(cmd, "999", TOKEN, now()), room.to_vec(), 403, "SdkAppid"),
+        ("no SdkAppid", Method::POST, format!("/?CallbackCommand={cmd}"), room.to_vec(), 403, "SdkAppid"),
+        ("no Sign", Method::POST, format!("/?SdkAppid={APP}&CallbackCommand={cmd}"), room.to_vec(), 401, "required"),
+        ("wrong token", Method::POST, signed(cmd, APP, "other", now()), room.to_vec(), 401, "match"),
+        ("stale", Method::POST, signed(cmd, APP, TOKEN, now() - 120), room.to_vec(), 401, "skew"),
+        ("from the future", Method::POST, signed(cmd, APP, TOKEN, now() + 120), room.to_vec(), 401, "skew"),
+        ("too large", Method::POST, good.clone(), vec![b' '; 65537], 413, "larger"),
+        ("not JSON", Method::POST, good.clone(), b"hello".to_vec(), 400, "JSON"),
+        ("a JSON array", Method::POST, good.clone(), b"[1]".to_vec(), 400, "object"),
+        ("truncated JSON", Method::POST, good.clone(), b"{\"a\":".to_vec(), 400, "JSON"),
+        (
+            "commands differ",
+            Method::POST,
+            good.clone(),
+            br#"{"CallbackCommand":"Live.CallbackAfterDestroyRoom"}"#.to_vec(),
+            400,
+            "differs",
+        ),
+        (
+            "no command anywhere",
+            Method::POST,
+            format!("/?SdkAppid={APP}&Sign={}&RequestTime={}", hookbus::tencent::sign(TOKEN, &now().to_string()), now()),
+            b"{}".to_vec(),
+            400,
+            "missing",
+        ),
+        ("command unfit for a subject", Method::POST, signed("a.%3E", APP, TOKEN, now()), b"{}".to_vec(), 400, "characters"),
+        ("other path", Method::POST, "/elsewhere".into(), room.to_vec(), 404, "not found"),
+        ("POST on /healthz", Method::POST, "/healthz".into(), vec![], 405, "method"),
+    ];
+    for (name, method, target, body, status, info) in cases {
+        let (got, answer) = raw(&gateway, method, &target, &body).await;
+        assert_eq!(got, status, "{name}: {answer}");
+        assert!(answer["ErrorInfo"].as_str().unwrap().contains(info), "{name}: {answer}");
+    }
+    let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    for reason in ["method", "sdkappid", "sign_missing", "sign_mismatch", "sign_stale", "too_large", "command_mismatch"] {
+        assert!(metrics.contains(&format!("hookbus_rejections_total{{reason=\"{reason}\"}}")), "{reason}\n{metrics}");
+    }
+    assert!(metrics.contains("hookbus_rejections_total{reason=\"not_json_object\"} 3"), "{metrics}");
+    gateway.stop().await;
+    assert!(captured.lines().is_empty(), "nothing rejected reaches the bus");
+}
+
+#[tokio::test]
+async fn query_is_case_insensitive_and_command_may_come_from_the_body() {
+    let (gateway, captured) = secured().await;
+    let time = now().to_string();
+    let sign = hookbus::tencent::sign(TOKEN, &time).to_uppercase();
+    let target = format!("/?SDKAPPID={APP}&sign={sign}&requesttime={time}&clientip=10.1.2.3&optplatform=Android");
+    let body = br#"{"CallbackCommand":"Live.CallbackAfterMemberStateChanged","RoomId":"r1"}"#;
+    let (status, answer) = raw(&gateway, Method::POST, &target, body).await;
+    assert_eq!((status, answer), (200, ok()));
+    gateway.stop().await;
+    assert_eq!(captured.lines()[0]["type"], "Live.CallbackAfterMemberStateChanged");
+}
+
+#[tokio::test]
+async fn without_token_or_app_list_anything_signed_or_not_is_accepted() {
+    let captured = Captured::default();
+    let gateway = Gateway::start(&[], Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
+    let (status, _) = raw(&gateway, Method::POST, "/?SdkAppid=1&CallbackCommand=Live.X", b"{}").await;
+    assert_eq!(status, 200);
+    gateway.stop().await;
+    assert_eq!(captured.lines().len(), 1);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let (gateway, _captured) = secured().await;
+    assert_eq!(request(gateway.addr, Method::GET, "/healthz", b"").await.0, 200);
+    assert_eq!(request(gateway.addr, Method::GET, "/readyz", b"").await.0, 200);
+    gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
+    gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
+    let (status, body) = request(gateway.addr, Method::GET, "/metrics", b"").await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.contains("hookbus_requests_total{command=\"Live.CallbackAfterCreateRoom\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"no-responders\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("hookbus_decision_seconds_count 1"), "{text}");
+    gateway.stop().await;
+}
+
+/// A stdout that always fails: nothing is ever confirmed.
+struct Broken;
+
+impl Write for Broken {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "reader gone"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn full_outbox_answers_503_and_unconfirmed_events_are_counted_lost() {
+    let bus = Bus::Stdout(Stdout::new(Box::new(Broken)));
+    let flags = ["--outbox-capacity", "2", "--shutdown-grace", "300ms"];
+    let gateway = Gateway::start(&flags, bus).await;
+    let body = br#"{"RoomId":"r"}"#;
+    let cmd = "Live.CallbackAfterCreateRoom";
+    assert_eq!(gateway.post(cmd, body).await.0, 200);
+    assert_eq!(gateway.post(cmd, body).await.0, 200);
+    let (status, answer) = gateway.post(cmd, body).await;
+    assert_eq!(status, 503);
+    assert_eq!(answer["ActionStatus"], "FAIL");
+    assert_eq!(request(gateway.addr, Method::GET, "/readyz", b"").await.0, 503);
+    let addr = gateway.addr;
+    eventually("retries to be counted", Duration::from_secs(5), || async move {
+        let (_, body) = request(addr, Method::GET, "/metrics", b"").await;
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        !text.contains("hookbus_publishes_retried_total 0")
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let report = gateway.stop().await;
+    assert_eq!(report.lost, 2, "the two accepted events could not be delivered");
+    assert!(started.elapsed() < Duration::from_secs(2), "shutdown kept to its grace period");
+}

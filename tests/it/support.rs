@@ -1,0 +1,132 @@
+//! Shared test plumbing: in-process gateways on 127.0.0.1:0, a small HTTP client, samples,
+//! and waiting for a condition under a timeout (never sleep-and-hope).
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hookbus::bus::Bus;
+use hookbus::config::{Cli, Command, ServeArgs};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const APP: &str = "1400000000";
+pub const TOKEN: &str = "test-token";
+
+/// Parses `hookbus serve` flags as the binary would.
+pub fn serve_args(flags: &[&str]) -> ServeArgs {
+    let argv = ["hookbus", "serve"].iter().chain(flags);
+    match Cli::try_parse_from(argv).expect("valid flags").command {
+        Command::Serve(args) => args,
+        _ => unreachable!("parsed as serve"),
+    }
+}
+
+/// A gateway running in this process until `stop` is called.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<hookbus::Report>,
+}
+
+impl Gateway {
+    /// Starts a gateway with `flags` on an already connected bus.
+    pub async fn start(flags: &[&str], bus: Bus) -> Gateway {
+        let gateway = serve_args(flags).gateway(bus).expect("gateway builds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(hookbus::run(gateway, listener, async {
+            let _ = stopped.await;
+        }));
+        Gateway { addr, shutdown: Some(shutdown), handle }
+    }
+
+    /// Fires the shutdown trigger and waits for the run to finish.
+    pub async fn stop(mut self) -> hookbus::Report {
+        let _ = self.shutdown.take().expect("stopped once").send(());
+        (&mut self.handle).await.expect("gateway task did not panic")
+    }
+
+    /// Posts `body` for `command` with a fresh, valid signature.
+    pub async fn post(&self, command: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let query = hookbus::simulate::query(APP, command, Some(TOKEN));
+        let (status, body) = request(self.addr, Method::POST, &format!("/?{query}"), body).await;
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and body.
+pub async fn request(addr: SocketAddr, method: Method, target: &str, body: &[u8]) -> (u16, Bytes) {
+    let stream = TcpStream::connect(addr).await.expect("connect to the gateway");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.expect("an answer");
+    let status = response.status().as_u16();
+    (status, response.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// Every documented sample as (command, body), read from the project's fixtures.
+pub fn samples() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples");
+    let mut samples: Vec<_> = std::fs::read_dir(dir)
+        .expect("fixtures exist")
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let command = path.file_stem().unwrap().to_string_lossy().into_owned();
+            (command, std::fs::read(&path).unwrap())
+        })
+        .collect();
+    samples.sort();
+    assert!(samples.len() >= 19, "all documented samples are present");
+    samples
+}
+
+/// A writer the test can read back: stands in for the process's stdout.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect()
+    }
+}
+
+/// Waits until `check` holds, polling, or panics after `limit` naming `what`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
