@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bus::Bus;
 use crate::decision::{Decisions, Fallback};
-use crate::Gateway;
 use crate::routes::Limits;
+use crate::Gateway;
 
 /// Tencent gives up on a blocking callback after this long; our deadline must be shorter.
 pub const TENCENT_TIMEOUT: Duration = Duration::from_secs(2);

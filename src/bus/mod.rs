@@ -3,6 +3,7 @@
 //! only dispatches and holds the [`Message`] they all carry. Each backend file is the only
 //! place that names its client library's types and errors.
 
+pub mod nats;
 pub mod stdout;
 
 use std::borrow::Cow;
@@ -105,6 +106,7 @@ pub enum BusError {
 #[derive(Clone)]
 pub enum Bus {
     Stdout(stdout::Stdout),
+    Nats(nats::Nats),
 }
 
 impl Bus {
@@ -112,6 +114,12 @@ impl Bus {
     pub async fn connect(args: &BusArgs) -> Result<Bus, BusError> {
         match args.bus {
             BusKind::Stdout => Ok(Bus::Stdout(stdout::Stdout::new(Box::new(std::io::stdout())))),
+            BusKind::Nats => {
+                let name = args.instance_id();
+                let stream = args.nats_create_stream.as_deref();
+                let bus = nats::Nats::connect(&args.nats_url, args.nats_jetstream, stream, &args.prefix, &name).await?;
+                Ok(Bus::Nats(bus))
+            }
             other => Err(BusError::Connect(format!("the {other:?} bus is not built yet"))),
         }
     }
@@ -120,6 +128,7 @@ impl Bus {
     pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
         match self {
             Bus::Stdout(bus) => bus.publish(batch).await,
+            Bus::Nats(bus) => bus.publish(batch).await,
         }
     }
 
@@ -128,6 +137,7 @@ impl Bus {
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
         match self {
             Bus::Stdout(bus) => bus.request(message).await,
+            Bus::Nats(bus) => bus.request(message).await,
         }
     }
 
@@ -135,16 +145,17 @@ impl Bus {
     pub fn is_connected(&self) -> bool {
         match self {
             Bus::Stdout(_) => true,
+            Bus::Nats(bus) => bus.is_connected(),
         }
     }
 
     /// Answers blocking callbacks under `prefix` until the link fails: `hookbus respond`.
     pub async fn respond(&self, prefix: &str, responder: Responder) -> Result<(), BusError> {
-        let _ = (prefix, responder);
         match self {
             Bus::Stdout(_) => {
                 Err(BusError::Connect("the stdout bus carries no requests: use --bus nats, amqp or kafka".into()))
             }
+            Bus::Nats(bus) => bus.respond(prefix, responder).await,
         }
     }
 
@@ -152,6 +163,7 @@ impl Bus {
     pub async fn close(&self) {
         match self {
             Bus::Stdout(bus) => bus.close().await,
+            Bus::Nats(bus) => bus.close().await,
         }
     }
 }

@@ -4,5 +4,6 @@
 //! - `cli`: the `hookbus` binary as a newcomer runs it: serve, simulate, SIGTERM, bad flags.
 
 mod cli;
+mod nats;
 mod protocol;
 mod support;

@@ -36,7 +36,9 @@ async fn every_sample_is_accepted_and_published_exactly() {
                 assert_eq!(answer["ErrorCode"], 1, "gifts fall back to deny: {answer}");
                 assert_eq!(answer["ActionStatus"], "OK");
             }
-            "Group.CallbackBeforeSendMsg" => assert_eq!(answer, json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""})),
+            "Group.CallbackBeforeSendMsg" => {
+                assert_eq!(answer, json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}))
+            }
             _ => {
                 assert_eq!(answer, ok(), "{command}");
                 informational.push((command, body));
@@ -103,7 +105,9 @@ async fn every_rejection_answers_a_tencent_failure() {
     let room = br#"{"CallbackCommand":"Live.CallbackAfterCreateRoom"}"#;
     let cmd = "Live.CallbackAfterCreateRoom";
     let good = signed(cmd, APP, TOKEN, now());
-    let cases: Vec<(&str, Method, String, Vec<u8>, u16, &str)> = vec![
+    // (case, method, target, body, status, words in ErrorInfo)
+    type Case<'a> = (&'a str, Method, String, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("GET on the callback path", Method::GET, good.clone(), vec![], 405, "method"),
         ("PUT on the callback path", Method::PUT, good.clone(), room.to_vec(), 405, "method"),
         ("foreign SdkAppid", Method::POST, signed(cmd, "999", TOKEN, now()), room.to_vec(), 403, "SdkAppid"),
@@ -127,12 +131,23 @@ async fn every_rejection_answers_a_tencent_failure() {
         (
             "no command anywhere",
             Method::POST,
-            format!("/?SdkAppid={APP}&Sign={}&RequestTime={}", hookbus::tencent::sign(TOKEN, &now().to_string()), now()),
+            format!(
+                "/?SdkAppid={APP}&Sign={}&RequestTime={}",
+                hookbus::tencent::sign(TOKEN, &now().to_string()),
+                now()
+            ),
             b"{}".to_vec(),
             400,
             "missing",
         ),
-        ("command unfit for a subject", Method::POST, signed("a.%3E", APP, TOKEN, now()), b"{}".to_vec(), 400, "characters"),
+        (
+            "command unfit for a subject",
+            Method::POST,
+            signed("a.%3E", APP, TOKEN, now()),
+            b"{}".to_vec(),
+            400,
+            "characters",
+        ),
         ("other path", Method::POST, "/elsewhere".into(), room.to_vec(), 404, "not found"),
         ("POST on /healthz", Method::POST, "/healthz".into(), vec![], 405, "method"),
     ];
@@ -143,7 +158,8 @@ async fn every_rejection_answers_a_tencent_failure() {
     }
     let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
     let metrics = String::from_utf8(metrics.to_vec()).unwrap();
-    for reason in ["method", "sdkappid", "sign_missing", "sign_mismatch", "sign_stale", "too_large", "command_mismatch"] {
+    for reason in ["method", "sdkappid", "sign_missing", "sign_mismatch", "sign_stale", "too_large", "command_mismatch"]
+    {
         assert!(metrics.contains(&format!("hookbus_rejections_total{{reason=\"{reason}\"}}")), "{reason}\n{metrics}");
     }
     assert!(metrics.contains("hookbus_rejections_total{reason=\"not_json_object\"} 3"), "{metrics}");
@@ -184,7 +200,10 @@ async fn health_readiness_and_metrics() {
     let (status, body) = request(gateway.addr, Method::GET, "/metrics", b"").await;
     assert_eq!(status, 200);
     let text = String::from_utf8(body.to_vec()).unwrap();
-    assert!(text.contains("hookbus_requests_total{command=\"Live.CallbackAfterCreateRoom\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains("hookbus_requests_total{command=\"Live.CallbackAfterCreateRoom\",status=\"200\"} 1"),
+        "{text}"
+    );
     assert!(
         text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"no-responders\"} 1"),
         "{text}"

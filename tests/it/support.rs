@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
 use hookbus::bus::Bus;
 use hookbus::config::{Cli, Command, ServeArgs};
+use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -49,6 +49,12 @@ impl Gateway {
             let _ = stopped.await;
         }));
         Gateway { addr, shutdown: Some(shutdown), handle }
+    }
+
+    /// Connects to the bus the flags name, then starts a gateway.
+    pub async fn connect(flags: &[&str]) -> Gateway {
+        let bus = Bus::connect(&serve_args(flags).bus).await.expect("the bus is reachable");
+        Gateway::start(flags, bus).await
     }
 
     /// Fires the shutdown trigger and waits for the run to finish.
@@ -129,4 +135,90 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A keep-alive HTTP/1.1 connection to a gateway, as Tencent would hold one.
+pub struct Client {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect to the gateway");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        Client { addr, sender }
+    }
+
+    /// Posts `body` for `command`, signed; returns the status and the answer's JSON.
+    pub async fn post(&mut self, command: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let query = hookbus::simulate::query(APP, command, Some(TOKEN));
+        let request = Request::post(format!("/?{query}"))
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .unwrap();
+        self.sender.ready().await.expect("connection open");
+        let response = self.sender.send_request(request).await.expect("an answer");
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// A name no other test (or earlier run) uses, for subjects, queues and topics.
+pub fn unique(what: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{what}{}", &id[id.len() - 12..])
+}
+
+/// A TCP proxy in front of a broker that the test can cut, to break the gateway's link.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let links = links.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            }
+        });
+        Proxy { addr, links, accept }
+    }
+
+    /// Drops every open connection through the proxy; new ones are accepted again.
+    pub fn cut(&self) -> usize {
+        let links: Vec<_> = self.links.lock().unwrap().drain(..).collect();
+        let open = links.iter().filter(|link| !link.is_finished()).count();
+        links.iter().for_each(JoinHandle::abort);
+        open
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Resolves `host:port` from a URL such as `nats://127.0.0.1:4222`.
+pub fn socket_of(url: &str) -> SocketAddr {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host_port = rest.rsplit('@').next().unwrap().split('/').next().unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(host_port).unwrap().next().unwrap()
 }

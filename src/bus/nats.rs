@@ -1,0 +1,247 @@
+//! NATS: events as core publishes confirmed by a server round trip, or as JetStream publishes
+//! confirmed by their PubAck (`--nats-jetstream`, with `Nats-Msg-Id` = event id so the stream's
+//! duplicate window drops retried duplicates); decisions as core requests with a reply inbox.
+//! The only file that names async-nats types.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::{Client, ConnectOptions, HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+
+use super::{BusError, Message};
+use crate::respond::Responder;
+use crate::tencent::{GIFT, MESSAGE};
+
+/// A confirm that takes longer than this is treated as failed and the batch is retried.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// The queue group `hookbus respond` joins, so that responders share the requests.
+pub const QUEUE_GROUP: &str = "hookbus-responders";
+
+#[derive(Clone)]
+pub struct Nats {
+    client: Client,
+    /// Set with `--nats-jetstream`.
+    jetstream: Option<Box<jetstream::Context>>,
+    /// No subscriber ever listens here: a request to it comes back "no responders" from the
+    /// server itself, after the server processed every earlier publish of this connection.
+    probe: String,
+}
+
+impl Nats {
+    /// Connects (retrying until the server is reachable is left to the caller's deadline) and,
+    /// with JetStream, checks that a stream covers `{prefix}.>`, creating `create_stream` when
+    /// asked to.
+    pub async fn connect(
+        url: &str,
+        jetstream: bool,
+        create_stream: Option<&str>,
+        prefix: &str,
+        name: &str,
+    ) -> Result<Nats, BusError> {
+        let client = ConnectOptions::new()
+            .name(format!("hookbus {name}"))
+            // Our own deadline is the only one for requests.
+            .request_timeout(None)
+            .max_reconnects(None)
+            .event_callback(|event| async move { tracing::info!(%event, "nats connection event") })
+            .connect(url)
+            .await
+            .map_err(|error| BusError::Connect(format!("NATS at {url}: {error}")))?;
+        let jetstream = if jetstream {
+            let context = jetstream::new(client.clone());
+            ensure_stream(&context, prefix, create_stream).await?;
+            Some(Box::new(context))
+        } else {
+            None
+        };
+        let probe = format!("_HOOKBUS.confirm.{}", client.new_inbox().trim_start_matches("_INBOX."));
+        Ok(Nats { client, jetstream, probe })
+    }
+
+    /// Returns, per message, once the server holds it (core) or the stream stored it (JetStream).
+    pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
+        match &self.jetstream {
+            Some(context) => self.publish_jetstream(context, batch).await,
+            None => {
+                let result = tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_core(batch))
+                    .await
+                    .unwrap_or_else(|_| Err(BusError::Unavailable("NATS confirm timed out".into())));
+                vec![result; batch.len()]
+            }
+        }
+    }
+
+    async fn publish_core(&self, batch: &[Message]) -> Result<(), BusError> {
+        let connects = self.client.statistics().connects.load(Relaxed);
+        for message in batch {
+            self.client
+                .publish_with_headers(message.destination.clone(), headers(message), message.payload.clone())
+                .await
+                .map_err(|error| BusError::Unavailable(format!("NATS publish: {error}")))?;
+        }
+        match self.client.request(self.probe.clone(), Bytes::new()).await {
+            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Err(error) => return Err(BusError::Unavailable(format!("NATS confirm: {error}"))),
+            Ok(_) => return Err(BusError::Unavailable(format!("unexpected subscriber on {}", self.probe))),
+        }
+        // A reconnect between the publishes and the round trip may have lost some of them.
+        if self.client.statistics().connects.load(Relaxed) != connects {
+            return Err(BusError::Unavailable("NATS reconnected during the batch".into()));
+        }
+        Ok(())
+    }
+
+    async fn publish_jetstream(&self, context: &jetstream::Context, batch: &[Message]) -> Vec<Result<(), BusError>> {
+        let mut acks = Vec::with_capacity(batch.len());
+        for message in batch {
+            let mut headers = headers(message);
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, message.id.as_str());
+            acks.push(
+                context.publish_with_headers(message.destination.clone(), headers, message.payload.clone()).await,
+            );
+        }
+        join_all(acks.into_iter().map(|sent| async move {
+            let ack = sent.map_err(|error| BusError::Unavailable(format!("JetStream publish: {error}")))?;
+            ack.await.map(drop).map_err(|error| BusError::Unavailable(format!("JetStream PubAck: {error}")))
+        }))
+        .await
+    }
+
+    /// Sends a core request with a reply inbox and returns the first reply that is not a
+    /// JetStream PubAck (a stream over `{prefix}.>` also answers requests).
+    pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
+        let inbox = self.client.new_inbox();
+        // Dropping the subscription (on reply or when the caller's deadline drops us) unsubscribes.
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|error| BusError::Unavailable(format!("NATS subscribe: {error}")))?;
+        self.client
+            .publish_with_reply_and_headers(
+                message.destination.clone(),
+                inbox,
+                headers(message),
+                message.payload.clone(),
+            )
+            .await
+            .map_err(|error| BusError::Unavailable(format!("NATS request: {error}")))?;
+        while let Some(reply) = replies.next().await {
+            if reply.status == Some(StatusCode::NO_RESPONDERS) {
+                return Err(BusError::NoResponders(message.destination.clone()));
+            }
+            if reply.status.is_some_and(|status| status != StatusCode::OK) || is_stream_answer(&reply.payload) {
+                continue;
+            }
+            return Ok(reply.payload);
+        }
+        Err(BusError::Unavailable("NATS connection closed".into()))
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub async fn close(&self) {
+        if let Err(error) = self.client.flush().await {
+            tracing::warn!(%error, "NATS flush at close failed");
+        }
+    }
+
+    /// Answers gift and message requests in the queue group [`QUEUE_GROUP`].
+    pub async fn respond(&self, prefix: &str, responder: Responder) -> Result<(), BusError> {
+        let mut subscriptions = Vec::new();
+        for command in [GIFT, MESSAGE] {
+            let subject = format!("{prefix}.{command}");
+            let subscription = self
+                .client
+                .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
+                .await
+                .map_err(|error| BusError::Unavailable(format!("NATS subscribe: {error}")))?;
+            tracing::info!(subject, queue = QUEUE_GROUP, "answering requests");
+            subscriptions.push(subscription);
+        }
+        let mut requests = futures_util::stream::select_all(subscriptions);
+        while let Some(request) = requests.next().await {
+            let Some(reply_to) = request.reply else { continue };
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                if let Err(error) = client.publish(reply_to, responder.answer().await).await {
+                    tracing::warn!(%error, "reply not sent");
+                }
+            });
+        }
+        Err(BusError::Unavailable("NATS subscription ended".into()))
+    }
+}
+
+/// CloudEvents binary-mode headers: `ce-<attribute>`.
+fn headers(message: &Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in message.attributes() {
+        headers.insert(format!("ce-{name}").as_str(), value.as_ref());
+    }
+    headers
+}
+
+/// A JetStream PubAck or API error, as opposed to a responder's decision.
+fn is_stream_answer(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct StreamAnswer {
+        #[serde(default)]
+        stream: Option<String>,
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+        #[serde(rename = "ErrorCode", default)]
+        code: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<StreamAnswer>(payload)
+        .is_ok_and(|answer| answer.code.is_none() && (answer.stream.is_some() || answer.error.is_some()))
+}
+
+async fn ensure_stream(context: &jetstream::Context, prefix: &str, create: Option<&str>) -> Result<(), BusError> {
+    let probe = format!("{prefix}.Live.CallbackAfterCreateRoom");
+    match context.stream_by_subject(probe.clone()).await {
+        Ok(stream) => {
+            tracing::info!(stream, subjects = %format!("{prefix}.>"), "JetStream stream found");
+            Ok(())
+        }
+        Err(error) => match create {
+            Some(name) => {
+                let config = jetstream::stream::Config {
+                    name: name.to_owned(),
+                    subjects: vec![format!("{prefix}.>")],
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                };
+                context
+                    .get_or_create_stream(config)
+                    .await
+                    .map_err(|error| BusError::Connect(format!("cannot create JetStream stream {name}: {error}")))?;
+                tracing::info!(stream = name, subjects = %format!("{prefix}.>"), "JetStream stream created");
+                Ok(())
+            }
+            None => Err(BusError::Connect(format!(
+                "no JetStream stream covers {probe} ({error}): create one over '{prefix}.>' \
+                 (nats stream add EVENTS --subjects '{prefix}.>') or pass --nats-create-stream NAME"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_answers_are_told_from_decisions() {
+        assert!(is_stream_answer(br#"{"stream":"EVENTS","seq":7}"#));
+        assert!(is_stream_answer(br#"{"error":{"code":503,"description":"x"}}"#));
+        assert!(!is_stream_answer(br#"{"ErrorCode":0,"ErrorInfo":""}"#));
+        assert!(!is_stream_answer(b"not json"));
+    }
+}
