@@ -66,8 +66,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 async fn respond(args: RespondArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(&args.bus).await.context("connecting to the bus")?;
     let responder = Responder { code: args.decision, delay: args.delay };
+    let (ready, _) = tokio::sync::oneshot::channel();
     tokio::select! {
-        result = bus.respond(&args.bus.prefix, responder) => result.context("responding")?,
+        result = bus.respond(&args.bus.prefix, responder, ready) => result.context("responding")?,
         () = signal() => {}
     }
     bus.close().await;

@@ -23,10 +23,16 @@ pub struct Metrics {
     latency_count: AtomicU64,
     pub published: AtomicU64,
     pub retried: AtomicU64,
-    pub failed: AtomicU64,
-    pub lost: AtomicU64,
-    pub late_replies: AtomicU64,
     pub unroutable: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+/// Values read from the outbox and the bus when `/metrics` is scraped.
+pub struct Gauges {
+    pub outbox_depth: usize,
+    pub outbox_capacity: usize,
+    pub bus_connected: bool,
+    pub late_replies: u64,
 }
 
 impl Metrics {
@@ -56,8 +62,8 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
     }
 
-    /// The Prometheus text exposition of every family; `outbox_depth` is read by the caller.
-    pub fn render(&self, outbox_depth: usize, outbox_capacity: usize, bus_connected: bool) -> String {
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::with_capacity(4096);
         family(&mut out, "requests_total", "counter", "Callbacks answered, by command and HTTP status.");
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -100,27 +106,31 @@ impl Metrics {
         let _ = writeln!(out, "hookbus_decision_seconds_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "hookbus_decision_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "hookbus_decision_seconds_count {count}");
-        let gauges = [
-            ("outbox_depth", "Events accepted and not yet confirmed by the bus.", outbox_depth as u64),
-            ("outbox_capacity", "Events the outbox holds before answering 503.", outbox_capacity as u64),
-            ("bus_connected", "1 while the bus link is up.", u64::from(bus_connected)),
+        let values = [
+            ("outbox_depth", "Events accepted and not yet confirmed by the bus.", gauges.outbox_depth as u64),
+            ("outbox_capacity", "Events the outbox holds before answering 503.", gauges.outbox_capacity as u64),
+            ("bus_connected", "1 while the bus link is up.", u64::from(gauges.bus_connected)),
         ];
-        for (name, help, value) in gauges {
+        for (name, help, value) in values {
             family(&mut out, name, "gauge", help);
             let _ = writeln!(out, "hookbus_{name} {value}");
         }
         let counters = [
             ("publishes_confirmed_total", "Events the bus confirmed.", &self.published),
             ("publishes_retried_total", "Publish attempts that failed and will be retried.", &self.retried),
-            ("publishes_failed_total", "Events the bus refused for good (e.g. unroutable).", &self.failed),
+            (
+                "publishes_unroutable_total",
+                "Events the broker returned as unroutable: logged, not retried.",
+                &self.unroutable,
+            ),
             ("events_lost_total", "Accepted events not delivered at shutdown (memory outbox).", &self.lost),
-            ("late_replies_total", "Decision replies that arrived after the deadline.", &self.late_replies),
-            ("unroutable_total", "Messages the broker returned as unroutable.", &self.unroutable),
         ];
         for (name, help, counter) in counters {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "hookbus_{name} {}", counter.load(Relaxed));
         }
+        family(&mut out, "late_replies_total", "counter", "Decision replies that arrived after the deadline.");
+        let _ = writeln!(out, "hookbus_late_replies_total {}", gauges.late_replies);
         out
     }
 }
@@ -140,7 +150,7 @@ mod tests {
             metrics.request(&format!("Cmd{n}"), 200);
         }
         metrics.request("Cmd0", 200);
-        let text = metrics.render(0, 1, true);
+        let text = metrics.render(Gauges { outbox_depth: 0, outbox_capacity: 1, bus_connected: true, late_replies: 0 });
         assert!(text.contains("hookbus_requests_total{command=\"Cmd0\",status=\"200\"} 2"));
         assert!(text.contains("hookbus_requests_total{command=\"other\",status=\"200\"} 10"));
         assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
@@ -150,11 +160,13 @@ mod tests {
     fn decisions_fill_the_histogram() {
         let metrics = Metrics::default();
         metrics.decision(Blocking::Gift, Outcome::Timeout, Duration::from_millis(1500));
-        let text = metrics.render(3, 10, false);
+        let text =
+            metrics.render(Gauges { outbox_depth: 3, outbox_capacity: 10, bus_connected: false, late_replies: 2 });
         assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\"} 1"));
         assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1\"} 0"));
         assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1.5\"} 1"));
         assert!(text.contains("hookbus_outbox_depth 3"));
         assert!(text.contains("hookbus_bus_connected 0"));
+        assert!(text.contains("hookbus_late_replies_total 2"));
     }
 }

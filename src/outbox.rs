@@ -121,7 +121,7 @@ impl Outbox {
                             false
                         }
                         Err(BusError::Unroutable(reason)) => {
-                            metrics.failed.fetch_add(1, Relaxed);
+                            metrics.unroutable.fetch_add(1, Relaxed);
                             tracing::error!(id = %message.id, destination = %message.destination, reason, "event unroutable, dropped by the broker");
                             false
                         }

@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::bus::{Bus, Message, Origin};
 use crate::decision::Decisions;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics};
 use crate::outbox::Outbox;
 use crate::tencent::{self, Blocking, Body, Query, SignError};
 
@@ -114,7 +114,12 @@ where
             }
         }
         "/metrics" if get => {
-            let body = app.metrics.render(app.outbox.depth(), app.outbox.capacity(), app.bus.is_connected());
+            let body = app.metrics.render(Gauges {
+                outbox_depth: app.outbox.depth(),
+                outbox_capacity: app.outbox.capacity(),
+                bus_connected: app.bus.is_connected(),
+                late_replies: app.bus.late_replies(),
+            });
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response

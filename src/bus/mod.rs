@@ -3,6 +3,7 @@
 //! only dispatches and holds the [`Message`] they all carry. Each backend file is the only
 //! place that names its client library's types and errors.
 
+pub mod amqp;
 pub mod nats;
 pub mod stdout;
 
@@ -103,10 +104,14 @@ pub enum BusError {
     Unroutable(String),
 }
 
+/// Fired by `respond` once its subscriptions are live.
+pub type Ready = tokio::sync::oneshot::Sender<()>;
+
 #[derive(Clone)]
 pub enum Bus {
     Stdout(stdout::Stdout),
     Nats(nats::Nats),
+    Amqp(amqp::Amqp),
 }
 
 impl Bus {
@@ -120,6 +125,7 @@ impl Bus {
                 let bus = nats::Nats::connect(&args.nats_url, args.nats_jetstream, stream, &args.prefix, &name).await?;
                 Ok(Bus::Nats(bus))
             }
+            BusKind::Amqp => Ok(Bus::Amqp(amqp::Amqp::connect(&args.amqp_url, &args.amqp_exchange).await?)),
             other => Err(BusError::Connect(format!("the {other:?} bus is not built yet"))),
         }
     }
@@ -129,6 +135,7 @@ impl Bus {
         match self {
             Bus::Stdout(bus) => bus.publish(batch).await,
             Bus::Nats(bus) => bus.publish(batch).await,
+            Bus::Amqp(bus) => bus.publish(batch).await,
         }
     }
 
@@ -138,6 +145,7 @@ impl Bus {
         match self {
             Bus::Stdout(bus) => bus.request(message).await,
             Bus::Nats(bus) => bus.request(message).await,
+            Bus::Amqp(bus) => bus.request(message).await,
         }
     }
 
@@ -146,16 +154,28 @@ impl Bus {
         match self {
             Bus::Stdout(_) => true,
             Bus::Nats(bus) => bus.is_connected(),
+            Bus::Amqp(bus) => bus.is_connected(),
+        }
+    }
+
+    /// Decision replies that arrived after their deadline (where the bus can see them: NATS
+    /// drops replies to an abandoned inbox at the server).
+    pub fn late_replies(&self) -> u64 {
+        match self {
+            Bus::Amqp(bus) => bus.late_replies(),
+            Bus::Stdout(_) | Bus::Nats(_) => 0,
         }
     }
 
     /// Answers blocking callbacks under `prefix` until the link fails: `hookbus respond`.
-    pub async fn respond(&self, prefix: &str, responder: Responder) -> Result<(), BusError> {
+    /// `ready` fires once requests are being received.
+    pub async fn respond(&self, prefix: &str, responder: Responder, ready: Ready) -> Result<(), BusError> {
         match self {
             Bus::Stdout(_) => {
                 Err(BusError::Connect("the stdout bus carries no requests: use --bus nats, amqp or kafka".into()))
             }
-            Bus::Nats(bus) => bus.respond(prefix, responder).await,
+            Bus::Nats(bus) => bus.respond(prefix, responder, ready).await,
+            Bus::Amqp(bus) => bus.respond(prefix, responder, ready).await,
         }
     }
 
@@ -164,6 +184,7 @@ impl Bus {
         match self {
             Bus::Stdout(bus) => bus.close().await,
             Bus::Nats(bus) => bus.close().await,
+            Bus::Amqp(bus) => bus.close().await,
         }
     }
 }

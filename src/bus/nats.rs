@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
-use super::{BusError, Message};
+use super::{BusError, Message, Ready};
 use crate::respond::Responder;
 use crate::tencent::{GIFT, MESSAGE};
 
@@ -153,7 +153,7 @@ impl Nats {
     }
 
     /// Answers gift and message requests in the queue group [`QUEUE_GROUP`].
-    pub async fn respond(&self, prefix: &str, responder: Responder) -> Result<(), BusError> {
+    pub async fn respond(&self, prefix: &str, responder: Responder, ready: Ready) -> Result<(), BusError> {
         let mut subscriptions = Vec::new();
         for command in [GIFT, MESSAGE] {
             let subject = format!("{prefix}.{command}");
@@ -166,6 +166,7 @@ impl Nats {
             subscriptions.push(subscription);
         }
         let mut requests = futures_util::stream::select_all(subscriptions);
+        let _ = ready.send(());
         while let Some(request) = requests.next().await {
             let Some(reply_to) = request.reply else { continue };
             let client = self.client.clone();

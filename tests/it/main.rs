@@ -1,8 +1,14 @@
 //! One integration binary. Where a test belongs:
-//! - `support`: starting gateways in-process, an HTTP client, waiting for conditions.
+//! - `support`: in-process gateways, an HTTP client, a cuttable TCP proxy, waiting for conditions.
+//! - `backend`: the real brokers behind one enum: gateway flags, watching events, responders.
 //! - `protocol`: the callback checks of SPEC §2 and the samples, over HTTP, on the stdout bus.
 //! - `cli`: the `hookbus` binary as a newcomer runs it: serve, simulate, SIGTERM, bad flags.
+//! - `buses`: behaviour every bus must have, run on each broker.
+//! - `nats`, `amqp`: what only that bus does.
 
+mod amqp;
+mod backend;
+mod buses;
 mod cli;
 mod nats;
 mod protocol;

@@ -1,0 +1,348 @@
+//! RabbitMQ (AMQP 0-9-1): events published to a durable topic exchange with publisher confirms
+//! and `mandatory` (unroutable events come back and are reported); decisions as RPC over direct
+//! reply-to (`amq.rabbitmq.reply-to`), matched by correlation id. The link (connection and
+//! two channels) is re-established whenever it breaks; a supervisor keeps it up while idle.
+//! The only file that names lapin types.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::oneshot;
+
+use super::{BusError, Message, Ready};
+use crate::respond::Responder;
+use crate::tencent::{GIFT, MESSAGE};
+
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// A connect or a confirm that takes longer than this counts as failed.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the supervisor checks an idle link.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct Amqp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    exchange: String,
+    link: tokio::sync::Mutex<Option<Link>>,
+    connected: AtomicBool,
+    /// Decision requests waiting for their reply, by correlation id (the event id).
+    pending: Mutex<HashMap<String, oneshot::Sender<Bytes>>>,
+    late_replies: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Link {
+    connection: Arc<Connection>,
+    /// Confirm mode: informational events.
+    events: Channel,
+    /// Confirm mode, consuming direct reply-to: decision requests.
+    rpc: Channel,
+}
+
+impl Link {
+    fn is_up(&self) -> bool {
+        self.connection.status().connected() && self.events.status().connected() && self.rpc.status().connected()
+    }
+}
+
+impl Amqp {
+    /// Connects, declares the durable topic exchange, and starts the link supervisor.
+    pub async fn connect(url: &str, exchange: &str) -> Result<Amqp, BusError> {
+        let inner = Arc::new(Inner {
+            url: url.to_owned(),
+            exchange: exchange.to_owned(),
+            link: tokio::sync::Mutex::new(None),
+            connected: AtomicBool::new(false),
+            pending: Mutex::default(),
+            late_replies: AtomicU64::new(0),
+        });
+        let amqp = Amqp { inner };
+        amqp.link().await.map_err(|error| BusError::Connect(error.to_string()))?;
+        tokio::spawn(supervise(Arc::downgrade(&amqp.inner)));
+        Ok(amqp)
+    }
+
+    /// The current link, re-established first when it broke.
+    async fn link(&self) -> Result<Link, BusError> {
+        let mut slot = self.inner.link.lock().await;
+        if let Some(link) = slot.as_ref().filter(|link| link.is_up()) {
+            return Ok(link.clone());
+        }
+        if slot.take().is_some() {
+            self.inner.connected.store(false, Relaxed);
+            tracing::warn!("AMQP link lost; reconnecting");
+        }
+        let link = tokio::time::timeout(TIMEOUT, open(&self.inner))
+            .await
+            .unwrap_or_else(|_| Err(unavailable("connect", "timed out")))?;
+        tracing::info!(exchange = self.inner.exchange, "AMQP link up");
+        self.inner.connected.store(true, Relaxed);
+        *slot = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Publishes the batch with `mandatory` and waits for every confirm together.
+    pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
+        let link = match self.link().await {
+            Ok(link) => link,
+            Err(error) => return vec![Err(error); batch.len()],
+        };
+        let mut sent = Vec::with_capacity(batch.len());
+        for message in batch {
+            sent.push(
+                link.events
+                    .basic_publish(
+                        self.inner.exchange.as_str().into(),
+                        message.destination.as_str().into(),
+                        BasicPublishOptions { mandatory: true, ..Default::default() },
+                        &message.payload,
+                        properties(message),
+                    )
+                    .await,
+            );
+        }
+        let confirms = join_all(sent.into_iter().map(|sent| async move {
+            let confirm = sent.map_err(|error| unavailable("publish", error))?;
+            match confirm.await.map_err(|error| unavailable("confirm", error))? {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(returned)) => Err(BusError::Unroutable(format!(
+                    "{} {} (no queue bound to the routing key)",
+                    returned.reply_code, returned.reply_text
+                ))),
+                Confirmation::Nack(_) => Err(unavailable("confirm", "nacked by the broker")),
+                Confirmation::NotRequested => Err(unavailable("confirm", "confirms not enabled")),
+            }
+        }));
+        match tokio::time::timeout(TIMEOUT, confirms).await {
+            Ok(results) => results,
+            Err(_) => vec![Err(unavailable("confirm", "timed out")); batch.len()],
+        }
+    }
+
+    /// Publishes a request with direct reply-to and waits for the reply with its correlation id.
+    /// An unroutable request (nobody bound) fails at once with "no responders".
+    pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
+        let link = self.link().await?;
+        let (sender, reply) = oneshot::channel();
+        let _pending = Pending::register(&self.inner, &message.id, sender);
+        let expiration = message.time_left().as_millis().max(1).to_string();
+        let properties = properties(message)
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_correlation_id(message.id.as_str().into())
+            .with_expiration(expiration.into());
+        let confirm = link
+            .rpc
+            .basic_publish(
+                self.inner.exchange.as_str().into(),
+                message.destination.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &message.payload,
+                properties,
+            )
+            .await
+            .map_err(|error| unavailable("request", error))?;
+        match confirm.await.map_err(|error| unavailable("request confirm", error))? {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(_)) => return Err(BusError::NoResponders(message.destination.clone())),
+            other => return Err(unavailable("request confirm", format!("{other:?}"))),
+        }
+        reply.await.map_err(|_| unavailable("reply", "link closed before the reply"))
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Relaxed)
+    }
+
+    /// Replies that arrived after their request had given up.
+    pub fn late_replies(&self) -> u64 {
+        self.inner.late_replies.load(Relaxed)
+    }
+
+    pub async fn close(&self) {
+        if let Some(link) = self.inner.link.lock().await.take() {
+            let _ = link.connection.close(200, "hookbus closing".into()).await;
+        }
+        self.inner.connected.store(false, Relaxed);
+    }
+
+    /// Consumes gift and message requests from the shared queue `{prefix}.decisions` (deleted
+    /// when the last responder leaves, so requests become unroutable and get their fallback
+    /// at once) and replies to each request's `reply_to` with its correlation id.
+    pub async fn respond(&self, prefix: &str, responder: Responder, ready: Ready) -> Result<(), BusError> {
+        let link = self.link().await?;
+        let channel = link.connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
+        let queue = format!("{prefix}.decisions");
+        let options = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+        channel
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+            .map_err(|error| unavailable("queue declare", error))?;
+        for command in [GIFT, MESSAGE] {
+            let key = format!("{prefix}.{command}");
+            let (queue, exchange) = (queue.as_str().into(), self.inner.exchange.as_str().into());
+            channel
+                .queue_bind(queue, exchange, key.into(), QueueBindOptions::default(), FieldTable::default())
+                .await
+                .map_err(|error| unavailable("queue bind", error))?;
+        }
+        channel.basic_qos(256, BasicQosOptions::default()).await.map_err(|error| unavailable("qos", error))?;
+        let mut requests = channel
+            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(|error| unavailable("consume", error))?;
+        tracing::info!(queue, exchange = self.inner.exchange, "answering requests");
+        let _ = ready.send(());
+        while let Some(request) = requests.next().await {
+            let request = request.map_err(|error| unavailable("consume", error))?;
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let properties = &request.properties;
+                if let (Some(reply_to), Some(id)) = (properties.reply_to(), properties.correlation_id()) {
+                    let reply = responder.answer().await;
+                    let reply_properties = BasicProperties::default()
+                        .with_correlation_id(id.clone())
+                        .with_content_type("application/json".into());
+                    let sent = channel
+                        .basic_publish(
+                            "".into(),
+                            reply_to.clone(),
+                            BasicPublishOptions::default(),
+                            &reply,
+                            reply_properties,
+                        )
+                        .await;
+                    if let Err(error) = sent {
+                        tracing::warn!(%error, "reply not sent");
+                    }
+                }
+                let _ = request.acker.ack(BasicAckOptions::default()).await;
+            });
+        }
+        Err(unavailable("consume", "consumer ended"))
+    }
+}
+
+/// Removes a pending request when the request is done or dropped at its deadline.
+struct Pending<'a> {
+    inner: &'a Inner,
+    id: &'a str,
+}
+
+impl<'a> Pending<'a> {
+    fn register(inner: &'a Inner, id: &'a str, sender: oneshot::Sender<Bytes>) -> Pending<'a> {
+        inner.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), sender);
+        Pending { inner, id }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
+    }
+}
+
+/// Opens a connection, the two channels, the exchange and the reply consumer.
+async fn open(inner: &Arc<Inner>) -> Result<Link, BusError> {
+    let connection = Connection::connect(&inner.url, ConnectionProperties::default())
+        .await
+        .map_err(|error| unavailable("connect", error))?;
+    let events = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
+    let rpc = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
+    for channel in [&events, &rpc] {
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|error| unavailable("confirm", error))?;
+    }
+    let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    events
+        .exchange_declare(inner.exchange.as_str().into(), ExchangeKind::Topic, options, FieldTable::default())
+        .await
+        .map_err(|error| unavailable(&format!("declare exchange {}", inner.exchange), error))?;
+    let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut replies = rpc
+        .basic_consume(DIRECT_REPLY_TO.into(), "".into(), options, FieldTable::default())
+        .await
+        .map_err(|error| unavailable("consume replies", error))?;
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        while let Some(Ok(reply)) = replies.next().await {
+            let Some(inner) = weak.upgrade() else { break };
+            let id = reply.properties.correlation_id().as_ref().map(ShortString::as_str).unwrap_or("");
+            let waiting = inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+            match waiting {
+                Some(sender) => drop(sender.send(Bytes::from(reply.data))),
+                None => {
+                    inner.late_replies.fetch_add(1, Relaxed);
+                    tracing::debug!(correlation_id = id, "late or unknown reply dropped");
+                }
+            }
+        }
+    });
+    Ok(Link { connection: Arc::new(connection), events, rpc })
+}
+
+/// Keeps the link up while no traffic would notice it broke, so `/readyz` recovers by itself.
+async fn supervise(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let amqp = Amqp { inner };
+        if let Err(error) = amqp.link().await {
+            tracing::debug!(%error, "AMQP link still down");
+        }
+    }
+}
+
+/// The AMQP properties and CloudEvents headers of an event.
+fn properties(message: &Message) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (name, value) in message.attributes() {
+        headers.insert(format!("cloudEvents:{name}").into(), AMQPValue::LongString(value.as_ref().into()));
+    }
+    let seconds = message.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(message.id.as_str().into())
+        .with_timestamp(seconds)
+        .with_type(message.command.as_str().into())
+        .with_headers(headers)
+}
+
+fn unavailable(what: &str, error: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("AMQP {what}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Origin;
+
+    #[test]
+    fn properties_follow_the_amqp_binding() {
+        let origin = Origin { sdk_app_id: "1400".into(), client_ip: "10.0.0.1".into(), opt_platform: "iOS".into() };
+        let message = Message::new("t", "Live.X", Some("r1".into()), origin, Bytes::from_static(b"{}"));
+        let properties = properties(&message);
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(properties.message_id().as_ref().map(ShortString::as_str), Some(message.id.as_str()));
+        assert_eq!(properties.kind().as_ref().map(ShortString::as_str), Some("Live.X"));
+        let headers = properties.headers().as_ref().unwrap();
+        let header = |name: &str| headers.inner().get(name).cloned();
+        assert_eq!(header("cloudEvents:partitionkey"), Some(AMQPValue::LongString("r1".into())));
+        assert_eq!(header("cloudEvents:source"), Some(AMQPValue::LongString("/tencent/1400".into())));
+        assert!(header("cloudEvents:deadline").is_none());
+    }
+}

@@ -1,0 +1,90 @@
+//! What only the RabbitMQ bus does: requests carry direct reply-to, correlation id and
+//! expiration; unroutable events are reported and counted, not retried forever.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hyper::Method;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use serde_json::json;
+
+use crate::backend::{amqp_url, Backend};
+use crate::support::{eventually, request, unique};
+
+#[tokio::test]
+async fn requests_use_direct_reply_to_with_correlation_and_expiration() {
+    let prefix = unique("t");
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
+    let key = format!("{prefix}.Live.CallbackBeforeSendGift");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            "tencent".into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut requests =
+        channel.basic_consume(queue.name().clone(), "".into(), options, FieldTable::default()).await.unwrap();
+    let replier = tokio::spawn(async move {
+        let request = requests.next().await.unwrap().unwrap();
+        let props = request.properties.clone();
+        // The broker rewrites `amq.rabbitmq.reply-to` to the requester's pseudo-queue.
+        assert!(props.reply_to().as_ref().unwrap().as_str().starts_with("amq.rabbitmq.reply-to."));
+        let expiration: u64 = props.expiration().as_ref().unwrap().as_str().parse().unwrap();
+        assert!(expiration > 0 && expiration <= 1500, "expiration is the time left: {expiration}");
+        let id = props.correlation_id().clone().unwrap();
+        assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some(id.as_str()));
+        let reply = json!({"ErrorCode":102199,"ErrorInfo":"limit"}).to_string();
+        let properties = BasicProperties::default().with_correlation_id(id);
+        let options = BasicPublishOptions::default();
+        let reply_to = props.reply_to().clone().unwrap();
+        channel.basic_publish("".into(), reply_to, options, reply.as_bytes(), properties).await.unwrap();
+        channel
+    });
+    let gateway = Backend::Amqp.gateway(&prefix, None, &[]).await;
+    let (status, answer) = gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
+    assert_eq!((status, answer), (200, json!({"ActionStatus":"OK","ErrorCode":102199,"ErrorInfo":"limit"})));
+    let _channel = replier.await.unwrap();
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn late_replies_are_counted() {
+    let prefix = unique("t");
+    let _responder = Backend::Amqp.responder(&prefix, 0, Duration::from_millis(400)).await;
+    let gateway = Backend::Amqp.gateway(&prefix, None, &["--decision-timeout", "100ms"]).await;
+    let (_, answer) = gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
+    assert_eq!(answer["ErrorInfo"], "hookbus fallback: decision timeout");
+    let addr = gateway.addr;
+    eventually("the late reply to be counted", Duration::from_secs(5), || async move {
+        let (_, body) = request(addr, Method::GET, "/metrics", b"").await;
+        String::from_utf8_lossy(&body).contains("hookbus_late_replies_total 1")
+    })
+    .await;
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn unroutable_events_are_reported_not_retried_forever() {
+    let prefix = unique("t");
+    let gateway = Backend::Amqp.gateway(&prefix, None, &[]).await;
+    let (status, _) = gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
+    assert_eq!(status, 200);
+    let addr = gateway.addr;
+    eventually("the unroutable event to be counted", Duration::from_secs(5), || async move {
+        let (_, body) = request(addr, Method::GET, "/metrics", b"").await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        text.contains("hookbus_publishes_unroutable_total 1") && text.contains("hookbus_outbox_depth 0")
+    })
+    .await;
+    assert_eq!(gateway.stop().await.lost, 0);
+}

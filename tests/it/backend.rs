@@ -1,0 +1,172 @@
+//! The brokers under test, behind one enum so that every behaviour runs on each bus: how to
+//! point a gateway at it (directly or through a proxy), how to watch its events, and how to
+//! start a responder. Broker addresses come from `HOOKBUS_TEST_*` with localhost defaults.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::StreamExt;
+use hookbus::bus::Bus;
+use hookbus::config::{Cli, Command};
+use hookbus::respond::Responder;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+
+use crate::support::{socket_of, Gateway, APP, TOKEN};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Nats,
+    Amqp,
+}
+
+/// One event as a consumer sees it, attributes by CloudEvents name.
+#[derive(Debug)]
+pub struct Event {
+    pub destination: String,
+    pub payload: Bytes,
+    pub attributes: HashMap<String, String>,
+}
+
+pub enum Watcher {
+    Nats(async_nats::Subscriber),
+    Amqp(lapin::Consumer),
+}
+
+pub fn nats_url() -> String {
+    std::env::var("HOOKBUS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("HOOKBUS_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+impl Backend {
+    /// The broker's own address, for a proxy to forward to.
+    pub fn upstream(self) -> SocketAddr {
+        match self {
+            Backend::Nats => socket_of(&nats_url()),
+            Backend::Amqp => socket_of(&amqp_url()),
+        }
+    }
+
+    /// `--bus` flags that reach the broker at `via` (its own address when `None`).
+    pub fn flags(self, via: Option<SocketAddr>) -> Vec<String> {
+        let flags = match (self, via) {
+            (Backend::Nats, None) => ["--bus", "nats", "--nats-url", &nats_url()].map(String::from),
+            (Backend::Nats, Some(addr)) => ["--bus", "nats", "--nats-url", &format!("nats://{addr}")].map(String::from),
+            (Backend::Amqp, None) => ["--bus", "amqp", "--amqp-url", &amqp_url()].map(String::from),
+            (Backend::Amqp, Some(addr)) => {
+                ["--bus", "amqp", "--amqp-url", &format!("amqp://guest:guest@{addr}/%2f")].map(String::from)
+            }
+        };
+        flags.to_vec()
+    }
+
+    /// A secured gateway on this bus with destinations under `prefix`.
+    pub async fn gateway(self, prefix: &str, via: Option<SocketAddr>, extra: &[&str]) -> Gateway {
+        let mut flags = self.flags(via);
+        flags.extend(["--prefix", prefix, "--sdk-app-id", APP, "--token", TOKEN].map(String::from));
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Gateway::connect(&flags).await
+    }
+
+    /// Subscribes to every destination under `prefix`; returns once the subscription is live.
+    pub async fn watch(self, prefix: &str) -> Watcher {
+        match self {
+            Backend::Nats => {
+                let client = async_nats::connect(nats_url()).await.unwrap();
+                let subscriber = client.subscribe(format!("{prefix}.>")).await.unwrap();
+                client.flush().await.unwrap();
+                Watcher::Nats(subscriber)
+            }
+            Backend::Amqp => {
+                let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+                let channel = connection.create_channel().await.unwrap();
+                let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+                let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
+                let name = queue.name().clone();
+                let key = format!("{prefix}.#");
+                let bind = QueueBindOptions::default();
+                channel
+                    .queue_bind(name.clone(), "tencent".into(), key.into(), bind, FieldTable::default())
+                    .await
+                    .unwrap();
+                let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+                let consumer = channel.basic_consume(name, "".into(), options, FieldTable::default()).await.unwrap();
+                // The consumer keeps its channel, and so the connection, alive.
+                std::mem::forget(connection);
+                Watcher::Amqp(consumer)
+            }
+        }
+    }
+
+    /// Runs `hookbus respond` in-process; returns once it receives requests.
+    pub async fn responder(self, prefix: &str, code: i64, delay: Duration) -> tokio::task::JoinHandle<()> {
+        let mut argv = vec!["hookbus".to_owned(), "respond".to_owned()];
+        argv.extend(self.flags(None));
+        argv.extend(["--prefix".to_owned(), prefix.to_owned()]);
+        let Command::Respond(args) = Cli::parse_from(argv).command else { unreachable!() };
+        let bus = Bus::connect(&args.bus).await.unwrap();
+        let (ready, subscribed) = tokio::sync::oneshot::channel();
+        let prefix = prefix.to_owned();
+        let task = tokio::spawn(async move {
+            let _ = bus.respond(&prefix, Responder { code, delay }, ready).await;
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed).await.unwrap().expect("the responder subscribes");
+        task
+    }
+}
+
+impl Watcher {
+    /// The next event, or a panic after `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Event {
+        let next = async {
+            match self {
+                Watcher::Nats(subscriber) => {
+                    let message = subscriber.next().await.expect("subscription open");
+                    let headers = message.headers.unwrap_or_default();
+                    let attributes = headers
+                        .iter()
+                        .filter_map(|(name, values)| {
+                            let name: &str = name.as_ref();
+                            let attribute = name.strip_prefix("ce-")?;
+                            Some((attribute.to_owned(), values.first()?.as_str().to_owned()))
+                        })
+                        .collect();
+                    Event { destination: message.subject.to_string(), payload: message.payload, attributes }
+                }
+                Watcher::Amqp(consumer) => {
+                    let delivery = consumer.next().await.expect("consumer open").expect("a delivery");
+                    let mut attributes = HashMap::new();
+                    if let Some(headers) = delivery.properties.headers() {
+                        for (name, value) in headers.inner() {
+                            let (Some(attribute), AMQPValue::LongString(value)) =
+                                (name.as_str().strip_prefix("cloudEvents:"), value)
+                            else {
+                                continue;
+                            };
+                            attributes.insert(attribute.to_owned(), value.to_string());
+                        }
+                    }
+                    let props = &delivery.properties;
+                    assert_eq!(props.delivery_mode(), &Some(2), "persistent");
+                    assert_eq!(props.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+                    assert_eq!(props.message_id().as_ref().map(|s| s.to_string()), attributes.get("id").cloned());
+                    assert_eq!(props.kind().as_ref().map(|s| s.to_string()), attributes.get("type").cloned());
+                    assert!(props.timestamp().is_some());
+                    Event {
+                        destination: delivery.routing_key.to_string(),
+                        payload: Bytes::from(delivery.data),
+                        attributes,
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(limit, next).await.expect("an event arrives in time")
+    }
+}
