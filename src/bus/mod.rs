@@ -4,6 +4,7 @@
 //! place that names its client library's types and errors.
 
 pub mod amqp;
+pub mod kafka;
 pub mod nats;
 pub mod stdout;
 
@@ -112,6 +113,7 @@ pub enum Bus {
     Stdout(stdout::Stdout),
     Nats(nats::Nats),
     Amqp(amqp::Amqp),
+    Kafka(kafka::Kafka),
 }
 
 impl Bus {
@@ -126,7 +128,19 @@ impl Bus {
                 Ok(Bus::Nats(bus))
             }
             BusKind::Amqp => Ok(Bus::Amqp(amqp::Amqp::connect(&args.amqp_url, &args.amqp_exchange).await?)),
-            other => Err(BusError::Connect(format!("the {other:?} bus is not built yet"))),
+            BusKind::Kafka => {
+                let instance = args.instance_id();
+                let options = kafka::Options {
+                    brokers: args.kafka_brokers.clone(),
+                    create_topics: args.kafka_create_topics,
+                    partitions: args.kafka_partitions,
+                    reply_topic: args
+                        .kafka_reply_topic
+                        .clone()
+                        .unwrap_or_else(|| format!("{}.replies.{instance}", args.prefix)),
+                };
+                Ok(Bus::Kafka(kafka::Kafka::connect(options).await?))
+            }
         }
     }
 
@@ -136,6 +150,7 @@ impl Bus {
             Bus::Stdout(bus) => bus.publish(batch).await,
             Bus::Nats(bus) => bus.publish(batch).await,
             Bus::Amqp(bus) => bus.publish(batch).await,
+            Bus::Kafka(bus) => bus.publish(batch).await,
         }
     }
 
@@ -146,6 +161,7 @@ impl Bus {
             Bus::Stdout(bus) => bus.request(message).await,
             Bus::Nats(bus) => bus.request(message).await,
             Bus::Amqp(bus) => bus.request(message).await,
+            Bus::Kafka(bus) => bus.request(message).await,
         }
     }
 
@@ -155,6 +171,7 @@ impl Bus {
             Bus::Stdout(_) => true,
             Bus::Nats(bus) => bus.is_connected(),
             Bus::Amqp(bus) => bus.is_connected(),
+            Bus::Kafka(bus) => bus.is_connected(),
         }
     }
 
@@ -163,6 +180,7 @@ impl Bus {
     pub fn late_replies(&self) -> u64 {
         match self {
             Bus::Amqp(bus) => bus.late_replies(),
+            Bus::Kafka(bus) => bus.late_replies(),
             Bus::Stdout(_) | Bus::Nats(_) => 0,
         }
     }
@@ -176,6 +194,7 @@ impl Bus {
             }
             Bus::Nats(bus) => bus.respond(prefix, responder, ready).await,
             Bus::Amqp(bus) => bus.respond(prefix, responder, ready).await,
+            Bus::Kafka(bus) => bus.respond(prefix, responder, ready).await,
         }
     }
 
@@ -185,6 +204,7 @@ impl Bus {
             Bus::Stdout(bus) => bus.close().await,
             Bus::Nats(bus) => bus.close().await,
             Bus::Amqp(bus) => bus.close().await,
+            Bus::Kafka(bus) => bus.close().await,
         }
     }
 }

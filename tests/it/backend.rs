@@ -14,6 +14,9 @@ use hookbus::config::{Cli, Command};
 use hookbus::respond::Responder;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::ClientConfig;
 
 use crate::support::{socket_of, Gateway, APP, TOKEN};
 
@@ -21,6 +24,7 @@ use crate::support::{socket_of, Gateway, APP, TOKEN};
 pub enum Backend {
     Nats,
     Amqp,
+    Kafka,
 }
 
 /// One event as a consumer sees it, attributes by CloudEvents name.
@@ -34,6 +38,11 @@ pub struct Event {
 pub enum Watcher {
     Nats(async_nats::Subscriber),
     Amqp(lapin::Consumer),
+    Kafka(Box<StreamConsumer>),
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("HOOKBUS_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
 pub fn nats_url() -> String {
@@ -50,6 +59,7 @@ impl Backend {
         match self {
             Backend::Nats => socket_of(&nats_url()),
             Backend::Amqp => socket_of(&amqp_url()),
+            Backend::Kafka => socket_of(&kafka_brokers()),
         }
     }
 
@@ -62,6 +72,8 @@ impl Backend {
             (Backend::Amqp, Some(addr)) => {
                 ["--bus", "amqp", "--amqp-url", &format!("amqp://guest:guest@{addr}/%2f")].map(String::from)
             }
+            (Backend::Kafka, None) => ["--bus", "kafka", "--kafka-brokers", &kafka_brokers()].map(String::from),
+            (Backend::Kafka, Some(addr)) => ["--bus", "kafka", "--kafka-brokers", &addr.to_string()].map(String::from),
         };
         flags.to_vec()
     }
@@ -101,6 +113,18 @@ impl Backend {
                 // The consumer keeps its channel, and so the connection, alive.
                 std::mem::forget(connection);
                 Watcher::Amqp(consumer)
+            }
+            Backend::Kafka => {
+                let consumer: StreamConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", kafka_brokers())
+                    .set("group.id", crate::support::unique("watch"))
+                    .set("auto.offset.reset", "earliest")
+                    .set("topic.metadata.refresh.interval.ms", "200")
+                    .create()
+                    .unwrap();
+                // A pattern: the gateway creates the topics as events arrive.
+                consumer.subscribe(&[&format!("^{}\\..*", prefix)]).unwrap();
+                Watcher::Kafka(Box::new(consumer))
             }
         }
     }
@@ -162,6 +186,30 @@ impl Watcher {
                     Event {
                         destination: delivery.routing_key.to_string(),
                         payload: Bytes::from(delivery.data),
+                        attributes,
+                    }
+                }
+                Watcher::Kafka(consumer) => {
+                    // Before the gateway creates a topic the pattern matches, the consumer reports
+                    // it as unknown; those errors are not records.
+                    let message = loop {
+                        if let Ok(message) = consumer.recv().await {
+                            break message;
+                        }
+                    };
+                    let mut attributes = HashMap::new();
+                    if let Some(headers) = message.headers() {
+                        for header in headers.iter() {
+                            if let (Some(attribute), Some(value)) = (header.key.strip_prefix("ce_"), header.value) {
+                                attributes.insert(attribute.to_owned(), String::from_utf8_lossy(value).into_owned());
+                            }
+                        }
+                    }
+                    let key = message.key().map(|key| String::from_utf8_lossy(key).into_owned());
+                    assert_eq!(key.as_ref(), attributes.get("partitionkey"), "the record key is the room");
+                    Event {
+                        destination: message.topic().to_owned(),
+                        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
                         attributes,
                     }
                 }

@@ -1,0 +1,362 @@
+//! Kafka: events through an idempotent producer (`acks=all`) with the room as key and
+//! CloudEvents `ce_*` headers, confirmed by delivery reports; missing topics created through
+//! the admin API (or reported, when that is off); decisions as request-reply over this
+//! instance's reply topic with the Spring Kafka headers `kafka_replyTopic` and
+//! `kafka_correlationId`. The only file that names rdkafka types.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+use super::{BusError, Message, Ready};
+use crate::respond::Responder;
+use crate::tencent::{GIFT, MESSAGE};
+
+pub const REPLY_TOPIC: &str = "kafka_replyTopic";
+pub const CORRELATION_ID: &str = "kafka_correlationId";
+/// librdkafka gives up on a message after this and reports it; the outbox then retries it.
+const MESSAGE_TIMEOUT_MS: &str = "30000";
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+
+/// How the gateway uses the cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub brokers: String,
+    pub create_topics: bool,
+    pub partitions: i32,
+    pub reply_topic: String,
+}
+
+#[derive(Clone)]
+pub struct Kafka {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: Options,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Topics known to exist: checked (and created) once, before their first publish.
+    topics: Mutex<HashSet<String>>,
+    /// Decision requests waiting for their reply, by correlation id (the event id).
+    pending: Mutex<HashMap<String, oneshot::Sender<Bytes>>>,
+    late_replies: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl Kafka {
+    /// Builds the producer, makes sure the reply topic exists, and starts reading it.
+    pub async fn connect(options: Options) -> Result<Kafka, BusError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &options.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+            .create()
+            .map_err(|error| BusError::Connect(format!("Kafka producer: {error}")))?;
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", &options.brokers)
+            .create()
+            .map_err(|error| BusError::Connect(format!("Kafka admin client: {error}")))?;
+        let inner = Arc::new(Inner {
+            options,
+            producer,
+            admin,
+            topics: Mutex::default(),
+            pending: Mutex::default(),
+            late_replies: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+        });
+        let kafka = Kafka { inner };
+        let reply_topic = kafka.inner.options.reply_topic.clone();
+        kafka.ensure_topic(&reply_topic, 1).await.map_err(|error| BusError::Connect(error.to_string()))?;
+        let replies = kafka.reply_consumer(&reply_topic).await?;
+        kafka.inner.connected.store(true, Relaxed);
+        tokio::spawn(dispatch_replies(replies, Arc::downgrade(&kafka.inner)));
+        tokio::spawn(supervise(Arc::downgrade(&kafka.inner)));
+        tracing::info!(reply_topic, "Kafka ready");
+        Ok(kafka)
+    }
+
+    /// A consumer of every partition of the reply topic, from its current end.
+    async fn reply_consumer(&self, topic: &str) -> Result<StreamConsumer, BusError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.inner.options.brokers)
+            .set("group.id", format!("hookbus-{topic}"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|error| BusError::Connect(format!("Kafka reply consumer: {error}")))?;
+        let (consumer, topic) = (Arc::new(consumer), topic.to_owned());
+        let assigned = tokio::task::spawn_blocking({
+            let consumer = consumer.clone();
+            move || -> Result<(), KafkaError> {
+                let metadata = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+                let mut assignment = TopicPartitionList::new();
+                for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                    let (_, high) = consumer.fetch_watermarks(&topic, partition.id(), METADATA_TIMEOUT)?;
+                    assignment.add_partition_offset(&topic, partition.id(), Offset::Offset(high))?;
+                }
+                consumer.assign(&assignment)
+            }
+        })
+        .await
+        .map_err(|error| BusError::Connect(format!("Kafka reply consumer: {error}")))?;
+        assigned.map_err(|error| BusError::Connect(format!("Kafka reply topic: {error}")))?;
+        Arc::try_unwrap(consumer).map_err(|_| BusError::Connect("Kafka reply consumer still shared".into()))
+    }
+
+    /// Makes sure `topic` exists before its first publish: created when allowed, else an error
+    /// that keeps the event in the outbox.
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), BusError> {
+        if self.inner.topics.lock().unwrap_or_else(|p| p.into_inner()).contains(topic) {
+            return Ok(());
+        }
+        let producer = self.inner.producer.clone();
+        let name = topic.to_owned();
+        let exists = tokio::task::spawn_blocking(move || -> Result<bool, KafkaError> {
+            let metadata = producer.client().fetch_metadata(Some(&name), METADATA_TIMEOUT)?;
+            Ok(metadata.topics().iter().any(|t| t.error().is_none() && !t.partitions().is_empty()))
+        })
+        .await
+        .map_err(|error| unavailable("metadata", error))?
+        .map_err(|error| unavailable("metadata", error))?;
+        if !exists {
+            if !self.inner.options.create_topics {
+                return Err(BusError::Unavailable(format!(
+                    "Kafka topic {topic} does not exist and --kafka-create-topics is off"
+                )));
+            }
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+            let results = self
+                .inner
+                .admin
+                .create_topics([&new], &AdminOptions::new())
+                .await
+                .map_err(|error| unavailable("create topic", error))?;
+            for result in results {
+                match result {
+                    Ok(_) => tracing::info!(topic, partitions, "Kafka topic created"),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, code)) => return Err(unavailable(&format!("create topic {topic}"), code)),
+                }
+            }
+        }
+        self.inner.topics.lock().unwrap_or_else(|p| p.into_inner()).insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Produces the batch and returns, per message, once its delivery report came back.
+    pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
+        let mut ready = HashMap::new();
+        for message in batch {
+            if !ready.contains_key(message.destination.as_str()) {
+                let checked = self.ensure_topic(&message.destination, self.inner.options.partitions).await;
+                ready.insert(message.destination.as_str(), checked);
+            }
+        }
+        let deliveries: Vec<_> = batch
+            .iter()
+            .map(|message| {
+                ready[message.destination.as_str()].clone()?;
+                self.inner
+                    .producer
+                    .send_result(record(message, headers(message)))
+                    .map_err(|(error, _)| unavailable("produce", error))
+            })
+            .collect();
+        join_all(deliveries.into_iter().map(|sent| async move {
+            let delivered = sent?.await.map_err(|_| unavailable("delivery", "report dropped"))?;
+            delivered.map(drop).map_err(|(error, _)| unavailable("delivery", error))
+        }))
+        .await
+    }
+
+    /// Produces a request with the reply headers and waits for the reply with its correlation id.
+    pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
+        self.ensure_topic(&message.destination, self.inner.options.partitions).await?;
+        let (sender, reply) = oneshot::channel();
+        let _pending = Pending::register(&self.inner, &message.id, sender);
+        let headers = headers(message)
+            .insert(Header { key: REPLY_TOPIC, value: Some(self.inner.options.reply_topic.as_str()) })
+            .insert(Header { key: CORRELATION_ID, value: Some(message.id.as_str()) });
+        let delivery = self
+            .inner
+            .producer
+            .send_result(record(message, headers))
+            .map_err(|(error, _)| unavailable("request", error))?;
+        let delivered = delivery.await.map_err(|_| unavailable("request delivery", "report dropped"))?;
+        delivered.map_err(|(error, _)| unavailable("request delivery", error))?;
+        reply.await.map_err(|_| unavailable("reply", "reply consumer stopped"))
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Relaxed)
+    }
+
+    pub fn late_replies(&self) -> u64 {
+        self.inner.late_replies.load(Relaxed)
+    }
+
+    pub async fn close(&self) {
+        let producer = self.inner.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        if let Ok(Err(error)) = flushed {
+            tracing::warn!(%error, "Kafka flush at close failed");
+        }
+    }
+
+    /// Consumes gift and message requests in the consumer group `hookbus-responders.{prefix}`
+    /// and produces each reply to the request's `kafka_replyTopic` with its `kafka_correlationId`.
+    /// Requests whose deadline has passed are skipped: nobody waits for them any more.
+    pub async fn respond(&self, prefix: &str, responder: Responder, ready: Ready) -> Result<(), BusError> {
+        let topics = [format!("{prefix}.{GIFT}"), format!("{prefix}.{MESSAGE}")];
+        for topic in &topics {
+            self.ensure_topic(topic, self.inner.options.partitions).await?;
+        }
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.inner.options.brokers)
+            .set("group.id", format!("hookbus-responders.{prefix}"))
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|error| unavailable("responder consumer", error))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|error| unavailable("subscribe", error))?;
+        let mut ready = Some(ready);
+        loop {
+            let received = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+            if ready.is_some() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                tracing::info!(?topics, "answering requests");
+                let _ = ready.take().map(|ready| ready.send(()));
+            }
+            let request = match received {
+                Err(_) => continue,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "responder consume failed");
+                    continue;
+                }
+                Ok(Ok(request)) => request,
+            };
+            let header = |key: &str| {
+                let headers = request.headers()?;
+                let found = headers.iter().find(|h| h.key == key)?;
+                Some(String::from_utf8_lossy(found.value?).into_owned())
+            };
+            let (Some(reply_topic), Some(id)) = (header(REPLY_TOPIC), header(CORRELATION_ID)) else { continue };
+            let deadline: u64 = header("ce_deadline").and_then(|d| d.parse().ok()).unwrap_or(u64::MAX);
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            if deadline < now {
+                continue;
+            }
+            let producer = self.inner.producer.clone();
+            tokio::spawn(async move {
+                let reply = responder.answer().await;
+                let headers = OwnedHeaders::new().insert(Header { key: CORRELATION_ID, value: Some(id.as_str()) });
+                let record = FutureRecord::<(), _>::to(&reply_topic).payload(&reply[..]).headers(headers);
+                if let Err((error, _)) = producer.send(record, Duration::from_secs(5)).await {
+                    tracing::warn!(%error, "reply not sent");
+                }
+            });
+        }
+    }
+}
+
+/// Removes a pending request when the request is done or dropped at its deadline.
+struct Pending<'a> {
+    inner: &'a Inner,
+    id: &'a str,
+}
+
+impl<'a> Pending<'a> {
+    fn register(inner: &'a Inner, id: &'a str, sender: oneshot::Sender<Bytes>) -> Pending<'a> {
+        inner.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), sender);
+        Pending { inner, id }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
+    }
+}
+
+/// Hands each reply to the request waiting for its correlation id; counts the rest as late.
+async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<Inner>) {
+    loop {
+        let reply = match consumer.recv().await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(%error, "Kafka reply consumer");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let id = reply
+            .headers()
+            .and_then(|headers| headers.iter().find(|h| h.key == CORRELATION_ID))
+            .and_then(|h| h.value)
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+            .unwrap_or_default();
+        let waiting = inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        match waiting {
+            Some(sender) => drop(sender.send(Bytes::copy_from_slice(reply.payload().unwrap_or_default()))),
+            None => {
+                inner.late_replies.fetch_add(1, Relaxed);
+                tracing::debug!(correlation_id = id, "late or unknown reply dropped");
+            }
+        }
+    }
+}
+
+/// Tracks whether a broker answers, for `/readyz`.
+async fn supervise(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let producer = inner.producer.clone();
+        let reachable =
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, SUPERVISE_EVERY).is_ok())
+                .await
+                .unwrap_or(false);
+        if inner.connected.swap(reachable, Relaxed) != reachable {
+            tracing::warn!(reachable, "Kafka cluster reachability changed");
+        }
+    }
+}
+
+fn record<'a>(message: &'a Message, headers: OwnedHeaders) -> FutureRecord<'a, str, [u8]> {
+    let record = FutureRecord::to(&message.destination).payload(&message.payload[..]).headers(headers);
+    match &message.key {
+        Some(key) => record.key(key.as_str()),
+        None => record,
+    }
+}
+
+/// CloudEvents binary-mode headers: `ce_<attribute>`.
+fn headers(message: &Message) -> OwnedHeaders {
+    message.attributes().fold(OwnedHeaders::new(), |headers, (name, value)| {
+        let key = format!("ce_{name}");
+        headers.insert(Header { key: &key, value: Some(value.as_ref()) })
+    })
+}
+
+fn unavailable(what: &str, error: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("Kafka {what}: {error}"))
+}
