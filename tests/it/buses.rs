@@ -152,9 +152,12 @@ async fn no_responders(backend: Backend) {
 
 /// Posts `count` distinct events from `connections` keep-alive clients; returns their RoomIds.
 pub async fn burst(gateway: &Gateway, count: usize, connections: usize) -> HashSet<String> {
+    burst_to(gateway.addr, count, connections).await
+}
+
+pub async fn burst_to(addr: std::net::SocketAddr, count: usize, connections: usize) -> HashSet<String> {
     let mut tasks = Vec::new();
     for worker in 0..connections {
-        let addr = gateway.addr;
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect(addr).await;
             let mut sent = Vec::new();

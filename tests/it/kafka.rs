@@ -113,3 +113,67 @@ async fn without_topic_creation_a_missing_topic_keeps_the_event_until_it_exists(
     .await;
     assert_eq!(gateway.stop().await.lost, 0);
 }
+
+/// A Kafka outage, injected with librdkafka's in-process mock cluster (the real broker's
+/// clients bypass a proxy): the only broker goes down in the middle of a burst and comes back.
+#[tokio::test]
+async fn a_broker_outage_in_the_middle_of_a_burst_loses_nothing() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let prefix = unique("t");
+    let topic = format!("{prefix}.Live.CallbackAfterMemberStateChanged");
+    cluster.create_topic(&topic, 3, 1).unwrap();
+    cluster.create_topic(&format!("{prefix}.replies.mock"), 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let flags = [
+        "--bus",
+        "kafka",
+        "--kafka-brokers",
+        &brokers,
+        "--prefix",
+        &prefix,
+        "--instance-id",
+        "mock",
+        "--sdk-app-id",
+        crate::support::APP,
+        "--token",
+        crate::support::TOKEN,
+    ];
+    let gateway = crate::support::Gateway::connect(&flags).await;
+    let burst = tokio::spawn({
+        let gateway_addr = gateway.addr;
+        async move { crate::buses::burst_to(gateway_addr, 2000, 8).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let depth: usize = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("hookbus_outbox_depth "))
+        .and_then(|depth| depth.parse().ok())
+        .unwrap();
+    assert!(depth > 0, "events were waiting on the broker during the outage");
+    cluster.broker_up(1).unwrap();
+    let sent = burst.await.unwrap();
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", unique("check"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut received = 0;
+    while seen.len() < sent.len() {
+        let record = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("records keep coming");
+        let Ok(record) = record else { continue };
+        let body: serde_json::Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        seen.insert(body["RoomId"].as_str().unwrap().to_owned());
+        received += 1;
+    }
+    println!("kafka broker outage: waiting during outage {depth}, acknowledged {}, delivered {received}, lost 0", sent.len());
+    assert_eq!(seen, sent);
+    assert_eq!(gateway.stop().await.lost, 0);
+}
