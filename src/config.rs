@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::bus::Bus;
 use crate::decision::{Decisions, Fallback};
 use crate::routes::Limits;
+use crate::spool::Spool;
 use crate::Gateway;
+
+/// Spool segments are deleted whole, once every event in them is confirmed.
+const SPOOL_SEGMENT_BYTES: u64 = 16 << 20;
 
 /// Tencent gives up on a blocking callback after this long; our deadline must be shorter.
 pub const TENCENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,9 +127,12 @@ pub struct ServeArgs {
     /// Answer for a room message when no valid decision arrives in time.
     #[arg(long, env = "HOOKBUS_MESSAGE_FALLBACK", value_enum, default_value = "allow")]
     pub message_fallback: Fallback,
-    /// Keep the outbox on disk in this directory (crash-safe). Not yet supported.
+    /// Keep the outbox on disk in this directory: a 200 then means the event is durable.
     #[arg(long, env = "HOOKBUS_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// Largest spool on disk before callbacks are answered 503.
+    #[arg(long, env = "HOOKBUS_SPOOL_MAX_BYTES", default_value_t = 256 << 20)]
+    pub spool_max_bytes: u64,
     /// Events the in-memory outbox holds before callbacks are answered 503.
     #[arg(long, env = "HOOKBUS_OUTBOX_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub outbox_capacity: u32,
@@ -195,9 +202,17 @@ impl ServeArgs {
         })
     }
 
-    /// The gateway these flags describe, on an already connected bus.
+    /// The gateway these flags describe, on an already connected bus; opens the spool.
     pub fn gateway(&self, bus: Bus) -> anyhow::Result<Gateway> {
+        let spool = match &self.spool_dir {
+            Some(dir) => Some(
+                Spool::open(dir, self.spool_max_bytes, SPOOL_SEGMENT_BYTES)
+                    .map_err(|error| anyhow::anyhow!("cannot open --spool-dir {}: {error}", dir.display()))?,
+            ),
+            None => None,
+        };
         Ok(Gateway {
+            spool,
             limits: self.limits()?,
             decisions: Decisions {
                 timeout: self.decision_timeout,

@@ -10,6 +10,7 @@
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
 //! - [`decision`]: blocking callbacks: deadline, reply validation, fallbacks.
 //! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
+//! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
@@ -24,6 +25,7 @@ pub mod outbox;
 pub mod respond;
 pub mod routes;
 pub mod simulate;
+pub mod spool;
 pub mod tencent;
 
 use std::future::Future;
@@ -38,6 +40,7 @@ use crate::decision::Decisions;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::routes::{App, Limits};
+use crate::spool::{Replay, Spool};
 
 /// The built parts of a gateway, ready to serve.
 pub struct Gateway {
@@ -46,20 +49,36 @@ pub struct Gateway {
     pub bus: Bus,
     pub outbox_capacity: usize,
     pub shutdown_grace: Duration,
+    /// With `--spool-dir`: the opened spool and what it replayed.
+    pub spool: Option<(Spool, Replay)>,
 }
 
 /// What a finished run left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
-    /// Accepted events the bus had not confirmed when the grace period ran out.
+    /// Accepted events the bus had not confirmed when the grace period ran out (memory outbox).
     pub lost: usize,
+    /// Accepted events left in the spool for the next start.
+    pub spooled: usize,
 }
 
 /// Serves callbacks on `listener` until `shutdown` resolves; then stops accepting, finishes
 /// open requests, and flushes the outbox, all within the shutdown grace period.
 pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Report {
     let metrics = Arc::new(Metrics::default());
-    let outbox = Arc::new(Outbox::new(gateway.outbox_capacity));
+    if let Some((_, replay)) = &gateway.spool {
+        let recovery = &replay.recovery;
+        metrics.spool_recovered.store(recovery.events as u64, Relaxed);
+        metrics.spool_corrupt.store(recovery.corrupt as u64, Relaxed);
+        metrics.spool_truncated_bytes.store(recovery.truncated, Relaxed);
+        tracing::info!(
+            events = recovery.events,
+            corrupt = recovery.corrupt,
+            truncated_bytes = recovery.truncated,
+            "spool read back"
+        );
+    }
+    let outbox = Arc::new(Outbox::new(gateway.outbox_capacity, gateway.spool));
     let publisher = tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone()));
     let app = Arc::new(App {
         limits: gateway.limits,
@@ -75,11 +94,19 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     if tokio::time::timeout(left, &mut publisher).await.is_err() {
         publisher.abort();
     }
-    let lost = outbox.depth();
-    if lost > 0 {
-        metrics.lost.fetch_add(lost as u64, Relaxed);
-        tracing::error!(lost, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
-    }
+    let left = outbox.depth();
+    let report = if outbox.is_spooled() {
+        if left > 0 {
+            tracing::warn!(left, "accepted events not yet confirmed stay in the spool for the next start");
+        }
+        Report { lost: 0, spooled: left }
+    } else {
+        if left > 0 {
+            metrics.lost.fetch_add(left as u64, Relaxed);
+            tracing::error!(lost = left, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
+        }
+        Report { lost: left, spooled: 0 }
+    };
     gateway.bus.close().await;
-    Report { lost }
+    report
 }

@@ -42,13 +42,12 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.tls_cert.is_none(), "--tls-cert is not supported yet");
-    anyhow::ensure!(args.spool_dir.is_none(), "--spool-dir is not supported yet");
     let bus = Bus::connect(&args.bus).await.context("connecting to the bus")?;
     let gateway = args.gateway(bus)?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, path = gateway.limits.path, bus = ?args.bus.bus, "hookbus ready");
     let report = hookbus::run(gateway, listener, signal()).await;
-    tracing::info!(lost = report.lost, "hookbus stopped");
+    tracing::info!(lost = report.lost, spooled = report.spooled, "hookbus stopped");
     Ok(ExitCode::SUCCESS)
 }
 

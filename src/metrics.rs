@@ -25,6 +25,9 @@ pub struct Metrics {
     pub retried: AtomicU64,
     pub unroutable: AtomicU64,
     pub lost: AtomicU64,
+    pub spool_recovered: AtomicU64,
+    pub spool_corrupt: AtomicU64,
+    pub spool_truncated_bytes: AtomicU64,
 }
 
 /// Values read from the outbox and the bus when `/metrics` is scraped.
@@ -33,6 +36,8 @@ pub struct Gauges {
     pub outbox_capacity: usize,
     pub bus_connected: bool,
     pub late_replies: u64,
+    /// Bytes in the spool, when there is one.
+    pub spool_bytes: Option<u64>,
 }
 
 impl Metrics {
@@ -124,10 +129,17 @@ impl Metrics {
                 &self.unroutable,
             ),
             ("events_lost_total", "Accepted events not delivered at shutdown (memory outbox).", &self.lost),
+            ("spool_recovered_events_total", "Events read back from the spool at start.", &self.spool_recovered),
+            ("spool_corrupt_records_total", "Damaged spool regions skipped at start.", &self.spool_corrupt),
+            ("spool_truncated_bytes_total", "Bytes of torn spool tails cut at start.", &self.spool_truncated_bytes),
         ];
         for (name, help, counter) in counters {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "hookbus_{name} {}", counter.load(Relaxed));
+        }
+        if let Some(bytes) = gauges.spool_bytes {
+            family(&mut out, "spool_bytes", "gauge", "Bytes of unconfirmed events in the spool.");
+            let _ = writeln!(out, "hookbus_spool_bytes {bytes}");
         }
         family(&mut out, "late_replies_total", "counter", "Decision replies that arrived after the deadline.");
         let _ = writeln!(out, "hookbus_late_replies_total {}", gauges.late_replies);
@@ -150,7 +162,13 @@ mod tests {
             metrics.request(&format!("Cmd{n}"), 200);
         }
         metrics.request("Cmd0", 200);
-        let text = metrics.render(Gauges { outbox_depth: 0, outbox_capacity: 1, bus_connected: true, late_replies: 0 });
+        let text = metrics.render(Gauges {
+            outbox_depth: 0,
+            outbox_capacity: 1,
+            bus_connected: true,
+            late_replies: 0,
+            spool_bytes: None,
+        });
         assert!(text.contains("hookbus_requests_total{command=\"Cmd0\",status=\"200\"} 2"));
         assert!(text.contains("hookbus_requests_total{command=\"other\",status=\"200\"} 10"));
         assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
@@ -160,13 +178,19 @@ mod tests {
     fn decisions_fill_the_histogram() {
         let metrics = Metrics::default();
         metrics.decision(Blocking::Gift, Outcome::Timeout, Duration::from_millis(1500));
-        let text =
-            metrics.render(Gauges { outbox_depth: 3, outbox_capacity: 10, bus_connected: false, late_replies: 2 });
+        let text = metrics.render(Gauges {
+            outbox_depth: 3,
+            outbox_capacity: 10,
+            bus_connected: false,
+            late_replies: 2,
+            spool_bytes: Some(9),
+        });
         assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\"} 1"));
         assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1\"} 0"));
         assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1.5\"} 1"));
         assert!(text.contains("hookbus_outbox_depth 3"));
         assert!(text.contains("hookbus_bus_connected 0"));
         assert!(text.contains("hookbus_late_replies_total 2"));
+        assert!(text.contains("hookbus_spool_bytes 9"));
     }
 }

@@ -1,8 +1,9 @@
-//! Accepted informational events until the bus confirms them. A 200 means the event is here.
-//! The outbox is bounded (full → the caller answers 503); a publisher task drains it in
-//! batches through the bus, retries what the broker did not confirm with capped exponential
-//! backoff, and removes an event only once confirmed (at-least-once; retries keep the id).
-//! This is the in-memory outbox: what is left at shutdown is counted as lost.
+//! Accepted informational events until the bus confirms them. A 200 means the event is here:
+//! in memory, or with `--spool-dir` also durable on disk before the answer. The outbox is
+//! bounded (full → the caller answers 503); a publisher task drains it in batches through the
+//! bus, retries what the broker did not confirm with capped exponential backoff, and removes an
+//! event only once confirmed (at-least-once; retries keep the id). In memory, what is left at
+//! shutdown is counted as lost; in the spool it waits for the next start.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,42 +14,73 @@ use tokio::sync::Notify;
 
 use crate::bus::{Bus, BusError, Message};
 use crate::metrics::Metrics;
+use crate::spool::{Replay, Spool, SpoolError};
 
 /// Largest batch handed to the bus at once: the window of publishes in flight.
 const WINDOW: usize = 512;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
-#[error("outbox full ({0} events)")]
-pub struct Full(pub usize);
+pub enum Refused {
+    #[error("outbox full ({0} events)")]
+    Full(usize),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
 
 pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
     capacity: usize,
+    spool: Option<Spool>,
 }
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Message>,
+    /// Events and, when spooled, their segment.
+    queue: VecDeque<(Message, Option<u64>)>,
     /// Taken by the publisher and not yet confirmed: still counted against the capacity.
     in_flight: usize,
+    /// Being written to the spool: counted so that concurrent pushes respect the capacity.
+    reserved: usize,
     closed: bool,
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Outbox {
-        Outbox { state: Mutex::new(State::default()), ready: Notify::new(), capacity }
+    /// An outbox of `capacity` events; with a spool, starting with what it replayed.
+    pub fn new(capacity: usize, spool: Option<(Spool, Replay)>) -> Outbox {
+        let mut state = State::default();
+        let spool = spool.map(|(spool, replay)| {
+            state.queue.extend(replay.events.into_iter().map(|(message, segment)| (message, Some(segment))));
+            spool
+        });
+        Outbox { state: Mutex::new(state), ready: Notify::new(), capacity, spool }
     }
 
-    /// Accepts an event, or refuses it when the outbox holds `capacity` events.
-    pub fn push(&self, message: Message) -> Result<(), Full> {
-        let mut state = self.lock();
-        if state.queue.len() + state.in_flight >= self.capacity {
-            return Err(Full(self.capacity));
+    /// Accepts an event once it is held (and, with a spool, durable), or refuses it when full.
+    pub async fn push(&self, message: Message) -> Result<(), Refused> {
+        {
+            let mut state = self.lock();
+            if state.queue.len() + state.in_flight + state.reserved >= self.capacity {
+                return Err(Refused::Full(self.capacity));
+            }
+            state.reserved += 1;
         }
-        state.queue.push_back(message);
+        let segment = match &self.spool {
+            Some(spool) => match spool.append(&message).await {
+                Ok(segment) => Some(segment),
+                Err(error) => {
+                    self.lock().reserved -= 1;
+                    return Err(error.into());
+                }
+            },
+            None => None,
+        };
+        let mut state = self.lock();
+        state.reserved -= 1;
+        state.queue.push_back((message, segment));
         drop(state);
         self.ready.notify_one();
         Ok(())
@@ -64,8 +96,19 @@ impl Outbox {
         self.capacity
     }
 
+    /// Bytes held in the spool, when there is one.
+    pub fn spool_bytes(&self) -> Option<u64> {
+        self.spool.as_ref().map(Spool::bytes)
+    }
+
+    pub fn is_spooled(&self) -> bool {
+        self.spool.is_some()
+    }
+
+    /// Whether the next callback would be refused for lack of room.
     pub fn is_full(&self) -> bool {
-        self.depth() >= self.capacity
+        let spool_full = self.spool.as_ref().is_some_and(|spool| spool.bytes() >= spool.max_bytes());
+        self.depth() >= self.capacity || spool_full
     }
 
     /// After this, the publisher stops once the outbox is empty.
@@ -75,7 +118,7 @@ impl Outbox {
     }
 
     /// Waits for events and takes up to [`WINDOW`] of them; `None` once closed and empty.
-    async fn take(&self) -> Option<Vec<Message>> {
+    async fn take(&self) -> Option<(Vec<Message>, Vec<Option<u64>>)> {
         loop {
             let notified = self.ready.notified();
             {
@@ -83,7 +126,7 @@ impl Outbox {
                 if !state.queue.is_empty() {
                     let n = state.queue.len().min(WINDOW);
                     state.in_flight += n;
-                    return Some(state.queue.drain(..n).collect());
+                    return Some(state.queue.drain(..n).unzip());
                 }
                 if state.closed {
                     return None;
@@ -93,7 +136,15 @@ impl Outbox {
         }
     }
 
-    fn confirmed(&self, n: usize) {
+    /// Forgets confirmed events: frees their places and, when spooled, their records.
+    fn confirmed(&self, segments: impl Iterator<Item = Option<u64>>) {
+        let mut n = 0;
+        for segment in segments {
+            n += 1;
+            if let (Some(spool), Some(segment)) = (&self.spool, segment) {
+                spool.confirmed(segment);
+            }
+        }
         self.lock().in_flight -= n;
     }
 
@@ -101,43 +152,35 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Drains the outbox through the bus until it is closed and empty. Each batch is
-    /// published until every event in it is confirmed; events the broker refused for good
-    /// (unroutable) are logged and counted, not retried forever.
+    /// Drains the outbox through the bus until it is closed and empty. A batch is settled in
+    /// order up to its first unconfirmed event; that event and everything after it are
+    /// published again, so per-room order holds across retries (with duplicates, same id).
+    /// Events the broker refused for good (unroutable) are logged and counted, not retried.
     pub async fn publish(self: Arc<Self>, bus: Bus, metrics: Arc<Metrics>) {
-        while let Some(mut batch) = self.take().await {
-            let taken = batch.len();
+        while let Some((mut messages, mut segments)) = self.take().await {
             let mut backoff = FIRST_BACKOFF;
             loop {
-                let results = bus.publish(&batch).await;
-                let mut last_error = None;
-                let mut index = 0;
-                batch.retain(|message| {
-                    let result = &results[index];
-                    index += 1;
+                let results = bus.publish(&messages).await;
+                let failure = results.iter().position(|r| matches!(r, Err(e) if !matches!(e, BusError::Unroutable(_))));
+                let settled = failure.unwrap_or(messages.len());
+                for (message, result) in messages.iter().zip(&results).take(settled) {
                     match result {
-                        Ok(()) => {
-                            metrics.published.fetch_add(1, Relaxed);
-                            false
-                        }
                         Err(BusError::Unroutable(reason)) => {
                             metrics.unroutable.fetch_add(1, Relaxed);
                             tracing::error!(id = %message.id, destination = %message.destination, reason, "event unroutable, dropped by the broker");
-                            false
                         }
-                        Err(error) => {
-                            last_error = Some(error.clone());
-                            true
-                        }
+                        _ => drop(metrics.published.fetch_add(1, Relaxed)),
                     }
-                });
-                let Some(error) = last_error else { break };
-                metrics.retried.fetch_add(batch.len() as u64, Relaxed);
-                tracing::warn!(%error, unconfirmed = batch.len(), retry_in = ?backoff, "publish not confirmed, retrying");
+                }
+                messages.drain(..settled);
+                self.confirmed(segments.drain(..settled));
+                let Some(failure) = failure else { break };
+                let error = results[failure].as_ref().err().map(ToString::to_string).unwrap_or_default();
+                metrics.retried.fetch_add(messages.len() as u64, Relaxed);
+                tracing::warn!(error, unconfirmed = messages.len(), retry_in = ?backoff, "publish not confirmed, retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            self.confirmed(taken);
         }
     }
 }
@@ -152,25 +195,25 @@ mod tests {
         Message::new("t", "C", None, Origin::default(), Bytes::from_static(b"{}"))
     }
 
-    #[test]
-    fn full_outbox_refuses() {
-        let outbox = Outbox::new(2);
-        outbox.push(message()).unwrap();
-        outbox.push(message()).unwrap();
+    #[tokio::test]
+    async fn full_outbox_refuses() {
+        let outbox = Outbox::new(2, None);
+        outbox.push(message()).await.unwrap();
+        outbox.push(message()).await.unwrap();
         assert!(outbox.is_full());
-        assert!(outbox.push(message()).is_err());
+        assert!(matches!(outbox.push(message()).await, Err(Refused::Full(2))));
         assert_eq!(outbox.depth(), 2);
     }
 
     #[tokio::test]
     async fn taken_events_still_count_until_confirmed() {
-        let outbox = Outbox::new(2);
-        outbox.push(message()).unwrap();
-        outbox.push(message()).unwrap();
-        let batch = outbox.take().await.unwrap();
+        let outbox = Outbox::new(2, None);
+        outbox.push(message()).await.unwrap();
+        outbox.push(message()).await.unwrap();
+        let (batch, segments) = outbox.take().await.unwrap();
         assert_eq!(batch.len(), 2);
-        assert!(outbox.push(message()).is_err(), "in-flight events hold their place");
-        outbox.confirmed(2);
+        assert!(outbox.push(message()).await.is_err(), "in-flight events hold their place");
+        outbox.confirmed(segments.into_iter());
         assert_eq!(outbox.depth(), 0);
         outbox.close();
         assert!(outbox.take().await.is_none());

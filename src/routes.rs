@@ -13,7 +13,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::bus::{Bus, Message, Origin};
 use crate::decision::Decisions;
 use crate::metrics::{Gauges, Metrics};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Refused};
+use crate::spool::SpoolError;
 use crate::tencent::{self, Blocking, Body, Query, SignError};
 
 /// How callbacks are checked.
@@ -53,8 +54,11 @@ pub enum Rejection {
     PayloadTooLarge(usize),
     #[error("{reason}")]
     BadRequest { label: &'static str, reason: &'static str },
+    /// Carries the metric label: `outbox_full` or `spool_full`.
     #[error("outbox full, try again later")]
-    Overloaded,
+    Overloaded(&'static str),
+    #[error("spool write failed, try again later")]
+    SpoolFailed,
 }
 
 impl Rejection {
@@ -66,7 +70,7 @@ impl Rejection {
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Overloaded(_) | Rejection::SpoolFailed => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -82,7 +86,8 @@ impl Rejection {
             Rejection::Unauthorized(SignError::Mismatch) => "sign_mismatch",
             Rejection::PayloadTooLarge(_) => "too_large",
             Rejection::BadRequest { label, .. } => label,
-            Rejection::Overloaded => "outbox_full",
+            Rejection::Overloaded(label) => label,
+            Rejection::SpoolFailed => "spool_error",
         }
     }
 
@@ -119,6 +124,7 @@ where
                 outbox_capacity: app.outbox.capacity(),
                 bus_connected: app.bus.is_connected(),
                 late_replies: app.bus.late_replies(),
+                spool_bytes: app.outbox.spool_bytes(),
             });
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -203,7 +209,14 @@ where
             Ok((command, answer))
         }
         None => {
-            app.outbox.push(message).map_err(|_| Rejection::Overloaded)?;
+            app.outbox.push(message).await.map_err(|refused| match refused {
+                Refused::Full(_) => Rejection::Overloaded("outbox_full"),
+                Refused::Spool(SpoolError::Full(_)) => Rejection::Overloaded("spool_full"),
+                Refused::Spool(SpoolError::Io(error)) => {
+                    tracing::error!(%error, "spool write failed");
+                    Rejection::SpoolFailed
+                }
+            })?;
             Ok((command, Bytes::from_static(OK)))
         }
     }

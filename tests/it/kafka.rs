@@ -173,7 +173,10 @@ async fn a_broker_outage_in_the_middle_of_a_burst_loses_nothing() {
         seen.insert(body["RoomId"].as_str().unwrap().to_owned());
         received += 1;
     }
-    println!("kafka broker outage: waiting during outage {depth}, acknowledged {}, delivered {received}, lost 0", sent.len());
+    println!(
+        "kafka broker outage: waiting during outage {depth}, acknowledged {}, delivered {received}, lost 0",
+        sent.len()
+    );
     assert_eq!(seen, sent);
     assert_eq!(gateway.stop().await.lost, 0);
 }
