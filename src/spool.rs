@@ -391,7 +391,7 @@ mod tests {
 
     fn message(n: usize) -> Message {
         let origin = Origin { sdk_app_id: "1400".into(), client_ip: "10.0.0.1".into(), opt_platform: "Web".into() };
-        let key = (n % 2 == 0).then(|| format!("room-{n}"));
+        let key = n.is_multiple_of(2).then(|| format!("room-{n}"));
         Message::new("t", "Live.X", key, origin, Bytes::from(format!("{{\"n\":{n}}}")))
     }
 
