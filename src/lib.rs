@@ -88,10 +88,11 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         metrics: metrics.clone(),
     });
     let left = http::serve(listener, app, shutdown, gateway.shutdown_grace).await;
+    let deadline = tokio::time::Instant::now() + left;
     outbox.close();
     tracing::info!(depth = outbox.depth(), within = ?left, "flushing the outbox");
     let mut publisher = publisher;
-    if tokio::time::timeout(left, &mut publisher).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut publisher).await.is_err() {
         publisher.abort();
     }
     let left = outbox.depth();
@@ -107,6 +108,9 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         }
         Report { lost: left, spooled: 0 }
     };
-    gateway.bus.close().await;
+    // A broker that is away can hold a close forever; the grace period bounds it too.
+    if tokio::time::timeout_at(deadline, gateway.bus.close()).await.is_err() {
+        tracing::warn!("the bus did not close within the grace period");
+    }
     report
 }

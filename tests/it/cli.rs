@@ -1,43 +1,17 @@
 //! The binary as a newcomer runs it: `hookbus serve` on the embedded default, `hookbus
 //! simulate` against it, SIGTERM, and refused flags.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::support::{signal, spawn_binary};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookbus");
 
-/// Starts `hookbus serve` on a free port and returns it with the address it logged.
-fn serve(flags: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(flags)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("the gateway logs before exiting").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stderr so the gateway never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
-fn terminate(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
 #[test]
 fn serve_simulate_and_sigterm() {
-    let (mut child, addr) = serve(&["--token", "t0k", "--sdk-app-id", "1400000000"]);
+    let (mut child, addr) = spawn_binary(&["--token", "t0k", "--sdk-app-id", "1400000000"]);
     let output = Command::new(BIN)
         .args(["simulate", "--url", &format!("http://{addr}/"), "--token", "t0k"])
         .output()
@@ -57,7 +31,7 @@ fn serve_simulate_and_sigterm() {
     assert!(!unsigned.status.success());
     assert!(String::from_utf8_lossy(&unsigned.stdout).contains(" 401 "));
 
-    terminate(&child);
+    signal(&child, "TERM");
     let started = Instant::now();
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");

@@ -4,12 +4,14 @@
 //! - `protocol`: the callback checks of SPEC §2 and the samples, over HTTP, on the stdout bus.
 //! - `cli`: the `hookbus` binary as a newcomer runs it: serve, simulate, SIGTERM, bad flags.
 //! - `buses`: behaviour every bus must have, run on each broker.
+//! - `faults`: crashes, overload, damaged spools and SIGTERM: nothing acknowledged is lost.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 
 mod amqp;
 mod backend;
 mod buses;
 mod cli;
+mod faults;
 mod kafka;
 mod nats;
 mod protocol;

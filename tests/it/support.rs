@@ -176,6 +176,7 @@ pub fn unique(what: &str) -> String {
 pub struct Proxy {
     pub addr: SocketAddr,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
     accept: JoinHandle<()>,
 }
 
@@ -184,10 +185,14 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let accept = tokio::spawn({
-            let links = links.clone();
+            let (links, down) = (links.clone(), down.clone());
             async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
+                    if down.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropping the connection refuses it
+                    }
                     let link = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -197,7 +202,15 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, links, accept }
+        Proxy { addr, links, down, accept }
+    }
+
+    /// Takes the broker away (cutting open connections and refusing new ones) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut();
+        }
     }
 
     /// Drops every open connection through the proxy; new ones are accepted again.
@@ -221,4 +234,87 @@ pub fn socket_of(url: &str) -> SocketAddr {
     let rest = url.split("://").nth(1).unwrap_or(url);
     let host_port = rest.rsplit('@').next().unwrap().split('/').next().unwrap();
     std::net::ToSocketAddrs::to_socket_addrs(host_port).unwrap().next().unwrap()
+}
+
+/// Posts `count` distinct events from `connections` keep-alive clients, tolerating refusals and
+/// a gateway that goes away; returns the RoomIds of the events answered 200.
+pub async fn burst_acknowledged(
+    addr: SocketAddr,
+    count: usize,
+    connections: usize,
+) -> std::collections::HashSet<String> {
+    let mut tasks = Vec::new();
+    for worker in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let Ok(stream) = TcpStream::connect(addr).await else { return acknowledged };
+            let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                return acknowledged;
+            };
+            tokio::spawn(connection);
+            for n in (worker..count).step_by(connections) {
+                let room = format!("room-{n}");
+                let body = serde_json::json!({"CallbackCommand":"Live.CallbackAfterMemberStateChanged","RoomId":room});
+                let query = hookbus::simulate::query(APP, "Live.CallbackAfterMemberStateChanged", Some(TOKEN));
+                let request = Request::post(format!("/?{query}"))
+                    .header("host", addr.to_string())
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .unwrap();
+                if sender.ready().await.is_err() {
+                    break;
+                }
+                match sender.send_request(request).await {
+                    Ok(response) if response.status() == 200 => acknowledged.push(room),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut rooms = std::collections::HashSet::new();
+    for task in tasks {
+        rooms.extend(task.await.unwrap());
+    }
+    rooms
+}
+
+/// Starts the `hookbus serve` binary on a free port; returns it with the address it logged.
+pub fn spawn_binary(flags: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut logged = Vec::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else { panic!("the gateway exited before listening: {logged:#?}") };
+        logged.push(line.clone());
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL") to a child process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status =
+        std::process::Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// A fresh directory under the system's temporary directory.
+pub fn tempdir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique(what));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -1,0 +1,181 @@
+//! Nothing acknowledged is lost: a gateway killed mid-burst, overload with the broker away,
+//! damaged spool files, and SIGTERM during a burst. Each test prints its figures
+//! (acknowledged, delivered, duplicated, lost). The broker is the real NATS server, reached
+//! through a proxy the test can take down; `buses` cuts links on every bus.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+
+use crate::backend::{nats_url, Backend};
+use crate::buses::collect;
+use crate::support::{burst_acknowledged, request, signal, spawn_binary, tempdir, unique, Proxy, APP, TOKEN};
+
+fn flags<'a>(prefix: &'a str, url: &'a str, spool: &'a str) -> Vec<&'a str> {
+    vec![
+        "--bus",
+        "nats",
+        "--nats-url",
+        url,
+        "--prefix",
+        prefix,
+        "--sdk-app-id",
+        APP,
+        "--token",
+        TOKEN,
+        "--spool-dir",
+        spool,
+    ]
+}
+
+// The binary is started and awaited with blocking calls: keep a worker free for the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_burst_with_a_spool_loses_nothing_acknowledged() {
+    let prefix = unique("t");
+    let spool = tempdir("spool");
+    let spool = spool.to_str().unwrap();
+    let mut watcher = Backend::Nats.watch(&prefix).await;
+    let proxy = Proxy::start(Backend::Nats.upstream()).await;
+    let via_proxy = format!("nats://{}", proxy.addr);
+    let (mut child, addr) = spawn_binary(&flags(&prefix, &via_proxy, spool));
+    let burst = tokio::spawn(burst_acknowledged(addr, 20_000, 8));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set_down(true); // events pile up in the spool from here on
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    let acknowledged = burst.await.unwrap();
+    assert!(!acknowledged.is_empty() && acknowledged.len() < 20_000, "killed mid-burst: {}", acknowledged.len());
+
+    let url = nats_url();
+    let (mut restarted, _) = spawn_binary(&flags(&prefix, &url, spool));
+    let (received, seen) = collect_at_least(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
+    println!(
+        "sigkill: acknowledged {}, delivered {received} (distinct {}), duplicates {}, lost 0",
+        acknowledged.len(),
+        seen,
+        received - acknowledged.len().min(received)
+    );
+    signal(&restarted, "TERM");
+    assert!(restarted.wait().unwrap().success());
+}
+
+/// Reads until every acknowledged event arrived; events beyond them (answered but cut off
+/// before the client read its 200) are fine. Returns records read and distinct events seen.
+async fn collect_at_least(
+    watcher: &mut crate::backend::Watcher,
+    acknowledged: &HashSet<String>,
+    limit: Duration,
+) -> (usize, usize) {
+    let mut seen = HashSet::new();
+    let mut received = 0;
+    let deadline = Instant::now() + limit;
+    while !acknowledged.is_subset(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let missing = acknowledged.difference(&seen).count();
+        assert!(!left.is_zero(), "{missing} acknowledged events never arrived");
+        let event = watcher.next(left).await;
+        let body: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        seen.insert(body["RoomId"].as_str().unwrap().to_owned());
+        received += 1;
+    }
+    (received, seen.len())
+}
+
+#[tokio::test]
+async fn overload_with_the_broker_away_answers_503_and_delivers_every_200() {
+    for (name, limit) in [("memory", ["--outbox-capacity", "300"]), ("spool", ["--spool-max-bytes", "60000"])] {
+        let prefix = unique("t");
+        let spool = tempdir("spool");
+        let mut watcher = Backend::Nats.watch(&prefix).await;
+        let proxy = Proxy::start(Backend::Nats.upstream()).await;
+        let mut extra = limit.to_vec();
+        let spool_flags = ["--spool-dir", spool.to_str().unwrap()];
+        if name == "spool" {
+            extra.extend(spool_flags);
+        }
+        let gateway = Backend::Nats.gateway(&prefix, Some(proxy.addr), &extra).await;
+        proxy.set_down(true);
+        let acknowledged = burst_acknowledged(gateway.addr, 600, 4).await;
+        let refused = 600 - acknowledged.len();
+        assert!(refused > 0 && !acknowledged.is_empty(), "{name}: some refused, some accepted");
+        assert_eq!(request(gateway.addr, Method::GET, "/readyz", b"").await.0, 503, "{name}: not ready while full");
+        let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
+        let label = if name == "spool" { "spool_full" } else { "outbox_full" };
+        let counted = format!("hookbus_rejections_total{{reason=\"{label}\"}} {refused}");
+        assert!(String::from_utf8_lossy(&metrics).contains(&counted), "{name}: {counted}");
+        proxy.set_down(false);
+        let received = collect(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
+        println!(
+            "overload ({name}): acknowledged {}, refused {refused}, delivered {received}, lost 0",
+            acknowledged.len()
+        );
+        assert_eq!(gateway.stop().await.lost, 0);
+    }
+}
+
+#[tokio::test]
+async fn damaged_spool_files_are_reported_and_every_intact_record_delivered() {
+    let prefix = unique("t");
+    let dir = tempdir("spool");
+    {
+        let (spool, _) = hookbus::spool::Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        for n in 0..4 {
+            let body = format!(r#"{{"RoomId":"room-{n}"}}"#);
+            let origin = hookbus::bus::Origin { sdk_app_id: APP.into(), ..Default::default() };
+            let message = hookbus::bus::Message::new(&prefix, "Live.X", Some(format!("room-{n}")), origin, body.into());
+            spool.append(&message).await.unwrap();
+        }
+    }
+    let segment = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let mut data = std::fs::read(&segment).unwrap();
+    let starts: Vec<usize> = (0..data.len()).filter(|&at| data[at..].starts_with(b"HBS1")).collect();
+    assert_eq!(starts.len(), 4);
+    data[starts[1] + 20] ^= 0x01; // a flipped bit in the second record
+    data.truncate(starts[3] + 10); // the last record torn by a crash
+    std::fs::write(&segment, &data).unwrap();
+
+    let mut watcher = Backend::Nats.watch(&prefix).await;
+    let gateway = Backend::Nats.gateway(&prefix, None, &["--spool-dir", dir.to_str().unwrap()]).await;
+    let expected: HashSet<String> = ["room-0", "room-2"].map(String::from).into();
+    let received = collect(&mut watcher, &expected, Duration::from_secs(10)).await;
+    let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(metrics.contains("hookbus_spool_recovered_events_total 2"), "{metrics}");
+    assert!(metrics.contains("hookbus_spool_corrupt_records_total 2"), "{metrics}");
+    assert!(metrics.contains("hookbus_spool_truncated_bytes_total 10"), "{metrics}");
+    println!("damaged spool: intact 2, delivered {received}, corrupt regions 2, lost 0 of the intact");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_exits_within_the_grace_period_and_keeps_the_rest() {
+    let prefix = unique("t");
+    let spool = tempdir("spool");
+    let spool = spool.to_str().unwrap();
+    let mut watcher = Backend::Nats.watch(&prefix).await;
+    let proxy = Proxy::start(Backend::Nats.upstream()).await;
+    let via_proxy = format!("nats://{}", proxy.addr);
+    let mut flags_with_grace = flags(&prefix, &via_proxy, spool);
+    flags_with_grace.extend(["--shutdown-grace", "1s"]);
+    let (mut child, addr) = spawn_binary(&flags_with_grace);
+    let burst = tokio::spawn(burst_acknowledged(addr, 20_000, 8));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set_down(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = Instant::now();
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    let took = stopping.elapsed();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    assert!(took < Duration::from_millis(2500), "within the 1s grace period plus start-up slack: {took:?}");
+    let acknowledged = burst.await.unwrap();
+
+    let url = nats_url();
+    let (mut restarted, _) = spawn_binary(&flags(&prefix, &url, spool));
+    let (received, _) = collect_at_least(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
+    println!("sigterm: exit 0 in {took:?}, acknowledged {}, delivered {received}, lost 0", acknowledged.len());
+    signal(&restarted, "TERM");
+    assert!(restarted.wait().unwrap().success());
+}
