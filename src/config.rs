@@ -134,8 +134,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKBUS_SPOOL_MAX_BYTES", default_value_t = 256 << 20)]
     pub spool_max_bytes: u64,
     /// Events the in-memory outbox holds before callbacks are answered 503.
-    #[arg(long, env = "HOOKBUS_OUTBOX_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "HOOKBUS_OUTBOX_CAPACITY", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub outbox_capacity: u32,
+    /// Memory the outbox's events may hold before callbacks are answered 503 (memory outbox;
+    /// with a spool, --spool-max-bytes bounds the waiting events instead).
+    #[arg(long, env = "HOOKBUS_OUTBOX_MAX_BYTES", default_value_t = 16 << 20)]
+    pub outbox_max_bytes: usize,
     /// Time allowed on SIGTERM/SIGINT to finish requests and flush the outbox.
     #[arg(long, env = "HOOKBUS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -221,6 +225,7 @@ impl ServeArgs {
             },
             bus,
             outbox_capacity: self.outbox_capacity as usize,
+            outbox_max_bytes: self.outbox_max_bytes,
             shutdown_grace: self.shutdown_grace,
         })
     }

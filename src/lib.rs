@@ -48,6 +48,7 @@ pub struct Gateway {
     pub decisions: Decisions,
     pub bus: Bus,
     pub outbox_capacity: usize,
+    pub outbox_max_bytes: usize,
     pub shutdown_grace: Duration,
     /// With `--spool-dir`: the opened spool and what it replayed.
     pub spool: Option<(Spool, Replay)>,
@@ -78,7 +79,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
             "spool read back"
         );
     }
-    let outbox = Arc::new(Outbox::new(gateway.outbox_capacity, gateway.spool));
+    let outbox = Arc::new(Outbox::new(gateway.outbox_capacity, gateway.outbox_max_bytes, gateway.spool));
     let publisher = tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone()));
     let app = Arc::new(App {
         limits: gateway.limits,

@@ -9,6 +9,11 @@ use hookbus::bus::Bus;
 use hookbus::config::{Cli, Command, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
 use hookbus::respond::Responder;
 
+// Per-request allocations dominate the gateway's own CPU time; mimalloc halves their cost
+// against glibc malloc here and keeps RSS from fragmenting under bursts (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = match &cli.command {

@@ -16,7 +16,7 @@ const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000,
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
-    rejections: Mutex<HashMap<&'static str, u64>>,
+    rejections: Mutex<HashMap<&'static str, Rejections>>,
     decisions: [[AtomicU64; Outcome::ALL.len()]; 2],
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     latency_sum_us: AtomicU64,
@@ -28,6 +28,14 @@ pub struct Metrics {
     pub spool_recovered: AtomicU64,
     pub spool_corrupt: AtomicU64,
     pub spool_truncated_bytes: AtomicU64,
+}
+
+#[derive(Default, Clone)]
+struct Rejections {
+    count: u64,
+    /// Second of the last logged rejection, and how many were not logged since.
+    logged_at: u64,
+    unlogged: u64,
 }
 
 /// Values read from the outbox and the bus when `/metrics` is scraped.
@@ -51,8 +59,19 @@ impl Metrics {
         *requests.entry(label.to_owned()).or_default().entry(status).or_default() += 1;
     }
 
-    pub fn rejection(&self, reason: &'static str) {
-        *self.rejections.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+    /// Counts a rejection. Returns whether to log it: at most one line per reason and second,
+    /// with the number of rejections not logged since (so an overload cannot flood the log).
+    pub fn rejection(&self, reason: &'static str) -> Option<u64> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = rejections.entry(reason).or_default();
+        entry.count += 1;
+        if entry.logged_at == now {
+            entry.unlogged += 1;
+            return None;
+        }
+        entry.logged_at = now;
+        Some(std::mem::take(&mut entry.unlogged))
     }
 
     pub fn decision(&self, kind: Blocking, outcome: Outcome, elapsed: Duration) {
@@ -80,8 +99,8 @@ impl Metrics {
             }
         }
         family(&mut out, "rejections_total", "counter", "Callbacks refused, by reason.");
-        let mut rejections: Vec<_> =
-            self.rejections.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect();
+        let rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut rejections: Vec<_> = rejections.into_iter().map(|(reason, r)| (reason, r.count)).collect();
         rejections.sort();
         for (reason, count) in rejections {
             let _ = writeln!(out, "hookbus_rejections_total{{reason=\"{reason}\"}} {count}");
@@ -172,6 +191,23 @@ mod tests {
         assert!(text.contains("hookbus_requests_total{command=\"Cmd0\",status=\"200\"} 2"));
         assert!(text.contains("hookbus_requests_total{command=\"other\",status=\"200\"} 10"));
         assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
+    }
+
+    #[test]
+    fn rejection_logs_are_limited_to_one_per_reason_and_second() {
+        let metrics = Metrics::default();
+        assert_eq!(metrics.rejection("outbox_full"), Some(0));
+        let logged: Vec<_> = (0..100).filter_map(|_| metrics.rejection("outbox_full")).collect();
+        assert!(logged.len() <= 1, "{logged:?}");
+        assert_eq!(metrics.rejection("sign_stale"), Some(0), "reasons are limited separately");
+        let text = metrics.render(Gauges {
+            outbox_depth: 0,
+            outbox_capacity: 1,
+            bus_connected: true,
+            late_replies: 0,
+            spool_bytes: None,
+        });
+        assert!(text.contains("hookbus_rejections_total{reason=\"outbox_full\"} 101"));
     }
 
     #[test]

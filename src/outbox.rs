@@ -21,11 +21,16 @@ const WINDOW: usize = 512;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Memory an event holds besides its payload (attributes, queue slot), for the byte bound.
+const OVERHEAD: usize = 256;
+
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
     #[error("outbox full ({0} events)")]
     Full(usize),
+    #[error("outbox full ({0} bytes)")]
+    FullBytes(usize),
     #[error(transparent)]
     Spool(#[from] SpoolError),
 }
@@ -34,6 +39,7 @@ pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
     capacity: usize,
+    max_bytes: usize,
     spool: Option<Spool>,
 }
 
@@ -45,34 +51,48 @@ struct State {
     in_flight: usize,
     /// Being written to the spool: counted so that concurrent pushes respect the capacity.
     reserved: usize,
+    /// Memory held by every event counted above.
+    bytes: usize,
     closed: bool,
 }
 
 impl Outbox {
-    /// An outbox of `capacity` events; with a spool, starting with what it replayed.
-    pub fn new(capacity: usize, spool: Option<(Spool, Replay)>) -> Outbox {
+    /// An outbox of at most `capacity` events and `max_bytes` of memory; with a spool,
+    /// starting with what it replayed.
+    pub fn new(capacity: usize, max_bytes: usize, spool: Option<(Spool, Replay)>) -> Outbox {
         let mut state = State::default();
         let spool = spool.map(|(spool, replay)| {
+            state.bytes = replay.events.iter().map(|(message, _)| size(message)).sum();
             state.queue.extend(replay.events.into_iter().map(|(message, segment)| (message, Some(segment))));
             spool
         });
-        Outbox { state: Mutex::new(state), ready: Notify::new(), capacity, spool }
+        // With a spool, its own bound (`--spool-max-bytes`) limits the waiting events; they are
+        // kept in memory as well, so that bound is a memory bound too.
+        let max_bytes = if spool.is_some() { usize::MAX } else { max_bytes };
+        Outbox { state: Mutex::new(state), ready: Notify::new(), capacity, max_bytes, spool }
     }
 
     /// Accepts an event once it is held (and, with a spool, durable), or refuses it when full.
     pub async fn push(&self, message: Message) -> Result<(), Refused> {
+        let bytes = size(&message);
         {
             let mut state = self.lock();
             if state.queue.len() + state.in_flight + state.reserved >= self.capacity {
                 return Err(Refused::Full(self.capacity));
             }
+            if state.bytes + bytes > self.max_bytes {
+                return Err(Refused::FullBytes(self.max_bytes));
+            }
             state.reserved += 1;
+            state.bytes += bytes;
         }
         let segment = match &self.spool {
             Some(spool) => match spool.append(&message).await {
                 Ok(segment) => Some(segment),
                 Err(error) => {
-                    self.lock().reserved -= 1;
+                    let mut state = self.lock();
+                    state.reserved -= 1;
+                    state.bytes -= bytes;
                     return Err(error.into());
                 }
             },
@@ -80,9 +100,13 @@ impl Outbox {
         };
         let mut state = self.lock();
         state.reserved -= 1;
+        let was_empty = state.queue.is_empty();
         state.queue.push_back((message, segment));
         drop(state);
-        self.ready.notify_one();
+        // The publisher only waits on an empty queue: one wake-up per batch, not per event.
+        if was_empty {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -108,7 +132,8 @@ impl Outbox {
     /// Whether the next callback would be refused for lack of room.
     pub fn is_full(&self) -> bool {
         let spool_full = self.spool.as_ref().is_some_and(|spool| spool.bytes() >= spool.max_bytes());
-        self.depth() >= self.capacity || spool_full
+        let state = self.lock();
+        state.queue.len() + state.in_flight >= self.capacity || state.bytes >= self.max_bytes || spool_full
     }
 
     /// After this, the publisher stops once the outbox is empty.
@@ -136,16 +161,17 @@ impl Outbox {
         }
     }
 
-    /// Forgets confirmed events: frees their places and, when spooled, their records.
-    fn confirmed(&self, segments: impl Iterator<Item = Option<u64>>) {
-        let mut n = 0;
-        for segment in segments {
-            n += 1;
-            if let (Some(spool), Some(segment)) = (&self.spool, segment) {
+    /// Forgets confirmed events: frees their places, memory and, when spooled, records.
+    fn confirmed(&self, messages: impl Iterator<Item = Message>, segments: impl Iterator<Item = Option<u64>>) {
+        let (n, bytes) = messages.fold((0, 0), |(n, bytes), message| (n + 1, bytes + size(&message)));
+        for segment in segments.flatten() {
+            if let Some(spool) = &self.spool {
                 spool.confirmed(segment);
             }
         }
-        self.lock().in_flight -= n;
+        let mut state = self.lock();
+        state.in_flight -= n;
+        state.bytes -= bytes;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -172,8 +198,7 @@ impl Outbox {
                         _ => drop(metrics.published.fetch_add(1, Relaxed)),
                     }
                 }
-                messages.drain(..settled);
-                self.confirmed(segments.drain(..settled));
+                self.confirmed(messages.drain(..settled), segments.drain(..settled));
                 let Some(failure) = failure else { break };
                 let error = results[failure].as_ref().err().map(ToString::to_string).unwrap_or_default();
                 metrics.retried.fetch_add(messages.len() as u64, Relaxed);
@@ -183,6 +208,10 @@ impl Outbox {
             }
         }
     }
+}
+
+fn size(message: &Message) -> usize {
+    message.payload.len() + OVERHEAD
 }
 
 #[cfg(test)]
@@ -197,23 +226,28 @@ mod tests {
 
     #[tokio::test]
     async fn full_outbox_refuses() {
-        let outbox = Outbox::new(2, None);
+        let outbox = Outbox::new(2, 1 << 20, None);
         outbox.push(message()).await.unwrap();
         outbox.push(message()).await.unwrap();
         assert!(outbox.is_full());
         assert!(matches!(outbox.push(message()).await, Err(Refused::Full(2))));
         assert_eq!(outbox.depth(), 2);
+        let small = Outbox::new(100, 2 * (OVERHEAD + 2), None);
+        small.push(message()).await.unwrap();
+        small.push(message()).await.unwrap();
+        assert!(small.is_full());
+        assert!(matches!(small.push(message()).await, Err(Refused::FullBytes(_))));
     }
 
     #[tokio::test]
     async fn taken_events_still_count_until_confirmed() {
-        let outbox = Outbox::new(2, None);
+        let outbox = Outbox::new(2, 1 << 20, None);
         outbox.push(message()).await.unwrap();
         outbox.push(message()).await.unwrap();
         let (batch, segments) = outbox.take().await.unwrap();
         assert_eq!(batch.len(), 2);
         assert!(outbox.push(message()).await.is_err(), "in-flight events hold their place");
-        outbox.confirmed(segments.into_iter());
+        outbox.confirmed(batch.into_iter(), segments.into_iter());
         assert_eq!(outbox.depth(), 0);
         outbox.close();
         assert!(outbox.take().await.is_none());

@@ -179,7 +179,9 @@ where
         return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
     }
     let payload = match Limited::new(request.into_body(), limits.max_body_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
+        // A copy of its own: the collected body may be a slice of the connection's read buffer,
+        // which an event waiting in the outbox would otherwise keep alive whole.
+        Ok(collected) => Bytes::copy_from_slice(&collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
         }
@@ -210,7 +212,7 @@ where
         }
         None => {
             app.outbox.push(message).await.map_err(|refused| match refused {
-                Refused::Full(_) => Rejection::Overloaded("outbox_full"),
+                Refused::Full(_) | Refused::FullBytes(_) => Rejection::Overloaded("outbox_full"),
                 Refused::Spool(SpoolError::Full(_)) => Rejection::Overloaded("spool_full"),
                 Refused::Spool(SpoolError::Io(error)) => {
                     tracing::error!(%error, "spool write failed");
@@ -227,8 +229,10 @@ fn reject(app: &App, command: &str, rejection: Rejection) -> Response<Full<Bytes
     let status = rejection.status();
     let label = if tencent::valid_command(command) { command } else { "unknown" };
     app.metrics.request(label, status.as_u16());
-    app.metrics.rejection(rejection.label());
-    tracing::warn!(status = status.as_u16(), reason = %rejection, label = rejection.label(), command = label, "callback rejected");
+    let suppressed = app.metrics.rejection(rejection.label());
+    if let Some(suppressed) = suppressed {
+        tracing::warn!(status = status.as_u16(), reason = %rejection, label = rejection.label(), command = label, suppressed, "callback rejected");
+    }
     let body = serde_json::json!({
         "ActionStatus": "FAIL",
         "ErrorCode": status.as_u16(),

@@ -1,0 +1,111 @@
+//! A fixed-rate load generator for latency figures: `--connections` keep-alive connections
+//! share `--rate` requests per second for `--duration`. Latency is measured from each request's
+//! scheduled send time, so a stalled server is charged for the requests it delayed (no
+//! coordinated omission). Prints one JSON line.
+//!
+//! `cargo run --release --example load -- --url http://127.0.0.1:8080/ --rate 20000 \
+//!     --duration 10s --body bench/body-1k.json --command Live.CallbackAfterMemberStateChanged --token T`
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    rate: u64,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value_t = 32)]
+    connections: u64,
+    /// File whose bytes are posted.
+    #[arg(long)]
+    body: std::path::PathBuf,
+    #[arg(long)]
+    command: String,
+    #[arg(long, default_value = "1400000000")]
+    sdk_app_id: String,
+    #[arg(long)]
+    token: Option<String>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    let uri: Uri = args.url.parse().expect("a valid --url");
+    let host = format!("{}:{}", uri.host().expect("a host"), uri.port_u16().unwrap_or(80));
+    let target =
+        format!("{}?{}", uri.path(), hookbus::simulate::query(&args.sdk_app_id, &args.command, args.token.as_deref()));
+    let body = Bytes::from(std::fs::read(&args.body).expect("a readable --body"));
+    let interval = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
+    let start = Instant::now() + Duration::from_millis(50);
+    let end = start + args.duration;
+    let mut tasks = Vec::new();
+    for n in 0..args.connections {
+        let (host, target, body) = (host.clone(), target.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(&host).await.expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+            tokio::spawn(connection);
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            // Spread the connections' schedules across one interval.
+            let mut scheduled = start + interval.mul_f64(n as f64 / args.connections as f64);
+            while scheduled < end {
+                tokio::time::sleep_until(scheduled).await;
+                let request =
+                    Request::post(&target).header("host", &host).body(Full::new(body.clone())).expect("request");
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let ok = response.status() == 200;
+                        ok && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(scheduled.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                }
+                scheduled += interval;
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (mut some, failed) = task.await.expect("a load task");
+        latencies.append(&mut some);
+        errors += failed;
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "ok": latencies.len(),
+            "errors": errors,
+            "rate": (latencies.len() as f64 / args.duration.as_secs_f64()).round(),
+            "p50_ms": at(0.50),
+            "p99_ms": at(0.99),
+            "p999_ms": at(0.999),
+        })
+    );
+}
