@@ -4,9 +4,8 @@
 //! two channels) is re-established whenever it breaks; a supervisor keeps it up while idle.
 //! The only file that names lapin types.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -18,8 +17,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use tokio::sync::oneshot;
 
+use super::replies::Replies;
 use super::{BusError, Message, Ready};
 use crate::respond::Responder;
 use crate::tencent::{GIFT, MESSAGE};
@@ -41,8 +40,7 @@ struct Inner {
     link: tokio::sync::Mutex<Option<Link>>,
     connected: AtomicBool,
     /// Decision requests waiting for their reply, by correlation id (the event id).
-    pending: Mutex<HashMap<String, oneshot::Sender<Bytes>>>,
-    late_replies: AtomicU64,
+    replies: Replies<Bytes>,
 }
 
 #[derive(Clone)]
@@ -68,8 +66,7 @@ impl Amqp {
             exchange: exchange.to_owned(),
             link: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
-            pending: Mutex::default(),
-            late_replies: AtomicU64::new(0),
+            replies: Replies::default(),
         });
         let amqp = Amqp { inner };
         amqp.link().await.map_err(|error| BusError::Connect(error.to_string()))?;
@@ -138,8 +135,7 @@ impl Amqp {
     /// An unroutable request (nobody bound) fails at once with "no responders".
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
         let link = self.link().await?;
-        let (sender, reply) = oneshot::channel();
-        let _pending = Pending::register(&self.inner, &message.id, sender);
+        let mut waiting = self.inner.replies.register(&message.id);
         let expiration = message.time_left().as_millis().max(1).to_string();
         let properties = properties(message)
             .with_reply_to(DIRECT_REPLY_TO.into())
@@ -161,7 +157,7 @@ impl Amqp {
             Confirmation::Ack(Some(_)) => return Err(BusError::NoResponders(message.destination.clone())),
             other => return Err(unavailable("request confirm", format!("{other:?}"))),
         }
-        reply.await.map_err(|_| unavailable("reply", "link closed before the reply"))
+        waiting.reply().await.map_err(|_| unavailable("reply", "link closed before the reply"))
     }
 
     pub fn is_connected(&self) -> bool {
@@ -170,7 +166,7 @@ impl Amqp {
 
     /// Replies that arrived after their request had given up.
     pub fn late_replies(&self) -> u64 {
-        self.inner.late_replies.load(Relaxed)
+        self.inner.replies.late()
     }
 
     pub async fn close(&self) {
@@ -237,25 +233,6 @@ impl Amqp {
     }
 }
 
-/// Removes a pending request when the request is done or dropped at its deadline.
-struct Pending<'a> {
-    inner: &'a Inner,
-    id: &'a str,
-}
-
-impl<'a> Pending<'a> {
-    fn register(inner: &'a Inner, id: &'a str, sender: oneshot::Sender<Bytes>) -> Pending<'a> {
-        inner.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), sender);
-        Pending { inner, id }
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
-    }
-}
-
 /// Opens a connection, the two channels, the exchange and the reply consumer.
 async fn open(inner: &Arc<Inner>) -> Result<Link, BusError> {
     let connection = Connection::connect(&inner.url, ConnectionProperties::default())
@@ -281,14 +258,7 @@ async fn open(inner: &Arc<Inner>) -> Result<Link, BusError> {
         while let Some(Ok(reply)) = replies.next().await {
             let Some(inner) = weak.upgrade() else { break };
             let id = reply.properties.correlation_id().as_ref().map(ShortString::as_str).unwrap_or("");
-            let waiting = inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-            match waiting {
-                Some(sender) => drop(sender.send(Bytes::from(reply.data))),
-                None => {
-                    inner.late_replies.fetch_add(1, Relaxed);
-                    tracing::debug!(correlation_id = id, "late or unknown reply dropped");
-                }
-            }
+            inner.replies.deliver(id, Bytes::from(reply.data));
         }
     });
     Ok(Link { connection: Arc::new(connection), events, rpc })

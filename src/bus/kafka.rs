@@ -5,7 +5,7 @@
 //! `kafka_correlationId`. The only file that names rdkafka types.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,8 +19,8 @@ use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::oneshot;
 
+use super::replies::Replies;
 use super::{BusError, Message, Ready};
 use crate::respond::Responder;
 use crate::tencent::{GIFT, MESSAGE};
@@ -53,8 +53,7 @@ struct Inner {
     /// Topics known to exist: checked (and created) once, before their first publish.
     topics: Mutex<HashSet<String>>,
     /// Decision requests waiting for their reply, by correlation id (the event id).
-    pending: Mutex<HashMap<String, oneshot::Sender<Bytes>>>,
-    late_replies: AtomicU64,
+    replies: Replies<Bytes>,
     connected: AtomicBool,
 }
 
@@ -78,8 +77,7 @@ impl Kafka {
             producer,
             admin,
             topics: Mutex::default(),
-            pending: Mutex::default(),
-            late_replies: AtomicU64::new(0),
+            replies: Replies::default(),
             connected: AtomicBool::new(false),
         });
         let kafka = Kafka { inner };
@@ -190,8 +188,7 @@ impl Kafka {
     /// Produces a request with the reply headers and waits for the reply with its correlation id.
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
         self.ensure_topic(&message.destination, self.inner.options.partitions).await?;
-        let (sender, reply) = oneshot::channel();
-        let _pending = Pending::register(&self.inner, &message.id, sender);
+        let mut waiting = self.inner.replies.register(&message.id);
         let headers = headers(message)
             .insert(Header { key: REPLY_TOPIC, value: Some(self.inner.options.reply_topic.as_str()) })
             .insert(Header { key: CORRELATION_ID, value: Some(message.id.as_str()) });
@@ -202,7 +199,7 @@ impl Kafka {
             .map_err(|(error, _)| unavailable("request", error))?;
         let delivered = delivery.await.map_err(|_| unavailable("request delivery", "report dropped"))?;
         delivered.map_err(|(error, _)| unavailable("request delivery", error))?;
-        reply.await.map_err(|_| unavailable("reply", "reply consumer stopped"))
+        waiting.reply().await.map_err(|_| unavailable("reply", "reply consumer stopped"))
     }
 
     pub fn is_connected(&self) -> bool {
@@ -210,7 +207,7 @@ impl Kafka {
     }
 
     pub fn late_replies(&self) -> u64 {
-        self.inner.late_replies.load(Relaxed)
+        self.inner.replies.late()
     }
 
     pub async fn close(&self) {
@@ -277,25 +274,6 @@ impl Kafka {
     }
 }
 
-/// Removes a pending request when the request is done or dropped at its deadline.
-struct Pending<'a> {
-    inner: &'a Inner,
-    id: &'a str,
-}
-
-impl<'a> Pending<'a> {
-    fn register(inner: &'a Inner, id: &'a str, sender: oneshot::Sender<Bytes>) -> Pending<'a> {
-        inner.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), sender);
-        Pending { inner, id }
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
-    }
-}
-
 /// Hands each reply to the request waiting for its correlation id; counts the rest as late.
 async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<Inner>) {
     loop {
@@ -314,14 +292,7 @@ async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<Inner>) {
             .and_then(|h| h.value)
             .map(|value| String::from_utf8_lossy(value).into_owned())
             .unwrap_or_default();
-        let waiting = inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        match waiting {
-            Some(sender) => drop(sender.send(Bytes::copy_from_slice(reply.payload().unwrap_or_default()))),
-            None => {
-                inner.late_replies.fetch_add(1, Relaxed);
-                tracing::debug!(correlation_id = id, "late or unknown reply dropped");
-            }
-        }
+        inner.replies.deliver(&id, Bytes::copy_from_slice(reply.payload().unwrap_or_default()));
     }
 }
 

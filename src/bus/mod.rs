@@ -6,6 +6,7 @@
 pub mod amqp;
 pub mod kafka;
 pub mod nats;
+mod replies;
 pub mod stdout;
 
 use std::borrow::Cow;
@@ -175,13 +176,13 @@ impl Bus {
         }
     }
 
-    /// Decision replies that arrived after their deadline (where the bus can see them: NATS
-    /// drops replies to an abandoned inbox at the server).
+    /// Decision replies that arrived after their deadline.
     pub fn late_replies(&self) -> u64 {
         match self {
+            Bus::Stdout(_) => 0,
+            Bus::Nats(bus) => bus.late_replies(),
             Bus::Amqp(bus) => bus.late_replies(),
             Bus::Kafka(bus) => bus.late_replies(),
-            Bus::Stdout(_) | Bus::Nats(_) => 0,
         }
     }
 

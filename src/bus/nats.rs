@@ -4,6 +4,7 @@
 //! The only file that names async-nats types.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
+use super::replies::Replies;
 use super::{BusError, Message, Ready};
 use crate::respond::Responder;
 use crate::tencent::{GIFT, MESSAGE};
@@ -29,6 +31,9 @@ pub struct Nats {
     /// No subscriber ever listens here: a request to it comes back "no responders" from the
     /// server itself, after the server processed every earlier publish of this connection.
     probe: String,
+    /// Replies to decision requests arrive on `{inbox}.{event id}`.
+    inbox: String,
+    replies: Arc<Replies<Result<Bytes, BusError>>>,
 }
 
 impl Nats {
@@ -59,7 +64,14 @@ impl Nats {
             None
         };
         let probe = format!("_HOOKBUS.confirm.{}", client.new_inbox().trim_start_matches("_INBOX."));
-        Ok(Nats { client, jetstream, probe })
+        let inbox = client.new_inbox();
+        let subscription = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|error| BusError::Connect(format!("NATS reply inbox: {error}")))?;
+        let replies = Arc::new(Replies::default());
+        tokio::spawn(dispatch_replies(subscription, Arc::downgrade(&replies)));
+        Ok(Nats { client, jetstream, probe, inbox, replies })
     }
 
     /// Returns, per message, once the server holds it (core) or the stream stored it (JetStream).
@@ -111,35 +123,26 @@ impl Nats {
         .await
     }
 
-    /// Sends a core request with a reply inbox and returns the first reply that is not a
-    /// JetStream PubAck (a stream over `{prefix}.>` also answers requests).
+    /// Sends a core request with this connection's reply inbox and returns the reply; the
+    /// server's "no responders" comes back at once as [`BusError::NoResponders`].
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
-        let inbox = self.client.new_inbox();
-        // Dropping the subscription (on reply or when the caller's deadline drops us) unsubscribes.
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|error| BusError::Unavailable(format!("NATS subscribe: {error}")))?;
+        let mut waiting = self.replies.register(&message.id);
+        let reply_to = format!("{}.{}", self.inbox, message.id);
         self.client
             .publish_with_reply_and_headers(
                 message.destination.clone(),
-                inbox,
+                reply_to,
                 headers(message),
                 message.payload.clone(),
             )
             .await
             .map_err(|error| BusError::Unavailable(format!("NATS request: {error}")))?;
-        while let Some(reply) = replies.next().await {
-            if reply.status == Some(StatusCode::NO_RESPONDERS) {
-                return Err(BusError::NoResponders(message.destination.clone()));
-            }
-            if reply.status.is_some_and(|status| status != StatusCode::OK) || is_stream_answer(&reply.payload) {
-                continue;
-            }
-            return Ok(reply.payload);
-        }
-        Err(BusError::Unavailable("NATS connection closed".into()))
+        waiting.reply().await.map_err(|_| BusError::Unavailable("NATS reply inbox closed".into()))?
+    }
+
+    /// Replies that arrived after their request had given up.
+    pub fn late_replies(&self) -> u64 {
+        self.replies.late()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -177,6 +180,20 @@ impl Nats {
             });
         }
         Err(BusError::Unavailable("NATS subscription ended".into()))
+    }
+}
+
+/// Hands each reply on the inbox to its request. A JetStream PubAck is skipped: a stream over
+/// `{prefix}.>` also answers requests, and the responder's reply follows it.
+async fn dispatch_replies(mut subscription: async_nats::Subscriber, replies: Weak<Replies<Result<Bytes, BusError>>>) {
+    while let Some(reply) = subscription.next().await {
+        let Some(replies) = replies.upgrade() else { return };
+        let id = reply.subject.rsplit('.').next().unwrap_or_default();
+        if reply.status == Some(StatusCode::NO_RESPONDERS) {
+            replies.deliver(id, Err(BusError::NoResponders(id.to_owned())));
+        } else if reply.status.is_none_or(|status| status == StatusCode::OK) && !is_stream_answer(&reply.payload) {
+            replies.deliver(id, Ok(reply.payload));
+        }
     }
 }
 
