@@ -112,7 +112,7 @@ pub type Ready = tokio::sync::oneshot::Sender<()>;
 #[derive(Clone)]
 pub enum Bus {
     Stdout(stdout::Stdout),
-    Nats(nats::Nats),
+    Nats(Box<nats::Nats>),
     Amqp(amqp::Amqp),
     Kafka(kafka::Kafka),
 }
@@ -126,7 +126,7 @@ impl Bus {
                 let name = args.instance_id();
                 let stream = args.nats_create_stream.as_deref();
                 let bus = nats::Nats::connect(&args.nats_url, args.nats_jetstream, stream, &args.prefix, &name).await?;
-                Ok(Bus::Nats(bus))
+                Ok(Bus::Nats(Box::new(bus)))
             }
             BusKind::Amqp => Ok(Bus::Amqp(amqp::Amqp::connect(&args.amqp_url, &args.amqp_exchange).await?)),
             BusKind::Kafka => {
