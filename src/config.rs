@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bus::Bus;
 use crate::decision::{Decisions, Fallback};
+use crate::http::Connections;
 use crate::routes::Limits;
 use crate::spool::Spool;
 use crate::Gateway;
@@ -116,6 +117,16 @@ pub struct ServeArgs {
     /// Largest accepted callback body.
     #[arg(long, env = "HOOKBUS_MAX_BODY_BYTES", default_value_t = 65536)]
     pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection is kept.
+    #[arg(long, env = "HOOKBUS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body after its headers (408 past it).
+    #[arg(long, env = "HOOKBUS_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "HOOKBUS_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     #[command(flatten)]
     pub bus: BusArgs,
     /// How long a blocking callback waits for a decision (must be under 2s).
@@ -202,6 +213,7 @@ impl ServeArgs {
             token,
             max_clock_skew: self.max_clock_skew,
             max_body_bytes: self.max_body_bytes,
+            body_read_timeout: self.body_read_timeout,
             prefix: self.bus.prefix.clone(),
         })
     }
@@ -226,6 +238,10 @@ impl ServeArgs {
             bus,
             outbox_capacity: self.outbox_capacity as usize,
             outbox_max_bytes: self.outbox_max_bytes,
+            connections: Connections {
+                header_read_timeout: self.header_read_timeout,
+                max_connections: self.max_connections as usize,
+            },
             shutdown_grace: self.shutdown_grace,
         })
     }

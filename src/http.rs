@@ -1,6 +1,7 @@
-//! hyper plumbing: the accept loop, one task per connection, header-read timeout, and
-//! graceful shutdown (stop accepting, let in-flight requests finish within the grace period).
-//! What a request means is `routes`' business.
+//! hyper plumbing: the accept loop, one task per connection, a cap on connections, the
+//! header-read (and keep-alive idle) timeout, and graceful shutdown (stop accepting, let
+//! in-flight requests finish within the grace period). What a request means is `routes`'
+//! business.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,24 +15,39 @@ use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::routes::{self, App};
 
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limits on connections, against slow and hostile clients.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    /// For a request's headers, and for an idle keep-alive connection's next request.
+    pub header_read_timeout: Duration,
+    /// Served at once; the rest wait in the listen backlog.
+    pub max_connections: usize,
+}
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then waits up to `grace` for
 /// open requests to finish. Returns the time that was left of `grace`.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    limits: &Connections,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> Duration {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
+        // At the cap, stop accepting: new connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -55,6 +71,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 
 use crate::bus::Bus;
 use crate::decision::Decisions;
+use crate::http::Connections;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::routes::{App, Limits};
@@ -49,6 +50,7 @@ pub struct Gateway {
     pub bus: Bus,
     pub outbox_capacity: usize,
     pub outbox_max_bytes: usize,
+    pub connections: Connections,
     pub shutdown_grace: Duration,
     /// With `--spool-dir`: the opened spool and what it replayed.
     pub spool: Option<(Spool, Replay)>,
@@ -88,7 +90,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         outbox: outbox.clone(),
         metrics: metrics.clone(),
     });
-    let left = http::serve(listener, app, shutdown, gateway.shutdown_grace).await;
+    let left = http::serve(listener, app, &gateway.connections, shutdown, gateway.shutdown_grace).await;
     let deadline = tokio::time::Instant::now() + left;
     outbox.close();
     tracing::info!(depth = outbox.depth(), within = ?left, "flushing the outbox");

@@ -26,6 +26,8 @@ pub struct Limits {
     pub token: Option<String>,
     pub max_clock_skew: std::time::Duration,
     pub max_body_bytes: usize,
+    /// A body must arrive whole within this time of its headers.
+    pub body_read_timeout: std::time::Duration,
     pub prefix: String,
 }
 
@@ -52,6 +54,8 @@ pub enum Rejection {
     Unauthorized(SignError),
     #[error("body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("body not received in time")]
+    BodyTimeout,
     #[error("{reason}")]
     BadRequest { label: &'static str, reason: &'static str },
     /// Carries the metric label: `outbox_full` or `spool_full`.
@@ -69,6 +73,7 @@ impl Rejection {
             Rejection::Forbidden => StatusCode::FORBIDDEN,
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Rejection::Overloaded(_) | Rejection::SpoolFailed => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -85,6 +90,7 @@ impl Rejection {
             Rejection::Unauthorized(SignError::Stale) => "sign_stale",
             Rejection::Unauthorized(SignError::Mismatch) => "sign_mismatch",
             Rejection::PayloadTooLarge(_) => "too_large",
+            Rejection::BodyTimeout => "body_timeout",
             Rejection::BadRequest { label, .. } => label,
             Rejection::Overloaded(label) => label,
             Rejection::SpoolFailed => "spool_error",
@@ -130,8 +136,8 @@ where
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
-        "/healthz" | "/readyz" | "/metrics" => reject(app, "", Rejection::MethodNotAllowed("GET")),
-        _ => reject(app, "", Rejection::NotFound),
+        "/healthz" | "/readyz" | "/metrics" => reject(app, "", Rejection::MethodNotAllowed("GET"), "-", Instant::now()),
+        _ => reject(app, "", Rejection::NotFound, "-", Instant::now()),
     }
 }
 
@@ -143,20 +149,39 @@ where
     let started = Instant::now();
     let query = Query::parse(request.uri().query().unwrap_or(""));
     let command = query.command.clone().unwrap_or_default();
+    // The caller's request id when it sends one; else the event id, or a fresh one for a refusal.
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| id.len() <= 128)
+        .map(str::to_owned);
     match accept(app, request, query).await {
-        Ok((command, answer)) => {
+        Ok(Accepted { command, id, answer }) => {
             app.metrics.request(&command, 200);
-            tracing::debug!(command, latency = ?started.elapsed(), "callback answered");
+            let request_id = request_id.as_deref().unwrap_or(&id);
+            let latency_us = started.elapsed().as_micros() as u64;
+            tracing::debug!(request_id, id, command, status = 200, latency_us, "callback answered");
             let mut response = Response::new(Full::new(answer));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(rejection) => reject(app, &command, rejection),
+        Err(rejection) => {
+            let request_id = request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            reject(app, &command, rejection, &request_id, started)
+        }
     }
 }
 
-/// The checks of SPEC §2 in order; on success the command and the answer body.
-async fn accept<B>(app: &App, request: Request<B>, query: Query) -> Result<(String, Bytes), Rejection>
+/// An accepted callback: its command, event id and the answer for Tencent.
+struct Accepted {
+    command: String,
+    id: String,
+    answer: Bytes,
+}
+
+/// The checks of SPEC §2 in order.
+async fn accept<B>(app: &App, request: Request<B>, query: Query) -> Result<Accepted, Rejection>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -178,7 +203,11 @@ where
     if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
         return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
     }
-    let payload = match Limited::new(request.into_body(), limits.max_body_bytes).collect().await {
+    let body = Limited::new(request.into_body(), limits.max_body_bytes).collect();
+    let Ok(collected) = tokio::time::timeout(limits.body_read_timeout, body).await else {
+        return Err(Rejection::BodyTimeout);
+    };
+    let payload = match collected {
         // A copy of its own: the collected body may be a slice of the connection's read buffer,
         // which an event waiting in the outbox would otherwise keep alive whole.
         Ok(collected) => Bytes::copy_from_slice(&collected.to_bytes()),
@@ -205,10 +234,11 @@ where
         opt_platform: query.opt_platform.unwrap_or_default(),
     };
     let message = Message::new(&limits.prefix, &command, body.room_key(), origin, payload);
+    let id = message.id.clone();
     match Blocking::of(&command) {
         Some(kind) => {
             let answer = app.decisions.decide(&app.bus, kind, message, &app.metrics).await;
-            Ok((command, answer))
+            Ok(Accepted { command, id, answer })
         }
         None => {
             app.outbox.push(message).await.map_err(|refused| match refused {
@@ -219,19 +249,29 @@ where
                     Rejection::SpoolFailed
                 }
             })?;
-            Ok((command, Bytes::from_static(OK)))
+            Ok(Accepted { command, id, answer: Bytes::from_static(OK) })
         }
     }
 }
 
 /// Answers a refusal, logs its reason once and counts it.
-fn reject(app: &App, command: &str, rejection: Rejection) -> Response<Full<Bytes>> {
+fn reject(app: &App, command: &str, rejection: Rejection, request_id: &str, started: Instant) -> Response<Full<Bytes>> {
     let status = rejection.status();
     let label = if tencent::valid_command(command) { command } else { "unknown" };
     app.metrics.request(label, status.as_u16());
     let suppressed = app.metrics.rejection(rejection.label());
     if let Some(suppressed) = suppressed {
-        tracing::warn!(status = status.as_u16(), reason = %rejection, label = rejection.label(), command = label, suppressed, "callback rejected");
+        let latency_us = started.elapsed().as_micros() as u64;
+        tracing::warn!(
+            request_id,
+            command = label,
+            status = status.as_u16(),
+            reason = %rejection,
+            label = rejection.label(),
+            latency_us,
+            suppressed,
+            "callback rejected"
+        );
     }
     let body = serde_json::json!({
         "ActionStatus": "FAIL",

@@ -219,7 +219,7 @@ impl Body {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -306,6 +306,81 @@ mod tests {
         assert_eq!(key(r#"{"RoomId":"","GroupId":"g"}"#).as_deref(), Some("g"));
         assert_eq!(key(r#"{"RoomId":[1],"RoomInfo":"x","GroupId":"g"}"#).as_deref(), Some("g"));
         assert_eq!(key(r#"{"From_Account":"u"}"#), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn query_parsing_never_panics(raw in ".*") {
+            let _ = Query::parse(&raw);
+        }
+
+        #[test]
+        fn query_values_round_trip(app in "[^\\x00]{0,40}", command in "[A-Za-z.]{1,40}") {
+            let raw = form_urlencoded::Serializer::new(String::new())
+                .append_pair("SdkAppid", &app)
+                .append_pair("CALLBACKCOMMAND", &command)
+                .finish();
+            let query = Query::parse(&raw);
+            proptest::prop_assert_eq!(query.sdk_app_id.as_deref(), Some(app.as_str()));
+            proptest::prop_assert_eq!(query.command.as_deref(), Some(command.as_str()));
+        }
+
+        #[test]
+        fn only_the_right_sign_verifies(token in ".{1,64}", other in ".{1,64}", time in 0u64..4_000_000_000, sign in ".*") {
+            let now = UNIX_EPOCH + Duration::from_secs(time);
+            let skew = Duration::from_secs(60);
+            let text = time.to_string();
+            let good = super::sign(&token, &text);
+            proptest::prop_assert_eq!(verify(&token, Some(&good), Some(&text), skew, now), Ok(()));
+            if other != token {
+                let wrong = super::sign(&other, &text);
+                proptest::prop_assert_eq!(verify(&token, Some(&wrong), Some(&text), skew, now), Err(SignError::Mismatch));
+            }
+            if !sign.eq_ignore_ascii_case(&good) {
+                proptest::prop_assert!(verify(&token, Some(&sign), Some(&text), skew, now).is_err());
+            }
+        }
+
+        #[test]
+        fn bodies_are_accepted_exactly_when_they_are_json_objects(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let is_object = serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v.is_object());
+            proptest::prop_assert_eq!(Body::parse(&bytes).is_ok(), is_object);
+        }
+
+        #[test]
+        fn json_objects_are_accepted_whatever_their_fields(value in json_object()) {
+            let bytes = serde_json::to_vec_pretty(&value).unwrap();
+            proptest::prop_assert!(Body::parse(&bytes).is_ok());
+        }
+    }
+
+    /// Arbitrary JSON objects, with the fields the gateway reads among arbitrary others.
+    pub fn json_object() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![Just("RoomId".to_owned()), Just("RoomInfo".to_owned()), ".{0,8}"],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        proptest::collection::btree_map(
+            prop_oneof![Just("RoomId".to_owned()), Just("GroupId".to_owned()), Just("EventInfo".to_owned()), ".{0,8}"],
+            value,
+            0..8,
+        )
+        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
     }
 
     #[test]

@@ -113,6 +113,15 @@ mod tests {
         assert_eq!(compact_json(pretty), br#"{"a b":"x \" y\\","n":[1.50,-2e3]}"#);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn compaction_keeps_every_value(value in crate::tencent::tests::json_object()) {
+            // Compacting the pretty form gives exactly the compact form: same tokens, same bytes.
+            let pretty = serde_json::to_vec_pretty(&value).unwrap();
+            proptest::prop_assert_eq!(compact_json(&pretty), serde_json::to_vec(&value).unwrap());
+        }
+    }
+
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
 

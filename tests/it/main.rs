@@ -5,13 +5,17 @@
 //! - `cli`: the `hookbus` binary as a newcomer runs it: serve, simulate, SIGTERM, bad flags.
 //! - `buses`: behaviour every bus must have, run on each broker.
 //! - `faults`: crashes, overload, damaged spools and SIGTERM: nothing acknowledged is lost.
+//! - `hardening`: slow and hostile clients, connection caps, JSON logs.
+//! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 
 mod amqp;
 mod backend;
 mod buses;
 mod cli;
+mod deploy;
 mod faults;
+mod hardening;
 mod kafka;
 mod nats;
 mod protocol;

@@ -281,6 +281,12 @@ pub async fn burst_acknowledged(
 
 /// Starts the `hookbus serve` binary on a free port; returns it with the address it logged.
 pub fn spawn_binary(flags: &[&str]) -> (std::process::Child, SocketAddr) {
+    let (child, addr, _logs) = spawn_binary_with_logs(flags);
+    (child, addr)
+}
+
+/// As [`spawn_binary`], and the lines it logs on stderr from then on.
+pub fn spawn_binary_with_logs(flags: &[&str]) -> (std::process::Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -296,13 +302,18 @@ pub fn spawn_binary(flags: &[&str]) -> (std::process::Child, SocketAddr) {
     let addr = loop {
         let Some(Ok(line)) = lines.next() else { panic!("the gateway exited before listening: {logged:#?}") };
         logged.push(line.clone());
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        if let Some(rest) = line.split("listen=").nth(1).or_else(|| line.split("\"listen\":\"").nth(1)) {
+            break rest.split(['"', ' ']).next().unwrap().parse().unwrap();
         }
     };
     // Keep draining stderr so the gateway never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    let (sender, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    (child, addr, logs)
 }
 
 /// Sends `signal` (e.g. "TERM", "KILL") to a child process.

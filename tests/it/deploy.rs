@@ -1,0 +1,118 @@
+//! The deployment files, checked without a container engine: they parse, and their images,
+//! ports, probes and `HOOKBUS_*` names agree with the CLI.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use clap::CommandFactory;
+use hookbus::config::Cli;
+use serde_yaml::Value;
+
+fn file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml(path: &str) -> Value {
+    serde_yaml::from_str(&file(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+}
+
+/// Every environment variable `hookbus serve` reads.
+fn serve_env() -> HashSet<String> {
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("a serve command");
+    let mut names: HashSet<String> =
+        serve.get_arguments().filter_map(|arg| arg.get_env()).map(|env| env.to_string_lossy().into_owned()).collect();
+    names.insert("RUST_LOG".into());
+    names
+}
+
+fn assert_known(names: impl IntoIterator<Item = String>, place: &str) {
+    let known = serve_env();
+    for name in names {
+        assert!(known.contains(&name), "{place} sets {name}, which hookbus does not read");
+    }
+}
+
+#[test]
+fn compose_runs_hookbus_with_the_three_buses() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services");
+    for name in ["hookbus", "kafka", "nats", "rabbitmq"] {
+        let service = &compose["services"][name];
+        assert!(!service.is_null(), "service {name}");
+        let image = service["image"].as_str().unwrap_or_else(|| panic!("{name} has an image"));
+        assert!(image.contains(':') && !image.ends_with(":latest"), "{name} pins its image: {image}");
+    }
+    assert_eq!(services.len(), 4);
+    let hookbus = &compose["services"]["hookbus"];
+    assert_eq!(hookbus["build"].as_str(), Some("."));
+    assert!(hookbus["ports"].as_sequence().unwrap().iter().any(|p| p.as_str() == Some("8080:8080")));
+    let env = hookbus["environment"].as_mapping().unwrap();
+    assert_known(env.keys().map(|k| k.as_str().unwrap().to_owned()), "docker-compose.yml");
+    assert_eq!(env.get("HOOKBUS_LISTEN").and_then(Value::as_str), Some("0.0.0.0:8080"));
+    let bus = env.get("HOOKBUS_BUS").and_then(Value::as_str).unwrap();
+    assert!(["kafka", "nats", "amqp"].contains(&bus));
+    assert!(env.get("HOOKBUS_KAFKA_BROKERS").and_then(Value::as_str).unwrap().starts_with("kafka:"));
+    assert!(env.get("HOOKBUS_NATS_URL").and_then(Value::as_str).unwrap().starts_with("nats://nats:"));
+    assert!(env.get("HOOKBUS_AMQP_URL").and_then(Value::as_str).unwrap().contains("@rabbitmq:5672"));
+    let nats_command: Vec<&str> =
+        compose["services"]["nats"]["command"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(nats_command.contains(&"-js"), "NATS runs with JetStream");
+}
+
+#[test]
+fn dockerfile_is_multi_stage_and_runs_serve_on_8080() {
+    let dockerfile = file("Dockerfile");
+    let stages = dockerfile.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert!(stages >= 2, "a build stage and a runtime stage");
+    assert!(dockerfile.contains("--bin hookbus"));
+    assert!(dockerfile.contains("EXPOSE 8080"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["hookbus"]"#));
+    assert!(dockerfile.contains(r#"CMD ["serve"]"#));
+    assert!(dockerfile.contains("ENV HOOKBUS_LISTEN=0.0.0.0:8080"));
+    assert!(dockerfile.contains("USER hookbus"), "runs unprivileged");
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_the_gateway() {
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    assert_eq!(deployment["kind"], "Deployment");
+    let pod = &deployment["spec"]["template"];
+    let labels = pod["metadata"]["labels"].clone();
+    assert_eq!(deployment["spec"]["selector"]["matchLabels"], labels);
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], "hookbus:0.1.0");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], container["ports"][0]["name"], "{probe} targets the HTTP port");
+    }
+    let env = container["env"].as_sequence().unwrap();
+    let names: Vec<String> = env.iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect();
+    assert_known(names, "deployment.yaml");
+    let value =
+        |name: &str| env.iter().find(|e| e["name"] == name).and_then(|e| e["value"].as_str()).unwrap().to_owned();
+    assert_eq!(value("HOOKBUS_LISTEN"), "0.0.0.0:8080");
+    let grace = humantime::parse_duration(&value("HOOKBUS_SHUTDOWN_GRACE")).unwrap();
+    let termination = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(termination > grace.as_secs(), "the kubelet waits longer than hookbus's own grace period");
+    let spool = value("HOOKBUS_SPOOL_DIR");
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    assert!(mounts.iter().any(|m| m["mountPath"] == spool.as_str()), "the spool directory is a volume");
+
+    let service = yaml("deploy/kubernetes/service.yaml");
+    assert_eq!(service["kind"], "Service");
+    assert_eq!(service["spec"]["selector"], labels);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
+
+    let hpa = yaml("deploy/kubernetes/hpa.yaml");
+    assert_eq!(hpa["kind"], "HorizontalPodAutoscaler");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], deployment["metadata"]["name"]);
+    assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+
+    let pdb = yaml("deploy/kubernetes/pdb.yaml");
+    assert_eq!(pdb["kind"], "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], labels);
+}

@@ -1,0 +1,128 @@
+//! Slow and hostile clients, and logs an operator can parse: slowloris connections do not
+//! starve others, bodies and idle connections time out, connections are capped, and
+//! `--log-format json` gives one object per line with request id, status, reason and latency.
+
+use std::time::{Duration, Instant};
+
+use hookbus::bus::stdout::Stdout;
+use hookbus::bus::Bus;
+use hyper::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{request, signal, spawn_binary_with_logs, Captured, Client, Gateway};
+
+async fn gateway(flags: &[&str]) -> Gateway {
+    Gateway::start(flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await
+}
+
+#[tokio::test]
+async fn slowloris_connections_do_not_starve_others_and_are_closed() {
+    let gateway = gateway(&["--header-read-timeout", "1s"]).await;
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        stream.write_all(b"POST /?CallbackCommand=Live.X HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    let trickle = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut closed_after = Vec::new();
+        // One header byte every 100 ms per connection, until the gateway hangs up.
+        while !slow.is_empty() && started.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut open = Vec::new();
+            for mut stream in slow.drain(..) {
+                let mut byte = [0u8; 1];
+                let closed = matches!(
+                    tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await,
+                    Ok(Ok(0) | Err(_))
+                ) || stream.write_all(b"X").await.is_err();
+                if closed {
+                    closed_after.push(started.elapsed());
+                } else {
+                    open.push(stream);
+                }
+            }
+            slow = open;
+        }
+        (closed_after, slow.len())
+    });
+    let mut client = Client::connect(gateway.addr).await;
+    for _ in 0..100 {
+        let started = Instant::now();
+        let (status, _) = client.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
+        assert_eq!(status, 200);
+        assert!(started.elapsed() < Duration::from_millis(250), "served while slow clients hang on");
+    }
+    let (closed_after, still_open) = trickle.await.unwrap();
+    assert_eq!(still_open, 0, "every slowloris connection was closed");
+    let latest = closed_after.iter().max().unwrap();
+    assert!(*latest < Duration::from_secs(3), "closed at the header-read timeout: {latest:?}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408() {
+    let gateway = gateway(&["--body-read-timeout", "300ms"]).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let head = "POST /?CallbackCommand=Live.X HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"Room";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""ActionStatus":"FAIL""#), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_slot() {
+    let gateway = gateway(&["--max-connections", "2", "--header-read-timeout", "5s"]).await;
+    let mut first = Client::connect(gateway.addr).await;
+    let mut second = Client::connect(gateway.addr).await;
+    assert_eq!(first.post("Live.X", b"{}").await.0, 200);
+    assert_eq!(second.post("Live.X", b"{}").await.0, 200);
+    let addr = gateway.addr;
+    let third = tokio::spawn(async move { request(addr, Method::GET, "/healthz", b"").await.0 });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third connection waits while two are open");
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(2), third).await.expect("served once a slot is free");
+    assert_eq!(status.unwrap(), 200);
+    gateway.stop().await;
+}
+
+// The binary is awaited with blocking calls: keep a worker free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_id_status_reason_and_latency() {
+    let (mut child, addr, logs) = spawn_binary_with_logs(&["--log-format", "json", "--token", "secret"]);
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post("/?SdkAppid=1&CallbackCommand=Live.CallbackAfterCreateRoom")
+        .header("host", addr.to_string())
+        .header("x-request-id", "req-42")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 401);
+    let line = loop {
+        let line = logs.recv_timeout(Duration::from_secs(5)).expect("a log line for the rejection");
+        if line.contains("callback rejected") {
+            break line;
+        }
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(entry["level"], "WARN");
+    assert_eq!(entry["request_id"], "req-42");
+    assert_eq!(entry["status"], 401);
+    assert_eq!(entry["command"], "Live.CallbackAfterCreateRoom");
+    assert_eq!(entry["reason"], "Sign and RequestTime are required");
+    assert!(entry["latency_us"].is_u64());
+    assert!(!line.contains("secret"), "the token is never logged");
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+}
