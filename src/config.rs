@@ -154,10 +154,10 @@ pub struct ServeArgs {
     /// Time allowed on SIGTERM/SIGINT to finish requests and flush the outbox.
     #[arg(long, env = "HOOKBUS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-    /// TLS certificate (PEM). Not yet supported.
+    /// TLS certificate chain (PEM): serve HTTPS, HTTP/2 or HTTP/1.1.
     #[arg(long, env = "HOOKBUS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM). Not yet supported.
+    /// TLS private key (PEM).
     #[arg(long, env = "HOOKBUS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Log line format on stderr.
@@ -241,6 +241,10 @@ impl ServeArgs {
             connections: Connections {
                 header_read_timeout: self.header_read_timeout,
                 max_connections: self.max_connections as usize,
+                tls: match (&self.tls_cert, &self.tls_key) {
+                    (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+                    _ => None,
+                },
             },
             shutdown_grace: self.shutdown_grace,
         })

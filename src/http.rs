@@ -1,7 +1,7 @@
 //! hyper plumbing: the accept loop, one task per connection, a cap on connections, the
-//! header-read (and keep-alive idle) timeout, and graceful shutdown (stop accepting, let
-//! in-flight requests finish within the grace period). What a request means is `routes`'
-//! business.
+//! header-read (and keep-alive idle) timeout, TLS (HTTP/2 or HTTP/1.1 by ALPN) and graceful
+//! shutdown (stop accepting, let in-flight requests finish within the grace period). What a
+//! request means is `routes`' business.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,20 +12,24 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::routes::{self, App};
 
 /// Limits on connections, against slow and hostile clients.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Connections {
     /// For a request's headers, and for an idle keep-alive connection's next request.
     pub header_read_timeout: Duration,
     /// Served at once; the rest wait in the listen backlog.
     pub max_connections: usize,
+    /// HTTPS when set.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then waits up to `grace` for
@@ -38,8 +42,11 @@ pub async fn serve(
     grace: Duration,
 ) -> Duration {
     let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let mut http1 = http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let mut negotiated = auto::Builder::new(TokioExecutor::new());
+    negotiated.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    negotiated.http2().timer(TokioTimer::new());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -66,10 +73,28 @@ pub async fn serve(
             let app = app.clone();
             async move { Ok::<_, Infallible>(routes::handle(&app, request).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = limits.tls.clone() else {
+            let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        let (watcher, negotiated, handshake_timeout) =
+            (graceful.watcher(), negotiated.clone(), limits.header_read_timeout);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+            match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let connection = watcher.watch(negotiated.serve_connection(TokioIo::new(stream), service));
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
             drop(slot);
         });

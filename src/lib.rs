@@ -8,6 +8,7 @@
 //! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
 //! - [`routes`]: what each endpoint does; the checks of a callback in order.
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
+//! - [`tls`]: the HTTPS configuration from PEM files.
 //! - [`decision`]: blocking callbacks: deadline, reply validation, fallbacks.
 //! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
@@ -27,6 +28,7 @@ pub mod routes;
 pub mod simulate;
 pub mod spool;
 pub mod tencent;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;

@@ -46,11 +46,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.tls_cert.is_none(), "--tls-cert is not supported yet");
     let bus = Bus::connect(&args.bus).await.context("connecting to the bus")?;
     let gateway = args.gateway(bus)?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, path = gateway.limits.path, bus = ?args.bus.bus, "hookbus ready");
+    let scheme = if gateway.connections.tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %listener.local_addr()?, scheme, path = gateway.limits.path, bus = ?args.bus.bus, "hookbus ready");
     let report = hookbus::run(gateway, listener, signal()).await;
     tracing::info!(lost = report.lost, spooled = report.spooled, "hookbus stopped");
     Ok(ExitCode::SUCCESS)

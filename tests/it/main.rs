@@ -7,6 +7,7 @@
 //! - `faults`: crashes, overload, damaged spools and SIGTERM: nothing acknowledged is lost.
 //! - `hardening`: slow and hostile clients, connection caps, JSON logs.
 //! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
+//! - `tls`: HTTPS with a certificate made at test time.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 
 mod amqp;
@@ -20,3 +21,4 @@ mod kafka;
 mod nats;
 mod protocol;
 mod support;
+mod tls;
