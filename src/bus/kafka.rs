@@ -91,13 +91,21 @@ impl Kafka {
         Ok(kafka)
     }
 
+    /// Consumer settings for `group`: replies and requests are waited on, so fetch eagerly.
+    fn consumer(&self, group: String) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.inner.options.brokers)
+            .set("group.id", group)
+            .set("fetch.wait.max.ms", "10");
+        config
+    }
+
     /// A consumer of every partition of the reply topic, from its current end.
     async fn reply_consumer(&self, topic: &str) -> Result<StreamConsumer, BusError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.inner.options.brokers)
-            .set("group.id", format!("hookbus-{topic}"))
+        let consumer: StreamConsumer = self
+            .consumer(format!("hookbus-{topic}"))
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(|error| BusError::Connect(format!("Kafka reply consumer: {error}")))?;
         let (consumer, topic) = (Arc::new(consumer), topic.to_owned());
@@ -226,11 +234,9 @@ impl Kafka {
         for topic in &topics {
             self.ensure_topic(topic, self.inner.options.partitions).await?;
         }
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.inner.options.brokers)
-            .set("group.id", format!("hookbus-responders.{prefix}"))
+        let consumer: StreamConsumer = self
+            .consumer(format!("hookbus-responders.{prefix}"))
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(|error| unavailable("responder consumer", error))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();

@@ -29,27 +29,44 @@ fn flags<'a>(prefix: &'a str, url: &'a str, spool: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// A spooled gateway binary in the middle of a burst, its NATS link (through a proxy) down
+/// for the last 300 ms so that events pile up in the spool.
+struct Burst {
+    prefix: String,
+    spool: String,
+    watcher: crate::backend::Watcher,
+    child: std::process::Child,
+    burst: tokio::task::JoinHandle<HashSet<String>>,
+    _proxy: Proxy,
+}
+
+async fn burst_with_the_broker_going_away(extra: &[&str]) -> Burst {
+    let prefix = unique("t");
+    let spool = tempdir("spool").to_str().unwrap().to_owned();
+    let watcher = Backend::Nats.watch(&prefix).await;
+    let proxy = Proxy::start(Backend::Nats.upstream()).await;
+    let via_proxy = format!("nats://{}", proxy.addr);
+    let mut flags = flags(&prefix, &via_proxy, &spool);
+    flags.extend_from_slice(extra);
+    let (child, addr) = spawn_binary(&flags);
+    let burst = tokio::spawn(burst_acknowledged(addr, 20_000, 8));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set_down(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Burst { prefix, spool, watcher, child, burst, _proxy: proxy }
+}
+
 // The binary is started and awaited with blocking calls: keep a worker free for the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_with_a_spool_loses_nothing_acknowledged() {
-    let prefix = unique("t");
-    let spool = tempdir("spool");
-    let spool = spool.to_str().unwrap();
-    let mut watcher = Backend::Nats.watch(&prefix).await;
-    let proxy = Proxy::start(Backend::Nats.upstream()).await;
-    let via_proxy = format!("nats://{}", proxy.addr);
-    let (mut child, addr) = spawn_binary(&flags(&prefix, &via_proxy, spool));
-    let burst = tokio::spawn(burst_acknowledged(addr, 20_000, 8));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.set_down(true); // events pile up in the spool from here on
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Burst { prefix, spool, mut watcher, mut child, burst, _proxy } = burst_with_the_broker_going_away(&[]).await;
     signal(&child, "KILL");
     child.wait().unwrap();
     let acknowledged = burst.await.unwrap();
     assert!(!acknowledged.is_empty() && acknowledged.len() < 20_000, "killed mid-burst: {}", acknowledged.len());
 
     let url = nats_url();
-    let (mut restarted, _) = spawn_binary(&flags(&prefix, &url, spool));
+    let (mut restarted, _) = spawn_binary(&flags(&prefix, &url, &spool));
     let (received, seen) = collect_at_least(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
     println!(
         "sigkill: acknowledged {}, delivered {received} (distinct {}), duplicates {}, lost 0",
@@ -151,19 +168,8 @@ async fn damaged_spool_files_are_reported_and_every_intact_record_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_burst_exits_within_the_grace_period_and_keeps_the_rest() {
-    let prefix = unique("t");
-    let spool = tempdir("spool");
-    let spool = spool.to_str().unwrap();
-    let mut watcher = Backend::Nats.watch(&prefix).await;
-    let proxy = Proxy::start(Backend::Nats.upstream()).await;
-    let via_proxy = format!("nats://{}", proxy.addr);
-    let mut flags_with_grace = flags(&prefix, &via_proxy, spool);
-    flags_with_grace.extend(["--shutdown-grace", "1s"]);
-    let (mut child, addr) = spawn_binary(&flags_with_grace);
-    let burst = tokio::spawn(burst_acknowledged(addr, 20_000, 8));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.set_down(true);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let Burst { prefix, spool, mut watcher, mut child, burst, _proxy } =
+        burst_with_the_broker_going_away(&["--shutdown-grace", "1s"]).await;
     let stopping = Instant::now();
     signal(&child, "TERM");
     let status = child.wait().unwrap();
@@ -173,7 +179,7 @@ async fn sigterm_during_a_burst_exits_within_the_grace_period_and_keeps_the_rest
     let acknowledged = burst.await.unwrap();
 
     let url = nats_url();
-    let (mut restarted, _) = spawn_binary(&flags(&prefix, &url, spool));
+    let (mut restarted, _) = spawn_binary(&flags(&prefix, &url, &spool));
     let (received, _) = collect_at_least(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
     println!("sigterm: exit 0 in {took:?}, acknowledged {}, delivered {received}, lost 0", acknowledged.len());
     signal(&restarted, "TERM");
