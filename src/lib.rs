@@ -84,7 +84,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         );
     }
     let outbox = Arc::new(Outbox::new(gateway.outbox_capacity, gateway.outbox_max_bytes, gateway.spool));
-    let publisher = tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone()));
+    let mut publisher = tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone()));
     let app = Arc::new(App {
         limits: gateway.limits,
         decisions: gateway.decisions,
@@ -96,22 +96,21 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     let deadline = tokio::time::Instant::now() + left;
     outbox.close();
     tracing::info!(depth = outbox.depth(), within = ?left, "flushing the outbox");
-    let mut publisher = publisher;
     if tokio::time::timeout_at(deadline, &mut publisher).await.is_err() {
         publisher.abort();
     }
-    let left = outbox.depth();
+    let unconfirmed = outbox.depth();
     let report = if outbox.is_spooled() {
-        if left > 0 {
-            tracing::warn!(left, "accepted events not yet confirmed stay in the spool for the next start");
+        if unconfirmed > 0 {
+            tracing::warn!(unconfirmed, "accepted events not yet confirmed stay in the spool for the next start");
         }
-        Report { lost: 0, spooled: left }
+        Report { lost: 0, spooled: unconfirmed }
     } else {
-        if left > 0 {
-            metrics.lost.fetch_add(left as u64, Relaxed);
-            tracing::error!(lost = left, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
+        if unconfirmed > 0 {
+            metrics.lost.fetch_add(unconfirmed as u64, Relaxed);
+            tracing::error!(lost = unconfirmed, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
         }
-        Report { lost: left, spooled: 0 }
+        Report { lost: unconfirmed, spooled: 0 }
     };
     // A broker that is away can hold a close forever; the grace period bounds it too.
     if tokio::time::timeout_at(deadline, gateway.bus.close()).await.is_err() {
