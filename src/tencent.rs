@@ -193,7 +193,10 @@ impl Body {
         if first != Some(&b'{') {
             return Err("body is not a JSON object");
         }
-        serde_json::from_slice(bytes).map_err(|_| "body is not valid JSON")
+        // UTF-8 first: serde_json skips the strings of fields it ignores without checking them,
+        // and a consumer must never receive invalid JSON (found by fuzzing).
+        let text = std::str::from_utf8(bytes).map_err(|_| "body is not valid UTF-8")?;
+        serde_json::from_str(text).map_err(|_| "body is not valid JSON")
     }
 
     /// The room the event belongs to, in the order of SPEC §3.
@@ -386,7 +389,7 @@ pub(crate) mod tests {
     #[test]
     fn body_must_be_one_json_object() {
         assert!(Body::parse(b" {\"CallbackCommand\":\"x\"}\n").is_ok());
-        for bad in [&b"[]"[..], b"", b"null", b"{", b"{} {}", b"\"{}\"", b"[{}]"] {
+        for bad in [&b"[]"[..], b"", b"null", b"{", b"{} {}", b"\"{}\"", b"[{}]", b"{\"x\":\"\xff\"}"] {
             assert!(Body::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         let body = Body::parse(br#"{"CallbackCommand":"Live.X","Nested":{"a":[1,2]}}"#).unwrap();

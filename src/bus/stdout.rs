@@ -82,8 +82,17 @@ impl Stdout {
 
 fn write_line(text: &mut Vec<u8>, message: &Message) {
     let compact = compact_json(&message.payload);
-    // The payload was checked to be one JSON object when it was accepted.
-    let data: &RawValue = serde_json::from_slice(&compact).expect("accepted payloads are JSON");
+    // The payload was checked to be one JSON object when it was accepted; should that ever not
+    // hold, the line carries the body as a string rather than stopping the publisher.
+    let fallback;
+    let data: &RawValue = match serde_json::from_slice(&compact) {
+        Ok(data) => data,
+        Err(_) => {
+            let text = serde_json::to_string(&String::from_utf8_lossy(&message.payload)).expect("a string serialises");
+            fallback = RawValue::from_string(text).expect("a JSON string is JSON");
+            &fallback
+        }
+    };
     let line = Line {
         id: &message.id,
         kind: &message.command,
@@ -137,6 +146,18 @@ mod tests {
             let pretty = serde_json::to_vec_pretty(&value).unwrap();
             proptest::prop_assert_eq!(compact_json(&pretty), serde_json::to_vec(&value).unwrap());
         }
+    }
+
+    #[tokio::test]
+    async fn a_payload_that_is_not_json_becomes_a_string_not_a_panic() {
+        let shared = Shared::default();
+        let bus = Stdout::new(Box::new(shared.clone()));
+        let origin = super::super::Origin::default();
+        let message = Message::new("t", "X", None, origin, Bytes::from_static(b"{\"x\":\"\xff\"}"));
+        assert!(bus.publish(&[message]).await[0].is_ok());
+        let text = String::from_utf8(shared.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(line["data"].is_string());
     }
 
     #[derive(Clone, Default)]

@@ -120,6 +120,7 @@ async fn every_rejection_answers_a_tencent_failure() {
         ("not JSON", Method::POST, good.clone(), b"hello".to_vec(), 400, "JSON"),
         ("a JSON array", Method::POST, good.clone(), b"[1]".to_vec(), 400, "object"),
         ("truncated JSON", Method::POST, good.clone(), b"{\"a\":".to_vec(), 400, "JSON"),
+        ("invalid UTF-8 in a field", Method::POST, good.clone(), b"{\"x\":\"\xff\"}".to_vec(), 400, "UTF-8"),
         (
             "commands differ",
             Method::POST,
@@ -162,7 +163,7 @@ async fn every_rejection_answers_a_tencent_failure() {
     {
         assert!(metrics.contains(&format!("hookbus_rejections_total{{reason=\"{reason}\"}}")), "{reason}\n{metrics}");
     }
-    assert!(metrics.contains("hookbus_rejections_total{reason=\"not_json_object\"} 3"), "{metrics}");
+    assert!(metrics.contains("hookbus_rejections_total{reason=\"not_json_object\"} 4"), "{metrics}");
     gateway.stop().await;
     assert!(captured.lines().is_empty(), "nothing rejected reaches the bus");
 }

@@ -1,0 +1,27 @@
+//! What an untrusted caller controls: the query string and the body. The first line of the
+//! input is the query, the rest the body. Nothing may panic, and a body is accepted exactly
+//! when it is one JSON object.
+#![no_main]
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use hookbus::tencent::{verify, Body, Query};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let (query, body) = (&data[..split], data.get(split + 1..).unwrap_or_default());
+    let query = Query::parse(&String::from_utf8_lossy(query));
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let verdict = verify("token", query.sign.as_deref(), query.request_time.as_deref(), Duration::from_secs(60), now);
+    if let Ok(()) = verdict {
+        let time = query.request_time.as_deref().unwrap();
+        assert!(query.sign.unwrap().eq_ignore_ascii_case(&hookbus::tencent::sign("token", time)));
+    }
+    let parsed = Body::parse(body);
+    let is_object = serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|value| value.is_object());
+    assert_eq!(parsed.is_ok(), is_object, "accepted exactly when one JSON object");
+    if let Ok(body) = parsed {
+        let _ = body.room_key();
+    }
+});
