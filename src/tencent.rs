@@ -143,10 +143,12 @@ pub fn valid_command(command: &str) -> bool {
         && !command.contains("..")
 }
 
-/// The fields of a callback body the gateway reads; everything else is skipped unparsed.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+/// The fields of a callback body the gateway reads; everything else is skipped unparsed. Any
+/// JSON object is a body: a field of an unexpected type or a repeated field (the last one
+/// counts, as in most JSON parsers) is tolerated, not an error.
+#[derive(Debug, Default)]
 pub struct Body {
+    /// `Some("")` when the body's command is not a string, so that it never matches.
     pub callback_command: Option<String>,
     room_id: Option<Id>,
     room_info: Option<Nested>,
@@ -154,6 +156,59 @@ pub struct Body {
     from_room_id: Option<Id>,
     from_room_info: Option<Nested>,
     event_info: Option<Nested>,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Body, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier)]
+        enum Field {
+            CallbackCommand,
+            RoomId,
+            RoomInfo,
+            GroupId,
+            FromRoomId,
+            FromRoomInfo,
+            EventInfo,
+            #[serde(other)]
+            Other,
+        }
+
+        struct Fields;
+
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Body;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+                let mut body = Body::default();
+                while let Some(field) = map.next_key()? {
+                    match field {
+                        Field::CallbackCommand => {
+                            body.callback_command = match map.next_value::<Option<Id>>()? {
+                                Some(Id::Text(command)) => Some(command),
+                                Some(_) => Some(String::new()),
+                                None => None,
+                            }
+                        }
+                        Field::RoomId => body.room_id = map.next_value()?,
+                        Field::RoomInfo => body.room_info = map.next_value()?,
+                        Field::GroupId => body.group_id = map.next_value()?,
+                        Field::FromRoomId => body.from_room_id = map.next_value()?,
+                        Field::FromRoomInfo => body.from_room_info = map.next_value()?,
+                        Field::EventInfo => body.event_info = map.next_value()?,
+                        Field::Other => drop(map.next_value::<serde::de::IgnoredAny>()?),
+                    }
+                }
+                Ok(body)
+            }
+        }
+
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 /// An object that may hold a `RoomId`; a field of another shape is tolerated, not an error.
@@ -394,5 +449,9 @@ pub(crate) mod tests {
         }
         let body = Body::parse(br#"{"CallbackCommand":"Live.X","Nested":{"a":[1,2]}}"#).unwrap();
         assert_eq!(body.callback_command.as_deref(), Some("Live.X"));
+        // Found by fuzzing: repeated fields and odd types are still a JSON object.
+        let body = Body::parse(br#"{"GroupId":"a","GroupId":"b","CallbackCommand":7}"#).unwrap();
+        assert_eq!(body.room_key().as_deref(), Some("b"));
+        assert_eq!(body.callback_command.as_deref(), Some(""));
     }
 }
