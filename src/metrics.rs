@@ -174,6 +174,10 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 mod tests {
     use super::*;
 
+    fn idle() -> Gauges {
+        Gauges { outbox_depth: 0, outbox_capacity: 1, bus_connected: true, late_replies: 0, spool_bytes: None }
+    }
+
     #[test]
     fn command_labels_are_bounded() {
         let metrics = Metrics::default();
@@ -181,13 +185,7 @@ mod tests {
             metrics.request(&format!("Cmd{n}"), 200);
         }
         metrics.request("Cmd0", 200);
-        let text = metrics.render(Gauges {
-            outbox_depth: 0,
-            outbox_capacity: 1,
-            bus_connected: true,
-            late_replies: 0,
-            spool_bytes: None,
-        });
+        let text = metrics.render(idle());
         assert!(text.contains("hookbus_requests_total{command=\"Cmd0\",status=\"200\"} 2"));
         assert!(text.contains("hookbus_requests_total{command=\"other\",status=\"200\"} 10"));
         assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
@@ -200,13 +198,7 @@ mod tests {
         let logged: Vec<_> = (0..100).filter_map(|_| metrics.rejection("outbox_full")).collect();
         assert!(logged.len() <= 1, "{logged:?}");
         assert_eq!(metrics.rejection("sign_stale"), Some(0), "reasons are limited separately");
-        let text = metrics.render(Gauges {
-            outbox_depth: 0,
-            outbox_capacity: 1,
-            bus_connected: true,
-            late_replies: 0,
-            spool_bytes: None,
-        });
+        let text = metrics.render(idle());
         assert!(text.contains("hookbus_rejections_total{reason=\"outbox_full\"} 101"));
     }
 
