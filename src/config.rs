@@ -352,6 +352,20 @@ mod tests {
     }
 
     #[test]
+    fn the_token_file_is_read_and_trimmed() {
+        let path = std::env::temp_dir().join(format!("hookbus-token-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let limits = serve(&["--token-file", path.to_str().unwrap()]).unwrap().limits().unwrap();
+        assert_eq!(limits.token.as_deref(), Some("s3cret"));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(serve(&["--token-file", path.to_str().unwrap()]).unwrap().limits().is_err(), "an empty token");
+        std::fs::remove_file(&path).unwrap();
+        let missing = serve(&["--token-file", path.to_str().unwrap()]).unwrap().limits().unwrap_err();
+        assert!(missing.to_string().contains("cannot read --token-file"), "{missing}");
+        assert!(serve(&["--token", "a", "--token-file", "b"]).is_err(), "one or the other");
+    }
+
+    #[test]
     fn sdk_app_ids_repeat() {
         let args = serve(&["--sdk-app-id", "1", "--sdk-app-id", "2,3"]).unwrap();
         assert_eq!(args.sdk_app_ids, ["1", "2", "3"]);
