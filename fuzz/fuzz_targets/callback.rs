@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(parsed) = parsed {
         assert!(std::str::from_utf8(body).is_ok(), "accepted a body that is not UTF-8");
         assert!(serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok(), "accepted a body that is not JSON");
-        assert_eq!(body.iter().find(|b| !b.is_ascii_whitespace()), Some(&b'{'), "accepted a body that is not an object");
+        assert_eq!(
+            body.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(&b'{'),
+            "accepted a body that is not an object"
+        );
         let _ = parsed.room_key();
     }
 });
