@@ -180,7 +180,8 @@ impl Outbox {
 
     /// Drains the outbox through the bus until it is closed and empty. A batch is settled in
     /// order up to its first unconfirmed event; that event and everything after it are
-    /// published again, so per-room order holds across retries (with duplicates, same id).
+    /// published again before any later batch, so the last copy of each event arrives in
+    /// per-room order (earlier copies may not: duplicates carry the same id).
     /// Events the broker refused for good (unroutable) are logged and counted, not retried.
     pub async fn publish(self: Arc<Self>, bus: Bus, metrics: Arc<Metrics>) {
         while let Some((mut messages, mut segments)) = self.take().await {

@@ -149,6 +149,11 @@ impl Backend {
 impl Watcher {
     /// The next event, or a panic after `limit`.
     pub async fn next(&mut self, limit: Duration) -> Event {
+        self.try_next(limit).await.expect("an event arrives in time")
+    }
+
+    /// The next event, or `None` after `limit`.
+    pub async fn try_next(&mut self, limit: Duration) -> Option<Event> {
         let next = async {
             match self {
                 Watcher::Nats(subscriber) => {
@@ -215,6 +220,6 @@ impl Watcher {
                 }
             }
         };
-        tokio::time::timeout(limit, next).await.expect("an event arrives in time")
+        tokio::time::timeout(limit, next).await.ok()
     }
 }
