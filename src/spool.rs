@@ -362,6 +362,7 @@ fn decode(body: &[u8]) -> Option<Message> {
         key,
         time,
         time_text: humantime::format_rfc3339_millis(time).to_string(),
+        source: format!("/tencent/{sdk_app_id}"),
         sdk_app_id,
         client_ip,
         opt_platform,

@@ -33,6 +33,8 @@ pub struct Message {
     /// RFC 3339 form of `time`.
     pub time_text: String,
     pub sdk_app_id: String,
+    /// CloudEvents `source`: `/tencent/{SdkAppid}`.
+    pub source: String,
     pub client_ip: String,
     pub opt_platform: String,
     /// Requests only: Unix milliseconds by which the reply must arrive.
@@ -59,6 +61,7 @@ impl Message {
             key,
             time,
             time_text: humantime::format_rfc3339_millis(time).to_string(),
+            source: format!("/tencent/{}", origin.sdk_app_id),
             sdk_app_id: origin.sdk_app_id,
             client_ip: origin.client_ip,
             opt_platform: origin.opt_platform,
@@ -72,7 +75,7 @@ impl Message {
         [
             ("id", Some(Cow::Borrowed(self.id.as_str()))),
             ("type", Some(Cow::Borrowed(self.command.as_str()))),
-            ("source", Some(Cow::Owned(format!("/tencent/{}", self.sdk_app_id)))),
+            ("source", Some(Cow::Borrowed(self.source.as_str()))),
             ("specversion", Some(Cow::Borrowed("1.0"))),
             ("time", Some(Cow::Borrowed(self.time_text.as_str()))),
             ("datacontenttype", Some(Cow::Borrowed("application/json"))),

@@ -29,7 +29,7 @@ struct Line<'a> {
     id: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,
-    source: String,
+    source: &'a str,
     time: &'a str,
     subject: &'a str,
     key: Option<&'a str>,
@@ -96,7 +96,7 @@ fn write_line(text: &mut Vec<u8>, message: &Message) {
     let line = Line {
         id: &message.id,
         kind: &message.command,
-        source: format!("/tencent/{}", message.sdk_app_id),
+        source: &message.source,
         time: &message.time_text,
         subject: &message.destination,
         key: message.key.as_deref(),

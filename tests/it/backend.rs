@@ -37,7 +37,11 @@ pub struct Event {
 
 pub enum Watcher {
     Nats(async_nats::Subscriber),
-    Amqp(lapin::Consumer),
+    /// The connection is kept with its consumer: dropping it would close the consumer.
+    Amqp {
+        consumer: lapin::Consumer,
+        _connection: Box<lapin::Connection>,
+    },
     Kafka(Box<StreamConsumer>),
 }
 
@@ -110,9 +114,7 @@ impl Backend {
                     .unwrap();
                 let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
                 let consumer = channel.basic_consume(name, "".into(), options, FieldTable::default()).await.unwrap();
-                // The consumer keeps its channel, and so the connection, alive.
-                std::mem::forget(connection);
-                Watcher::Amqp(consumer)
+                Watcher::Amqp { consumer, _connection: Box::new(connection) }
             }
             Backend::Kafka => {
                 let consumer: StreamConsumer = ClientConfig::new()
@@ -169,7 +171,7 @@ impl Watcher {
                         .collect();
                     Event { destination: message.subject.to_string(), payload: message.payload, attributes }
                 }
-                Watcher::Amqp(consumer) => {
+                Watcher::Amqp { consumer, .. } => {
                     let delivery = consumer.next().await.expect("consumer open").expect("a delivery");
                     let mut attributes = HashMap::new();
                     if let Some(headers) = delivery.properties.headers() {

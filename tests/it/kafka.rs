@@ -16,6 +16,13 @@ use serde_json::json;
 use crate::backend::{kafka_brokers, Backend};
 use crate::support::{eventually, request, unique};
 
+/// Creates `topic` on the test broker, as an operator would before the gateway starts.
+async fn create_topic(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    admin.create_topics([&NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap();
+}
+
 #[tokio::test]
 async fn two_instances_each_get_their_own_replies() {
     let prefix = unique("t");
@@ -45,9 +52,7 @@ async fn two_instances_each_get_their_own_replies() {
 async fn requests_carry_the_spring_kafka_reply_headers() {
     let prefix = unique("t");
     let topic = format!("{prefix}.Live.CallbackBeforeSendGift");
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
-    admin.create_topics([&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap();
+    create_topic(&topic).await;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
         .set("group.id", unique("spring"))
@@ -85,12 +90,7 @@ async fn requests_carry_the_spring_kafka_reply_headers() {
 async fn without_topic_creation_a_missing_topic_keeps_the_event_until_it_exists() {
     let prefix = unique("t");
     let reply_topic = format!("{prefix}.replies.fixed");
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
-    admin
-        .create_topics([&NewTopic::new(&reply_topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new())
-        .await
-        .unwrap();
+    create_topic(&reply_topic).await;
     let flags = ["--kafka-create-topics", "false", "--kafka-reply-topic", &reply_topic];
     let gateway = Backend::Kafka.gateway(&prefix, None, &flags).await;
     let (status, _) = gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
@@ -106,7 +106,7 @@ async fn without_topic_creation_a_missing_topic_keeps_the_event_until_it_exists(
     })
     .await;
     let topic = format!("{prefix}.Live.CallbackAfterCreateRoom");
-    admin.create_topics([&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap();
+    create_topic(&topic).await;
     eventually("the event to be delivered once the topic exists", Duration::from_secs(20), || async {
         metrics().await.contains("hookbus_publishes_confirmed_total 1")
     })
