@@ -1,25 +1,22 @@
 //! Command-line flags and their `HOOKBUS_*` environment variables: the only module that reads
-//! either. `main` turns a [`ServeArgs`] into built things (a bus, a listener, [`Limits`],
-//! [`Decisions`]) and passes those down; nothing below `main` sees the flags themselves.
+//! either, and the only one that names clap. Also the composition root: [`BusArgs::options`]
+//! gives the plain [`bus::Options`] to connect with, and [`ServeArgs::build`] turns the flags
+//! and a connected bus into a [`Gateway`] (reading the token file, opening the spool, loading
+//! TLS). Nothing below sees the flags themselves.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::bus::Bus;
+use crate::bus::{self, Bus};
 use crate::decision::{Decisions, Fallback};
 use crate::http::Connections;
-use crate::routes::Limits;
-use crate::spool::Spool;
-use crate::Gateway;
-
-/// Spool segments are deleted whole, once every event in them is confirmed.
-const SPOOL_SEGMENT_BYTES: u64 = 16 << 20;
-
-/// Tencent gives up on a blocking callback after this long; our deadline must be shorter.
-pub const TENCENT_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::routes::{Limits, RESERVED_PATHS};
+use crate::spool::{self, Spool};
+use crate::{tencent, Gateway};
 
 #[derive(Debug, Parser)]
 #[command(name = "hookbus", version, about = "Tencent Cloud Live and Chat callbacks onto Kafka, NATS or RabbitMQ")]
@@ -133,10 +130,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKBUS_DECISION_TIMEOUT", default_value = "1500ms", value_parser = parse_decision_timeout)]
     pub decision_timeout: Duration,
     /// Answer for a gift when no valid decision arrives in time.
-    #[arg(long, env = "HOOKBUS_GIFT_FALLBACK", value_enum, default_value = "deny")]
+    #[arg(long, env = "HOOKBUS_GIFT_FALLBACK", default_value = "deny", value_parser = fallback())]
     pub gift_fallback: Fallback,
     /// Answer for a room message when no valid decision arrives in time.
-    #[arg(long, env = "HOOKBUS_MESSAGE_FALLBACK", value_enum, default_value = "allow")]
+    #[arg(long, env = "HOOKBUS_MESSAGE_FALLBACK", default_value = "allow", value_parser = fallback())]
     pub message_fallback: Fallback,
     /// Keep the outbox on disk in this directory: a 200 then means the event is durable.
     #[arg(long, env = "HOOKBUS_SPOOL_DIR")]
@@ -185,11 +182,20 @@ pub struct RespondArgs {
     #[command(flatten)]
     pub bus: BusArgs,
     /// Decision to give: allow, deny or a numeric ErrorCode.
-    #[arg(long, default_value = "allow", value_parser = parse_decision)]
+    #[arg(long, env = "HOOKBUS_RESPOND_DECISION", default_value = "allow", value_parser = parse_decision)]
     pub decision: i64,
     /// Wait this long before answering (to try the deadline).
-    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    #[arg(long, env = "HOOKBUS_RESPOND_DELAY", default_value = "0ms", value_parser = parse_duration)]
     pub delay: Duration,
+}
+
+/// `hookbus serve` with `flags`, parsed as the binary parses them (for tests and embedders).
+pub fn serve_flags(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
+    let argv = ["hookbus", "serve"].into_iter().chain(flags.iter().copied());
+    match Cli::try_parse_from(argv)?.command {
+        Command::Serve(args) => Ok(args),
+        _ => unreachable!("parsed as serve"),
+    }
 }
 
 impl ServeArgs {
@@ -218,11 +224,12 @@ impl ServeArgs {
         })
     }
 
-    /// The gateway these flags describe, on an already connected bus; opens the spool.
-    pub fn gateway(&self, bus: Bus) -> anyhow::Result<Gateway> {
+    /// The gateway these flags describe, on an already connected bus: reads the token file,
+    /// opens the spool and loads the TLS files.
+    pub fn build(&self, bus: Bus) -> anyhow::Result<Gateway> {
         let spool = match &self.spool_dir {
             Some(dir) => Some(
-                Spool::open(dir, self.spool_max_bytes, SPOOL_SEGMENT_BYTES)
+                Spool::open(dir, self.spool_max_bytes, spool::SEGMENT_BYTES)
                     .map_err(|error| anyhow::anyhow!("cannot open --spool-dir {}: {error}", dir.display()))?,
             ),
             None => None,
@@ -252,8 +259,35 @@ impl ServeArgs {
 }
 
 impl BusArgs {
+    /// What to connect to, as the bus takes it.
+    pub fn options(&self) -> bus::Options {
+        match self.bus {
+            BusKind::Stdout => bus::Options::Stdout,
+            BusKind::Nats => bus::Options::Nats(bus::nats::Options {
+                url: self.nats_url.clone(),
+                jetstream: self.nats_jetstream,
+                create_stream: self.nats_create_stream.clone(),
+                prefix: self.prefix.clone(),
+                name: self.instance_id(),
+            }),
+            BusKind::Amqp => bus::Options::Amqp(bus::amqp::Options {
+                url: self.amqp_url.clone(),
+                exchange: self.amqp_exchange.clone(),
+            }),
+            BusKind::Kafka => bus::Options::Kafka(bus::kafka::Options {
+                brokers: self.kafka_brokers.clone(),
+                create_topics: self.kafka_create_topics,
+                partitions: self.kafka_partitions,
+                reply_topic: self
+                    .kafka_reply_topic
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.replies.{}", self.prefix, self.instance_id())),
+            }),
+        }
+    }
+
     /// The instance id, made unique per process when not given.
-    pub fn instance_id(&self) -> String {
+    fn instance_id(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME")
                 .ok()
@@ -273,7 +307,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn parse_decision_timeout(text: &str) -> Result<Duration, String> {
     let timeout = parse_duration(text)?;
-    if timeout >= TENCENT_TIMEOUT {
+    if timeout >= tencent::TIMEOUT {
         return Err("must be under 2s: Tencent gives up on a blocking callback at 2s".into());
     }
     if timeout.is_zero() {
@@ -286,22 +320,22 @@ fn parse_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err("must start with /".into());
     }
-    if ["/healthz", "/readyz", "/metrics"].contains(&text) {
+    if RESERVED_PATHS.contains(&text) {
         return Err(format!("{text} is reserved"));
     }
     Ok(text.to_owned())
 }
 
 fn parse_prefix(text: &str) -> Result<String, String> {
-    let valid = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !text.starts_with('.')
-        && !text.ends_with('.');
-    if valid {
+    if bus::valid_name(text) {
         Ok(text.to_owned())
     } else {
         Err("use letters, digits, '.', '_' and '-', not starting or ending with '.'".into())
     }
+}
+
+fn fallback() -> impl TypedValueParser<Value = Fallback> {
+    PossibleValuesParser::new(["allow", "deny"]).map(|text| text.parse().expect("a possible value"))
 }
 
 fn parse_decision(text: &str) -> Result<i64, String> {
@@ -317,12 +351,7 @@ mod tests {
     use super::*;
 
     fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
-        let mut argv = vec!["hookbus", "serve"];
-        argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).map(|cli| match cli.command {
-            Command::Serve(args) => args,
-            other => panic!("parsed {other:?}"),
-        })
+        serve_flags(args)
     }
 
     #[test]

@@ -2,21 +2,32 @@
 //! and answer Tencent with the decision or the configured fallback. The deadline lives here
 //! alone (`timeout` around `Bus::request`); backends only send and match replies.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::bus::{Bus, BusError, Message};
-use crate::metrics::Metrics;
 use crate::tencent::Blocking;
 
 /// What to answer when no valid decision arrives in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
     Allow,
     Deny,
+}
+
+impl std::str::FromStr for Fallback {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Fallback, String> {
+        match text {
+            "allow" => Ok(Fallback::Allow),
+            "deny" => Ok(Fallback::Deny),
+            _ => Err("write allow or deny".into()),
+        }
+    }
 }
 
 /// How blocking callbacks are decided.
@@ -25,6 +36,17 @@ pub struct Decisions {
     pub timeout: Duration,
     pub gift_fallback: Fallback,
     pub message_fallback: Fallback,
+}
+
+impl Default for Decisions {
+    /// The flags' defaults: 1500 ms, gifts denied and room messages allowed without a decision.
+    fn default() -> Decisions {
+        Decisions {
+            timeout: Duration::from_millis(1500),
+            gift_fallback: Fallback::Deny,
+            message_fallback: Fallback::Allow,
+        }
+    }
 }
 
 /// How a decision came about; a metric label each.
@@ -80,13 +102,12 @@ struct Answer<'a> {
 }
 
 impl Decisions {
-    /// Asks the bus for a decision on `message` and returns the body to answer Tencent with.
-    /// Never fails: every problem becomes the fallback, counted and logged.
-    pub async fn decide(&self, bus: &Bus, kind: Blocking, mut message: Message, metrics: &Metrics) -> Bytes {
-        let started = Instant::now();
+    /// Asks the bus for a decision on `message` and returns how it came about with the body to
+    /// answer Tencent with. Never fails: every problem becomes the fallback.
+    pub async fn decide(&self, bus: &Bus, kind: Blocking, mut message: Message) -> (Outcome, Bytes) {
         let deadline = SystemTime::now() + self.timeout;
         message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
-        let (outcome, answer) = match tokio::time::timeout(self.timeout, bus.request(&message)).await {
+        match tokio::time::timeout(self.timeout, bus.request(&message)).await {
             Ok(Ok(reply)) => match answer_reply(kind, &reply) {
                 Ok(answer) => (Outcome::Reply, answer),
                 Err(reason) => {
@@ -96,15 +117,11 @@ impl Decisions {
             },
             Ok(Err(BusError::NoResponders(_))) => (Outcome::NoResponders, self.fallback(kind, "no responders")),
             Ok(Err(error)) => {
-                tracing::warn!(id = %message.id, %error, "decision request failed");
+                tracing::warn!(id = %message.id, error = &error as &dyn std::error::Error, "decision request failed");
                 (Outcome::BusError, self.fallback(kind, "bus error"))
             }
             Err(_elapsed) => (Outcome::Timeout, self.fallback(kind, "decision timeout")),
-        };
-        let elapsed = started.elapsed();
-        metrics.decision(kind, outcome, elapsed);
-        tracing::debug!(id = %message.id, command = kind.command(), outcome = outcome.label(), ?elapsed, "decided");
-        answer
+        }
     }
 
     fn fallback(&self, kind: Blocking, why: &str) -> Bytes {
@@ -185,11 +202,7 @@ mod tests {
 
     #[test]
     fn fallbacks_follow_the_flags() {
-        let decisions = Decisions {
-            timeout: Duration::from_millis(10),
-            gift_fallback: Fallback::Deny,
-            message_fallback: Fallback::Allow,
-        };
+        let decisions = Decisions::default();
         let gift = json(&decisions.fallback(Blocking::Gift, "decision timeout"));
         assert_eq!(gift["ErrorCode"], 1);
         assert_eq!(gift["ErrorInfo"], "hookbus fallback: decision timeout");

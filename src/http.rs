@@ -32,7 +32,14 @@ pub struct Connections {
     pub tls: Option<TlsAcceptor>,
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then waits up to `grace` for
+impl Default for Connections {
+    /// The flags' defaults: 10 s, 10,000 connections, plain HTTP.
+    fn default() -> Connections {
+        Connections { header_read_timeout: Duration::from_secs(10), max_connections: 10_000, tls: None }
+    }
+}
+
+/// Serves HTTP/1.1 (or, over TLS, HTTP/2 or HTTP/1.1 by ALPN) on `listener` until `shutdown` resolves, then waits up to `grace` for
 /// open requests to finish. Returns the time that was left of `grace`.
 pub async fn serve(
     listener: TcpListener,

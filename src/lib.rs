@@ -4,7 +4,10 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags and `HOOKBUS_*` environment variables; the only module that reads them.
+//! - [`config`]: flags and `HOOKBUS_*` environment variables, the only module that reads them
+//!   (and the only one that names clap); also the composition root: it turns flags into the
+//!   bus [`bus::Options`] and, given a connected bus, the built [`Gateway`] (token file read,
+//!   spool opened, TLS loaded). `main` parses, sets up logging, connects, builds and runs.
 //! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
 //! - [`routes`]: what each endpoint does; the checks of a callback in order.
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
@@ -13,9 +16,13 @@
 //! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
-//! - [`metrics`]: counters for `/metrics`.
+//! - [`metrics`]: what `/metrics` shows, as one method per thing that happens.
 //! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
 //! - [`respond`]: a reference responder for blocking callbacks.
+//!
+//! No module imports one that imports it back: `config` → everything it builds; `routes` →
+//! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `metrics`, `bus`;
+//! `bus` → nothing of the gateway's.
 
 pub mod bus;
 pub mod config;
@@ -31,7 +38,6 @@ pub mod tencent;
 pub mod tls;
 
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +50,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::routes::{App, Limits};
 use crate::spool::{Replay, Spool};
+use crate::tencent::Blocking;
 
 /// The built parts of a gateway, ready to serve.
 pub struct Gateway {
@@ -70,18 +77,9 @@ pub struct Report {
 /// Serves callbacks on `listener` until `shutdown` resolves; then stops accepting, finishes
 /// open requests, and flushes the outbox, all within the shutdown grace period.
 pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Report {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(Blocking::ALL.map(Blocking::command)));
     if let Some((_, replay)) = &gateway.spool {
-        let recovery = &replay.recovery;
-        metrics.spool_recovered.store(recovery.events as u64, Relaxed);
-        metrics.spool_corrupt.store(recovery.corrupt as u64, Relaxed);
-        metrics.spool_truncated_bytes.store(recovery.truncated, Relaxed);
-        tracing::info!(
-            events = recovery.events,
-            corrupt = recovery.corrupt,
-            truncated_bytes = recovery.truncated,
-            "spool read back"
-        );
+        metrics.spool_read_back(&replay.recovery);
     }
     let outbox = Arc::new(Outbox::new(gateway.outbox_capacity, gateway.outbox_max_bytes, gateway.spool));
     let mut publisher = tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone()));
@@ -107,8 +105,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         Report { lost: 0, spooled: unconfirmed }
     } else {
         if unconfirmed > 0 {
-            metrics.lost.fetch_add(unconfirmed as u64, Relaxed);
-            tracing::error!(lost = unconfirmed, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
+            metrics.lost(unconfirmed);
         }
         Report { lost: unconfirmed, spooled: 0 }
     };

@@ -1,14 +1,16 @@
-//! Counters for `/metrics`, rendered in the Prometheus text format. Labels are bounded:
-//! commands past [`MAX_COMMANDS`] distinct values share the label `other`.
+//! What `/metrics` shows, as a vocabulary of things that happen: one method each, which
+//! counts and, where an operator needs a line, logs it too. Rendered in the Prometheus text
+//! format. Labels are bounded: commands past [`MAX_COMMANDS`] distinct values share `other`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::bus::{BusError, Message};
 use crate::decision::Outcome;
-use crate::tencent::Blocking;
+use crate::spool::Recovery;
 
 const MAX_COMMANDS: usize = 64;
 const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 1500, 2000];
@@ -17,17 +19,18 @@ const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000,
 pub struct Metrics {
     requests: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
     rejections: Mutex<HashMap<&'static str, Rejections>>,
-    decisions: [[AtomicU64; Outcome::ALL.len()]; 2],
+    /// By command and outcome; every outcome of a known blocking command starts at zero.
+    decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
-    pub published: AtomicU64,
-    pub retried: AtomicU64,
-    pub unroutable: AtomicU64,
-    pub lost: AtomicU64,
-    pub spool_recovered: AtomicU64,
-    pub spool_corrupt: AtomicU64,
-    pub spool_truncated_bytes: AtomicU64,
+    published: AtomicU64,
+    retried: AtomicU64,
+    unroutable: AtomicU64,
+    lost: AtomicU64,
+    spool_recovered: AtomicU64,
+    spool_corrupt: AtomicU64,
+    spool_truncated_bytes: AtomicU64,
 }
 
 #[derive(Default, Clone)]
@@ -36,6 +39,18 @@ struct Rejections {
     /// Second of the last logged rejection, and how many were not logged since.
     logged_at: u64,
     unlogged: u64,
+}
+
+/// A refused callback, as counted and logged.
+pub struct Refusal<'a> {
+    /// The `reason` label of `hookbus_rejections_total`.
+    pub label: &'static str,
+    /// Why, in words (the FAIL body's `ErrorInfo`).
+    pub reason: &'a dyn Display,
+    pub command: &'a str,
+    pub status: u16,
+    pub request_id: &'a str,
+    pub latency_us: u64,
 }
 
 /// Values read from the outbox and the bus when `/metrics` is scraped.
@@ -49,8 +64,23 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    pub fn request(&self, command: &str, status: u16) {
-        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+    /// Metrics that show every outcome of `blocking` commands from the start, at zero.
+    pub fn new<'a>(blocking: impl IntoIterator<Item = &'a str>) -> Metrics {
+        let metrics = Metrics::default();
+        {
+            let mut decisions = lock(&metrics.decisions);
+            for command in blocking {
+                for outcome in Outcome::ALL {
+                    decisions.insert((command.to_owned(), outcome.label()), 0);
+                }
+            }
+        }
+        metrics
+    }
+
+    /// A callback was answered with `status`.
+    pub fn answered(&self, command: &str, status: u16) {
+        let mut requests = lock(&self.requests);
         if let Some(statuses) = requests.get_mut(command) {
             *statuses.entry(status).or_default() += 1;
             return;
@@ -59,23 +89,48 @@ impl Metrics {
         *requests.entry(label.to_owned()).or_default().entry(status).or_default() += 1;
     }
 
-    /// Counts a rejection. Returns whether to log it: at most one line per reason and second,
-    /// with the number of rejections not logged since (so an overload cannot flood the log).
-    pub fn rejection(&self, reason: &'static str) -> Option<u64> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-        let mut rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = rejections.entry(reason).or_default();
-        entry.count += 1;
-        if entry.logged_at == now {
-            entry.unlogged += 1;
-            return None;
-        }
-        entry.logged_at = now;
-        Some(std::mem::take(&mut entry.unlogged))
+    /// A callback was refused: counted, and logged at most once per reason and second with
+    /// the number of refusals not logged since (so an overload cannot flood the log).
+    pub fn rejected(&self, refusal: Refusal) {
+        self.answered(refusal.command, refusal.status);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let suppressed = {
+            let mut rejections = lock(&self.rejections);
+            let entry = rejections.entry(refusal.label).or_default();
+            entry.count += 1;
+            if entry.logged_at == now {
+                entry.unlogged += 1;
+                return;
+            }
+            entry.logged_at = now;
+            std::mem::take(&mut entry.unlogged)
+        };
+        tracing::warn!(
+            request_id = refusal.request_id,
+            command = refusal.command,
+            status = refusal.status,
+            reason = %refusal.reason,
+            label = refusal.label,
+            latency_us = refusal.latency_us,
+            suppressed,
+            "callback rejected"
+        );
     }
 
-    pub fn decision(&self, kind: Blocking, outcome: Outcome, elapsed: Duration) {
-        self.decisions[kind as usize][outcome as usize].fetch_add(1, Relaxed);
+    /// A blocking callback was answered after `elapsed`.
+    pub fn decided(&self, command: &str, outcome: Outcome, elapsed: Duration) {
+        {
+            let mut decisions = lock(&self.decisions);
+            match decisions.get_mut(&(command.to_owned(), outcome.label())) {
+                Some(count) => *count += 1,
+                None => {
+                    let commands =
+                        decisions.keys().map(|(command, _)| command).collect::<std::collections::HashSet<_>>();
+                    let label = if commands.len() < MAX_COMMANDS { command } else { "other" };
+                    *decisions.entry((label.to_owned(), outcome.label())).or_default() += 1;
+                }
+            }
+        }
         let ms = elapsed.as_millis() as u64;
         for (bucket, limit) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_MS) {
             if ms <= limit {
@@ -86,11 +141,52 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
     }
 
+    /// The bus confirmed `n` events.
+    pub fn confirmed(&self, n: usize) {
+        self.published.fetch_add(n as u64, Relaxed);
+    }
+
+    /// The bus did not confirm `unconfirmed` events; they are published again after `backoff`.
+    pub fn retrying(&self, unconfirmed: usize, error: &BusError, backoff: Duration) {
+        self.retried.fetch_add(unconfirmed as u64, Relaxed);
+        tracing::warn!(
+            error = error as &dyn std::error::Error,
+            unconfirmed,
+            retry_in = ?backoff,
+            "publish not confirmed, retrying"
+        );
+    }
+
+    /// The broker refused an event for good: no queue is bound for it.
+    pub fn unroutable(&self, message: &Message, reason: &str) {
+        self.unroutable.fetch_add(1, Relaxed);
+        tracing::error!(id = %message.id, destination = %message.destination, reason, "event unroutable, dropped by the broker");
+    }
+
+    /// Accepted events were not confirmed before the shutdown grace period ended.
+    pub fn lost(&self, n: usize) {
+        self.lost.fetch_add(n as u64, Relaxed);
+        tracing::error!(lost = n, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
+    }
+
+    /// The spool was read back at start.
+    pub fn spool_read_back(&self, recovery: &Recovery) {
+        self.spool_recovered.store(recovery.events as u64, Relaxed);
+        self.spool_corrupt.store(recovery.corrupt as u64, Relaxed);
+        self.spool_truncated_bytes.store(recovery.truncated, Relaxed);
+        tracing::info!(
+            events = recovery.events,
+            corrupt = recovery.corrupt,
+            truncated_bytes = recovery.truncated,
+            "spool read back"
+        );
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::with_capacity(4096);
         family(&mut out, "requests_total", "counter", "Callbacks answered, by command and HTTP status.");
-        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let requests = lock(&self.requests).clone();
         let mut requests: Vec<_> = requests.into_iter().collect();
         requests.sort();
         for (command, statuses) in requests {
@@ -99,23 +195,15 @@ impl Metrics {
             }
         }
         family(&mut out, "rejections_total", "counter", "Callbacks refused, by reason.");
-        let rejections = self.rejections.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rejections = lock(&self.rejections).clone();
         let mut rejections: Vec<_> = rejections.into_iter().map(|(reason, r)| (reason, r.count)).collect();
         rejections.sort();
         for (reason, count) in rejections {
             let _ = writeln!(out, "hookbus_rejections_total{{reason=\"{reason}\"}} {count}");
         }
         family(&mut out, "decisions_total", "counter", "Blocking callbacks answered, by command and outcome.");
-        for kind in [Blocking::Gift, Blocking::Message] {
-            for outcome in Outcome::ALL {
-                let count = self.decisions[kind as usize][outcome as usize].load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "hookbus_decisions_total{{command=\"{}\",outcome=\"{}\"}} {count}",
-                    kind.command(),
-                    outcome.label()
-                );
-            }
+        for ((command, outcome), count) in lock(&self.decisions).iter() {
+            let _ = writeln!(out, "hookbus_decisions_total{{command=\"{command}\",outcome=\"{outcome}\"}} {count}");
         }
         family(&mut out, "decision_seconds", "histogram", "Time from request to decision answer.");
         for (bucket, limit) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_MS) {
@@ -166,6 +254,10 @@ impl Metrics {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP hookbus_{name} {help}\n# TYPE hookbus_{name} {kind}");
 }
@@ -182,30 +274,36 @@ mod tests {
     fn command_labels_are_bounded() {
         let metrics = Metrics::default();
         for n in 0..MAX_COMMANDS + 10 {
-            metrics.request(&format!("Cmd{n}"), 200);
+            metrics.answered(&format!("Cmd{n}"), 200);
         }
-        metrics.request("Cmd0", 200);
+        metrics.answered("Cmd0", 200);
         let text = metrics.render(idle());
         assert!(text.contains("hookbus_requests_total{command=\"Cmd0\",status=\"200\"} 2"));
         assert!(text.contains("hookbus_requests_total{command=\"other\",status=\"200\"} 10"));
         assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
     }
 
+    fn refusal(label: &'static str) -> Refusal<'static> {
+        Refusal { label, reason: &"full", command: "unknown", status: 503, request_id: "r", latency_us: 1 }
+    }
+
     #[test]
-    fn rejection_logs_are_limited_to_one_per_reason_and_second() {
+    fn every_rejection_is_counted() {
         let metrics = Metrics::default();
-        assert_eq!(metrics.rejection("outbox_full"), Some(0));
-        let logged: Vec<_> = (0..100).filter_map(|_| metrics.rejection("outbox_full")).collect();
-        assert!(logged.len() <= 1, "{logged:?}");
-        assert_eq!(metrics.rejection("sign_stale"), Some(0), "reasons are limited separately");
+        for _ in 0..101 {
+            metrics.rejected(refusal("outbox_full"));
+        }
+        metrics.rejected(refusal("sign_stale"));
         let text = metrics.render(idle());
         assert!(text.contains("hookbus_rejections_total{reason=\"outbox_full\"} 101"));
+        assert!(text.contains("hookbus_rejections_total{reason=\"sign_stale\"} 1"));
+        assert!(text.contains("hookbus_requests_total{command=\"unknown\",status=\"503\"} 102"));
     }
 
     #[test]
     fn decisions_fill_the_histogram() {
-        let metrics = Metrics::default();
-        metrics.decision(Blocking::Gift, Outcome::Timeout, Duration::from_millis(1500));
+        let metrics = Metrics::new(["Live.CallbackBeforeSendGift"]);
+        metrics.decided("Live.CallbackBeforeSendGift", Outcome::Timeout, Duration::from_millis(1500));
         let text = metrics.render(Gauges {
             outbox_depth: 3,
             outbox_capacity: 10,
@@ -214,6 +312,7 @@ mod tests {
             spool_bytes: Some(9),
         });
         assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\"} 1"));
+        assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"reply\"} 0"));
         assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1\"} 0"));
         assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1.5\"} 1"));
         assert!(text.contains("hookbus_outbox_depth 3"));

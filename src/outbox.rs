@@ -6,7 +6,6 @@
 //! shutdown is counted as lost; in the spool it waits for the next start.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -192,18 +191,15 @@ impl Outbox {
                 let settled = failure.unwrap_or(messages.len());
                 for (message, result) in messages.iter().zip(&results).take(settled) {
                     match result {
-                        Err(BusError::Unroutable(reason)) => {
-                            metrics.unroutable.fetch_add(1, Relaxed);
-                            tracing::error!(id = %message.id, destination = %message.destination, reason, "event unroutable, dropped by the broker");
-                        }
-                        _ => drop(metrics.published.fetch_add(1, Relaxed)),
+                        Err(BusError::Unroutable(reason)) => metrics.unroutable(message, reason),
+                        _ => metrics.confirmed(1),
                     }
                 }
                 self.confirmed(messages.drain(..settled), segments.drain(..settled));
                 let Some(failure) = failure else { break };
-                let error = results[failure].as_ref().err().map(ToString::to_string).unwrap_or_default();
-                metrics.retried.fetch_add(messages.len() as u64, Relaxed);
-                tracing::warn!(error, unconfirmed = messages.len(), retry_in = ?backoff, "publish not confirmed, retrying");
+                if let Err(error) = &results[failure] {
+                    metrics.retrying(messages.len(), error, backoff);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

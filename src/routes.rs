@@ -1,6 +1,7 @@
-//! What each endpoint does: the callback path (SPEC §2, checks in order), `/healthz`,
-//! `/readyz` and `/metrics`. Generic over the request body so tests can call [`handle`]
-//! without a socket; sockets, connections and shutdown belong to `http`.
+//! What each endpoint does: the callback path (the checks of the README's "What Tencent sees",
+//! in order), `/healthz`, `/readyz` and `/metrics`. Generic over the request body so that the
+//! unit tests below call [`handle`] without a socket; sockets, connections and shutdown
+//! belong to `http`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -10,12 +11,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::bus::{Bus, Message, Origin};
+use crate::bus::{self, Bus, Message, Origin};
 use crate::decision::Decisions;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, Metrics, Refusal};
 use crate::outbox::{Outbox, Refused};
 use crate::spool::SpoolError;
 use crate::tencent::{self, Blocking, Body, Query, SignError};
+
+/// Paths the gateway serves itself; the callback path cannot be one of them.
+pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// How callbacks are checked.
 #[derive(Debug, Clone)]
@@ -29,6 +33,21 @@ pub struct Limits {
     /// A body must arrive whole within this time of its headers.
     pub body_read_timeout: std::time::Duration,
     pub prefix: String,
+}
+
+impl Default for Limits {
+    /// The flags' defaults: `/`, any SdkAppid, no token, 60 s skew, 64 KiB, 10 s, `tencent`.
+    fn default() -> Limits {
+        Limits {
+            path: "/".into(),
+            sdk_app_ids: Vec::new(),
+            token: None,
+            max_clock_skew: std::time::Duration::from_secs(60),
+            max_body_bytes: 65536,
+            body_read_timeout: std::time::Duration::from_secs(10),
+            prefix: "tencent".into(),
+        }
+    }
 }
 
 /// Everything a request needs, built once at start.
@@ -136,7 +155,7 @@ where
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
-        "/healthz" | "/readyz" | "/metrics" => reject(app, "", Rejection::MethodNotAllowed("GET"), "-", Instant::now()),
+        _ if RESERVED_PATHS.contains(&path) => reject(app, "", Rejection::MethodNotAllowed("GET"), "-", Instant::now()),
         _ => reject(app, "", Rejection::NotFound, "-", Instant::now()),
     }
 }
@@ -158,7 +177,7 @@ where
         .map(str::to_owned);
     match accept(app, request, query).await {
         Ok(Accepted { command, id, answer }) => {
-            app.metrics.request(&command, 200);
+            app.metrics.answered(&command, 200);
             let request_id = request_id.as_deref().unwrap_or(&id);
             let latency_us = started.elapsed().as_micros() as u64;
             tracing::debug!(request_id, id, command, status = 200, latency_us, "callback answered");
@@ -180,7 +199,7 @@ struct Accepted {
     answer: Bytes,
 }
 
-/// The checks of SPEC §2 in order.
+/// The checks of a callback, in the README's order.
 async fn accept<B>(app: &App, request: Request<B>, query: Query) -> Result<Accepted, Rejection>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -225,7 +244,7 @@ where
         (None, Some(body)) => body.to_owned(),
         (None, None) => return Err(Rejection::bad("command_missing", "CallbackCommand is missing")),
     };
-    if !tencent::valid_command(&command) {
+    if !bus::valid_name(&command) {
         return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
     }
     let origin = Origin {
@@ -237,7 +256,11 @@ where
     let id = message.id.clone();
     match Blocking::of(&command) {
         Some(kind) => {
-            let answer = app.decisions.decide(&app.bus, kind, message, &app.metrics).await;
+            let started = Instant::now();
+            let (outcome, answer) = app.decisions.decide(&app.bus, kind, message).await;
+            let elapsed = started.elapsed();
+            app.metrics.decided(&command, outcome, elapsed);
+            tracing::debug!(id, command, outcome = outcome.label(), ?elapsed, "decided");
             Ok(Accepted { command, id, answer })
         }
         None => {
@@ -254,25 +277,17 @@ where
     }
 }
 
-/// Answers a refusal, logs its reason once and counts it.
+/// Answers a refusal; counts it and logs its reason (rate-limited).
 fn reject(app: &App, command: &str, rejection: Rejection, request_id: &str, started: Instant) -> Response<Full<Bytes>> {
     let status = rejection.status();
-    let label = if tencent::valid_command(command) { command } else { "unknown" };
-    app.metrics.request(label, status.as_u16());
-    let suppressed = app.metrics.rejection(rejection.label());
-    if let Some(suppressed) = suppressed {
-        let latency_us = started.elapsed().as_micros() as u64;
-        tracing::warn!(
-            request_id,
-            command = label,
-            status = status.as_u16(),
-            reason = %rejection,
-            label = rejection.label(),
-            latency_us,
-            suppressed,
-            "callback rejected"
-        );
-    }
+    app.metrics.rejected(Refusal {
+        label: rejection.label(),
+        reason: &rejection,
+        command: if bus::valid_name(command) { command } else { "unknown" },
+        status: status.as_u16(),
+        request_id,
+        latency_us: started.elapsed().as_micros() as u64,
+    });
     let body = serde_json::json!({
         "ActionStatus": "FAIL",
         "ErrorCode": status.as_u16(),
@@ -291,4 +306,55 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::stdout::Stdout;
+
+    fn app(outbox_capacity: usize) -> App {
+        let limits = Limits { sdk_app_ids: vec!["1400".into()], token: Some("tok".into()), ..Limits::default() };
+        App {
+            limits,
+            decisions: Decisions::default(),
+            bus: Bus::Stdout(Stdout::new(Box::new(std::io::sink()))),
+            outbox: Arc::new(Outbox::new(outbox_capacity, 1 << 20, None)),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    fn target(app: &str, token: &str, command: &str) -> String {
+        let time = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+        let sign = tencent::sign(token, &time);
+        format!("/?SdkAppid={app}&CallbackCommand={command}&Sign={sign}&RequestTime={time}")
+    }
+
+    async fn status(app: &App, method: Method, uri: &str, body: &'static [u8]) -> u16 {
+        let request = Request::builder().method(method).uri(uri).body(Full::new(Bytes::from_static(body))).unwrap();
+        handle(app, request).await.status().as_u16()
+    }
+
+    /// Each request fails every check from one row of the README's table on: the first
+    /// failing check is the one answered, so the checks run in the documented order.
+    #[tokio::test]
+    async fn checks_run_in_the_documented_order() {
+        let app = app(1);
+        let cmd = "Live.CallbackAfterCreateRoom";
+        let big: &'static [u8] = Box::leak(vec![b' '; 70_000].into_boxed_slice());
+        let rows: [(Method, String, &'static [u8], u16); 7] = [
+            (Method::GET, target("999", "bad", "a.%3E"), big, 405),
+            (Method::POST, "/elsewhere".into(), big, 404),
+            (Method::POST, target("999", "bad", "a.%3E"), big, 403),
+            (Method::POST, target("1400", "bad", "a.%3E"), big, 401),
+            (Method::POST, target("1400", "tok", "a.%3E"), big, 413),
+            (Method::POST, target("1400", "tok", "a.%3E"), b"{}", 400),
+            (Method::POST, target("1400", "tok", cmd), b"{}", 200),
+        ];
+        for (method, uri, body, expected) in rows {
+            assert_eq!(status(&app, method.clone(), &uri, body).await, expected, "{method} {uri}");
+        }
+        // The one accepted event fills the outbox (capacity 1): the last check answers 503.
+        assert_eq!(status(&app, Method::POST, &target("1400", "tok", cmd), b"{}").await, 503);
+    }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::Message;
+use crate::bus::{Message, Origin};
 
 const MAGIC: [u8; 4] = *b"HBS1";
 const HEADER: usize = 12;
@@ -24,6 +24,8 @@ const HEADER: usize = 12;
 const MAX_RECORD: usize = 64 << 20;
 /// Records written in one group commit at most.
 const GROUP: usize = 1024;
+/// Segments are deleted whole, once every event in them is confirmed.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -355,20 +357,8 @@ fn decode(body: &[u8]) -> Option<Message> {
     };
     let payload = Bytes::copy_from_slice(field(&mut rest)?);
     let time = UNIX_EPOCH + Duration::from_millis(ms);
-    Some(Message {
-        id,
-        command,
-        destination,
-        key,
-        time,
-        time_text: humantime::format_rfc3339_millis(time).to_string(),
-        source: format!("/tencent/{sdk_app_id}"),
-        sdk_app_id,
-        client_ip,
-        opt_platform,
-        deadline_ms: None,
-        payload,
-    })
+    let origin = Origin { sdk_app_id, client_ip, opt_platform };
+    Some(Message::restore(id, time, command, destination, key, origin, payload))
 }
 
 fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {

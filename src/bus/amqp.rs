@@ -18,16 +18,22 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
+use super::message::{Answer, BusError, Message, Ready};
 use super::replies::Replies;
-use super::{BusError, Message, Ready};
-use crate::respond::Responder;
-use crate::tencent::{GIFT, MESSAGE};
 
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// A connect or a confirm that takes longer than this counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the supervisor checks an idle link.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
+/// Where the broker is and where events go.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub url: String,
+    /// The durable topic exchange, declared at start.
+    pub exchange: String,
+}
 
 #[derive(Clone)]
 pub struct Amqp {
@@ -60,16 +66,16 @@ impl Link {
 
 impl Amqp {
     /// Connects, declares the durable topic exchange, and starts the link supervisor.
-    pub async fn connect(url: &str, exchange: &str) -> Result<Amqp, BusError> {
+    pub async fn connect(options: Options) -> Result<Amqp, BusError> {
         let inner = Arc::new(Inner {
-            url: url.to_owned(),
-            exchange: exchange.to_owned(),
+            url: options.url,
+            exchange: options.exchange,
             link: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
             replies: Replies::default(),
         });
         let amqp = Amqp { inner };
-        amqp.link().await.map_err(|error| BusError::Connect(error.to_string()))?;
+        amqp.link().await.map_err(|error| BusError::connect("AMQP broker", error))?;
         tokio::spawn(supervise(Arc::downgrade(&amqp.inner)));
         Ok(amqp)
     }
@@ -86,7 +92,7 @@ impl Amqp {
         }
         let link = tokio::time::timeout(TIMEOUT, open(&self.inner))
             .await
-            .unwrap_or_else(|_| Err(unavailable("connect", "timed out")))?;
+            .unwrap_or_else(|_| Err(BusError::unavailable_because("AMQP connect timed out")))?;
         tracing::info!(exchange = self.inner.exchange, "AMQP link up");
         self.inner.connected.store(true, Relaxed);
         *slot = Some(link.clone());
@@ -121,13 +127,13 @@ impl Amqp {
                     "{} {} (no queue bound to the routing key)",
                     returned.reply_code, returned.reply_text
                 ))),
-                Confirmation::Nack(_) => Err(unavailable("confirm", "nacked by the broker")),
-                Confirmation::NotRequested => Err(unavailable("confirm", "confirms not enabled")),
+                Confirmation::Nack(_) => Err(BusError::unavailable_because("AMQP confirm: nacked by the broker")),
+                Confirmation::NotRequested => Err(BusError::unavailable_because("AMQP confirm: confirms not enabled")),
             }
         }));
         match tokio::time::timeout(TIMEOUT, confirms).await {
             Ok(results) => results,
-            Err(_) => vec![Err(unavailable("confirm", "timed out")); batch.len()],
+            Err(_) => vec![Err(BusError::unavailable_because("AMQP confirm timed out")); batch.len()],
         }
     }
 
@@ -155,9 +161,9 @@ impl Amqp {
         match confirm.await.map_err(|error| unavailable("request confirm", error))? {
             Confirmation::Ack(None) => {}
             Confirmation::Ack(Some(_)) => return Err(BusError::NoResponders(message.destination.clone())),
-            other => return Err(unavailable("request confirm", format!("{other:?}"))),
+            other => return Err(BusError::unavailable_because(format!("AMQP request confirm: {other:?}"))),
         }
-        waiting.reply().await.map_err(|_| unavailable("reply", "link closed before the reply"))
+        waiting.reply().await.map_err(|_| BusError::unavailable_because("AMQP link closed before the reply"))
     }
 
     pub fn is_connected(&self) -> bool {
@@ -176,40 +182,44 @@ impl Amqp {
         self.inner.connected.store(false, Relaxed);
     }
 
-    /// Consumes gift and message requests from the shared queue `{prefix}.decisions` (deleted
-    /// when the last responder leaves, so requests become unroutable and get their fallback
-    /// at once) and replies to each request's `reply_to` with its correlation id.
-    pub async fn respond(&self, prefix: &str, responder: Responder, ready: Ready) -> Result<(), BusError> {
+    /// Consumes the requests sent to `destinations` from the shared queue `group` (deleted when
+    /// the last server leaves, so requests become unroutable and their senders learn at once
+    /// that nobody answers) and replies to each request's `reply_to` with its correlation id.
+    pub async fn serve_requests(
+        &self,
+        destinations: &[String],
+        group: &str,
+        answer: Answer,
+        ready: Ready,
+    ) -> Result<(), BusError> {
         let link = self.link().await?;
         let channel = link.connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
-        let queue = format!("{prefix}.decisions");
         let options = QueueDeclareOptions { auto_delete: true, ..Default::default() };
         channel
-            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .queue_declare(group.into(), options, FieldTable::default())
             .await
             .map_err(|error| unavailable("queue declare", error))?;
-        for command in [GIFT, MESSAGE] {
-            let key = format!("{prefix}.{command}");
-            let (queue, exchange) = (queue.as_str().into(), self.inner.exchange.as_str().into());
+        for key in destinations {
+            let (queue, exchange) = (group.into(), self.inner.exchange.as_str().into());
             channel
-                .queue_bind(queue, exchange, key.into(), QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(queue, exchange, key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
                 .await
                 .map_err(|error| unavailable("queue bind", error))?;
         }
         channel.basic_qos(256, BasicQosOptions::default()).await.map_err(|error| unavailable("qos", error))?;
         let mut requests = channel
-            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(group.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .map_err(|error| unavailable("consume", error))?;
-        tracing::info!(queue, exchange = self.inner.exchange, "answering requests");
+        tracing::info!(queue = group, exchange = self.inner.exchange, "answering requests");
         let _ = ready.send(());
         while let Some(request) = requests.next().await {
             let request = request.map_err(|error| unavailable("consume", error))?;
-            let channel = channel.clone();
+            let (channel, answer) = (channel.clone(), answer.clone());
             tokio::spawn(async move {
                 let properties = &request.properties;
                 if let (Some(reply_to), Some(id)) = (properties.reply_to(), properties.correlation_id()) {
-                    let reply = responder.answer().await;
+                    let reply = answer(request.routing_key.as_str(), Bytes::copy_from_slice(&request.data)).await;
                     let reply_properties = BasicProperties::default()
                         .with_correlation_id(id.clone())
                         .with_content_type("application/json".into());
@@ -223,13 +233,13 @@ impl Amqp {
                         )
                         .await;
                     if let Err(error) = sent {
-                        tracing::warn!(%error, "reply not sent");
+                        tracing::warn!(error = &error as &dyn std::error::Error, "reply not sent");
                     }
                 }
                 let _ = request.acker.ack(BasicAckOptions::default()).await;
             });
         }
-        Err(unavailable("consume", "consumer ended"))
+        Err(BusError::unavailable_because("AMQP consumer ended"))
     }
 }
 
@@ -292,8 +302,8 @@ fn properties(message: &Message) -> BasicProperties {
         .with_headers(headers)
 }
 
-fn unavailable(what: &str, error: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("AMQP {what}: {error}"))
+fn unavailable(what: &str, error: lapin::Error) -> BusError {
+    BusError::unavailable(format!("AMQP {what}"), error)
 }
 
 #[cfg(test)]

@@ -20,10 +20,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::message::{Answer, BusError, Message, Ready};
 use super::replies::Replies;
-use super::{BusError, Message, Ready};
-use crate::respond::Responder;
-use crate::tencent::{GIFT, MESSAGE};
 
 pub const REPLY_TOPIC: &str = "kafka_replyTopic";
 pub const CORRELATION_ID: &str = "kafka_correlationId";
@@ -67,11 +65,11 @@ impl Kafka {
             .set("linger.ms", "2")
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
             .create()
-            .map_err(|error| BusError::Connect(format!("Kafka producer: {error}")))?;
+            .map_err(|error| BusError::connect("Kafka producer", error))?;
         let admin = ClientConfig::new()
             .set("bootstrap.servers", &options.brokers)
             .create()
-            .map_err(|error| BusError::Connect(format!("Kafka admin client: {error}")))?;
+            .map_err(|error| BusError::connect("Kafka admin client", error))?;
         let inner = Arc::new(Inner {
             options,
             producer,
@@ -82,7 +80,7 @@ impl Kafka {
         });
         let kafka = Kafka { inner };
         let reply_topic = kafka.inner.options.reply_topic.clone();
-        kafka.ensure_topic(&reply_topic, 1).await.map_err(|error| BusError::Connect(error.to_string()))?;
+        kafka.ensure_topic(&reply_topic, 1).await.map_err(|error| BusError::connect("Kafka reply topic", error))?;
         let replies = kafka.reply_consumer(&reply_topic).await?;
         kafka.inner.connected.store(true, Relaxed);
         tokio::spawn(dispatch_replies(replies, Arc::downgrade(&kafka.inner)));
@@ -107,7 +105,7 @@ impl Kafka {
             .consumer(format!("hookbus-{topic}"))
             .set("enable.auto.commit", "false")
             .create()
-            .map_err(|error| BusError::Connect(format!("Kafka reply consumer: {error}")))?;
+            .map_err(|error| BusError::connect("Kafka reply consumer", error))?;
         let (consumer, topic) = (Arc::new(consumer), topic.to_owned());
         let assigned = tokio::task::spawn_blocking({
             let consumer = consumer.clone();
@@ -122,9 +120,9 @@ impl Kafka {
             }
         })
         .await
-        .map_err(|error| BusError::Connect(format!("Kafka reply consumer: {error}")))?;
-        assigned.map_err(|error| BusError::Connect(format!("Kafka reply topic: {error}")))?;
-        Arc::try_unwrap(consumer).map_err(|_| BusError::Connect("Kafka reply consumer still shared".into()))
+        .map_err(|error| BusError::connect("Kafka reply consumer", error))?;
+        assigned.map_err(|error| BusError::connect("Kafka reply topic", error))?;
+        Ok(Arc::try_unwrap(consumer).unwrap_or_else(|_| unreachable!("the blocking task has returned its clone")))
     }
 
     /// Makes sure `topic` exists before its first publish: created when allowed, else an error
@@ -140,12 +138,12 @@ impl Kafka {
             Ok(metadata.topics().iter().any(|t| t.error().is_none() && !t.partitions().is_empty()))
         })
         .await
-        .map_err(|error| unavailable("metadata", error))?
+        .map_err(|error| BusError::unavailable("Kafka metadata", error))?
         .map_err(|error| unavailable("metadata", error))?;
         if !exists {
             if !self.inner.options.create_topics {
-                return Err(BusError::Unavailable(format!(
-                    "Kafka topic {topic} does not exist and --kafka-create-topics is off"
+                return Err(BusError::unavailable_because(format!(
+                    "Kafka topic {topic} does not exist and topic creation is off"
                 )));
             }
             let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -159,7 +157,9 @@ impl Kafka {
                 match result {
                     Ok(_) => tracing::info!(topic, partitions, "Kafka topic created"),
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((_, code)) => return Err(unavailable(&format!("create topic {topic}"), code)),
+                    Err((_, code)) => {
+                        return Err(unavailable(&format!("create topic {topic}"), KafkaError::AdminOp(code)))
+                    }
                 }
             }
         }
@@ -187,7 +187,7 @@ impl Kafka {
             })
             .collect();
         join_all(deliveries.into_iter().map(|sent| async move {
-            let delivered = sent?.await.map_err(|_| unavailable("delivery", "report dropped"))?;
+            let delivered = sent?.await.map_err(|_| BusError::unavailable_because("Kafka delivery report dropped"))?;
             delivered.map(drop).map_err(|(error, _)| unavailable("delivery", error))
         }))
         .await
@@ -205,9 +205,9 @@ impl Kafka {
             .producer
             .send_result(record(message, headers))
             .map_err(|(error, _)| unavailable("request", error))?;
-        let delivered = delivery.await.map_err(|_| unavailable("request delivery", "report dropped"))?;
+        let delivered = delivery.await.map_err(|_| BusError::unavailable_because("Kafka request report dropped"))?;
         delivered.map_err(|(error, _)| unavailable("request delivery", error))?;
-        waiting.reply().await.map_err(|_| unavailable("reply", "reply consumer stopped"))
+        waiting.reply().await.map_err(|_| BusError::unavailable_because("Kafka reply consumer stopped"))
     }
 
     pub fn is_connected(&self) -> bool {
@@ -226,32 +226,37 @@ impl Kafka {
         }
     }
 
-    /// Consumes gift and message requests in the consumer group `hookbus-responders.{prefix}`
-    /// and produces each reply to the request's `kafka_replyTopic` with its `kafka_correlationId`.
-    /// Requests whose deadline has passed are skipped: nobody waits for them any more.
-    pub async fn respond(&self, prefix: &str, responder: Responder, ready: Ready) -> Result<(), BusError> {
-        let topics = [format!("{prefix}.{GIFT}"), format!("{prefix}.{MESSAGE}")];
-        for topic in &topics {
+    /// Consumes the requests sent to `destinations` in the consumer group `group` and produces
+    /// each reply to the request's `kafka_replyTopic` with its `kafka_correlationId`. Requests
+    /// whose `ce_deadline` has passed are skipped: nobody waits for them any more.
+    pub async fn serve_requests(
+        &self,
+        destinations: &[String],
+        group: &str,
+        answer: Answer,
+        ready: Ready,
+    ) -> Result<(), BusError> {
+        for topic in destinations {
             self.ensure_topic(topic, self.inner.options.partitions).await?;
         }
         let consumer: StreamConsumer = self
-            .consumer(format!("hookbus-responders.{prefix}"))
+            .consumer(group.to_owned())
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(|error| unavailable("responder consumer", error))?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let names: Vec<&str> = destinations.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|error| unavailable("subscribe", error))?;
         let mut ready = Some(ready);
         loop {
             let received = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
             if ready.is_some() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
-                tracing::info!(?topics, "answering requests");
+                tracing::info!(topics = ?destinations, "answering requests");
                 let _ = ready.take().map(|ready| ready.send(()));
             }
             let request = match received {
                 Err(_) => continue,
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "responder consume failed");
+                    tracing::warn!(error = &error as &dyn std::error::Error, "responder consume failed");
                     continue;
                 }
                 Ok(Ok(request)) => request,
@@ -267,13 +272,15 @@ impl Kafka {
             if deadline < now {
                 continue;
             }
-            let producer = self.inner.producer.clone();
+            let (producer, answer) = (self.inner.producer.clone(), answer.clone());
+            let (topic, payload) =
+                (request.topic().to_owned(), Bytes::copy_from_slice(request.payload().unwrap_or_default()));
             tokio::spawn(async move {
-                let reply = responder.answer().await;
+                let reply = answer(&topic, payload).await;
                 let headers = OwnedHeaders::new().insert(Header { key: CORRELATION_ID, value: Some(id.as_str()) });
                 let record = FutureRecord::<(), _>::to(&reply_topic).payload(&reply[..]).headers(headers);
                 if let Err((error, _)) = producer.send(record, Duration::from_secs(5)).await {
-                    tracing::warn!(%error, "reply not sent");
+                    tracing::warn!(error = &error as &dyn std::error::Error, "reply not sent");
                 }
             });
         }
@@ -334,6 +341,6 @@ fn headers(message: &Message) -> OwnedHeaders {
     })
 }
 
-fn unavailable(what: &str, error: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(format!("Kafka {what}: {error}"))
+fn unavailable(what: &str, error: KafkaError) -> BusError {
+    BusError::unavailable(format!("Kafka {what}"), error)
 }

@@ -13,15 +13,25 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
+use super::message::{Answer, BusError, Message, Ready};
 use super::replies::Replies;
-use super::{BusError, Message, Ready};
-use crate::respond::Responder;
-use crate::tencent::{GIFT, MESSAGE};
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-/// The queue group `hookbus respond` joins, so that responders share the requests.
-pub const QUEUE_GROUP: &str = "hookbus-responders";
+
+/// How to reach the server and what to check there.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub url: String,
+    /// Publish through JetStream and wait for the stream's PubAck.
+    pub jetstream: bool,
+    /// With JetStream: create a stream of this name when none covers `{prefix}.>`.
+    pub create_stream: Option<String>,
+    /// Every destination starts with `{prefix}.`; a JetStream stream must cover `{prefix}.>`.
+    pub prefix: String,
+    /// The connection's name, as the server shows it.
+    pub name: String,
+}
 
 #[derive(Clone)]
 pub struct Nats {
@@ -38,27 +48,20 @@ pub struct Nats {
 
 impl Nats {
     /// Connects (retrying until the server is reachable is left to the caller's deadline) and,
-    /// with JetStream, checks that a stream covers `{prefix}.>`, creating `create_stream` when
-    /// asked to.
-    pub async fn connect(
-        url: &str,
-        jetstream: bool,
-        create_stream: Option<&str>,
-        prefix: &str,
-        name: &str,
-    ) -> Result<Nats, BusError> {
+    /// with JetStream, checks that a stream covers `{prefix}.>`, creating one when asked to.
+    pub async fn connect(options: Options) -> Result<Nats, BusError> {
         let client = ConnectOptions::new()
-            .name(format!("hookbus {name}"))
+            .name(format!("hookbus {}", options.name))
             // Our own deadline is the only one for requests.
             .request_timeout(None)
             .max_reconnects(None)
             .event_callback(|event| async move { tracing::info!(%event, "nats connection event") })
-            .connect(url)
+            .connect(&options.url)
             .await
-            .map_err(|error| BusError::Connect(format!("NATS at {url}: {error}")))?;
-        let jetstream = if jetstream {
+            .map_err(|error| BusError::connect(format!("NATS at {}", options.url), error))?;
+        let jetstream = if options.jetstream {
             let context = jetstream::new(client.clone());
-            ensure_stream(&context, prefix, create_stream).await?;
+            ensure_stream(&context, &options.prefix, options.create_stream.as_deref()).await?;
             Some(Box::new(context))
         } else {
             None
@@ -68,7 +71,7 @@ impl Nats {
         let subscription = client
             .subscribe(format!("{inbox}.*"))
             .await
-            .map_err(|error| BusError::Connect(format!("NATS reply inbox: {error}")))?;
+            .map_err(|error| BusError::connect("NATS reply inbox", error))?;
         let replies = Arc::new(Replies::default());
         tokio::spawn(dispatch_replies(subscription, Arc::downgrade(&replies)));
         Ok(Nats { client, jetstream, probe, inbox, replies })
@@ -81,7 +84,7 @@ impl Nats {
             None => {
                 let result = tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_core(batch))
                     .await
-                    .unwrap_or_else(|_| Err(BusError::Unavailable("NATS confirm timed out".into())));
+                    .unwrap_or_else(|_| Err(BusError::unavailable_because("NATS confirm timed out")));
                 vec![result; batch.len()]
             }
         }
@@ -93,16 +96,16 @@ impl Nats {
             self.client
                 .publish_with_headers(message.destination.clone(), headers(message), message.payload.clone())
                 .await
-                .map_err(|error| BusError::Unavailable(format!("NATS publish: {error}")))?;
+                .map_err(|error| BusError::unavailable("NATS publish", error))?;
         }
         match self.client.request(self.probe.clone(), Bytes::new()).await {
             Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
-            Err(error) => return Err(BusError::Unavailable(format!("NATS confirm: {error}"))),
-            Ok(_) => return Err(BusError::Unavailable(format!("unexpected subscriber on {}", self.probe))),
+            Err(error) => return Err(BusError::unavailable("NATS confirm", error)),
+            Ok(_) => return Err(BusError::unavailable_because(format!("unexpected subscriber on {}", self.probe))),
         }
         // A reconnect between the publishes and the round trip may have lost some of them.
         if self.client.statistics().connects.load(Relaxed) != connects {
-            return Err(BusError::Unavailable("NATS reconnected during the batch".into()));
+            return Err(BusError::unavailable_because("NATS reconnected during the batch"));
         }
         Ok(())
     }
@@ -117,8 +120,8 @@ impl Nats {
             );
         }
         join_all(acks.into_iter().map(|sent| async move {
-            let ack = sent.map_err(|error| BusError::Unavailable(format!("JetStream publish: {error}")))?;
-            ack.await.map(drop).map_err(|error| BusError::Unavailable(format!("JetStream PubAck: {error}")))
+            let ack = sent.map_err(|error| BusError::unavailable("JetStream publish", error))?;
+            ack.await.map(drop).map_err(|error| BusError::unavailable("JetStream PubAck", error))
         }))
         .await
     }
@@ -136,8 +139,8 @@ impl Nats {
                 message.payload.clone(),
             )
             .await
-            .map_err(|error| BusError::Unavailable(format!("NATS request: {error}")))?;
-        waiting.reply().await.map_err(|_| BusError::Unavailable("NATS reply inbox closed".into()))?
+            .map_err(|error| BusError::unavailable("NATS request", error))?;
+        waiting.reply().await.map_err(|_| BusError::unavailable_because("NATS reply inbox closed"))?
     }
 
     /// Replies that arrived after their request had given up.
@@ -155,31 +158,37 @@ impl Nats {
         }
     }
 
-    /// Answers gift and message requests in the queue group [`QUEUE_GROUP`].
-    pub async fn respond(&self, prefix: &str, responder: Responder, ready: Ready) -> Result<(), BusError> {
+    /// Answers requests on `destinations` in the queue group `group`, so that servers share them.
+    pub async fn serve_requests(
+        &self,
+        destinations: &[String],
+        group: &str,
+        answer: Answer,
+        ready: Ready,
+    ) -> Result<(), BusError> {
         let mut subscriptions = Vec::new();
-        for command in [GIFT, MESSAGE] {
-            let subject = format!("{prefix}.{command}");
+        for subject in destinations {
             let subscription = self
                 .client
-                .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
+                .queue_subscribe(subject.clone(), group.to_owned())
                 .await
-                .map_err(|error| BusError::Unavailable(format!("NATS subscribe: {error}")))?;
-            tracing::info!(subject, queue = QUEUE_GROUP, "answering requests");
+                .map_err(|error| BusError::unavailable("NATS subscribe", error))?;
+            tracing::info!(subject, queue = group, "answering requests");
             subscriptions.push(subscription);
         }
         let mut requests = futures_util::stream::select_all(subscriptions);
         let _ = ready.send(());
         while let Some(request) = requests.next().await {
             let Some(reply_to) = request.reply else { continue };
-            let client = self.client.clone();
+            let (client, answer) = (self.client.clone(), answer.clone());
             tokio::spawn(async move {
-                if let Err(error) = client.publish(reply_to, responder.answer().await).await {
-                    tracing::warn!(%error, "reply not sent");
+                let reply = answer(&request.subject, request.payload).await;
+                if let Err(error) = client.publish(reply_to, reply).await {
+                    tracing::warn!(error = &error as &dyn std::error::Error, "reply not sent");
                 }
             });
         }
-        Err(BusError::Unavailable("NATS subscription ended".into()))
+        Err(BusError::unavailable_because("NATS subscription ended"))
     }
 }
 
@@ -222,7 +231,8 @@ fn is_stream_answer(payload: &[u8]) -> bool {
 }
 
 async fn ensure_stream(context: &jetstream::Context, prefix: &str, create: Option<&str>) -> Result<(), BusError> {
-    let probe = format!("{prefix}.Live.CallbackAfterCreateRoom");
+    // Any subject under the prefix: a stream over `{prefix}.>` covers it.
+    let probe = format!("{prefix}.hookbus");
     match context.stream_by_subject(probe.clone()).await {
         Ok(stream) => {
             tracing::info!(stream, subjects = %format!("{prefix}.>"), "JetStream stream found");
@@ -239,14 +249,17 @@ async fn ensure_stream(context: &jetstream::Context, prefix: &str, create: Optio
                 context
                     .get_or_create_stream(config)
                     .await
-                    .map_err(|error| BusError::Connect(format!("cannot create JetStream stream {name}: {error}")))?;
+                    .map_err(|error| BusError::connect(format!("cannot create JetStream stream {name}"), error))?;
                 tracing::info!(stream = name, subjects = %format!("{prefix}.>"), "JetStream stream created");
                 Ok(())
             }
-            None => Err(BusError::Connect(format!(
-                "no JetStream stream covers {probe} ({error}): create one over '{prefix}.>' \
-                 (nats stream add EVENTS --subjects '{prefix}.>') or pass --nats-create-stream NAME"
-            ))),
+            None => Err(BusError::connect(
+                format!(
+                    "no JetStream stream covers {probe}: create one over '{prefix}.>' \
+                     (nats stream add EVENTS --subjects '{prefix}.>') or pass --nats-create-stream NAME"
+                ),
+                error,
+            )),
         },
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{BusError, Message};
+use super::message::{BusError, Message};
 
 /// Text to write, and where to say how it went (handing the buffer back for reuse).
 type Write_ = (Vec<u8>, oneshot::Sender<(std::io::Result<()>, Vec<u8>)>);
@@ -62,11 +62,11 @@ impl Stdout {
             Ok(()) => match written.await {
                 Ok((result, text)) => {
                     *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = text;
-                    result.map_err(|error| BusError::Unavailable(format!("write to stdout: {error}")))
+                    result.map_err(|error| BusError::unavailable("write to stdout", error))
                 }
-                Err(_) => Err(BusError::Unavailable("stdout writer stopped".into())),
+                Err(_) => Err(BusError::unavailable_because("stdout writer stopped")),
             },
-            Err(_) => Err(BusError::Unavailable("stdout writer stopped".into())),
+            Err(_) => Err(BusError::unavailable_because("stdout writer stopped")),
         };
         vec![result; batch.len()]
     }
@@ -152,7 +152,7 @@ mod tests {
     async fn a_payload_that_is_not_json_becomes_a_string_not_a_panic() {
         let shared = Shared::default();
         let bus = Stdout::new(Box::new(shared.clone()));
-        let origin = super::super::Origin::default();
+        let origin = super::super::message::Origin::default();
         let message = Message::new("t", "X", None, origin, Bytes::from_static(b"{\"x\":\"\xff\"}"));
         assert!(bus.publish(&[message]).await[0].is_ok());
         let text = String::from_utf8(shared.0.lock().unwrap().clone()).unwrap();
@@ -176,7 +176,7 @@ mod tests {
     async fn one_line_per_event() {
         let shared = Shared::default();
         let bus = Stdout::new(Box::new(shared.clone()));
-        let origin = super::super::Origin { sdk_app_id: "1400".into(), ..Default::default() };
+        let origin = super::super::message::Origin { sdk_app_id: "1400".into(), ..Default::default() };
         let message = Message::new(
             "tencent",
             "Live.X",

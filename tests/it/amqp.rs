@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hyper::Method;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::json;
 
-use crate::backend::{amqp_url, Backend};
-use crate::support::{eventually, request, unique};
+use crate::brokers::{amqp_url, Backend};
+use crate::support::{eventually, metrics, unique};
 
 #[tokio::test]
 async fn requests_use_direct_reply_to_with_correlation_and_expiration() {
@@ -66,8 +65,7 @@ async fn late_replies_are_counted() {
     assert_eq!(answer["ErrorInfo"], "hookbus fallback: decision timeout");
     let addr = gateway.addr;
     eventually("the late reply to be counted", Duration::from_secs(5), || async move {
-        let (_, body) = request(addr, Method::GET, "/metrics", b"").await;
-        String::from_utf8_lossy(&body).contains("hookbus_late_replies_total 1")
+        metrics(addr).await.contains("hookbus_late_replies_total 1")
     })
     .await;
     gateway.stop().await;
@@ -81,8 +79,7 @@ async fn unroutable_events_are_reported_not_retried_forever() {
     assert_eq!(status, 200);
     let addr = gateway.addr;
     eventually("the unroutable event to be counted", Duration::from_secs(5), || async move {
-        let (_, body) = request(addr, Method::GET, "/metrics", b"").await;
-        let text = String::from_utf8_lossy(&body).into_owned();
+        let text = metrics(addr).await;
         text.contains("hookbus_publishes_unroutable_total 1") && text.contains("hookbus_outbox_depth 0")
     })
     .await;

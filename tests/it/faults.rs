@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 
-use crate::backend::{nats_url, Backend};
-use crate::buses::collect;
-use crate::support::{burst_acknowledged, request, signal, spawn_binary, tempdir, unique, Proxy, APP, TOKEN};
+use crate::brokers::{collect, nats_url, Backend, Watcher};
+use crate::support::{burst, metrics, request, signal, spawn_binary, tempdir, unique, Proxy, APP, TOKEN};
 
 fn flags<'a>(prefix: &'a str, url: &'a str, spool: &'a str) -> Vec<&'a str> {
     vec![
@@ -34,7 +33,7 @@ fn flags<'a>(prefix: &'a str, url: &'a str, spool: &'a str) -> Vec<&'a str> {
 struct Burst {
     prefix: String,
     spool: String,
-    watcher: crate::backend::Watcher,
+    watcher: Watcher,
     child: std::process::Child,
     burst: tokio::task::JoinHandle<HashSet<String>>,
     _proxy: Proxy,
@@ -49,7 +48,7 @@ async fn burst_with_the_broker_going_away(extra: &[&str]) -> Burst {
     let mut flags = flags(&prefix, &via_proxy, &spool);
     flags.extend_from_slice(extra);
     let (child, addr) = spawn_binary(&flags);
-    let burst = tokio::spawn(burst_acknowledged(addr, 20_000, 8));
+    let burst = tokio::spawn(burst(addr, 20_000, 8));
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.set_down(true);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -67,37 +66,16 @@ async fn sigkill_mid_burst_with_a_spool_loses_nothing_acknowledged() {
 
     let url = nats_url();
     let (mut restarted, _) = spawn_binary(&flags(&prefix, &url, &spool));
-    let (received, seen) = collect_at_least(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
+    let collected = collect(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
+    let received = collected.received;
     println!(
         "sigkill: acknowledged {}, delivered {received} (distinct {}), duplicates {}, lost 0",
         acknowledged.len(),
-        seen,
+        collected.seen.len(),
         received - acknowledged.len().min(received)
     );
     signal(&restarted, "TERM");
     assert!(restarted.wait().unwrap().success());
-}
-
-/// Reads until every acknowledged event arrived; events beyond them (answered but cut off
-/// before the client read its 200) are fine. Returns records read and distinct events seen.
-async fn collect_at_least(
-    watcher: &mut crate::backend::Watcher,
-    acknowledged: &HashSet<String>,
-    limit: Duration,
-) -> (usize, usize) {
-    let mut seen = HashSet::new();
-    let mut received = 0;
-    let deadline = Instant::now() + limit;
-    while !acknowledged.is_subset(&seen) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let missing = acknowledged.difference(&seen).count();
-        assert!(!left.is_zero(), "{missing} acknowledged events never arrived");
-        let event = watcher.next(left).await;
-        let body: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
-        seen.insert(body["RoomId"].as_str().unwrap().to_owned());
-        received += 1;
-    }
-    (received, seen.len())
 }
 
 #[tokio::test]
@@ -114,16 +92,17 @@ async fn overload_with_the_broker_away_answers_503_and_delivers_every_200() {
         }
         let gateway = Backend::Nats.gateway(&prefix, Some(proxy.addr), &extra).await;
         proxy.set_down(true);
-        let acknowledged = burst_acknowledged(gateway.addr, 600, 4).await;
+        let acknowledged = burst(gateway.addr, 600, 4).await;
         let refused = 600 - acknowledged.len();
         assert!(refused > 0 && !acknowledged.is_empty(), "{name}: some refused, some accepted");
         assert_eq!(request(gateway.addr, Method::GET, "/readyz", b"").await.0, 503, "{name}: not ready while full");
-        let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
         let label = if name == "spool" { "spool_full" } else { "outbox_full" };
         let counted = format!("hookbus_rejections_total{{reason=\"{label}\"}} {refused}");
-        assert!(String::from_utf8_lossy(&metrics).contains(&counted), "{name}: {counted}");
+        assert!(metrics(gateway.addr).await.contains(&counted), "{name}: {counted}");
         proxy.set_down(false);
-        let received = collect(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
+        let collected = collect(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
+        assert_eq!(collected.seen, acknowledged, "{name}: nothing refused was delivered");
+        let received = collected.received;
         println!(
             "overload ({name}): acknowledged {}, refused {refused}, delivered {received}, lost 0",
             acknowledged.len()
@@ -156,9 +135,10 @@ async fn damaged_spool_files_are_reported_and_every_intact_record_delivered() {
     let mut watcher = Backend::Nats.watch(&prefix).await;
     let gateway = Backend::Nats.gateway(&prefix, None, &["--spool-dir", dir.to_str().unwrap()]).await;
     let expected: HashSet<String> = ["room-0", "room-2"].map(String::from).into();
-    let received = collect(&mut watcher, &expected, Duration::from_secs(10)).await;
-    let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
-    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let collected = collect(&mut watcher, &expected, Duration::from_secs(10)).await;
+    assert_eq!(collected.seen, expected);
+    let received = collected.received;
+    let metrics = metrics(gateway.addr).await;
     assert!(metrics.contains("hookbus_spool_recovered_events_total 2"), "{metrics}");
     assert!(metrics.contains("hookbus_spool_corrupt_records_total 2"), "{metrics}");
     assert!(metrics.contains("hookbus_spool_truncated_bytes_total 10"), "{metrics}");
@@ -180,7 +160,7 @@ async fn sigterm_during_a_burst_exits_within_the_grace_period_and_keeps_the_rest
 
     let url = nats_url();
     let (mut restarted, _) = spawn_binary(&flags(&prefix, &url, &spool));
-    let (received, _) = collect_at_least(&mut watcher, &acknowledged, Duration::from_secs(60)).await;
+    let received = collect(&mut watcher, &acknowledged, Duration::from_secs(60)).await.received;
     println!("sigterm: exit 0 in {took:?}, acknowledged {}, delivered {received}, lost 0", acknowledged.len());
     signal(&restarted, "TERM");
     assert!(restarted.wait().unwrap().success());

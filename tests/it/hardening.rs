@@ -10,10 +10,10 @@ use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{request, signal, spawn_binary_with_logs, Captured, Client, Gateway};
+use crate::support::{request, signal, spawn_binary_with_logs, Captured, Client, Running};
 
-async fn gateway(flags: &[&str]) -> Gateway {
-    Gateway::start(flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await
+async fn gateway(flags: &[&str]) -> Running {
+    Running::start(flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await
 }
 
 #[tokio::test]
@@ -53,7 +53,7 @@ async fn slowloris_connections_do_not_starve_others_and_are_closed() {
         let started = Instant::now();
         let (status, _) = client.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
         assert_eq!(status, 200);
-        assert!(started.elapsed() < Duration::from_millis(250), "served while slow clients hang on");
+        assert!(started.elapsed() < Duration::from_secs(1), "served while slow clients hang on");
     }
     let (closed_after, still_open) = trickle.await.unwrap();
     assert_eq!(still_open, 0, "every slowloris connection was closed");

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use hyper::Method;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -13,8 +12,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
-use crate::backend::{kafka_brokers, Backend};
-use crate::support::{eventually, request, unique};
+use crate::brokers::{kafka_brokers, Backend};
+use crate::support::{burst, eventually, metric, metrics, unique, Running};
 
 /// Creates `topic` on the test broker, as an operator would before the gateway starts.
 async fn create_topic(topic: &str) {
@@ -40,8 +39,7 @@ async fn two_instances_each_get_their_own_replies() {
         assert_eq!(answer["ErrorCode"], 102120, "every gift gets the responder's decision: {answer}");
     }
     for gateway in [&first, &second] {
-        let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
-        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        let metrics = metrics(gateway.addr).await;
         assert!(metrics.contains("hookbus_late_replies_total 0"), "no instance saw another's replies");
     }
     first.stop().await;
@@ -96,19 +94,15 @@ async fn without_topic_creation_a_missing_topic_keeps_the_event_until_it_exists(
     let (status, _) = gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
     assert_eq!(status, 200);
     let addr = gateway.addr;
-    let metrics = move || async move {
-        let (_, body) = request(addr, Method::GET, "/metrics", b"").await;
-        String::from_utf8_lossy(&body).into_owned()
-    };
     eventually("the missing topic to hold the event back", Duration::from_secs(10), || async {
-        let text = metrics().await;
+        let text = metrics(addr).await;
         text.contains("hookbus_outbox_depth 1") && !text.contains("hookbus_publishes_retried_total 0")
     })
     .await;
     let topic = format!("{prefix}.Live.CallbackAfterCreateRoom");
     create_topic(&topic).await;
     eventually("the event to be delivered once the topic exists", Duration::from_secs(20), || async {
-        metrics().await.contains("hookbus_publishes_confirmed_total 1")
+        metrics(addr).await.contains("hookbus_publishes_confirmed_total 1")
     })
     .await;
     assert_eq!(gateway.stop().await.lost, 0);
@@ -138,24 +132,16 @@ async fn a_broker_outage_in_the_middle_of_a_burst_loses_nothing() {
         "--token",
         crate::support::TOKEN,
     ];
-    let gateway = crate::support::Gateway::connect(&flags).await;
-    let burst = tokio::spawn({
-        let gateway_addr = gateway.addr;
-        async move { crate::buses::burst_to(gateway_addr, 2000, 8).await }
-    });
+    let gateway = Running::connect(&flags).await;
+    let burst = tokio::spawn(burst(gateway.addr, 2000, 8));
     tokio::time::sleep(Duration::from_millis(100)).await;
     cluster.broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
-    let metrics = String::from_utf8_lossy(&metrics).into_owned();
-    let depth: usize = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("hookbus_outbox_depth "))
-        .and_then(|depth| depth.parse().ok())
-        .unwrap();
+    let depth = metric(&metrics(gateway.addr).await, "hookbus_outbox_depth");
     assert!(depth > 0, "events were waiting on the broker during the outage");
     cluster.broker_up(1).unwrap();
     let sent = burst.await.unwrap();
+    assert_eq!(sent.len(), 2000, "every event answered 200");
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

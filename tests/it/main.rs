@@ -1,9 +1,12 @@
 //! One integration binary. Where a test belongs:
-//! - `support`: in-process gateways, an HTTP client, a cuttable TCP proxy, waiting for conditions.
-//! - `backend`: the real brokers behind one enum: gateway flags, watching events, responders.
-//! - `protocol`: the callback checks of SPEC §2 and the samples, over HTTP, on the stdout bus.
+//! - `support`: in-process gateways, signed callbacks, an HTTP client, a burst, `/metrics`,
+//!   the binary, a cuttable TCP proxy, waiting for conditions.
+//! - `brokers`: the real brokers behind one enum: gateway flags, watching and collecting
+//!   events, responders.
+//! - `protocol`: the callback checks of the README's "What Tencent sees" and the samples, over
+//!   HTTP, on the stdout bus.
 //! - `cli`: the `hookbus` binary as a newcomer runs it: serve, simulate, SIGTERM, bad flags.
-//! - `buses`: behaviour every bus must have, run on each broker.
+//! - `every_bus`: behaviour every bus must have, run on each broker.
 //! - `faults`: crashes, overload, damaged spools and SIGTERM: nothing acknowledged is lost.
 //! - `hardening`: slow and hostile clients, connection caps, JSON logs.
 //! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
@@ -11,10 +14,10 @@
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 
 mod amqp;
-mod backend;
-mod buses;
+mod brokers;
 mod cli;
 mod deploy;
+mod every_bus;
 mod faults;
 mod hardening;
 mod kafka;

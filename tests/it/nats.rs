@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use clap::Parser;
 use futures_util::StreamExt;
 use hookbus::bus::Bus;
-use hookbus::config::{Cli, Command};
+use hookbus::config::serve_flags;
 use serde_json::json;
 
-use crate::backend::{nats_url as url, Backend};
+use crate::brokers::{nats_url as url, Backend};
 use crate::support::{samples, unique, Client};
 
 #[tokio::test]
@@ -72,10 +71,9 @@ async fn jetstream_stores_every_event_with_its_id_and_skips_stream_acks_in_decis
 
 #[tokio::test]
 async fn jetstream_without_a_stream_is_a_clear_start_up_error() {
-    let argv =
-        ["hookbus", "serve", "--bus", "nats", "--nats-url", &url(), "--prefix", &unique("t"), "--nats-jetstream"];
-    let Command::Serve(args) = Cli::parse_from(argv).command else { unreachable!() };
-    let error = Bus::connect(&args.bus).await.err().expect("refused").to_string();
+    let flags = ["--bus", "nats", "--nats-url", &url(), "--prefix", &unique("t"), "--nats-jetstream"];
+    let options = serve_flags(&flags).unwrap().bus.options();
+    let error = Bus::connect(options).await.err().expect("refused").to_string();
     assert!(error.contains("no JetStream stream covers"), "{error}");
     assert!(error.contains("--nats-create-stream"), "{error}");
 }

@@ -1,5 +1,5 @@
-//! The callback checks of SPEC §2 and every documented sample, over real HTTP, on the
-//! stdout bus writing to a buffer the test reads back.
+//! The callback checks of the README's "What Tencent sees", in order, and every documented
+//! sample, over real HTTP, on the stdout bus writing to a buffer the test reads back.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,14 +9,14 @@ use hookbus::bus::Bus;
 use hyper::Method;
 use serde_json::json;
 
-use crate::support::{eventually, request, samples, Captured, Gateway, APP, TOKEN};
+use crate::support::{eventually, metrics, request, samples, signed_as, Captured, Running, APP, TOKEN};
 
 const SECURED: &[&str] = &["--sdk-app-id", APP, "--token", TOKEN];
 
-async fn secured() -> (Gateway, Captured) {
+async fn secured() -> (Running, Captured) {
     let captured = Captured::default();
     let bus = Bus::Stdout(Stdout::new(Box::new(captured.clone())));
-    (Gateway::start(SECURED, bus).await, captured)
+    (Running::start(SECURED, bus).await, captured)
 }
 
 fn ok() -> serde_json::Value {
@@ -78,7 +78,7 @@ async fn unknown_commands_are_forwarded() {
 }
 
 /// Posts with a raw target and body and returns status, ErrorCode and ErrorInfo.
-async fn raw(gateway: &Gateway, method: Method, target: &str, body: &[u8]) -> (u16, serde_json::Value) {
+async fn raw(gateway: &Running, method: Method, target: &str, body: &[u8]) -> (u16, serde_json::Value) {
     let (status, answer) = request(gateway.addr, method, target, body).await;
     let answer: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON answer");
     if status != 200 {
@@ -87,12 +87,6 @@ async fn raw(gateway: &Gateway, method: Method, target: &str, body: &[u8]) -> (u
         assert!(!answer["ErrorInfo"].as_str().unwrap().is_empty());
     }
     (status, answer)
-}
-
-fn signed(command: &str, app: &str, token: &str, time: u64) -> String {
-    let time = time.to_string();
-    let sign = hookbus::tencent::sign(token, &time);
-    format!("/?SdkAppid={app}&CallbackCommand={command}&contenttype=json&Sign={sign}&RequestTime={time}")
 }
 
 fn now() -> u64 {
@@ -104,18 +98,18 @@ async fn every_rejection_answers_a_tencent_failure() {
     let (gateway, captured) = secured().await;
     let room = br#"{"CallbackCommand":"Live.CallbackAfterCreateRoom"}"#;
     let cmd = "Live.CallbackAfterCreateRoom";
-    let good = signed(cmd, APP, TOKEN, now());
+    let good = signed_as(cmd, APP, TOKEN, now());
     // (case, method, target, body, status, words in ErrorInfo)
     type Case<'a> = (&'a str, Method, String, Vec<u8>, u16, &'a str);
     let cases: Vec<Case> = vec![
         ("GET on the callback path", Method::GET, good.clone(), vec![], 405, "method"),
         ("PUT on the callback path", Method::PUT, good.clone(), room.to_vec(), 405, "method"),
-        ("foreign SdkAppid", Method::POST, signed(cmd, "999", TOKEN, now()), room.to_vec(), 403, "SdkAppid"),
+        ("foreign SdkAppid", Method::POST, signed_as(cmd, "999", TOKEN, now()), room.to_vec(), 403, "SdkAppid"),
         ("no SdkAppid", Method::POST, format!("/?CallbackCommand={cmd}"), room.to_vec(), 403, "SdkAppid"),
         ("no Sign", Method::POST, format!("/?SdkAppid={APP}&CallbackCommand={cmd}"), room.to_vec(), 401, "required"),
-        ("wrong token", Method::POST, signed(cmd, APP, "other", now()), room.to_vec(), 401, "match"),
-        ("stale", Method::POST, signed(cmd, APP, TOKEN, now() - 120), room.to_vec(), 401, "skew"),
-        ("from the future", Method::POST, signed(cmd, APP, TOKEN, now() + 120), room.to_vec(), 401, "skew"),
+        ("wrong token", Method::POST, signed_as(cmd, APP, "other", now()), room.to_vec(), 401, "match"),
+        ("stale", Method::POST, signed_as(cmd, APP, TOKEN, now() - 120), room.to_vec(), 401, "skew"),
+        ("from the future", Method::POST, signed_as(cmd, APP, TOKEN, now() + 120), room.to_vec(), 401, "skew"),
         ("too large", Method::POST, good.clone(), vec![b' '; 65537], 413, "larger"),
         ("not JSON", Method::POST, good.clone(), b"hello".to_vec(), 400, "JSON"),
         ("a JSON array", Method::POST, good.clone(), b"[1]".to_vec(), 400, "object"),
@@ -144,7 +138,7 @@ async fn every_rejection_answers_a_tencent_failure() {
         (
             "command unfit for a subject",
             Method::POST,
-            signed("a.%3E", APP, TOKEN, now()),
+            signed_as("a.%3E", APP, TOKEN, now()),
             b"{}".to_vec(),
             400,
             "characters",
@@ -157,8 +151,7 @@ async fn every_rejection_answers_a_tencent_failure() {
         assert_eq!(got, status, "{name}: {answer}");
         assert!(answer["ErrorInfo"].as_str().unwrap().contains(info), "{name}: {answer}");
     }
-    let (_, metrics) = request(gateway.addr, Method::GET, "/metrics", b"").await;
-    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let metrics = metrics(gateway.addr).await;
     for reason in ["method", "sdkappid", "sign_missing", "sign_mismatch", "sign_stale", "too_large", "command_mismatch"]
     {
         assert!(metrics.contains(&format!("hookbus_rejections_total{{reason=\"{reason}\"}}")), "{reason}\n{metrics}");
@@ -184,7 +177,7 @@ async fn query_is_case_insensitive_and_command_may_come_from_the_body() {
 #[tokio::test]
 async fn without_token_or_app_list_anything_signed_or_not_is_accepted() {
     let captured = Captured::default();
-    let gateway = Gateway::start(&[], Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
+    let gateway = Running::start(&[], Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
     let (status, _) = raw(&gateway, Method::POST, "/?SdkAppid=1&CallbackCommand=Live.X", b"{}").await;
     assert_eq!(status, 200);
     gateway.stop().await;
@@ -198,9 +191,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(request(gateway.addr, Method::GET, "/readyz", b"").await.0, 200);
     gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
     gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
-    let (status, body) = request(gateway.addr, Method::GET, "/metrics", b"").await;
-    assert_eq!(status, 200);
-    let text = String::from_utf8(body.to_vec()).unwrap();
+    let text = metrics(gateway.addr).await;
     assert!(
         text.contains("hookbus_requests_total{command=\"Live.CallbackAfterCreateRoom\",status=\"200\"} 1"),
         "{text}"
@@ -229,7 +220,7 @@ impl Write for Broken {
 async fn full_outbox_answers_503_and_unconfirmed_events_are_counted_lost() {
     let bus = Bus::Stdout(Stdout::new(Box::new(Broken)));
     let flags = ["--outbox-capacity", "2", "--shutdown-grace", "300ms"];
-    let gateway = Gateway::start(&flags, bus).await;
+    let gateway = Running::start(&flags, bus).await;
     let body = br#"{"RoomId":"r"}"#;
     let cmd = "Live.CallbackAfterCreateRoom";
     assert_eq!(gateway.post(cmd, body).await.0, 200);
@@ -240,9 +231,7 @@ async fn full_outbox_answers_503_and_unconfirmed_events_are_counted_lost() {
     assert_eq!(request(gateway.addr, Method::GET, "/readyz", b"").await.0, 503);
     let addr = gateway.addr;
     eventually("retries to be counted", Duration::from_secs(5), || async move {
-        let (_, body) = request(addr, Method::GET, "/metrics", b"").await;
-        let text = String::from_utf8(body.to_vec()).unwrap();
-        !text.contains("hookbus_publishes_retried_total 0")
+        !metrics(addr).await.contains("hookbus_publishes_retried_total 0")
     })
     .await;
     let started = std::time::Instant::now();

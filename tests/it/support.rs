@@ -1,5 +1,6 @@
-//! Shared test plumbing: in-process gateways on 127.0.0.1:0, a small HTTP client, samples,
-//! and waiting for a condition under a timeout (never sleep-and-hope).
+//! Shared test plumbing: in-process gateways on 127.0.0.1:0, signed callbacks, a small HTTP
+//! client, a burst of events, `/metrics`, samples, the binary, a cuttable proxy, and waiting
+//! for a condition under a timeout (never sleep-and-hope).
 
 use std::future::Future;
 use std::io::Write;
@@ -9,9 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
 use hookbus::bus::Bus;
-use hookbus::config::{Cli, Command, ServeArgs};
+use hookbus::config::serve_flags;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
@@ -22,39 +22,31 @@ use tokio::task::JoinHandle;
 pub const APP: &str = "1400000000";
 pub const TOKEN: &str = "test-token";
 
-/// Parses `hookbus serve` flags as the binary would.
-pub fn serve_args(flags: &[&str]) -> ServeArgs {
-    let argv = ["hookbus", "serve"].iter().chain(flags);
-    match Cli::try_parse_from(argv).expect("valid flags").command {
-        Command::Serve(args) => args,
-        _ => unreachable!("parsed as serve"),
-    }
-}
-
-/// A gateway running in this process until `stop` is called.
-pub struct Gateway {
+/// A gateway running in this process (`hookbus::run` on a free port) until `stop` is called.
+pub struct Running {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<hookbus::Report>,
 }
 
-impl Gateway {
-    /// Starts a gateway with `flags` on an already connected bus.
-    pub async fn start(flags: &[&str], bus: Bus) -> Gateway {
-        let gateway = serve_args(flags).gateway(bus).expect("gateway builds");
+impl Running {
+    /// Starts a gateway with `hookbus serve` `flags` on an already connected bus.
+    pub async fn start(flags: &[&str], bus: Bus) -> Running {
+        let gateway = serve_flags(flags).expect("valid flags").build(bus).expect("gateway builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let addr = listener.local_addr().unwrap();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(hookbus::run(gateway, listener, async {
             let _ = stopped.await;
         }));
-        Gateway { addr, shutdown: Some(shutdown), handle }
+        Running { addr, shutdown: Some(shutdown), handle }
     }
 
     /// Connects to the bus the flags name, then starts a gateway.
-    pub async fn connect(flags: &[&str]) -> Gateway {
-        let bus = Bus::connect(&serve_args(flags).bus).await.expect("the bus is reachable");
-        Gateway::start(flags, bus).await
+    pub async fn connect(flags: &[&str]) -> Running {
+        let options = serve_flags(flags).expect("valid flags").bus.options();
+        let bus = Bus::connect(options).await.expect("the bus is reachable");
+        Running::start(flags, bus).await
     }
 
     /// Fires the shutdown trigger and waits for the run to finish.
@@ -63,12 +55,37 @@ impl Gateway {
         (&mut self.handle).await.expect("gateway task did not panic")
     }
 
-    /// Posts `body` for `command` with a fresh, valid signature.
+    /// Posts `body` for `command` with a fresh, valid signature, on a fresh connection.
     pub async fn post(&self, command: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        let query = hookbus::simulate::query(APP, command, Some(TOKEN));
-        let (status, body) = request(self.addr, Method::POST, &format!("/?{query}"), body).await;
+        let (status, body) = request(self.addr, Method::POST, &signed(command), body).await;
         (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
     }
+}
+
+/// The callback target for `command` signed now for [`APP`] with [`TOKEN`], as Tencent sends it.
+pub fn signed(command: &str) -> String {
+    format!("/?{}", hookbus::simulate::query(APP, command, Some(TOKEN)))
+}
+
+/// The callback target for `command`, signed with `token` for `app` at `time` (Unix seconds).
+pub fn signed_as(command: &str, app: &str, token: &str, time: u64) -> String {
+    let time = time.to_string();
+    let sign = hookbus::tencent::sign(token, &time);
+    format!("/?SdkAppid={app}&CallbackCommand={command}&contenttype=json&Sign={sign}&RequestTime={time}")
+}
+
+/// The gateway's `/metrics` text.
+pub async fn metrics(addr: SocketAddr) -> String {
+    let (status, body) = request(addr, Method::GET, "/metrics", b"").await;
+    assert_eq!(status, 200, "/metrics answers");
+    String::from_utf8(body.to_vec()).expect("metrics are text")
+}
+
+/// The value of an unlabelled metric, e.g. `hookbus_outbox_depth`.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{text}"))
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and body.
@@ -145,24 +162,33 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.expect("connect to the gateway");
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        Client::try_connect(addr).await.expect("connect to the gateway")
+    }
+
+    /// A connection, or `None` when the gateway is gone.
+    pub async fn try_connect(addr: SocketAddr) -> Option<Client> {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
         tokio::spawn(connection);
-        Client { addr, sender }
+        Some(Client { addr, sender })
     }
 
     /// Posts `body` for `command`, signed; returns the status and the answer's JSON.
     pub async fn post(&mut self, command: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        let query = hookbus::simulate::query(APP, command, Some(TOKEN));
-        let request = Request::post(format!("/?{query}"))
+        let (status, body) = self.send(command, body).await.expect("an answer");
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// As [`Client::post`], but an error when the connection fails instead of a panic.
+    pub async fn send(&mut self, command: &str, body: &[u8]) -> Result<(u16, Bytes), hyper::Error> {
+        let request = Request::post(signed(command))
             .header("host", self.addr.to_string())
             .body(Full::new(Bytes::copy_from_slice(body)))
             .unwrap();
-        self.sender.ready().await.expect("connection open");
-        let response = self.sender.send_request(request).await.expect("an answer");
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        Ok((status, response.into_body().collect().await?.to_bytes()))
     }
 }
 
@@ -236,35 +262,21 @@ pub fn socket_of(url: &str) -> SocketAddr {
     std::net::ToSocketAddrs::to_socket_addrs(host_port).unwrap().next().unwrap()
 }
 
-/// Posts `count` distinct events from `connections` keep-alive clients, tolerating refusals and
-/// a gateway that goes away; returns the RoomIds of the events answered 200.
-pub async fn burst_acknowledged(
-    addr: SocketAddr,
-    count: usize,
-    connections: usize,
-) -> std::collections::HashSet<String> {
+/// Posts `count` distinct events (RoomIds `room-0`…) from `connections` keep-alive clients;
+/// returns the RoomIds of those answered 200. Refusals and a gateway that goes away are
+/// tolerated: callers that expect every event accepted compare the count.
+pub async fn burst(addr: SocketAddr, count: usize, connections: usize) -> std::collections::HashSet<String> {
+    let command = "Live.CallbackAfterMemberStateChanged";
     let mut tasks = Vec::new();
     for worker in 0..connections {
         tasks.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
-            let Ok(stream) = TcpStream::connect(addr).await else { return acknowledged };
-            let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
-                return acknowledged;
-            };
-            tokio::spawn(connection);
+            let Some(mut client) = Client::try_connect(addr).await else { return acknowledged };
             for n in (worker..count).step_by(connections) {
                 let room = format!("room-{n}");
-                let body = serde_json::json!({"CallbackCommand":"Live.CallbackAfterMemberStateChanged","RoomId":room});
-                let query = hookbus::simulate::query(APP, "Live.CallbackAfterMemberStateChanged", Some(TOKEN));
-                let request = Request::post(format!("/?{query}"))
-                    .header("host", addr.to_string())
-                    .body(Full::new(Bytes::from(body.to_string())))
-                    .unwrap();
-                if sender.ready().await.is_err() {
-                    break;
-                }
-                match sender.send_request(request).await {
-                    Ok(response) if response.status() == 200 => acknowledged.push(room),
+                let body = serde_json::json!({"CallbackCommand":command,"RoomId":room});
+                match client.send(command, body.to_string().as_bytes()).await {
+                    Ok((200, _)) => acknowledged.push(room),
                     Ok(_) => {}
                     Err(_) => break,
                 }

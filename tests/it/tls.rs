@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::support::{tempdir, Captured, Gateway, APP, TOKEN};
+use crate::support::{tempdir, Captured, Running, APP, TOKEN};
 
 fn connector(cert: CertificateDer<'static>, alpn: &[u8]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -51,7 +51,7 @@ async fn https_serves_http1_and_http2() {
         "--token",
         TOKEN,
     ];
-    let gateway = Gateway::start(&flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
+    let gateway = Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
     let cert = generated.cert.der().clone();
     let name = ServerName::try_from("localhost").unwrap();
 

@@ -1,10 +1,11 @@
-//! The brokers under test, behind one enum so that every behaviour runs on each bus: how to
-//! point a gateway at it (directly or through a proxy), how to watch its events, and how to
-//! start a responder. Broker addresses come from `HOOKBUS_TEST_*` with localhost defaults.
+//! The real brokers under test, behind one enum so that every behaviour runs on each bus: how
+//! to point a gateway at it (directly or through a proxy), how to watch and collect its
+//! events, and how to start a responder. Broker addresses come from `HOOKBUS_TEST_*` with
+//! localhost defaults.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -18,7 +19,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::ClientConfig;
 
-use crate::support::{socket_of, Gateway, APP, TOKEN};
+use crate::support::{socket_of, Running, APP, TOKEN};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {
@@ -83,12 +84,12 @@ impl Backend {
     }
 
     /// A secured gateway on this bus with destinations under `prefix`.
-    pub async fn gateway(self, prefix: &str, via: Option<SocketAddr>, extra: &[&str]) -> Gateway {
+    pub async fn gateway(self, prefix: &str, via: Option<SocketAddr>, extra: &[&str]) -> Running {
         let mut flags = self.flags(via);
         flags.extend(["--prefix", prefix, "--sdk-app-id", APP, "--token", TOKEN].map(String::from));
         flags.extend(extra.iter().map(|s| s.to_string()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        Gateway::connect(&flags).await
+        Running::connect(&flags).await
     }
 
     /// Subscribes to every destination under `prefix`; returns once the subscription is live.
@@ -137,11 +138,11 @@ impl Backend {
         argv.extend(self.flags(None));
         argv.extend(["--prefix".to_owned(), prefix.to_owned()]);
         let Command::Respond(args) = Cli::parse_from(argv).command else { unreachable!() };
-        let bus = Bus::connect(&args.bus).await.unwrap();
+        let bus = Bus::connect(args.bus.options()).await.unwrap();
         let (ready, subscribed) = tokio::sync::oneshot::channel();
         let prefix = prefix.to_owned();
         let task = tokio::spawn(async move {
-            let _ = bus.respond(&prefix, Responder { code, delay }, ready).await;
+            let _ = Responder { code, delay }.run(&bus, &prefix, ready).await;
         });
         tokio::time::timeout(Duration::from_secs(10), subscribed).await.unwrap().expect("the responder subscribes");
         task
@@ -224,4 +225,28 @@ impl Watcher {
         };
         tokio::time::timeout(limit, next).await.ok()
     }
+}
+
+/// What [`collect`] read: every record, and the distinct RoomIds among them.
+pub struct Collected {
+    pub received: usize,
+    pub seen: HashSet<String>,
+}
+
+/// Reads events (bodies with a `RoomId`) until every one of `expected` has arrived, or panics
+/// after `limit`. Events beyond them are counted too: callers that expect exactly `expected`
+/// compare `seen` with it.
+pub async fn collect(watcher: &mut Watcher, expected: &HashSet<String>, limit: Duration) -> Collected {
+    let mut collected = Collected { received: 0, seen: HashSet::new() };
+    let deadline = Instant::now() + limit;
+    while !expected.is_subset(&collected.seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let missing = expected.difference(&collected.seen).count();
+        assert!(!left.is_zero(), "{missing} of {} expected events never arrived", expected.len());
+        let event = watcher.next(left).await;
+        let body: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        collected.seen.insert(body["RoomId"].as_str().unwrap().to_owned());
+        collected.received += 1;
+    }
+    collected
 }
