@@ -45,6 +45,12 @@ pub enum BusKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Unrouted {
+    Keep,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -69,13 +75,17 @@ pub struct BusArgs {
     #[arg(long, env = "HOOKBUS_NATS_CREATE_STREAM", value_name = "NAME")]
     pub nats_create_stream: Option<String>,
     /// RabbitMQ URL.
-    #[arg(long, env = "HOOKBUS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, env = "HOOKBUS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = parse_amqp_url)]
     pub amqp_url: String,
-    /// Durable topic exchange that events are published to (declared at start).
+    /// Durable topic exchange that events are published to (declared at start when missing).
     #[arg(long, env = "HOOKBUS_AMQP_EXCHANGE", default_value = "tencent")]
     pub amqp_exchange: String,
-    /// Kafka bootstrap brokers, comma-separated.
-    #[arg(long, env = "HOOKBUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    /// Events no queue is bound for: kept in the queue `{prefix}.unrouted` through the
+    /// alternate exchange `{exchange}.unrouted`, or dropped by the broker (logged and counted).
+    #[arg(long, env = "HOOKBUS_AMQP_UNROUTED", value_enum, default_value = "keep", overrides_with = "amqp_unrouted")]
+    pub amqp_unrouted: Unrouted,
+    /// Kafka bootstrap brokers, comma-separated `host:port`.
+    #[arg(long, env = "HOOKBUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = parse_brokers)]
     pub kafka_brokers: String,
     /// Topic this instance reads decisions from [default: `{prefix}.replies.{instance id}`].
     #[arg(long, env = "HOOKBUS_KAFKA_REPLY_TOPIC")]
@@ -86,8 +96,9 @@ pub struct BusArgs {
     /// Partitions of topics the gateway creates.
     #[arg(long, env = "HOOKBUS_KAFKA_PARTITIONS", default_value_t = 6)]
     pub kafka_partitions: i32,
-    /// Name of this instance (reply topic, logs) [default: hostname plus a random suffix].
-    #[arg(long, env = "HOOKBUS_INSTANCE_ID")]
+    /// Name of this instance: its Kafka reply topic and consumer group, its NATS connection
+    /// name [default: the host name, which is the pod name in Kubernetes].
+    #[arg(long, env = "HOOKBUS_INSTANCE_ID", value_parser = parse_instance_id)]
     pub instance_id: Option<String>,
 }
 
@@ -273,6 +284,10 @@ impl BusArgs {
             BusKind::Amqp => bus::Options::Amqp(bus::amqp::Options {
                 url: self.amqp_url.clone(),
                 exchange: self.amqp_exchange.clone(),
+                unrouted_queue: match self.amqp_unrouted {
+                    Unrouted::Keep => Some(format!("{}.unrouted", self.prefix)),
+                    Unrouted::Drop => None,
+                },
             }),
             BusKind::Kafka => bus::Options::Kafka(bus::kafka::Options {
                 brokers: self.kafka_brokers.clone(),
@@ -286,17 +301,16 @@ impl BusArgs {
         }
     }
 
-    /// The instance id, made unique per process when not given.
+    /// The instance id: the same across restarts of one instance, so that its Kafka reply
+    /// topic and consumer group are reused rather than left behind.
     fn instance_id(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
+            std::env::var("HOSTNAME")
                 .ok()
                 .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "hookbus".to_owned());
-            let suffix = uuid::Uuid::now_v7().simple().to_string();
-            format!("{host}-{}", &suffix[suffix.len() - 8..])
+                .map(|host| host.trim().to_owned())
+                .filter(|host| bus::valid_name(host))
+                .unwrap_or_else(|| "hookbus".to_owned())
         })
     }
 }
@@ -331,6 +345,29 @@ fn parse_prefix(text: &str) -> Result<String, String> {
         Ok(text.to_owned())
     } else {
         Err("use letters, digits, '.', '_' and '-', not starting or ending with '.'".into())
+    }
+}
+
+fn parse_instance_id(text: &str) -> Result<String, String> {
+    if bus::valid_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("use letters, digits, '.', '_' and '-' (it names a Kafka topic)".into())
+    }
+}
+
+fn parse_amqp_url(text: &str) -> Result<String, String> {
+    bus::amqp::check_url(text).map(|()| text.to_owned())
+}
+
+fn parse_brokers(text: &str) -> Result<String, String> {
+    let valid = |broker: &str| {
+        broker.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    };
+    if text.split(',').all(|broker| valid(broker.trim())) {
+        Ok(text.to_owned())
+    } else {
+        Err("write host:port, comma-separated".into())
     }
 }
 

@@ -57,11 +57,19 @@ pub enum Outcome {
     NoResponders,
     Invalid,
     BusError,
+    /// The bus was not connected: the fallback at once, without asking.
+    Disconnected,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] =
-        [Outcome::Reply, Outcome::Timeout, Outcome::NoResponders, Outcome::Invalid, Outcome::BusError];
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Reply,
+        Outcome::Timeout,
+        Outcome::NoResponders,
+        Outcome::Invalid,
+        Outcome::BusError,
+        Outcome::Disconnected,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -70,6 +78,7 @@ impl Outcome {
             Outcome::NoResponders => "no-responders",
             Outcome::Invalid => "invalid",
             Outcome::BusError => "bus-error",
+            Outcome::Disconnected => "disconnected",
         }
     }
 }
@@ -105,6 +114,9 @@ impl Decisions {
     /// Asks the bus for a decision on `message` and returns how it came about with the body to
     /// answer Tencent with. Never fails: every problem becomes the fallback.
     pub async fn decide(&self, bus: &Bus, kind: Blocking, mut message: Message) -> (Outcome, Bytes) {
+        if !bus.is_connected() {
+            return (Outcome::Disconnected, self.fallback(kind, "bus disconnected"));
+        }
         let deadline = SystemTime::now() + self.timeout;
         message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
         match tokio::time::timeout(self.timeout, bus.request(&message)).await {

@@ -105,7 +105,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         Report { lost: 0, spooled: unconfirmed }
     } else {
         if unconfirmed > 0 {
-            metrics.lost(unconfirmed);
+            tracing::error!(lost = unconfirmed, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
         }
         Report { lost: unconfirmed, spooled: 0 }
     };

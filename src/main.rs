@@ -9,6 +9,9 @@ use hookbus::bus::Bus;
 use hookbus::config::{Cli, Command, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
 use hookbus::respond::Responder;
 
+/// The exit code of a `serve` that stopped with accepted events it could not deliver.
+const EXIT_LOST: u8 = 3;
+
 // The composition root is `config` (flags → bus options, flags + bus → gateway); this file
 // parses, sets up logging, connects, builds and runs.
 
@@ -56,7 +59,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(listen = %listener.local_addr()?, scheme, path = gateway.limits.path, bus = ?args.bus.bus, "hookbus ready");
     let report = hookbus::run(gateway, listener, signal()).await;
     tracing::info!(lost = report.lost, spooled = report.spooled, "hookbus stopped");
-    Ok(ExitCode::SUCCESS)
+    // Lost events (memory outbox only) are the one outcome no scrape can see any more.
+    Ok(if report.lost > 0 { ExitCode::from(EXIT_LOST) } else { ExitCode::SUCCESS })
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {

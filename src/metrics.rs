@@ -27,7 +27,6 @@ pub struct Metrics {
     published: AtomicU64,
     retried: AtomicU64,
     unroutable: AtomicU64,
-    lost: AtomicU64,
     spool_recovered: AtomicU64,
     spool_corrupt: AtomicU64,
     spool_truncated_bytes: AtomicU64,
@@ -58,6 +57,8 @@ pub struct Gauges {
     pub outbox_depth: usize,
     pub outbox_capacity: usize,
     pub bus_connected: bool,
+    /// Attempts to reach the broker so far, the first one included.
+    pub connect_attempts: u64,
     pub late_replies: u64,
     /// Bytes in the spool, when there is one.
     pub spool_bytes: Option<u64>,
@@ -163,12 +164,6 @@ impl Metrics {
         tracing::error!(id = %message.id, destination = %message.destination, reason, "event unroutable, dropped by the broker");
     }
 
-    /// Accepted events were not confirmed before the shutdown grace period ended.
-    pub fn lost(&self, n: usize) {
-        self.lost.fetch_add(n as u64, Relaxed);
-        tracing::error!(lost = n, "accepted events not confirmed by the bus before the grace period ended; they are lost (the memory outbox keeps nothing)");
-    }
-
     /// The spool was read back at start.
     pub fn spool_read_back(&self, recovery: &Recovery) {
         self.spool_recovered.store(recovery.events as u64, Relaxed);
@@ -235,7 +230,6 @@ impl Metrics {
                 "Events the broker returned as unroutable: logged, not retried.",
                 &self.unroutable,
             ),
-            ("events_lost_total", "Accepted events not delivered at shutdown (memory outbox).", &self.lost),
             ("spool_recovered_events_total", "Events read back from the spool at start.", &self.spool_recovered),
             ("spool_corrupt_records_total", "Damaged spool regions skipped at start.", &self.spool_corrupt),
             ("spool_truncated_bytes_total", "Bytes of torn spool tails cut at start.", &self.spool_truncated_bytes),
@@ -248,6 +242,13 @@ impl Metrics {
             family(&mut out, "spool_bytes", "gauge", "Bytes of unconfirmed events in the spool.");
             let _ = writeln!(out, "hookbus_spool_bytes {bytes}");
         }
+        family(
+            &mut out,
+            "bus_connect_attempts_total",
+            "counter",
+            "Attempts to reach the broker, the first one included.",
+        );
+        let _ = writeln!(out, "hookbus_bus_connect_attempts_total {}", gauges.connect_attempts);
         family(&mut out, "late_replies_total", "counter", "Decision replies that arrived after the deadline.");
         let _ = writeln!(out, "hookbus_late_replies_total {}", gauges.late_replies);
         out
@@ -267,7 +268,14 @@ mod tests {
     use super::*;
 
     fn idle() -> Gauges {
-        Gauges { outbox_depth: 0, outbox_capacity: 1, bus_connected: true, late_replies: 0, spool_bytes: None }
+        Gauges {
+            outbox_depth: 0,
+            outbox_capacity: 1,
+            bus_connected: true,
+            connect_attempts: 1,
+            late_replies: 0,
+            spool_bytes: None,
+        }
     }
 
     #[test]
@@ -308,6 +316,7 @@ mod tests {
             outbox_depth: 3,
             outbox_capacity: 10,
             bus_connected: false,
+            connect_attempts: 4,
             late_replies: 2,
             spool_bytes: Some(9),
         });
@@ -318,6 +327,7 @@ mod tests {
         assert!(text.contains("hookbus_outbox_depth 3"));
         assert!(text.contains("hookbus_bus_connected 0"));
         assert!(text.contains("hookbus_late_replies_total 2"));
+        assert!(text.contains("hookbus_bus_connect_attempts_total 4"));
         assert!(text.contains("hookbus_spool_bytes 9"));
     }
 }

@@ -19,6 +19,8 @@ use crate::spool::{Replay, Spool, SpoolError};
 const WINDOW: usize = 512;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a publisher waiting for the bus to reconnect looks again.
+const RECONNECT_POLL: Duration = Duration::from_millis(50);
 
 /// Memory an event holds besides its payload (attributes, queue slot), for the byte bound.
 const OVERHEAD: usize = 256;
@@ -182,10 +184,15 @@ impl Outbox {
     /// published again before any later batch, so the last copy of each event arrives in
     /// per-room order (earlier copies may not: duplicates carry the same id).
     /// Events the broker refused for good (unroutable) are logged and counted, not retried.
+    /// While the bus is disconnected nothing is tried: the bus reconnects by itself, and
+    /// publishing resumes as soon as it is back.
     pub async fn publish(self: Arc<Self>, bus: Bus, metrics: Arc<Metrics>) {
         while let Some((mut messages, mut segments)) = self.take().await {
             let mut backoff = FIRST_BACKOFF;
             loop {
+                while !bus.is_connected() {
+                    tokio::time::sleep(RECONNECT_POLL).await;
+                }
                 let results = bus.publish(&messages).await;
                 let failure = results.iter().position(|r| matches!(r, Err(e) if !matches!(e, BusError::Unroutable(_))));
                 let settled = failure.unwrap_or(messages.len());
@@ -200,8 +207,10 @@ impl Outbox {
                 if let Err(error) = &results[failure] {
                     metrics.retrying(messages.len(), error, backoff);
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if bus.is_connected() {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
     }

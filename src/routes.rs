@@ -134,20 +134,20 @@ where
     match path {
         _ if path == app.limits.path => callback(app, request).await,
         "/healthz" if get => text(StatusCode::OK, "ok\n"),
-        "/readyz" if get => {
-            if !app.bus.is_connected() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "bus disconnected\n")
-            } else if app.outbox.is_full() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "outbox full\n")
-            } else {
-                text(StatusCode::OK, "ready\n")
-            }
-        }
+        // Ready means "can accept": with a spool, a disconnected bus is what the spool is for.
+        "/readyz" if get => match (app.outbox.is_full(), app.bus.is_connected(), app.outbox.is_spooled()) {
+            (true, _, false) => text(StatusCode::SERVICE_UNAVAILABLE, "outbox full\n"),
+            (true, _, true) => text(StatusCode::SERVICE_UNAVAILABLE, "spool full\n"),
+            (false, false, false) => text(StatusCode::SERVICE_UNAVAILABLE, "bus disconnected\n"),
+            (false, false, true) => text(StatusCode::OK, "ready (bus disconnected, spooling)\n"),
+            (false, true, _) => text(StatusCode::OK, "ready\n"),
+        },
         "/metrics" if get => {
             let body = app.metrics.render(Gauges {
                 outbox_depth: app.outbox.depth(),
                 outbox_capacity: app.outbox.capacity(),
                 bus_connected: app.bus.is_connected(),
+                connect_attempts: app.bus.connect_attempts(),
                 late_replies: app.bus.late_replies(),
                 spool_bytes: app.outbox.spool_bytes(),
             });

@@ -55,6 +55,8 @@ pub struct Recovery {
 
 pub struct Spool {
     dir: PathBuf,
+    /// Holds the directory's advisory lock: one gateway per spool.
+    _lock: File,
     max_bytes: u64,
     state: Arc<Mutex<State>>,
     appends: mpsc::UnboundedSender<Append>,
@@ -85,6 +87,17 @@ impl Spool {
     /// fresh segment. Returns the spooled events in order, each with its segment.
     pub fn open(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<(Spool, Replay)> {
         fs::create_dir_all(dir)?;
+        let lock = File::create(dir.join("LOCK"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "another process (a second gateway?) holds this spool directory",
+                ));
+            }
+            Err(fs::TryLockError::Error(error)) => return Err(error),
+        }
         let mut recovery = Recovery::default();
         let mut state = State::default();
         let mut events = Vec::new();
@@ -107,7 +120,7 @@ impl Spool {
         let (appends, receiver) = mpsc::unbounded_channel();
         let writer = Writer { dir: dir.to_owned(), file, state: state.clone(), segment_bytes };
         std::thread::Builder::new().name("hookbus-spool".into()).spawn(move || writer.run(receiver))?;
-        Ok((Spool { dir: dir.to_owned(), max_bytes, state, appends }, Replay { events, recovery }))
+        Ok((Spool { dir: dir.to_owned(), _lock: lock, max_bytes, state, appends }, Replay { events, recovery }))
     }
 
     /// Appends an event and returns its segment once the record is on disk.

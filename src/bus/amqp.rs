@@ -1,8 +1,11 @@
 //! RabbitMQ (AMQP 0-9-1): events published to a durable topic exchange with publisher confirms
-//! and `mandatory` (unroutable events come back and are reported); decisions as RPC over direct
-//! reply-to (`amq.rabbitmq.reply-to`), matched by correlation id. The link (connection and
-//! two channels) is re-established whenever it breaks; a supervisor keeps it up while idle.
-//! The only file that names lapin types.
+//! and `mandatory`; decisions as RPC over direct reply-to (`amq.rabbitmq.reply-to`), matched by
+//! correlation id. Events no queue is bound for go to the exchange's alternate exchange and
+//! wait in a durable queue (or, with that off, come back and are reported); requests nobody
+//! is bound for always come back, so a missing responder is known at once. The link
+//! (connection and two channels) is re-established whenever it breaks; a supervisor keeps it
+//! up while idle, with a capped backoff while the broker is away. The only file that names
+//! lapin types.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -18,7 +21,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-use super::message::{Answer, BusError, Message, Ready};
+use super::message::{Answer, BusError, Message, Ready, Reconnects};
 use super::replies::Replies;
 
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -26,13 +29,23 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the supervisor checks an idle link.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+/// The header that marks events (not requests) for the alternate exchange's queue.
+const UNROUTED_HEADER: &str = "hookbus-unrouted";
 
 /// Where the broker is and where events go.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub url: String,
-    /// The durable topic exchange, declared at start.
+    /// The durable topic exchange, declared at start when it does not exist.
     pub exchange: String,
+    /// Keep events no queue is bound for in this durable queue, through the alternate exchange
+    /// `{exchange}.unrouted`; `None` lets them come back and be reported.
+    pub unrouted_queue: Option<String>,
+}
+
+/// Checks that `url` is an AMQP URL, before anything connects.
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<lapin::uri::AMQPUri>().map(drop)
 }
 
 #[derive(Clone)]
@@ -43,6 +56,8 @@ pub struct Amqp {
 struct Inner {
     url: String,
     exchange: String,
+    unrouted_queue: Option<String>,
+    reconnects: Reconnects,
     link: tokio::sync::Mutex<Option<Link>>,
     connected: AtomicBool,
     /// Decision requests waiting for their reply, by correlation id (the event id).
@@ -65,17 +80,28 @@ impl Link {
 }
 
 impl Amqp {
-    /// Connects, declares the durable topic exchange, and starts the link supervisor.
+    /// Connects, declares the exchanges, and starts the link supervisor. A broker that cannot
+    /// be reached is left to the supervisor; refused credentials, an unknown vhost or a
+    /// declaration the broker rejects fail.
     pub async fn connect(options: Options) -> Result<Amqp, BusError> {
         let inner = Arc::new(Inner {
             url: options.url,
             exchange: options.exchange,
+            unrouted_queue: options.unrouted_queue,
+            reconnects: Reconnects::default(),
             link: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
             replies: Replies::default(),
         });
         let amqp = Amqp { inner };
-        amqp.link().await.map_err(|error| BusError::connect("AMQP broker", error))?;
+        match amqp.link().await {
+            Ok(_) => {}
+            Err(error) if !error.is_transient() => return Err(error),
+            Err(error) => tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "RabbitMQ unreachable at start; serving anyway and connecting in the background"
+            ),
+        }
         tokio::spawn(supervise(Arc::downgrade(&amqp.inner)));
         Ok(amqp)
     }
@@ -90,6 +116,7 @@ impl Amqp {
             self.inner.connected.store(false, Relaxed);
             tracing::warn!("AMQP link lost; reconnecting");
         }
+        self.inner.reconnects.attempted();
         let link = tokio::time::timeout(TIMEOUT, open(&self.inner))
             .await
             .unwrap_or_else(|_| Err(BusError::unavailable_because("AMQP connect timed out")))?;
@@ -114,7 +141,7 @@ impl Amqp {
                         message.destination.as_str().into(),
                         BasicPublishOptions { mandatory: true, ..Default::default() },
                         &message.payload,
-                        properties(message),
+                        properties(message, self.inner.unrouted_queue.is_some()),
                     )
                     .await,
             );
@@ -124,7 +151,7 @@ impl Amqp {
             match confirm.await.map_err(|error| unavailable("confirm", error))? {
                 Confirmation::Ack(None) => Ok(()),
                 Confirmation::Ack(Some(returned)) => Err(BusError::Unroutable(format!(
-                    "{} {} (no queue bound to the routing key)",
+                    "{} {} (no queue bound to the routing key, and the exchange has no alternate exchange)",
                     returned.reply_code, returned.reply_text
                 ))),
                 Confirmation::Nack(_) => Err(BusError::unavailable_because("AMQP confirm: nacked by the broker")),
@@ -143,7 +170,7 @@ impl Amqp {
         let link = self.link().await?;
         let mut waiting = self.inner.replies.register(&message.id);
         let expiration = message.time_left().as_millis().max(1).to_string();
-        let properties = properties(message)
+        let properties = request_properties(message)
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_correlation_id(message.id.as_str().into())
             .with_expiration(expiration.into());
@@ -168,6 +195,10 @@ impl Amqp {
 
     pub fn is_connected(&self) -> bool {
         self.inner.connected.load(Relaxed)
+    }
+
+    pub fn connect_attempts(&self) -> u64 {
+        self.inner.reconnects.attempts()
     }
 
     /// Replies that arrived after their request had given up.
@@ -247,17 +278,13 @@ impl Amqp {
 async fn open(inner: &Arc<Inner>) -> Result<Link, BusError> {
     let connection = Connection::connect(&inner.url, ConnectionProperties::default())
         .await
-        .map_err(|error| unavailable("connect", error))?;
+        .map_err(|error| link_error("connect", error))?;
     let events = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
     let rpc = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
     for channel in [&events, &rpc] {
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|error| unavailable("confirm", error))?;
     }
-    let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    events
-        .exchange_declare(inner.exchange.as_str().into(), ExchangeKind::Topic, options, FieldTable::default())
-        .await
-        .map_err(|error| unavailable(&format!("declare exchange {}", inner.exchange), error))?;
+    declare(&connection, &events, inner).await?;
     let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
     let mut replies = rpc
         .basic_consume(DIRECT_REPLY_TO.into(), "".into(), options, FieldTable::default())
@@ -274,20 +301,82 @@ async fn open(inner: &Arc<Inner>) -> Result<Link, BusError> {
     Ok(Link { connection: Arc::new(connection), events, rpc })
 }
 
-/// Keeps the link up while no traffic would notice it broke, so `/readyz` recovers by itself.
+/// Declares the event exchange unless it exists and, when unrouted events are kept, the
+/// alternate exchange `{exchange}.unrouted` (headers, durable) with the durable queue bound to
+/// it for events only: requests nobody is bound for must still come back at once.
+async fn declare(connection: &Connection, events: &Channel, inner: &Inner) -> Result<(), BusError> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let mut arguments = FieldTable::default();
+    if let Some(queue) = &inner.unrouted_queue {
+        let alternate = format!("{}.unrouted", inner.exchange);
+        events
+            .exchange_declare(alternate.as_str().into(), ExchangeKind::Headers, durable, FieldTable::default())
+            .await
+            .map_err(|error| link_error(&format!("declare exchange {alternate}"), error))?;
+        let options = QueueDeclareOptions { durable: true, ..Default::default() };
+        events
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+            .map_err(|error| link_error(&format!("declare queue {queue}"), error))?;
+        let mut only_events = FieldTable::default();
+        only_events.insert("x-match".into(), AMQPValue::LongString("all".into()));
+        only_events.insert(UNROUTED_HEADER.into(), AMQPValue::LongString("keep".into()));
+        let (name, exchange) = (queue.as_str().into(), alternate.as_str().into());
+        events
+            .queue_bind(name, exchange, "".into(), QueueBindOptions::default(), only_events)
+            .await
+            .map_err(|error| link_error(&format!("bind queue {queue}"), error))?;
+        arguments.insert("alternate-exchange".into(), AMQPValue::LongString(alternate.as_str().into()));
+    }
+    // An exchange declared earlier is used as it is: declaring it again with other arguments
+    // would fail. Its alternate exchange, if it should get one, is set by a policy.
+    let scratch = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
+    let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+    let exchange = inner.exchange.as_str();
+    if scratch.exchange_declare(exchange.into(), ExchangeKind::Topic, passive, FieldTable::default()).await.is_ok() {
+        let _ = scratch.close(200, "checked".into()).await;
+        return Ok(());
+    }
+    events
+        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, arguments)
+        .await
+        .map_err(|error| link_error(&format!("declare exchange {exchange}"), error))
+}
+
+/// Keeps the link up while no traffic would notice it broke, so `/readyz` recovers by itself;
+/// while the broker is away, attempts are spaced by the capped backoff.
 async fn supervise(inner: Weak<Inner>) {
+    let mut failures = 0;
+    let mut wait = SUPERVISE_EVERY;
     loop {
-        tokio::time::sleep(SUPERVISE_EVERY).await;
+        tokio::time::sleep(wait).await;
         let Some(inner) = inner.upgrade() else { return };
         let amqp = Amqp { inner };
-        if let Err(error) = amqp.link().await {
-            tracing::debug!(%error, "AMQP link still down");
+        match amqp.link().await {
+            Ok(_) => (failures, wait) = (0, SUPERVISE_EVERY),
+            Err(error) => {
+                failures += 1;
+                tracing::debug!(error = &error as &dyn std::error::Error, "AMQP link still down");
+                wait = amqp.inner.reconnects.next("RabbitMQ", failures);
+            }
         }
     }
 }
 
-/// The AMQP properties and CloudEvents headers of an event.
-fn properties(message: &Message) -> BasicProperties {
+/// The AMQP properties and CloudEvents headers of an event; with unrouted events kept, the
+/// header that lets the alternate exchange's queue take it.
+fn properties(message: &Message, keep_unrouted: bool) -> BasicProperties {
+    let properties = request_properties(message);
+    if !keep_unrouted {
+        return properties;
+    }
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(UNROUTED_HEADER.into(), AMQPValue::LongString("keep".into()));
+    properties.with_headers(headers)
+}
+
+/// The AMQP properties and CloudEvents headers of a request (and of an event).
+fn request_properties(message: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in message.attributes() {
         headers.insert(format!("cloudEvents:{name}").into(), AMQPValue::LongString(value.as_ref().into()));
@@ -306,6 +395,26 @@ fn unavailable(what: &str, error: lapin::Error) -> BusError {
     BusError::unavailable(format!("AMQP {what}"), error)
 }
 
+/// An error while setting up the link: refused for good when the broker said no to the
+/// credentials, the vhost or a declaration; else worth a retry.
+fn link_error(what: &str, error: lapin::Error) -> BusError {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    let refused = match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::PRECONDITIONFAILED)
+                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED | AMQPHardError::COMMANDINVALID)
+        ),
+        lapin::ErrorKind::AuthProviderError(_) | lapin::ErrorKind::InvalidProtocolVersion(_) => true,
+        _ => false,
+    };
+    if refused {
+        BusError::refused(format!("RabbitMQ refused: {what}"), error)
+    } else {
+        unavailable(what, error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,7 +424,7 @@ mod tests {
     fn properties_follow_the_amqp_binding() {
         let origin = Origin { sdk_app_id: "1400".into(), client_ip: "10.0.0.1".into(), opt_platform: "iOS".into() };
         let message = Message::new("t", "Live.X", Some("r1".into()), origin, Bytes::from_static(b"{}"));
-        let properties = properties(&message);
+        let properties = properties(&message, false);
         assert_eq!(properties.delivery_mode(), &Some(2));
         assert_eq!(properties.message_id().as_ref().map(ShortString::as_str), Some(message.id.as_str()));
         assert_eq!(properties.kind().as_ref().map(ShortString::as_str), Some("Live.X"));

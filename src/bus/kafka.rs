@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::message::{Answer, BusError, Message, Ready};
+use super::message::{Answer, BusError, Message, Ready, Reconnects};
 use super::replies::Replies;
 
 pub const REPLY_TOPIC: &str = "kafka_replyTopic";
@@ -29,6 +29,8 @@ pub const CORRELATION_ID: &str = "kafka_correlationId";
 const MESSAGE_TIMEOUT_MS: &str = "30000";
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// librdkafka's own reconnects to a broker that went away, at most this far apart.
+const RECONNECT_BACKOFF_MAX_MS: &str = "2000";
 
 /// How the gateway uses the cluster.
 #[derive(Debug, Clone)]
@@ -52,14 +54,21 @@ struct Inner {
     topics: Mutex<HashSet<String>>,
     /// Decision requests waiting for their reply, by correlation id (the event id).
     replies: Replies<Bytes>,
+    /// A broker answered the last metadata probe.
     connected: AtomicBool,
+    /// The reply topic exists and its consumer runs: decisions can be asked.
+    replies_ready: AtomicBool,
+    reconnects: Reconnects,
 }
 
 impl Kafka {
-    /// Builds the producer, makes sure the reply topic exists, and starts reading it.
+    /// Builds the producer, makes sure the reply topic exists, and starts reading it. A
+    /// cluster that cannot be reached yet is not an error: the reply topic is then set up in
+    /// the background once it can be, and events wait in the outbox meanwhile.
     pub async fn connect(options: Options) -> Result<Kafka, BusError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &options.brokers)
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
@@ -77,16 +86,37 @@ impl Kafka {
             topics: Mutex::default(),
             replies: Replies::default(),
             connected: AtomicBool::new(false),
+            replies_ready: AtomicBool::new(false),
+            reconnects: Reconnects::default(),
         });
         let kafka = Kafka { inner };
-        let reply_topic = kafka.inner.options.reply_topic.clone();
-        kafka.ensure_topic(&reply_topic, 1).await.map_err(|error| BusError::connect("Kafka reply topic", error))?;
-        let replies = kafka.reply_consumer(&reply_topic).await?;
-        kafka.inner.connected.store(true, Relaxed);
-        tokio::spawn(dispatch_replies(replies, Arc::downgrade(&kafka.inner)));
+        kafka.inner.reconnects.attempted();
+        match kafka.start_replies().await {
+            Ok(()) => {}
+            Err(error) if !error.is_transient() => return Err(error),
+            Err(error) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    brokers = kafka.inner.options.brokers,
+                    "Kafka unreachable at start; serving anyway and connecting in the background"
+                );
+                tokio::spawn(start_replies_later(Arc::downgrade(&kafka.inner)));
+            }
+        }
         tokio::spawn(supervise(Arc::downgrade(&kafka.inner)));
-        tracing::info!(reply_topic, "Kafka ready");
         Ok(kafka)
+    }
+
+    /// Makes sure the reply topic exists and starts reading it.
+    async fn start_replies(&self) -> Result<(), BusError> {
+        let reply_topic = self.inner.options.reply_topic.clone();
+        self.ensure_topic(&reply_topic, 1).await?;
+        let replies = self.reply_consumer(&reply_topic).await?;
+        tokio::spawn(dispatch_replies(replies, Arc::downgrade(&self.inner)));
+        self.inner.connected.store(true, Relaxed);
+        self.inner.replies_ready.store(true, Relaxed);
+        tracing::info!(reply_topic, "Kafka ready");
+        Ok(())
     }
 
     /// Consumer settings for `group`: replies and requests are waited on, so fetch eagerly.
@@ -95,6 +125,7 @@ impl Kafka {
         config
             .set("bootstrap.servers", &self.inner.options.brokers)
             .set("group.id", group)
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .set("fetch.wait.max.ms", "10");
         config
     }
@@ -211,7 +242,11 @@ impl Kafka {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Relaxed)
+        self.inner.connected.load(Relaxed) && self.inner.replies_ready.load(Relaxed)
+    }
+
+    pub fn connect_attempts(&self) -> u64 {
+        self.inner.reconnects.attempts()
     }
 
     pub fn late_replies(&self) -> u64 {
@@ -309,11 +344,33 @@ async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<Inner>) {
     }
 }
 
-/// Tracks whether a broker answers, for `/readyz`.
+/// Sets up the reply topic of a gateway that started without its cluster, with the capped
+/// backoff between attempts.
+async fn start_replies_later(inner: Weak<Inner>) {
+    let mut failures = 0;
+    loop {
+        failures += 1;
+        let Some(wait) = inner.upgrade().map(|inner| inner.reconnects.next("Kafka", failures)) else { return };
+        tokio::time::sleep(wait).await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.reconnects.attempted();
+        match (Kafka { inner }).start_replies().await {
+            Ok(()) => return,
+            Err(error) => tracing::debug!(error = &error as &dyn std::error::Error, "Kafka still unreachable"),
+        }
+    }
+}
+
+/// Tracks whether a broker answers, for `/readyz`; a probe while the cluster is away counts
+/// as an attempt to reach it (librdkafka reconnects by itself).
 async fn supervise(inner: Weak<Inner>) {
     loop {
         tokio::time::sleep(SUPERVISE_EVERY).await;
         let Some(inner) = inner.upgrade() else { return };
+        let was_reachable = inner.connected.load(Relaxed);
+        if !was_reachable {
+            inner.reconnects.attempted();
+        }
         let producer = inner.producer.clone();
         let reachable =
             tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, SUPERVISE_EVERY).is_ok())

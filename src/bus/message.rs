@@ -130,6 +130,14 @@ pub enum BusError {
         #[source]
         cause: Option<Cause>,
     },
+    /// A failure no retry can fix: credentials refused, a malformed address, a configuration
+    /// the broker rejects. Start-up stops on it.
+    #[error("{what}")]
+    Refused {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     #[error("{what}")]
     Unavailable {
         what: String,
@@ -148,6 +156,16 @@ impl BusError {
         BusError::Connect { what: what.into(), cause: Some(Arc::new(cause)) }
     }
 
+    /// A failure no retry can fix, caused by `cause`.
+    pub fn refused(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> BusError {
+        BusError::Refused { what: what.into(), cause: Some(Arc::new(cause)) }
+    }
+
+    /// Whether a retry may succeed; `false` stops start-up.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, BusError::Refused { .. })
+    }
+
     /// The bus could not do `what` because of `cause`; worth a retry.
     pub fn unavailable(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> BusError {
         BusError::Unavailable { what: what.into(), cause: Some(Arc::new(cause)) }
@@ -156,6 +174,35 @@ impl BusError {
     /// The bus could not do `what`, with no error of a client library behind it.
     pub fn unavailable_because(what: impl Into<String>) -> BusError {
         BusError::Unavailable { what: what.into(), cause: None }
+    }
+}
+
+/// First and longest wait between attempts to reach a broker that is away.
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// Attempts to (re)connect to a broker: counted for `/metrics`, each logged once, spaced by a
+/// capped exponential backoff.
+#[derive(Debug, Default)]
+pub struct Reconnects {
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+impl Reconnects {
+    /// Counts one attempt to connect.
+    pub fn attempted(&self) {
+        self.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Logs that the `failures`-th attempt in a row is coming; returns how long to wait first.
+    pub fn next(&self, broker: &str, failures: u32) -> Duration {
+        let delay = RECONNECT_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(8)).min(RECONNECT_MAX);
+        tracing::warn!(broker, attempt = failures, retry_in = ?delay, "broker unreachable; connecting again");
+        delay
+    }
+
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -14,7 +14,7 @@ pub mod stdout;
 
 use bytes::Bytes;
 
-pub use message::{valid_name, Answer, BusError, Cause, Message, Origin, Ready};
+pub use message::{valid_name, Answer, BusError, Cause, Message, Origin, Ready, Reconnects};
 
 /// Which bus to connect to, and how: plain data, filled from flags by `config`.
 #[derive(Debug, Clone)]
@@ -35,7 +35,9 @@ pub enum Bus {
 }
 
 impl Bus {
-    /// Connects to the bus `options` name; the stdout bus writes to the process's stdout.
+    /// Connects to the bus `options` name; the stdout bus writes to the process's stdout. A
+    /// broker that cannot be reached yet is not an error: the bus starts disconnected and keeps
+    /// trying in the background. Only what no retry can fix ([`BusError::Refused`]) fails.
     pub async fn connect(options: Options) -> Result<Bus, BusError> {
         Ok(match options {
             Options::Stdout => Bus::Stdout(stdout::Stdout::new(Box::new(std::io::stdout()))),
@@ -73,6 +75,16 @@ impl Bus {
             Bus::Nats(bus) => bus.is_connected(),
             Bus::Amqp(bus) => bus.is_connected(),
             Bus::Kafka(bus) => bus.is_connected(),
+        }
+    }
+
+    /// Attempts to reach the broker so far, the first one included.
+    pub fn connect_attempts(&self) -> u64 {
+        match self {
+            Bus::Stdout(_) => 1,
+            Bus::Nats(bus) => bus.connect_attempts(),
+            Bus::Amqp(bus) => bus.connect_attempts(),
+            Bus::Kafka(bus) => bus.connect_attempts(),
         }
     }
 

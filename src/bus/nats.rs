@@ -8,12 +8,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, ConnectOptions, HeaderMap, StatusCode};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
-use super::message::{Answer, BusError, Message, Ready};
+use super::message::{Answer, BusError, Message, Ready, Reconnects};
 use super::replies::Replies;
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.
@@ -44,24 +44,42 @@ pub struct Nats {
     /// Replies to decision requests arrive on `{inbox}.{event id}`.
     inbox: String,
     replies: Arc<Replies<Result<Bytes, BusError>>>,
+    reconnects: Arc<Reconnects>,
 }
 
 impl Nats {
-    /// Connects (retrying until the server is reachable is left to the caller's deadline) and,
-    /// with JetStream, checks that a stream covers `{prefix}.>`, creating one when asked to.
+    /// Connects. A server that cannot be reached yet is retried in the background (the client
+    /// then buffers subscriptions until it is up); refused credentials or a malformed URL fail.
+    /// With JetStream, checks that a stream covers `{prefix}.>` (creating one when asked to)
+    /// once connected: at once when the server is up, else when it comes.
     pub async fn connect(options: Options) -> Result<Nats, BusError> {
-        let client = ConnectOptions::new()
-            .name(format!("hookbus {}", options.name))
-            // Our own deadline is the only one for requests.
-            .request_timeout(None)
-            .max_reconnects(None)
-            .event_callback(|event| async move { tracing::info!(%event, "nats connection event") })
-            .connect(&options.url)
-            .await
-            .map_err(|error| BusError::connect(format!("NATS at {}", options.url), error))?;
+        let reconnects = Arc::new(Reconnects::default());
+        reconnects.attempted();
+        let client = match client_options(&options, &reconnects).connect(&options.url).await {
+            Ok(client) => client,
+            Err(error) if is_permanent(error.kind()) => {
+                return Err(BusError::refused(format!("NATS at {}", options.url), error));
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    url = options.url,
+                    "NATS unreachable at start; serving anyway and connecting in the background"
+                );
+                client_options(&options, &reconnects)
+                    .retry_on_initial_connect()
+                    .connect(&options.url)
+                    .await
+                    .map_err(|error| BusError::refused(format!("NATS at {}", options.url), error))?
+            }
+        };
         let jetstream = if options.jetstream {
             let context = jetstream::new(client.clone());
-            ensure_stream(&context, &options.prefix, options.create_stream.as_deref()).await?;
+            if is_up(&client) {
+                ensure_stream(&context, &options.prefix, options.create_stream.as_deref()).await?;
+            } else {
+                tokio::spawn(ensure_stream_once_connected(client.clone(), context.clone(), options.clone()));
+            }
             Some(Box::new(context))
         } else {
             None
@@ -74,7 +92,7 @@ impl Nats {
             .map_err(|error| BusError::connect("NATS reply inbox", error))?;
         let replies = Arc::new(Replies::default());
         tokio::spawn(dispatch_replies(subscription, Arc::downgrade(&replies)));
-        Ok(Nats { client, jetstream, probe, inbox, replies })
+        Ok(Nats { client, jetstream, probe, inbox, replies, reconnects })
     }
 
     /// Returns, per message, once the server holds it (core) or the stream stored it (JetStream).
@@ -91,6 +109,9 @@ impl Nats {
     }
 
     async fn publish_core(&self, batch: &[Message]) -> Result<(), BusError> {
+        if !self.is_connected() {
+            return Err(BusError::unavailable_because("NATS disconnected"));
+        }
         let connects = self.client.statistics().connects.load(Relaxed);
         for message in batch {
             self.client
@@ -111,6 +132,9 @@ impl Nats {
     }
 
     async fn publish_jetstream(&self, context: &jetstream::Context, batch: &[Message]) -> Vec<Result<(), BusError>> {
+        if !self.is_connected() {
+            return vec![Err(BusError::unavailable_because("NATS disconnected")); batch.len()];
+        }
         let mut acks = Vec::with_capacity(batch.len());
         for message in batch {
             let mut headers = headers(message);
@@ -149,7 +173,11 @@ impl Nats {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        is_up(&self.client)
+    }
+
+    pub fn connect_attempts(&self) -> u64 {
+        self.reconnects.attempts()
     }
 
     pub async fn close(&self) {
@@ -189,6 +217,47 @@ impl Nats {
             });
         }
         Err(BusError::unavailable_because("NATS subscription ended"))
+    }
+}
+
+/// The client settings: no request timeout (our deadline is the only one), reconnecting
+/// forever with the shared capped backoff, connection events logged.
+fn client_options(options: &Options, reconnects: &Arc<Reconnects>) -> ConnectOptions {
+    let reconnects = reconnects.clone();
+    ConnectOptions::new()
+        .name(format!("hookbus {}", options.name))
+        .request_timeout(None)
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |failures| {
+            reconnects.attempted();
+            reconnects.next("NATS", failures as u32)
+        })
+        .event_callback(|event| async move { tracing::info!(%event, "nats connection event") })
+}
+
+/// Failures a retry cannot fix: credentials, the URL, TLS set-up.
+fn is_permanent(kind: ConnectErrorKind) -> bool {
+    matches!(
+        kind,
+        ConnectErrorKind::Authentication
+            | ConnectErrorKind::AuthorizationViolation
+            | ConnectErrorKind::ServerParse
+            | ConnectErrorKind::Tls
+    )
+}
+
+fn is_up(client: &Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// The JetStream check of a gateway that started without its server: done once it connects;
+/// a missing stream is then an error in the log, and events wait in the outbox.
+async fn ensure_stream_once_connected(client: Client, context: jetstream::Context, options: Options) {
+    while !is_up(&client) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Err(error) = ensure_stream(&context, &options.prefix, options.create_stream.as_deref()).await {
+        tracing::error!(error = &error as &dyn std::error::Error, "JetStream is not ready for events");
     }
 }
 
@@ -249,11 +318,11 @@ async fn ensure_stream(context: &jetstream::Context, prefix: &str, create: Optio
                 context
                     .get_or_create_stream(config)
                     .await
-                    .map_err(|error| BusError::connect(format!("cannot create JetStream stream {name}"), error))?;
+                    .map_err(|error| BusError::refused(format!("cannot create JetStream stream {name}"), error))?;
                 tracing::info!(stream = name, subjects = %format!("{prefix}.>"), "JetStream stream created");
                 Ok(())
             }
-            None => Err(BusError::connect(
+            None => Err(BusError::refused(
                 format!(
                     "no JetStream stream covers {probe}: create one over '{prefix}.>' \
                      (nats stream add EVENTS --subjects '{prefix}.>') or pass --nats-create-stream NAME"

@@ -1,11 +1,12 @@
 //! What only the RabbitMQ bus does: requests carry direct reply-to, correlation id and
-//! expiration; unroutable events are reported and counted, not retried forever.
+//! expiration; unroutable events are kept in a queue of their own, or reported and counted,
+//! never retried forever.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde_json::json;
 
@@ -71,10 +72,24 @@ async fn late_replies_are_counted() {
     gateway.stop().await;
 }
 
+/// Deletes what a test declared on the broker, so that no durable leftovers pile up.
+async fn delete(exchanges: &[&str], queues: &[&str]) {
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for queue in queues {
+        channel.queue_delete((*queue).into(), Default::default()).await.unwrap();
+    }
+    for exchange in exchanges {
+        channel.exchange_delete((*exchange).into(), Default::default()).await.unwrap();
+    }
+}
+
 #[tokio::test]
-async fn unroutable_events_are_reported_not_retried_forever() {
+async fn with_unrouted_events_dropped_they_are_reported_not_retried_forever() {
+    // `Backend::Amqp` drops unrouted events (`--amqp-unrouted drop`).
     let prefix = unique("t");
-    let gateway = Backend::Amqp.gateway(&prefix, None, &[]).await;
+    let exchange = unique("x");
+    let gateway = Backend::Amqp.gateway(&prefix, None, &["--amqp-exchange", &exchange]).await;
     let (status, _) = gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
     assert_eq!(status, 200);
     let addr = gateway.addr;
@@ -84,4 +99,42 @@ async fn unroutable_events_are_reported_not_retried_forever() {
     })
     .await;
     assert_eq!(gateway.stop().await.lost, 0);
+    delete(&[&exchange], &[]).await;
+}
+
+#[tokio::test]
+async fn unrouted_events_are_kept_in_a_queue_and_unanswered_requests_still_come_back() {
+    let prefix = unique("t");
+    let exchange = unique("x");
+    let gateway =
+        Backend::Amqp.gateway(&prefix, None, &["--amqp-exchange", &exchange, "--amqp-unrouted", "keep"]).await;
+    let (status, _) = gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"kept"}"#).await;
+    assert_eq!(status, 200);
+    // A request nobody is bound for is not kept: it comes back, and the fallback is at once.
+    let started = std::time::Instant::now();
+    let (_, answer) = gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
+    assert_eq!(answer["ErrorInfo"], "hookbus fallback: no responders", "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    let addr = gateway.addr;
+    eventually("the event to be confirmed", Duration::from_secs(5), || async move {
+        metrics(addr).await.contains("hookbus_publishes_confirmed_total 1")
+    })
+    .await;
+    assert_eq!(gateway.stop().await.lost, 0);
+
+    let queue = format!("{prefix}.unrouted");
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let kept = channel.basic_get(queue.as_str().into(), Default::default()).await.unwrap().expect("the event is kept");
+    assert_eq!(&kept.delivery.data[..], br#"{"RoomId":"kept"}"#);
+    assert_eq!(kept.delivery.routing_key.as_str(), format!("{prefix}.Live.CallbackAfterCreateRoom"));
+    let headers = kept.delivery.properties.headers().clone().unwrap();
+    let header = |name: &str| headers.inner().get(name).cloned();
+    assert_eq!(header("cloudEvents:type"), Some(AMQPValue::LongString("Live.CallbackAfterCreateRoom".into())));
+    assert_eq!(header("cloudEvents:partitionkey"), Some(AMQPValue::LongString("kept".into())));
+    assert!(header("cloudEvents:id").is_some());
+    let next = channel.basic_get(queue.as_str().into(), Default::default()).await.unwrap();
+    assert!(next.is_none(), "only the event, not the request");
+    drop(channel);
+    delete(&[&exchange, &format!("{exchange}.unrouted")], &[&queue]).await;
 }

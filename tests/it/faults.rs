@@ -48,7 +48,7 @@ async fn burst_with_the_broker_going_away(extra: &[&str]) -> Burst {
     let mut flags = flags(&prefix, &via_proxy, &spool);
     flags.extend_from_slice(extra);
     let (child, addr) = spawn_binary(&flags);
-    let burst = tokio::spawn(burst(addr, 20_000, 8));
+    let burst = tokio::spawn(burst(addr, 0..20_000, 8));
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.set_down(true);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -92,7 +92,7 @@ async fn overload_with_the_broker_away_answers_503_and_delivers_every_200() {
         }
         let gateway = Backend::Nats.gateway(&prefix, Some(proxy.addr), &extra).await;
         proxy.set_down(true);
-        let acknowledged = burst(gateway.addr, 600, 4).await;
+        let acknowledged = burst(gateway.addr, 0..600, 4).await;
         let refused = 600 - acknowledged.len();
         assert!(refused > 0 && !acknowledged.is_empty(), "{name}: some refused, some accepted");
         assert_eq!(request(gateway.addr, Method::GET, "/readyz", b"").await.0, 503, "{name}: not ready while full");

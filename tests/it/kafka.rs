@@ -133,7 +133,7 @@ async fn a_broker_outage_in_the_middle_of_a_burst_loses_nothing() {
         crate::support::TOKEN,
     ];
     let gateway = Running::connect(&flags).await;
-    let burst = tokio::spawn(burst(gateway.addr, 2000, 8));
+    let burst = tokio::spawn(burst(gateway.addr, 0..2000, 8));
     tokio::time::sleep(Duration::from_millis(100)).await;
     cluster.broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;

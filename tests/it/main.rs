@@ -8,6 +8,7 @@
 //! - `cli`: the `hookbus` binary as a newcomer runs it: serve, simulate, SIGTERM, bad flags.
 //! - `every_bus`: behaviour every bus must have, run on each broker.
 //! - `faults`: crashes, overload, damaged spools and SIGTERM: nothing acknowledged is lost.
+//! - `outages`: a broker away at start-up, during a restart, or refusing credentials.
 //! - `hardening`: slow and hostile clients, connection caps, JSON logs.
 //! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
 //! - `tls`: HTTPS with a certificate made at test time.
@@ -22,6 +23,7 @@ mod faults;
 mod hardening;
 mod kafka;
 mod nats;
+mod outages;
 mod protocol;
 mod support;
 mod tls;

@@ -262,17 +262,22 @@ pub fn socket_of(url: &str) -> SocketAddr {
     std::net::ToSocketAddrs::to_socket_addrs(host_port).unwrap().next().unwrap()
 }
 
-/// Posts `count` distinct events (RoomIds `room-0`…) from `connections` keep-alive clients;
-/// returns the RoomIds of those answered 200. Refusals and a gateway that goes away are
-/// tolerated: callers that expect every event accepted compare the count.
-pub async fn burst(addr: SocketAddr, count: usize, connections: usize) -> std::collections::HashSet<String> {
+/// Posts one distinct event per number in `rooms` (RoomId `room-N`) from `connections`
+/// keep-alive clients; returns the RoomIds of those answered 200. Refusals and a gateway that
+/// goes away are tolerated: callers that expect every event accepted compare the count.
+pub async fn burst(
+    addr: SocketAddr,
+    rooms: std::ops::Range<usize>,
+    connections: usize,
+) -> std::collections::HashSet<String> {
     let command = "Live.CallbackAfterMemberStateChanged";
     let mut tasks = Vec::new();
     for worker in 0..connections {
+        let rooms = rooms.clone();
         tasks.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             let Some(mut client) = Client::try_connect(addr).await else { return acknowledged };
-            for n in (worker..count).step_by(connections) {
+            for n in rooms.skip(worker).step_by(connections) {
                 let room = format!("room-{n}");
                 let body = serde_json::json!({"CallbackCommand":command,"RoomId":room});
                 match client.send(command, body.to_string().as_bytes()).await {
