@@ -125,6 +125,13 @@ pub struct ServeArgs {
     /// Largest accepted callback body.
     #[arg(long, env = "HOOKBUS_MAX_BODY_BYTES", default_value_t = 65536)]
     pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in a body (the body itself is 1).
+    #[arg(long, env = "HOOKBUS_MAX_JSON_DEPTH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_json_depth: u32,
+    /// Signed requests remembered (about 100 bytes each) so that a replay inside the clock-skew
+    /// window is answered as before and not published again; 0 turns this off.
+    #[arg(long, env = "HOOKBUS_REPLAY_CACHE_ENTRIES", default_value_t = 200_000)]
+    pub replay_cache_entries: usize,
     /// Time a client has to send a request's headers; also how long an idle keep-alive
     /// connection is kept.
     #[arg(long, env = "HOOKBUS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -230,6 +237,8 @@ impl ServeArgs {
             token,
             max_clock_skew: self.max_clock_skew,
             max_body_bytes: self.max_body_bytes,
+            max_json_depth: self.max_json_depth as usize,
+            replay_cache_entries: self.replay_cache_entries,
             body_read_timeout: self.body_read_timeout,
             prefix: self.bus.prefix.clone(),
         })

@@ -12,6 +12,7 @@
 //! - [`routes`]: what each endpoint does; the checks of a callback in order.
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
 //! - [`tls`]: the HTTPS configuration from PEM files.
+//! - [`replay`]: signed requests already answered, so that a replay is not published again.
 //! - [`decision`]: blocking callbacks: deadline, reply validation, fallbacks.
 //! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
@@ -30,6 +31,7 @@ pub mod decision;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod replay;
 pub mod respond;
 pub mod routes;
 pub mod simulate;
@@ -48,6 +50,7 @@ use crate::decision::Decisions;
 use crate::http::Connections;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::replay::Replays;
 use crate::routes::{App, Limits};
 use crate::spool::{Replay, Spool};
 use crate::tencent::Blocking;
@@ -84,6 +87,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     let outbox = Arc::new(Outbox::new(gateway.outbox_capacity, gateway.outbox_max_bytes, gateway.spool));
     let mut publisher = tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone()));
     let app = Arc::new(App {
+        replays: Replays::new(gateway.limits.replay_cache_entries),
         limits: gateway.limits,
         decisions: gateway.decisions,
         bus: gateway.bus.clone(),

@@ -27,6 +27,7 @@ pub struct Metrics {
     published: AtomicU64,
     retried: AtomicU64,
     unroutable: AtomicU64,
+    replays: AtomicU64,
     spool_recovered: AtomicU64,
     spool_corrupt: AtomicU64,
     spool_truncated_bytes: AtomicU64,
@@ -60,6 +61,8 @@ pub struct Gauges {
     /// Attempts to reach the broker so far, the first one included.
     pub connect_attempts: u64,
     pub late_replies: u64,
+    /// Signed requests remembered against replays.
+    pub replay_cache_entries: usize,
     /// Bytes in the spool, when there is one.
     pub spool_bytes: Option<u64>,
 }
@@ -142,6 +145,12 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
     }
 
+    /// A signed request came again inside its window: answered as before, not published again.
+    pub fn replayed(&self, command: &str) {
+        self.replays.fetch_add(1, Relaxed);
+        tracing::debug!(command, "replay answered from the cache");
+    }
+
     /// The bus confirmed `n` events.
     pub fn confirmed(&self, n: usize) {
         self.published.fetch_add(n as u64, Relaxed);
@@ -217,6 +226,11 @@ impl Metrics {
             ("outbox_depth", "Events accepted and not yet confirmed by the bus.", gauges.outbox_depth as u64),
             ("outbox_capacity", "Events the outbox holds before answering 503.", gauges.outbox_capacity as u64),
             ("bus_connected", "1 while the bus link is up.", u64::from(gauges.bus_connected)),
+            (
+                "replay_cache_entries",
+                "Signed requests remembered to answer replays.",
+                gauges.replay_cache_entries as u64,
+            ),
         ];
         for (name, help, value) in values {
             family(&mut out, name, "gauge", help);
@@ -230,6 +244,7 @@ impl Metrics {
                 "Events the broker returned as unroutable: logged, not retried.",
                 &self.unroutable,
             ),
+            ("replays_total", "Signed requests seen again inside their window, answered as before.", &self.replays),
             ("spool_recovered_events_total", "Events read back from the spool at start.", &self.spool_recovered),
             ("spool_corrupt_records_total", "Damaged spool regions skipped at start.", &self.spool_corrupt),
             ("spool_truncated_bytes_total", "Bytes of torn spool tails cut at start.", &self.spool_truncated_bytes),
@@ -274,6 +289,7 @@ mod tests {
             bus_connected: true,
             connect_attempts: 1,
             late_replies: 0,
+            replay_cache_entries: 0,
             spool_bytes: None,
         }
     }
@@ -318,6 +334,7 @@ mod tests {
             bus_connected: false,
             connect_attempts: 4,
             late_replies: 2,
+            replay_cache_entries: 0,
             spool_bytes: Some(9),
         });
         assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\"} 1"));

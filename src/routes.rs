@@ -15,6 +15,7 @@ use crate::bus::{self, Bus, Message, Origin};
 use crate::decision::Decisions;
 use crate::metrics::{Gauges, Metrics, Refusal};
 use crate::outbox::{Outbox, Refused};
+use crate::replay::{self, Answered, Replays};
 use crate::spool::SpoolError;
 use crate::tencent::{self, Blocking, Body, Query, SignError};
 
@@ -30,13 +31,18 @@ pub struct Limits {
     pub token: Option<String>,
     pub max_clock_skew: std::time::Duration,
     pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in a body (the body itself is 1).
+    pub max_json_depth: usize,
+    /// Signed requests remembered to answer replays (0: none).
+    pub replay_cache_entries: usize,
     /// A body must arrive whole within this time of its headers.
     pub body_read_timeout: std::time::Duration,
     pub prefix: String,
 }
 
 impl Default for Limits {
-    /// The flags' defaults: `/`, any SdkAppid, no token, 60 s skew, 64 KiB, 10 s, `tencent`.
+    /// The flags' defaults: `/`, any SdkAppid, no token, 60 s skew, 64 KiB, depth 32, 10 s,
+    /// `tencent`.
     fn default() -> Limits {
         Limits {
             path: "/".into(),
@@ -44,6 +50,8 @@ impl Default for Limits {
             token: None,
             max_clock_skew: std::time::Duration::from_secs(60),
             max_body_bytes: 65536,
+            max_json_depth: tencent::MAX_DEPTH,
+            replay_cache_entries: 200_000,
             body_read_timeout: std::time::Duration::from_secs(10),
             prefix: "tencent".into(),
         }
@@ -57,6 +65,7 @@ pub struct App {
     pub bus: Bus,
     pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,
+    pub replays: Replays,
 }
 
 /// Why a callback was refused: the status, the Tencent FAIL body and the metric label.
@@ -149,6 +158,7 @@ where
                 bus_connected: app.bus.is_connected(),
                 connect_attempts: app.bus.connect_attempts(),
                 late_replies: app.bus.late_replies(),
+                replay_cache_entries: app.replays.len(),
                 spool_bytes: app.outbox.spool_bytes(),
             });
             let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -209,14 +219,21 @@ where
     if request.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed("POST"));
     }
+    if query.repeated.is_some() {
+        return Err(Rejection::bad("param_repeated", "a protocol parameter appears more than once in the query"));
+    }
     let sdk_app_id = query.sdk_app_id.as_deref().unwrap_or("");
     if !limits.sdk_app_ids.is_empty() && !limits.sdk_app_ids.iter().any(|id| id == sdk_app_id) {
         return Err(Rejection::Forbidden);
     }
+    // Signed requests can be told apart: the time until which a replay would be accepted.
+    let mut replay_window = None;
     if let Some(token) = &limits.token {
         let (sign, time) = (query.sign.as_deref(), query.request_time.as_deref());
         tencent::verify(token, sign, time, limits.max_clock_skew, SystemTime::now())
             .map_err(Rejection::Unauthorized)?;
+        let seconds: u64 = time.unwrap_or_default().parse().unwrap_or_default();
+        replay_window = Some(seconds + limits.max_clock_skew.as_secs());
     }
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
@@ -235,7 +252,8 @@ where
         }
         Err(_) => return Err(Rejection::bad("body_read", "body could not be read")),
     };
-    let body = Body::parse(&payload).map_err(|reason| Rejection::bad("not_json_object", reason))?;
+    let body = Body::parse(&payload, limits.max_json_depth)
+        .map_err(|invalid| Rejection::bad(invalid.label(), invalid.reason()))?;
     let command = match (query.command, body.callback_command.as_deref()) {
         (Some(query), Some(body)) if query != body => {
             return Err(Rejection::bad("command_mismatch", "CallbackCommand differs between query and body"));
@@ -246,6 +264,19 @@ where
     };
     if !bus::valid_name(&command) {
         return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
+    }
+    let replay_key = replay_window.map(|_| {
+        let (sign, time) = (query.sign.as_deref().unwrap_or_default(), query.request_time.as_deref());
+        replay::Key::of(sign, time.unwrap_or_default(), sdk_app_id, &command, &payload)
+    });
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    if let Some(answered) = replay_key.and_then(|key| app.replays.answered(key, now)) {
+        app.metrics.replayed(&command);
+        let answer = match answered {
+            Answered::Event => Bytes::from_static(OK),
+            Answered::Decision(answer) => answer,
+        };
+        return Ok(Accepted { command, id: "replay".into(), answer });
     }
     let origin = Origin {
         sdk_app_id: sdk_app_id.to_owned(),
@@ -261,6 +292,9 @@ where
             let elapsed = started.elapsed();
             app.metrics.decided(&command, outcome, elapsed);
             tracing::debug!(id, command, outcome = outcome.label(), ?elapsed, "decided");
+            if let (Some(key), Some(expires)) = (replay_key, replay_window) {
+                app.replays.remember(key, expires, Answered::Decision(answer.clone()));
+            }
             Ok(Accepted { command, id, answer })
         }
         None => {
@@ -272,6 +306,9 @@ where
                     Rejection::SpoolFailed
                 }
             })?;
+            if let (Some(key), Some(expires)) = (replay_key, replay_window) {
+                app.replays.remember(key, expires, Answered::Event);
+            }
             Ok(Accepted { command, id, answer: Bytes::from_static(OK) })
         }
     }
@@ -321,6 +358,7 @@ mod tests {
             bus: Bus::Stdout(Stdout::new(Box::new(std::io::sink()))),
             outbox: Arc::new(Outbox::new(outbox_capacity, 1 << 20, None)),
             metrics: Arc::new(Metrics::default()),
+            replays: Replays::new(100),
         }
     }
 
@@ -342,9 +380,10 @@ mod tests {
         let app = app(1);
         let cmd = "Live.CallbackAfterCreateRoom";
         let big: &'static [u8] = Box::leak(vec![b' '; 70_000].into_boxed_slice());
-        let rows: [(Method, String, &'static [u8], u16); 7] = [
-            (Method::GET, target("999", "bad", "a.%3E"), big, 405),
+        let rows: [(Method, String, &'static [u8], u16); 8] = [
+            (Method::GET, target("999", "bad", "a.%3E") + "&SdkAppid=1400", big, 405),
             (Method::POST, "/elsewhere".into(), big, 404),
+            (Method::POST, target("999", "bad", "a.%3E") + "&SdkAppid=1400", big, 400),
             (Method::POST, target("999", "bad", "a.%3E"), big, 403),
             (Method::POST, target("1400", "bad", "a.%3E"), big, 401),
             (Method::POST, target("1400", "tok", "a.%3E"), big, 413),
@@ -354,7 +393,9 @@ mod tests {
         for (method, uri, body, expected) in rows {
             assert_eq!(status(&app, method.clone(), &uri, body).await, expected, "{method} {uri}");
         }
-        // The one accepted event fills the outbox (capacity 1): the last check answers 503.
-        assert_eq!(status(&app, Method::POST, &target("1400", "tok", cmd), b"{}").await, 503);
+        // The one accepted event fills the outbox (capacity 1): the last check answers 503. (The
+        // same request again would be a replay, answered as before: another body.)
+        assert_eq!(status(&app, Method::POST, &target("1400", "tok", cmd), br#"{"n":1}"#).await, 503);
+        assert_eq!(status(&app, Method::POST, &target("1400", "tok", cmd), b"{}").await, 200, "a replay");
     }
 }

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 pub const GIFT: &str = "Live.CallbackBeforeSendGift";
@@ -22,24 +21,37 @@ pub struct Query {
     pub opt_platform: Option<String>,
     pub sign: Option<String>,
     pub request_time: Option<String>,
+    /// The first protocol key that appeared more than once (case-insensitively), if any: such
+    /// a query means different things to readers that take the first or the last value.
+    pub repeated: Option<&'static str>,
 }
 
 impl Query {
-    /// Parses a raw query string. Unknown keys are ignored; the first of a repeated key wins.
+    /// Parses a raw query string. Unknown keys are ignored; of a repeated protocol key the first
+    /// value is kept and the repetition noted in [`Query::repeated`].
     pub fn parse(raw: &str) -> Query {
         let mut query = Query::default();
+        let mut content_type = false;
         for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
-            let slot = match key.to_ascii_lowercase().as_str() {
-                "sdkappid" => &mut query.sdk_app_id,
-                "callbackcommand" => &mut query.command,
-                "clientip" => &mut query.client_ip,
-                "optplatform" => &mut query.opt_platform,
-                "sign" => &mut query.sign,
-                "requesttime" => &mut query.request_time,
+            let (name, slot) = match key.to_ascii_lowercase().as_str() {
+                "sdkappid" => ("SdkAppid", &mut query.sdk_app_id),
+                "callbackcommand" => ("CallbackCommand", &mut query.command),
+                "clientip" => ("ClientIP", &mut query.client_ip),
+                "optplatform" => ("OptPlatform", &mut query.opt_platform),
+                "sign" => ("Sign", &mut query.sign),
+                "requesttime" => ("RequestTime", &mut query.request_time),
+                "contenttype" => {
+                    if std::mem::replace(&mut content_type, true) {
+                        query.repeated.get_or_insert("contenttype");
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             if slot.is_none() {
                 *slot = Some(value.into_owned());
+            } else {
+                query.repeated.get_or_insert(name);
             }
         }
         query
@@ -137,137 +149,242 @@ impl Blocking {
     }
 }
 
-/// The fields of a callback body the gateway reads; everything else is skipped unparsed. Any
-/// JSON object is a body: a field of an unexpected type or a repeated field (the last one
-/// counts, as in most JSON parsers) is tolerated, not an error.
+/// Tencent's documented bodies nest at most 4 levels; past the limit a body is refused.
+pub const MAX_DEPTH: usize = 32;
+
+/// The fields of a callback body the gateway reads. Any JSON object is a body: a field of an
+/// unexpected type or a repeated field (the last one counts, as in most JSON parsers) is
+/// tolerated, not an error. Every value is walked once, in the pass that validates the JSON,
+/// and its depth checked on the way.
 #[derive(Debug, Default)]
 pub struct Body {
     /// `Some("")` when the body's command is not a string, so that it never matches.
     pub callback_command: Option<String>,
-    room_id: Option<Id>,
-    room_info: Option<Nested>,
-    group_id: Option<Id>,
-    from_room_id: Option<Id>,
-    from_room_info: Option<Nested>,
-    event_info: Option<Nested>,
+    room_id: Option<Scanned>,
+    room_info: Option<Scanned>,
+    group_id: Option<Scanned>,
+    from_room_id: Option<Scanned>,
+    from_room_info: Option<Scanned>,
+    event_info: Option<Scanned>,
 }
 
-impl<'de> Deserialize<'de> for Body {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Body, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(field_identifier)]
-        enum Field {
-            CallbackCommand,
-            RoomId,
-            RoomInfo,
-            GroupId,
-            FromRoomId,
-            FromRoomInfo,
-            EventInfo,
-            #[serde(other)]
-            Other,
+/// Why a body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    NotObject,
+    NotUtf8,
+    NotJson,
+    /// Nested deeper than the limit.
+    TooDeep,
+}
+
+impl Invalid {
+    /// The `reason` label of `hookbus_rejections_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Invalid::TooDeep => "too_deep",
+            _ => "not_json_object",
         }
+    }
 
-        struct Fields;
-
-        impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = Body;
-
-            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-                formatter.write_str("a JSON object")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
-                let mut body = Body::default();
-                while let Some(field) = map.next_key()? {
-                    match field {
-                        Field::CallbackCommand => {
-                            body.callback_command = match map.next_value::<Option<Id>>()? {
-                                Some(Id::Text(command)) => Some(command),
-                                Some(_) => Some(String::new()),
-                                None => None,
-                            }
-                        }
-                        Field::RoomId => body.room_id = map.next_value()?,
-                        Field::RoomInfo => body.room_info = map.next_value()?,
-                        Field::GroupId => body.group_id = map.next_value()?,
-                        Field::FromRoomId => body.from_room_id = map.next_value()?,
-                        Field::FromRoomInfo => body.from_room_info = map.next_value()?,
-                        Field::EventInfo => body.event_info = map.next_value()?,
-                        Field::Other => drop(map.next_value::<serde::de::IgnoredAny>()?),
-                    }
-                }
-                Ok(body)
-            }
+    pub fn reason(self) -> &'static str {
+        match self {
+            Invalid::NotObject => "body is not a JSON object",
+            Invalid::NotUtf8 => "body is not valid UTF-8",
+            Invalid::NotJson => "body is not valid JSON",
+            Invalid::TooDeep => "body is nested too deeply",
         }
-
-        deserializer.deserialize_map(Fields)
     }
 }
 
-/// An object that may hold a `RoomId`; a field of another shape is tolerated, not an error.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Nested {
-    Room {
-        #[serde(rename = "RoomId")]
-        room_id: Option<Id>,
-    },
-    Other(serde::de::IgnoredAny),
-}
-
-/// Room ids are strings in the docs, but the samples show that ids may arrive as numbers.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Id {
+/// What the gateway keeps of one JSON value: a string or number (an id), an object's
+/// `RoomId`, or nothing.
+#[derive(Debug)]
+enum Scanned {
     Text(String),
     Number(serde_json::Number),
-    Other(serde::de::IgnoredAny),
+    Object { room_id: Option<Box<Scanned>> },
+    Null,
+    Other,
 }
 
-impl Id {
-    fn text(&self) -> Option<String> {
+impl Scanned {
+    /// The value as an id: a non-empty string, or a number in its JSON form.
+    fn id(&self) -> Option<String> {
         match self {
-            Id::Text(text) if !text.is_empty() => Some(text.clone()),
-            Id::Number(number) => Some(number.to_string()),
+            Scanned::Text(text) if !text.is_empty() => Some(text.clone()),
+            Scanned::Number(number) => Some(number.to_string()),
+            _ => None,
+        }
+    }
+
+    /// An object's `RoomId` as an id.
+    fn room_id(&self) -> Option<String> {
+        match self {
+            Scanned::Object { room_id: Some(room_id) } => room_id.id(),
             _ => None,
         }
     }
 }
 
+/// Walks one value at nesting level `depth` (the body itself is level 1), refusing an array or
+/// object at a level past `max`.
+#[derive(Clone, Copy)]
+struct Scan {
+    depth: usize,
+    max: usize,
+}
+
+/// The error message that marks a body too deep, told apart from invalid JSON by its text.
+const TOO_DEEP: &str = "nested too deeply";
+
+impl Scan {
+    /// The scan of this array's or object's members; an error when it is itself too deep.
+    fn members<E: serde::de::Error>(self) -> Result<Scan, E> {
+        if self.depth > self.max {
+            return Err(E::custom(TOO_DEEP));
+        }
+        Ok(Scan { depth: self.depth + 1, max: self.max })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Scan {
+    type Value = Scanned;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Scanned, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Scan {
+    type Value = Scanned;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Scanned, E> {
+        Ok(Scanned::Text(text.to_owned()))
+    }
+
+    fn visit_string<E>(self, text: String) -> Result<Scanned, E> {
+        Ok(Scanned::Text(text))
+    }
+
+    fn visit_u64<E>(self, number: u64) -> Result<Scanned, E> {
+        Ok(Scanned::Number(number.into()))
+    }
+
+    fn visit_i64<E>(self, number: i64) -> Result<Scanned, E> {
+        Ok(Scanned::Number(number.into()))
+    }
+
+    fn visit_f64<E>(self, number: f64) -> Result<Scanned, E> {
+        Ok(serde_json::Number::from_f64(number).map_or(Scanned::Other, Scanned::Number))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Scanned, E> {
+        Ok(Scanned::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Scanned, E> {
+        Ok(Scanned::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scanned, A::Error> {
+        let inner = self.members()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(Scanned::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
+        let inner = self.members()?;
+        let mut room_id = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value = map.next_value_seed(inner)?;
+            if key == "RoomId" {
+                room_id = Some(Box::new(value));
+            }
+        }
+        Ok(Scanned::Object { room_id })
+    }
+}
+
+/// The top-level object: its fields walked with [`Scan`], the ones the gateway reads kept.
+struct Fields {
+    max: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fields {
+    type Value = Body;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Body, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Fields {
+    type Value = Body;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        let mut body = Body::default();
+        let inner = Scan { depth: 1, max: self.max }.members()?;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value = map.next_value_seed(inner)?;
+            let slot = match key.as_ref() {
+                "CallbackCommand" => {
+                    body.callback_command = match value {
+                        Scanned::Text(command) => Some(command),
+                        Scanned::Null => None,
+                        _ => Some(String::new()),
+                    };
+                    continue;
+                }
+                "RoomId" => &mut body.room_id,
+                "RoomInfo" => &mut body.room_info,
+                "GroupId" => &mut body.group_id,
+                "FromRoomId" => &mut body.from_room_id,
+                "FromRoomInfo" => &mut body.from_room_info,
+                "EventInfo" => &mut body.event_info,
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        Ok(body)
+    }
+}
+
 impl Body {
-    /// Parses a body that must be one JSON object, and nothing after it.
-    pub fn parse(bytes: &[u8]) -> Result<Body, &'static str> {
+    /// Parses a body that must be one JSON object, and nothing after it, nested at most
+    /// `max_depth` levels (the object itself is level 1).
+    pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Body, Invalid> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
-            return Err("body is not a JSON object");
+            return Err(Invalid::NotObject);
         }
-        // UTF-8 first: serde_json skips the strings of fields it ignores without checking them,
-        // and a consumer must never receive invalid JSON (found by fuzzing).
-        let text = std::str::from_utf8(bytes).map_err(|_| "body is not valid UTF-8")?;
-        serde_json::from_str(text).map_err(|_| "body is not valid JSON")
+        // UTF-8 first: a consumer must never receive invalid JSON (found by fuzzing).
+        let text = std::str::from_utf8(bytes).map_err(|_| Invalid::NotUtf8)?;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let body = serde::de::DeserializeSeed::deserialize(Fields { max: max_depth }, &mut deserializer)
+            .and_then(|body| deserializer.end().map(|()| body));
+        body.map_err(|error| if error.to_string().starts_with(TOO_DEEP) { Invalid::TooDeep } else { Invalid::NotJson })
     }
 
     /// The room the event belongs to: the first of `RoomId`, `RoomInfo.RoomId`, `GroupId`,
     /// `FromRoomId`, `FromRoomInfo.RoomId`, `EventInfo.RoomId` (the README's "Key").
     pub fn room_key(&self) -> Option<String> {
-        fn room(nested: &Option<Nested>) -> Option<&Id> {
-            match nested {
-                Some(Nested::Room { room_id }) => room_id.as_ref(),
-                _ => None,
-            }
-        }
-        [
-            self.room_id.as_ref(),
-            room(&self.room_info),
-            self.group_id.as_ref(),
-            self.from_room_id.as_ref(),
-            room(&self.from_room_info),
-            room(&self.event_info),
-        ]
-        .into_iter()
-        .flatten()
-        .find_map(Id::text)
+        let id = |value: &Option<Scanned>| value.as_ref().and_then(Scanned::id);
+        let room = |value: &Option<Scanned>| value.as_ref().and_then(Scanned::room_id);
+        id(&self.room_id)
+            .or_else(|| room(&self.room_info))
+            .or_else(|| id(&self.group_id))
+            .or_else(|| id(&self.from_room_id))
+            .or_else(|| room(&self.from_room_info))
+            .or_else(|| room(&self.event_info))
     }
 }
 
@@ -289,6 +406,29 @@ pub(crate) mod tests {
         assert_eq!(query.request_time.as_deref(), Some("1669872112"));
         assert_eq!(Query::parse("OptPlatform=Web%20App").opt_platform.as_deref(), Some("Web App"));
         assert_eq!(Query::parse(""), Query::default());
+    }
+
+    #[test]
+    fn repeated_protocol_keys_are_noted_whatever_their_case() {
+        assert_eq!(Query::parse("SdkAppid=1&sdkappid=2").repeated, Some("SdkAppid"));
+        assert_eq!(Query::parse("CallbackCommand=a&x=1&CALLBACKCOMMAND=b").repeated, Some("CallbackCommand"));
+        assert_eq!(Query::parse("contenttype=json&ContentType=json").repeated, Some("contenttype"));
+        assert_eq!(Query::parse("Sign=a&RequestTime=1&Sign=b").repeated, Some("Sign"));
+        assert_eq!(Query::parse("SdkAppid=1&x=1&x=2&CallbackCommand=c").repeated, None, "other keys may repeat");
+        assert_eq!(Query::parse("SdkAppid=1&sdkappid=2").sdk_app_id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn depth_is_counted_from_the_body_itself() {
+        let nested = |levels: usize| format!("{}{}", "{\"a\":".repeat(levels - 1) + "{}", "}".repeat(levels - 1));
+        assert!(Body::parse(nested(3).as_bytes(), 3).is_ok());
+        assert_eq!(Body::parse(nested(4).as_bytes(), 3).err(), Some(Invalid::TooDeep));
+        assert!(Body::parse(br#"{"a":[1]}"#, 2).is_ok());
+        assert_eq!(Body::parse(br#"{"a":[[1]]}"#, 2).err(), Some(Invalid::TooDeep));
+        assert_eq!(Body::parse(br#"{"RoomInfo":{"RoomId":[[1]]}}"#, 3).err(), Some(Invalid::TooDeep));
+        let bomb = format!("{{\"a\":{}{}}}", "[".repeat(20_000), "]".repeat(20_000));
+        assert_eq!(Body::parse(bomb.as_bytes(), MAX_DEPTH).err(), Some(Invalid::TooDeep));
+        assert_eq!(Body::parse(br#"{"a":[1,}"#, MAX_DEPTH).err(), Some(Invalid::NotJson));
     }
 
     #[test]
@@ -339,7 +479,7 @@ pub(crate) mod tests {
 
     #[test]
     fn room_key_follows_the_documented_order() {
-        let key = |json: &str| Body::parse(json.as_bytes()).unwrap().room_key();
+        let key = |json: &str| Body::parse(json.as_bytes(), MAX_DEPTH).unwrap().room_key();
         assert_eq!(key(r#"{"RoomId":"r1","RoomInfo":{"RoomId":"r2"}}"#).as_deref(), Some("r1"));
         assert_eq!(key(r#"{"RoomInfo":{"RoomId":"r2"},"GroupId":"g"}"#).as_deref(), Some("r2"));
         assert_eq!(key(r#"{"GroupId":"@TGS#2J4"}"#).as_deref(), Some("@TGS#2J4"));
@@ -388,14 +528,30 @@ pub(crate) mod tests {
         #[test]
         fn bodies_are_accepted_exactly_when_they_are_json_objects(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let is_object = serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v.is_object());
-            proptest::prop_assert_eq!(Body::parse(&bytes).is_ok(), is_object);
+            proptest::prop_assert_eq!(Body::parse(&bytes, MAX_DEPTH).is_ok(), is_object);
+        }
+
+        #[test]
+        fn depth_is_refused_exactly_past_the_limit(value in json_object(), max in 1usize..6) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            proptest::prop_assert_eq!(Body::parse(&bytes, max).is_ok(), depth(&value) <= max);
         }
 
         #[test]
         fn json_objects_are_accepted_whatever_their_fields(value in json_object()) {
             let bytes = serde_json::to_vec_pretty(&value).unwrap();
-            proptest::prop_assert!(Body::parse(&bytes).is_ok());
+            proptest::prop_assert!(Body::parse(&bytes, MAX_DEPTH).is_ok());
         }
+    }
+
+    /// Levels of arrays and objects in a value: 0 for a scalar, 1 for `{"a":1}`.
+    fn depth(value: &serde_json::Value) -> usize {
+        let members: Box<dyn Iterator<Item = &serde_json::Value>> = match value {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(fields) => Box::new(fields.values()),
+            _ => return 0,
+        };
+        1 + members.map(depth).max().unwrap_or(0)
     }
 
     /// Arbitrary JSON objects, with the fields the gateway reads among arbitrary others.
@@ -429,14 +585,14 @@ pub(crate) mod tests {
 
     #[test]
     fn body_must_be_one_json_object() {
-        assert!(Body::parse(b" {\"CallbackCommand\":\"x\"}\n").is_ok());
+        assert!(Body::parse(b" {\"CallbackCommand\":\"x\"}\n", MAX_DEPTH).is_ok());
         for bad in [&b"[]"[..], b"", b"null", b"{", b"{} {}", b"\"{}\"", b"[{}]", b"{\"x\":\"\xff\"}"] {
-            assert!(Body::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(Body::parse(bad, MAX_DEPTH).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        let body = Body::parse(br#"{"CallbackCommand":"Live.X","Nested":{"a":[1,2]}}"#).unwrap();
+        let body = Body::parse(br#"{"CallbackCommand":"Live.X","Nested":{"a":[1,2]}}"#, MAX_DEPTH).unwrap();
         assert_eq!(body.callback_command.as_deref(), Some("Live.X"));
         // Found by fuzzing: repeated fields and odd types are still a JSON object.
-        let body = Body::parse(br#"{"GroupId":"a","GroupId":"b","CallbackCommand":7}"#).unwrap();
+        let body = Body::parse(br#"{"GroupId":"a","GroupId":"b","CallbackCommand":7}"#, MAX_DEPTH).unwrap();
         assert_eq!(body.room_key().as_deref(), Some("b"));
         assert_eq!(body.callback_command.as_deref(), Some(""));
     }

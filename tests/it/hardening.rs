@@ -1,5 +1,6 @@
 //! Slow and hostile clients, and logs an operator can parse: slowloris connections do not
-//! starve others, bodies and idle connections time out, connections are capped, and
+//! starve others, bodies and idle connections time out, connections are capped, repeated
+//! query parameters and nesting bombs are refused, replays are not published again, and
 //! `--log-format json` gives one object per line with request id, status, reason and latency.
 
 use std::time::{Duration, Instant};
@@ -10,7 +11,12 @@ use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{request, signal, spawn_binary_with_logs, Captured, Client, Running};
+use futures_util::StreamExt;
+
+use crate::brokers::Backend;
+use crate::support::{
+    metrics, request, signal, signed, spawn_binary_with_logs, unique, Captured, Client, Running, APP, TOKEN,
+};
 
 async fn gateway(flags: &[&str]) -> Running {
     Running::start(flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await
@@ -125,4 +131,115 @@ async fn json_logs_carry_request_id_status_reason_and_latency() {
     assert!(!line.contains("secret"), "the token is never logged");
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
+}
+
+/// A stdout gateway that checks SdkAppid and signatures, and what it published.
+async fn secured() -> (Running, Captured) {
+    let captured = Captured::default();
+    let flags = ["--sdk-app-id", APP, "--token", TOKEN];
+    (Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await, captured)
+}
+
+#[tokio::test]
+async fn a_repeated_protocol_parameter_is_refused_whichever_value_comes_first() {
+    let (gateway, captured) = secured().await;
+    let command = "Live.CallbackAfterCreateRoom";
+    let good = signed(command);
+    let body = br#"{"RoomId":"r"}"#;
+    for extra in [
+        "&SdkAppid=999",
+        "&sdkappid=1400000000",
+        "&CallbackCommand=Live.CallbackAfterDestroyRoom",
+        "&SIGN=00",
+        "&RequestTime=1",
+        "&ContentType=json",
+        "&ClientIP=10.0.0.9&clientip=10.0.0.8",
+        "&OptPlatform=iOS&optplatform=Web",
+    ] {
+        let (status, answer) = request(gateway.addr, Method::POST, &format!("{good}{extra}"), body).await;
+        assert_eq!(status, 400, "{extra}: {}", String::from_utf8_lossy(&answer));
+        assert!(String::from_utf8_lossy(&answer).contains("more than once"), "{extra}");
+    }
+    // The foreign value first: refused the same way, not as a foreign SdkAppid.
+    let first = good.replacen("SdkAppid=", "SdkAppid=999&SdkAppid=", 1);
+    assert_eq!(request(gateway.addr, Method::POST, &first, body).await.0, 400);
+    assert!(metrics(gateway.addr).await.contains("hookbus_rejections_total{reason=\"param_repeated\"} 9"));
+    assert_eq!(request(gateway.addr, Method::POST, &format!("{good}&other=1&other=2"), body).await.0, 200);
+    gateway.stop().await;
+    assert_eq!(captured.lines().len(), 1, "only the unambiguous request was published");
+}
+
+#[tokio::test]
+async fn bodies_nested_past_the_limit_are_refused() {
+    let (gateway, captured) = secured().await;
+    let command = "Live.CallbackAfterCreateRoom";
+    let nested = |levels: usize| format!("{}{}{}", "{\"a\":".repeat(levels - 1), "{}", "}".repeat(levels - 1));
+    let bomb = format!("{{\"a\":{}{}}}", "[".repeat(20_000), "]".repeat(20_000));
+    assert!(bomb.len() > 40_000 && bomb.len() < 65_536);
+    let mut client = Client::connect(gateway.addr).await;
+    let (status, answer) = client.post(command, bomb.as_bytes()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["ErrorInfo"], "body is nested too deeply");
+    assert_eq!(client.post(command, nested(33).as_bytes()).await.0, 400);
+    assert_eq!(client.post(command, nested(32).as_bytes()).await.0, 200, "32 levels is the default limit");
+    assert!(metrics(gateway.addr).await.contains("hookbus_rejections_total{reason=\"too_deep\"} 2"));
+    gateway.stop().await;
+    assert_eq!(captured.lines().len(), 1);
+
+    let deeper = gateway_with(&["--max-json-depth", "40"]).await;
+    let mut client = Client::connect(deeper.addr).await;
+    assert_eq!(client.post(command, nested(40).as_bytes()).await.0, 200);
+    deeper.stop().await;
+}
+
+async fn gateway_with(flags: &[&str]) -> Running {
+    Running::start(flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await
+}
+
+#[tokio::test]
+async fn a_replayed_signed_request_is_answered_as_before_and_not_published_again() {
+    let prefix = unique("t");
+    let mut watcher = Backend::Nats.watch(&prefix).await;
+    // A responder that counts the requests reaching it.
+    let client = async_nats::connect(crate::brokers::nats_url()).await.unwrap();
+    let mut requests = client.subscribe(format!("{prefix}.Live.CallbackBeforeSendGift")).await.unwrap();
+    client.flush().await.unwrap();
+    let responder = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut count = 0;
+            while let Some(request) = requests.next().await {
+                count += 1;
+                let reply = format!(r#"{{"ErrorCode":102150,"ErrorInfo":"request {count}"}}"#);
+                client.publish(request.reply.unwrap(), reply.into()).await.unwrap();
+                client.flush().await.unwrap();
+            }
+        }
+    });
+    let gateway = Backend::Nats.gateway(&prefix, None, &[]).await;
+    let event = signed("Live.CallbackAfterCreateRoom");
+    let body = br#"{"RoomId":"replayed"}"#;
+    for _ in 0..2 {
+        let (status, _) = request(gateway.addr, Method::POST, &event, body).await;
+        assert_eq!(status, 200, "a replay is answered like the original");
+    }
+    let other = br#"{"RoomId":"distinct"}"#;
+    assert_eq!(request(gateway.addr, Method::POST, &event, other).await.0, 200);
+    let gift = signed("Live.CallbackBeforeSendGift");
+    let first = request(gateway.addr, Method::POST, &gift, body).await;
+    let replayed = request(gateway.addr, Method::POST, &gift, body).await;
+    assert_eq!(first, replayed, "the same decision, not a new request");
+    assert!(String::from_utf8_lossy(&first.1).contains("request 1"), "{first:?}");
+
+    let mut rooms = Vec::new();
+    while let Some(event) = watcher.try_next(Duration::from_millis(1500)).await {
+        let body: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        rooms.push((event.destination, body["RoomId"].as_str().unwrap().to_owned()));
+    }
+    let events: Vec<_> = rooms.iter().filter(|(destination, _)| destination.ends_with("AfterCreateRoom")).collect();
+    assert_eq!(events.len(), 2, "one event for two identical requests, one for the distinct one: {rooms:?}");
+    assert_eq!(rooms.iter().filter(|(destination, _)| destination.ends_with("SendGift")).count(), 1);
+    assert!(metrics(gateway.addr).await.contains("hookbus_replays_total 2"));
+    gateway.stop().await;
+    responder.abort();
 }

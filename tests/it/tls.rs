@@ -25,11 +25,12 @@ fn connector(cert: CertificateDer<'static>, alpn: &[u8]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-fn callback(addr: std::net::SocketAddr) -> hyper::Request<Full<Bytes>> {
+/// A signed callback for `room` (distinct rooms: the same signed request twice is a replay).
+fn callback(addr: std::net::SocketAddr, room: &str) -> hyper::Request<Full<Bytes>> {
     let query = hookbus::simulate::query(APP, "Live.CallbackAfterCreateRoom", Some(TOKEN));
     hyper::Request::post(format!("https://localhost:{}/?{query}", addr.port()))
         .header("host", format!("localhost:{}", addr.port()))
-        .body(Full::new(Bytes::from_static(br#"{"RoomId":"r"}"#)))
+        .body(Full::new(Bytes::from(format!(r#"{{"RoomId":"{room}"}}"#))))
         .unwrap()
 }
 
@@ -60,7 +61,7 @@ async fn https_serves_http1_and_http2() {
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(connection);
-    let response = sender.send_request(callback(gateway.addr)).await.unwrap();
+    let response = sender.send_request(callback(gateway.addr, "r1")).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), hyper::Version::HTTP_11);
 
@@ -70,7 +71,7 @@ async fn https_serves_http1_and_http2() {
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
     tokio::spawn(connection);
-    let response = sender.send_request(callback(gateway.addr)).await.unwrap();
+    let response = sender.send_request(callback(gateway.addr, "r2")).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), hyper::Version::HTTP_2);
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -81,7 +82,7 @@ async fn https_serves_http1_and_http2() {
         let stream = TcpStream::connect(gateway.addr).await.unwrap();
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(connection);
-        let answered = sender.send_request(callback(gateway.addr)).await;
+        let answered = sender.send_request(callback(gateway.addr, "r3")).await;
         (answered.is_err(), ())
     })
     .await

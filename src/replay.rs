@@ -1,0 +1,162 @@
+//! Replays inside the signature window. Tencent's `Sign` covers only the token and
+//! `RequestTime`, with no nonce: whoever captures one signed request can send it again until
+//! its `RequestTime` is older than the allowed clock skew. The cache remembers each signed
+//! request answered 200 until then, with the answer it got, so that a replay is answered the
+//! same and not published again. A replay is the same `Sign`, `RequestTime`, SdkAppid,
+//! command and body: the other query parameters are not signed, and changing them does not
+//! make a new callback. Bounded by a number of entries: past it, the entries closest to
+//! expiring go first.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// One signed callback: 128 bits of a digest of its `Sign`, `RequestTime`, SdkAppid, command
+/// and body (a collision among a million requests is about 1 in 10^26).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key([u8; 16]);
+
+impl Key {
+    pub fn of(sign: &str, request_time: &str, sdk_app_id: &str, command: &str, body: &[u8]) -> Key {
+        let mut hasher = Sha256::new();
+        // Each field with its length first, so that no two lists of fields hash alike.
+        let sign = sign.to_ascii_lowercase();
+        for field in [sign.as_bytes(), request_time.as_bytes(), sdk_app_id.as_bytes(), command.as_bytes(), body] {
+            hasher.update((field.len() as u64).to_le_bytes());
+            hasher.update(field);
+        }
+        Key(hasher.finalize()[..16].try_into().expect("a SHA-256 digest has 32 bytes"))
+    }
+}
+
+/// What a request was answered the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answered {
+    /// An informational callback, accepted.
+    Event,
+    /// A blocking callback, with this decision.
+    Decision(Bytes),
+}
+
+pub struct Replays {
+    state: Mutex<State>,
+    capacity: usize,
+}
+
+/// Informational requests cost a set entry and a queue slot (about 50 bytes); decisions also
+/// keep their answer.
+#[derive(Default)]
+struct State {
+    events: HashSet<Key>,
+    decisions: HashMap<Key, Bytes>,
+    /// Keys in the order they were remembered, with the second after which their request is
+    /// refused as stale anyway. Nearly in expiry order (RequestTime follows the clock); one
+    /// that is not is merely kept a little longer.
+    order: VecDeque<(u32, Key)>,
+}
+
+impl Replays {
+    /// A cache of at most `capacity` requests.
+    pub fn new(capacity: usize) -> Replays {
+        Replays { state: Mutex::default(), capacity }
+    }
+
+    /// How a request with `key` was answered, when it was answered before and is still in the
+    /// window at `now` (Unix seconds).
+    pub fn answered(&self, key: Key, now: u64) -> Option<Answered> {
+        let mut state = self.lock();
+        state.expire(now);
+        if state.events.contains(&key) {
+            return Some(Answered::Event);
+        }
+        state.decisions.get(&key).cloned().map(Answered::Decision)
+    }
+
+    /// Remembers how a request was answered, until `expires` (Unix seconds).
+    pub fn remember(&self, key: Key, expires: u64, answered: Answered) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        while state.order.len() >= self.capacity {
+            state.forget_oldest();
+        }
+        let new = match answered {
+            Answered::Event => state.events.insert(key),
+            Answered::Decision(answer) => state.decisions.insert(key, answer).is_none(),
+        };
+        if new {
+            state.order.push_back((u32::try_from(expires).unwrap_or(u32::MAX), key));
+        }
+    }
+
+    /// Requests remembered.
+    pub fn len(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// Forgets the requests whose window has passed.
+    fn expire(&mut self, now: u64) {
+        while self.order.front().is_some_and(|&(expires, _)| u64::from(expires) < now) {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((_, key)) = self.order.pop_front() {
+            if !self.events.remove(&key) {
+                self.decisions.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_gets_the_first_answer_until_its_window_ends() {
+        let replays = Replays::new(10);
+        let key = Key::of("AB", "100", "1400", "Live.X", b"{}");
+        assert_eq!(replays.answered(key, 100), None);
+        let first = Answered::Decision(Bytes::from_static(b"first"));
+        replays.remember(key, 160, first.clone());
+        assert_eq!(replays.answered(key, 160), Some(first.clone()));
+        let same = Key::of("ab", "100", "1400", "Live.X", b"{}");
+        assert_eq!(replays.answered(same, 160), Some(first), "hex case");
+        for other in [
+            Key::of("AB", "100", "1400", "Live.X", b"{ }"),
+            Key::of("AB", "101", "1400", "Live.X", b"{}"),
+            Key::of("AB", "100", "1401", "Live.X", b"{}"),
+            Key::of("AB", "100", "1400", "Live.Y", b"{}"),
+        ] {
+            assert_eq!(replays.answered(other, 160), None, "another callback");
+        }
+        assert_eq!(replays.answered(key, 161), None, "stale: the signature check refuses it now");
+        assert!(replays.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_drops_what_expires_first() {
+        let replays = Replays::new(3);
+        for n in 0..5u64 {
+            replays.remember(Key::of("s", &n.to_string(), "", "", b""), 100 + n, Answered::Event);
+        }
+        assert_eq!(replays.len(), 3);
+        assert_eq!(replays.answered(Key::of("s", "0", "", "", b""), 0), None);
+        assert_eq!(replays.answered(Key::of("s", "4", "", "", b""), 0), Some(Answered::Event));
+    }
+}
