@@ -54,6 +54,8 @@ struct State {
     reserved: usize,
     /// Memory held by every event counted above.
     bytes: usize,
+    /// The last event was refused for lack of room, and no room was freed since.
+    refusing: bool,
     closed: bool,
 }
 
@@ -79,9 +81,11 @@ impl Outbox {
         {
             let mut state = self.lock();
             if state.queue.len() + state.in_flight + state.reserved >= self.capacity {
+                state.refusing = true;
                 return Err(Refused::Full(self.capacity));
             }
             if state.bytes + bytes > self.max_bytes {
+                state.refusing = true;
                 return Err(Refused::FullBytes(self.max_bytes));
             }
             state.reserved += 1;
@@ -94,6 +98,7 @@ impl Outbox {
                     let mut state = self.lock();
                     state.reserved -= 1;
                     state.bytes -= bytes;
+                    state.refusing |= matches!(error, SpoolError::Full(_));
                     return Err(error.into());
                 }
             },
@@ -101,6 +106,7 @@ impl Outbox {
         };
         let mut state = self.lock();
         state.reserved -= 1;
+        state.refusing = false;
         let was_empty = state.queue.is_empty();
         state.queue.push_back((message, segment));
         drop(state);
@@ -130,11 +136,15 @@ impl Outbox {
         self.spool.is_some()
     }
 
-    /// Whether the next callback would be refused for lack of room.
+    /// Whether callbacks are being refused for lack of room: the outbox or spool is at its
+    /// bound, or the last event did not fit and nothing was confirmed since.
     pub fn is_full(&self) -> bool {
         let spool_full = self.spool.as_ref().is_some_and(|spool| spool.bytes() >= spool.max_bytes());
         let state = self.lock();
-        state.queue.len() + state.in_flight >= self.capacity || state.bytes >= self.max_bytes || spool_full
+        state.refusing
+            || state.queue.len() + state.in_flight >= self.capacity
+            || state.bytes >= self.max_bytes
+            || spool_full
     }
 
     /// After this, the publisher stops once the outbox is empty.
@@ -173,6 +183,7 @@ impl Outbox {
         let mut state = self.lock();
         state.in_flight -= n;
         state.bytes -= bytes;
+        state.refusing &= n == 0;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -243,6 +254,15 @@ mod tests {
         small.push(message()).await.unwrap();
         assert!(small.is_full());
         assert!(matches!(small.push(message()).await, Err(Refused::FullBytes(_))));
+        // Room left, but not enough for the event that came: still full until room is freed.
+        let roomy = Outbox::new(100, 2 * (OVERHEAD + 2) + 1, None);
+        roomy.push(message()).await.unwrap();
+        roomy.push(message()).await.unwrap();
+        assert!(roomy.push(message()).await.is_err());
+        assert!(roomy.is_full(), "refusing");
+        let (batch, segments) = roomy.take().await.unwrap();
+        roomy.confirmed(batch.into_iter(), segments.into_iter());
+        assert!(!roomy.is_full(), "room was freed");
     }
 
     #[tokio::test]
