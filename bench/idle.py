@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """What idle keep-alive connections cost: starts `hookbus serve` (stdout bus), opens N
 connections that each send one callback and then stay open and idle, and prints the gateway's
-resident memory before and with them. `bench/idle.py BINARY 1000 5000 10000`"""
+resident memory before and with them. The gateway's cap is 20,000 connections, or `CAP`
+(with a cap below N, idle connections are closed to make room and memory stays bounded).
+`bench/idle.py BINARY 1000 5000 10000`, `CAP=512 bench/idle.py BINARY 1000 5000`"""
 import asyncio, os, resource, subprocess, sys, time
 
 BODY = b'{"CallbackCommand":"Live.CallbackAfterMemberStateChanged","RoomId":"room-1"}'
@@ -25,11 +27,12 @@ async def hold(port, n, opened):
 
 
 async def measure(binary, counts):
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for count in counts:
         gateway = subprocess.Popen(
             [binary, "serve", "--listen", "127.0.0.1:18181", "--header-read-timeout", "120s",
-             "--max-connections", "20000"],
+             "--max-connections", os.environ.get("CAP", "20000")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         before = rss_kib(gateway.pid)
@@ -38,7 +41,7 @@ async def measure(binary, counts):
             await asyncio.gather(*(hold(18181, n, opened) for n in range(start, min(start + 500, count))))
         await asyncio.sleep(1)
         idle = rss_kib(gateway.pid)
-        print(f"{count:>6} idle connections: RSS {before / 1024:.1f} MiB before, {idle / 1024:.1f} MiB with them, "
+        print(f"cap {os.environ.get('CAP', '20000'):>5}, {count:>6} idle connections: RSS {before / 1024:.1f} MiB before, {idle / 1024:.1f} MiB with them, "
               f"{(idle - before) * 1024 / count / 1024:.1f} KiB each", flush=True)
         for writer in opened:
             writer.close()

@@ -139,8 +139,9 @@ pub struct ServeArgs {
     /// Time a client has to send a request's body after its headers (408 past it).
     #[arg(long, env = "HOOKBUS_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
-    /// Connections served at once; more wait in the listen backlog.
-    #[arg(long, env = "HOOKBUS_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Connections served at once (about 28 KiB each); more wait in the listen backlog while
+    /// idle keep-alive connections are closed to make room.
+    #[arg(long, env = "HOOKBUS_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     #[command(flatten)]
     pub bus: BusArgs,

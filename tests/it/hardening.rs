@@ -85,19 +85,27 @@ async fn a_body_that_never_arrives_gets_408() {
 }
 
 #[tokio::test]
-async fn connections_past_the_cap_wait_for_a_free_slot() {
+async fn at_the_cap_idle_connections_make_room_and_busy_ones_finish() {
     let gateway = gateway(&["--max-connections", "2", "--header-read-timeout", "5s"]).await;
-    let mut first = Client::connect(gateway.addr).await;
-    let mut second = Client::connect(gateway.addr).await;
-    assert_eq!(first.post("Live.X", b"{}").await.0, 200);
-    assert_eq!(second.post("Live.X", b"{}").await.0, 200);
-    let addr = gateway.addr;
-    let third = tokio::spawn(async move { request(addr, Method::GET, "/healthz", b"").await.0 });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!third.is_finished(), "a third connection waits while two are open");
-    drop(first);
-    let status = tokio::time::timeout(Duration::from_secs(2), third).await.expect("served once a slot is free");
-    assert_eq!(status.unwrap(), 200);
+    let mut idle = Client::connect(gateway.addr).await;
+    assert_eq!(idle.post("Live.X", b"{}").await.0, 200);
+    // A busy connection: its request's body is still arriving.
+    let mut busy = TcpStream::connect(gateway.addr).await.unwrap();
+    let head = "POST /?CallbackCommand=Live.Y HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n{\"Room";
+    busy.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // idle long enough to be closed
+    // A third connection at the cap: the idle one is closed for it, at once.
+    let started = Instant::now();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(2), request(gateway.addr, Method::GET, "/healthz", b""))
+        .await
+        .expect("served once the idle connection made room");
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "not after the idle timeout: {:?}", started.elapsed());
+    assert!(idle.send("Live.X", b"{}").await.is_err(), "the idle connection was closed");
+    busy.write_all(b"Id\":\"r\"}").await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(2), busy.read(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"), "the busy request finished");
     gateway.stop().await;
 }
 
