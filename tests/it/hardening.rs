@@ -94,7 +94,7 @@ async fn at_the_cap_idle_connections_make_room_and_busy_ones_finish() {
     let head = "POST /?CallbackCommand=Live.Y HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n{\"Room";
     busy.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await; // idle long enough to be closed
-    // A third connection at the cap: the idle one is closed for it, at once.
+                                                           // A third connection at the cap: the idle one is closed for it, at once.
     let started = Instant::now();
     let (status, _) = tokio::time::timeout(Duration::from_secs(2), request(gateway.addr, Method::GET, "/healthz", b""))
         .await
