@@ -6,13 +6,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::apps;
 use crate::bus::{self, Bus};
-use crate::decision::{Decisions, Fallback};
+use crate::decision::{Decisions, Fallback, Fallbacks};
 use crate::http::Connections;
 use crate::routes::{Limits, RESERVED_PATHS};
 use crate::spool::{self, Spool};
@@ -110,15 +112,26 @@ pub struct ServeArgs {
     /// Path that Tencent posts callbacks to.
     #[arg(long, env = "HOOKBUS_PATH", default_value = "/", value_parser = parse_path)]
     pub path: String,
-    /// Accepted SdkAppid (repeatable; comma-separated in the environment). Any when absent.
+    /// Accepted SdkAppid (repeatable; comma-separated in the environment). Any when no app is
+    /// listed here, with --app or in --apps.
     #[arg(long = "sdk-app-id", env = "HOOKBUS_SDK_APP_ID", value_delimiter = ',')]
     pub sdk_app_ids: Vec<String>,
-    /// Callback token: when set, `Sign` and `RequestTime` are required and checked.
-    #[arg(long, env = "HOOKBUS_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
-    pub token: Option<String>,
-    /// File holding the callback token (trailing whitespace ignored).
-    #[arg(long, env = "HOOKBUS_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    /// Callback token (repeatable; comma-separated in the environment): when any is set,
+    /// `Sign` and `RequestTime` are required, and a request signed with any of them is accepted.
+    #[arg(long, env = "HOOKBUS_TOKEN", hide_env_values = true, value_delimiter = ',')]
+    pub token: Vec<String>,
+    /// `[NAME=]PATH` of a file of callback tokens, one per line (repeatable; comma-separated in
+    /// the environment); re-read on SIGHUP. NAME (default: the file name) labels the metrics.
+    #[arg(long, env = "HOOKBUS_TOKEN_FILE", value_delimiter = ',')]
+    pub token_file: Vec<String>,
+    /// An app of its own: `SDKAPPID[:key=value,…]` with token, token-file, prefix,
+    /// gift-fallback, message-fallback (repeatable; `;`-separated in the environment).
+    #[arg(long = "app", env = "HOOKBUS_APP", value_delimiter = ';')]
+    pub apps: Vec<String>,
+    /// A TOML file of apps (`[[app]]` with sdk_app_id, tokens, token_files, prefix,
+    /// gift_fallback, message_fallback); re-read on SIGHUP.
+    #[arg(long = "apps", env = "HOOKBUS_APPS")]
+    pub apps_file: Option<PathBuf>,
     /// Largest accepted difference between RequestTime and now.
     #[arg(long, env = "HOOKBUS_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
@@ -218,31 +231,30 @@ pub fn serve_flags(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
 }
 
 impl ServeArgs {
-    /// The request-handling limits these flags describe, with the token read from its file.
-    fn limits(&self) -> anyhow::Result<Limits> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => Some(token.clone()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|error| anyhow::anyhow!("cannot read --token-file {}: {error}", path.display()))?;
-                Some(text.trim_end().to_owned())
-            }
-            (None, None) => None,
-        };
-        if token.as_deref() == Some("") {
-            anyhow::bail!("the callback token is empty");
-        }
-        Ok(Limits {
-            path: self.path.clone(),
+    /// What the flags say about apps and tokens: [`apps::load`] reads the files, at start and
+    /// again on SIGHUP.
+    pub fn apps(&self) -> apps::Spec {
+        apps::Spec {
+            tokens: self.token.clone(),
+            token_files: self.token_file.clone(),
             sdk_app_ids: self.sdk_app_ids.clone(),
-            token,
+            apps: self.apps.clone(),
+            apps_file: self.apps_file.clone(),
+            prefix: self.bus.prefix.clone(),
+            fallbacks: Fallbacks { gift: self.gift_fallback, message: self.message_fallback },
+        }
+    }
+
+    /// The request-handling limits these flags describe.
+    fn limits(&self) -> Limits {
+        Limits {
+            path: self.path.clone(),
             max_clock_skew: self.max_clock_skew,
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth as usize,
             replay_cache_entries: self.replay_cache_entries,
             body_read_timeout: self.body_read_timeout,
-            prefix: self.bus.prefix.clone(),
-        })
+        }
     }
 
     /// The gateway these flags describe, on an already connected bus: reads the token file,
@@ -257,12 +269,9 @@ impl ServeArgs {
         };
         Ok(Gateway {
             spool,
-            limits: self.limits()?,
-            decisions: Decisions {
-                timeout: self.decision_timeout,
-                gift_fallback: self.gift_fallback,
-                message_fallback: self.message_fallback,
-            },
+            limits: self.limits(),
+            apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),
+            decisions: Decisions { timeout: self.decision_timeout },
             bus,
             outbox_capacity: self.outbox_capacity as usize,
             outbox_max_bytes: self.outbox_max_bytes,
@@ -428,17 +437,12 @@ mod tests {
     }
 
     #[test]
-    fn the_token_file_is_read_and_trimmed() {
-        let path = std::env::temp_dir().join(format!("hookbus-token-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::write(&path, "s3cret\n").unwrap();
-        let limits = serve(&["--token-file", path.to_str().unwrap()]).unwrap().limits().unwrap();
-        assert_eq!(limits.token.as_deref(), Some("s3cret"));
-        std::fs::write(&path, "\n").unwrap();
-        assert!(serve(&["--token-file", path.to_str().unwrap()]).unwrap().limits().is_err(), "an empty token");
-        std::fs::remove_file(&path).unwrap();
-        let missing = serve(&["--token-file", path.to_str().unwrap()]).unwrap().limits().unwrap_err();
-        assert!(missing.to_string().contains("cannot read --token-file"), "{missing}");
-        assert!(serve(&["--token", "a", "--token-file", "b"]).is_err(), "one or the other");
+    fn tokens_and_apps_repeat() {
+        let args =
+            serve(&["--token", "a", "--token", "b,c", "--token-file", "live=/x", "--app", "1:prefix=p"]).unwrap();
+        assert_eq!(args.token, ["a", "b", "c"]);
+        assert_eq!(args.apps().token_files, ["live=/x"]);
+        assert_eq!(args.apps().apps, ["1:prefix=p"]);
     }
 
     #[test]

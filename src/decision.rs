@@ -30,22 +30,30 @@ impl std::str::FromStr for Fallback {
     }
 }
 
+/// What each blocking command is answered when no valid decision arrives in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallbacks {
+    pub gift: Fallback,
+    pub message: Fallback,
+}
+
+impl Default for Fallbacks {
+    /// The flags' defaults: gifts denied, room messages allowed.
+    fn default() -> Fallbacks {
+        Fallbacks { gift: Fallback::Deny, message: Fallback::Allow }
+    }
+}
+
 /// How blocking callbacks are decided.
 #[derive(Debug, Clone)]
 pub struct Decisions {
     pub timeout: Duration,
-    pub gift_fallback: Fallback,
-    pub message_fallback: Fallback,
 }
 
 impl Default for Decisions {
-    /// The flags' defaults: 1500 ms, gifts denied and room messages allowed without a decision.
+    /// The flag's default: 1500 ms.
     fn default() -> Decisions {
-        Decisions {
-            timeout: Duration::from_millis(1500),
-            gift_fallback: Fallback::Deny,
-            message_fallback: Fallback::Allow,
-        }
+        Decisions { timeout: Duration::from_millis(1500) }
     }
 }
 
@@ -112,10 +120,17 @@ struct Answer<'a> {
 
 impl Decisions {
     /// Asks the bus for a decision on `message` and returns how it came about with the body to
-    /// answer Tencent with. Never fails: every problem becomes the fallback.
-    pub async fn decide(&self, bus: &Bus, kind: Blocking, mut message: Message) -> (Outcome, Bytes) {
+    /// answer Tencent with. Never fails: every problem becomes the app's fallback.
+    pub async fn decide(
+        &self,
+        bus: &Bus,
+        kind: Blocking,
+        mut message: Message,
+        fallbacks: Fallbacks,
+    ) -> (Outcome, Bytes) {
+        let fallback = |why| fallback(fallbacks, kind, why);
         if !bus.is_connected() {
-            return (Outcome::Disconnected, self.fallback(kind, "bus disconnected"));
+            return (Outcome::Disconnected, fallback("bus disconnected"));
         }
         let deadline = SystemTime::now() + self.timeout;
         message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
@@ -124,29 +139,30 @@ impl Decisions {
                 Ok(answer) => (Outcome::Reply, answer),
                 Err(reason) => {
                     tracing::warn!(id = %message.id, reason, reply = %String::from_utf8_lossy(&reply), "invalid decision reply");
-                    (Outcome::Invalid, self.fallback(kind, "invalid reply"))
+                    (Outcome::Invalid, fallback("invalid reply"))
                 }
             },
-            Ok(Err(BusError::NoResponders(_))) => (Outcome::NoResponders, self.fallback(kind, "no responders")),
+            Ok(Err(BusError::NoResponders(_))) => (Outcome::NoResponders, fallback("no responders")),
             Ok(Err(error)) => {
                 tracing::warn!(id = %message.id, error = &error as &dyn std::error::Error, "decision request failed");
-                (Outcome::BusError, self.fallback(kind, "bus error"))
+                (Outcome::BusError, fallback("bus error"))
             }
-            Err(_elapsed) => (Outcome::Timeout, self.fallback(kind, "decision timeout")),
+            Err(_elapsed) => (Outcome::Timeout, fallback("decision timeout")),
         }
     }
+}
 
-    fn fallback(&self, kind: Blocking, why: &str) -> Bytes {
-        let fallback = match kind {
-            Blocking::Gift => self.gift_fallback,
-            Blocking::Message => self.message_fallback,
-        };
-        let (code, info) = match fallback {
-            Fallback::Allow => (0, String::new()),
-            Fallback::Deny => (1, format!("hookbus fallback: {why}")),
-        };
-        encode(&Answer { status: "OK", code, info: &info, msg_body: None, cloud_custom_data: None })
-    }
+/// The answer for `kind` when no valid decision came, saying `why` when it denies.
+fn fallback(fallbacks: Fallbacks, kind: Blocking, why: &str) -> Bytes {
+    let fallback = match kind {
+        Blocking::Gift => fallbacks.gift,
+        Blocking::Message => fallbacks.message,
+    };
+    let (code, info) = match fallback {
+        Fallback::Allow => (0, String::new()),
+        Fallback::Deny => (1, format!("hookbus fallback: {why}")),
+    };
+    encode(&Answer { status: "OK", code, info: &info, msg_body: None, cloud_custom_data: None })
 }
 
 /// Checks a reply and turns it into Tencent's answer; `Err` names what is wrong with it.
@@ -214,11 +230,11 @@ mod tests {
 
     #[test]
     fn fallbacks_follow_the_flags() {
-        let decisions = Decisions::default();
-        let gift = json(&decisions.fallback(Blocking::Gift, "decision timeout"));
+        let fallbacks = Fallbacks::default();
+        let gift = json(&fallback(fallbacks, Blocking::Gift, "decision timeout"));
         assert_eq!(gift["ErrorCode"], 1);
         assert_eq!(gift["ErrorInfo"], "hookbus fallback: decision timeout");
-        let message = json(&decisions.fallback(Blocking::Message, "decision timeout"));
+        let message = json(&fallback(fallbacks, Blocking::Message, "decision timeout"));
         assert_eq!(message, serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}));
     }
 }

@@ -11,6 +11,7 @@
 //! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
 //! - [`routes`]: what each endpoint does; the checks of a callback in order.
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
+//! - [`apps`]: the SdkAppids served, each with its tokens, prefix and fallbacks; reloadable.
 //! - [`tls`]: the HTTPS configuration from PEM files.
 //! - [`replay`]: signed requests already answered, so that a replay is not published again.
 //! - [`decision`]: blocking callbacks: deadline, reply validation, fallbacks.
@@ -25,6 +26,7 @@
 //! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `metrics`, `bus`;
 //! `bus` → nothing of the gateway's.
 
+pub mod apps;
 pub mod bus;
 pub mod config;
 pub mod decision;
@@ -45,6 +47,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::apps::Current;
 use crate::bus::Bus;
 use crate::decision::Decisions;
 use crate::http::Connections;
@@ -58,6 +61,8 @@ use crate::tencent::Blocking;
 /// The built parts of a gateway, ready to serve.
 pub struct Gateway {
     pub limits: Limits,
+    /// The apps in force; `apps.replace` puts new ones in force (SIGHUP).
+    pub apps: Arc<Current>,
     pub decisions: Decisions,
     pub bus: Bus,
     pub outbox_capacity: usize,
@@ -89,6 +94,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     let app = Arc::new(App {
         replays: Replays::new(gateway.limits.replay_cache_entries),
         limits: gateway.limits,
+        apps: gateway.apps,
         decisions: gateway.decisions,
         bus: gateway.bus.clone(),
         outbox: outbox.clone(),

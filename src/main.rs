@@ -5,6 +5,9 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use std::sync::Arc;
+
+use hookbus::apps;
 use hookbus::bus::Bus;
 use hookbus::config::{Cli, Command, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
 use hookbus::respond::Responder;
@@ -55,6 +58,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(args.bus.options()).await.context("connecting to the bus")?;
     let gateway = args.build(bus)?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    tokio::spawn(reload_on_hangup(gateway.apps.clone(), args.apps()));
     let scheme = if gateway.connections.tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %listener.local_addr()?, scheme, path = gateway.limits.path, bus = ?args.bus.bus, "hookbus ready");
     let report = hookbus::run(gateway, listener, signal()).await;
@@ -84,6 +88,19 @@ async fn respond(args: RespondArgs) -> anyhow::Result<ExitCode> {
     }
     bus.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-reads the token files and the apps file on each SIGHUP; what no longer loads leaves the
+/// settings in force.
+async fn reload_on_hangup(current: Arc<apps::Current>, spec: apps::Spec) {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("installing a SIGHUP handler cannot fail at start-up");
+    while hangups.recv().await.is_some() {
+        match apps::load(&spec) {
+            Ok(apps) => current.replace(apps),
+            Err(error) => tracing::error!("SIGHUP: settings not reloaded, the ones in force stay: {error:#}"),
+        }
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM (Kubernetes sends SIGTERM).

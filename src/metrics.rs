@@ -19,6 +19,8 @@ const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000,
 pub struct Metrics {
     requests: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
     rejections: Mutex<HashMap<&'static str, Rejections>>,
+    /// Signed requests by app and the name of the token that signed them.
+    signatures: Mutex<BTreeMap<(String, String), u64>>,
     /// By command and outcome; every outcome of a known blocking command starts at zero.
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
@@ -121,6 +123,20 @@ impl Metrics {
         );
     }
 
+    /// A request for app `sdk_app_id` was signed with the token named `token`.
+    pub fn signed(&self, sdk_app_id: &str, token: &str) {
+        // Token names come from the configuration; with no app listed, any SdkAppid may come:
+        // past MAX_COMMANDS labels they share `other`.
+        let mut signatures = lock(&self.signatures);
+        let key = (sdk_app_id.to_owned(), token.to_owned());
+        let key = if signatures.contains_key(&key) || signatures.len() < MAX_COMMANDS {
+            key
+        } else {
+            ("other".into(), key.1)
+        };
+        *signatures.entry(key).or_default() += 1;
+    }
+
     /// A blocking callback was answered after `elapsed`.
     pub fn decided(&self, command: &str, outcome: Outcome, elapsed: Duration) {
         {
@@ -204,6 +220,10 @@ impl Metrics {
         rejections.sort();
         for (reason, count) in rejections {
             let _ = writeln!(out, "hookbus_rejections_total{{reason=\"{reason}\"}} {count}");
+        }
+        family(&mut out, "signatures_total", "counter", "Signed requests accepted, by app and the name of the token.");
+        for ((app, token), count) in lock(&self.signatures).iter() {
+            let _ = writeln!(out, "hookbus_signatures_total{{app=\"{app}\",token=\"{token}\"}} {count}");
         }
         family(&mut out, "decisions_total", "counter", "Blocking callbacks answered, by command and outcome.");
         for ((command, outcome), count) in lock(&self.decisions).iter() {

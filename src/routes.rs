@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::apps::Current;
 use crate::bus::{self, Bus, Message, Origin};
 use crate::decision::Decisions;
 use crate::metrics::{Gauges, Metrics, Refusal};
@@ -26,9 +27,6 @@ pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub path: String,
-    /// Accepted SdkAppids; any when empty.
-    pub sdk_app_ids: Vec<String>,
-    pub token: Option<String>,
     pub max_clock_skew: std::time::Duration,
     pub max_body_bytes: usize,
     /// Deepest nesting of arrays and objects accepted in a body (the body itself is 1).
@@ -37,23 +35,18 @@ pub struct Limits {
     pub replay_cache_entries: usize,
     /// A body must arrive whole within this time of its headers.
     pub body_read_timeout: std::time::Duration,
-    pub prefix: String,
 }
 
 impl Default for Limits {
-    /// The flags' defaults: `/`, any SdkAppid, no token, 60 s skew, 64 KiB, depth 32, 10 s,
-    /// `tencent`.
+    /// The flags' defaults: `/`, 60 s skew, 64 KiB, depth 32, 200,000 replays, 10 s.
     fn default() -> Limits {
         Limits {
             path: "/".into(),
-            sdk_app_ids: Vec::new(),
-            token: None,
             max_clock_skew: std::time::Duration::from_secs(60),
             max_body_bytes: 65536,
             max_json_depth: tencent::MAX_DEPTH,
             replay_cache_entries: 200_000,
             body_read_timeout: std::time::Duration::from_secs(10),
-            prefix: "tencent".into(),
         }
     }
 }
@@ -61,6 +54,7 @@ impl Default for Limits {
 /// Everything a request needs, built once at start.
 pub struct App {
     pub limits: Limits,
+    pub apps: Arc<Current>,
     pub decisions: Decisions,
     pub bus: Bus,
     pub outbox: Arc<Outbox>,
@@ -223,15 +217,16 @@ where
         return Err(Rejection::bad("param_repeated", "a protocol parameter appears more than once in the query"));
     }
     let sdk_app_id = query.sdk_app_id.as_deref().unwrap_or("");
-    if !limits.sdk_app_ids.is_empty() && !limits.sdk_app_ids.iter().any(|id| id == sdk_app_id) {
-        return Err(Rejection::Forbidden);
-    }
+    let apps = app.apps.get();
+    let Some(settings) = apps.get(sdk_app_id) else { return Err(Rejection::Forbidden) };
     // Signed requests can be told apart: the time until which a replay would be accepted.
     let mut replay_window = None;
-    if let Some(token) = &limits.token {
+    if !settings.tokens.is_empty() {
         let (sign, time) = (query.sign.as_deref(), query.request_time.as_deref());
-        tencent::verify(token, sign, time, limits.max_clock_skew, SystemTime::now())
+        let secrets = settings.tokens.iter().map(|token| token.secret.as_str());
+        let matched = tencent::verify(secrets, sign, time, limits.max_clock_skew, SystemTime::now())
             .map_err(Rejection::Unauthorized)?;
+        app.metrics.signed(sdk_app_id, &settings.tokens[matched].name);
         let seconds: u64 = time.unwrap_or_default().parse().unwrap_or_default();
         replay_window = Some(seconds + limits.max_clock_skew.as_secs());
     }
@@ -283,12 +278,12 @@ where
         client_ip: query.client_ip.unwrap_or_default(),
         opt_platform: query.opt_platform.unwrap_or_default(),
     };
-    let message = Message::new(&limits.prefix, &command, body.room_key(), origin, payload);
+    let message = Message::new(&settings.prefix, &command, body.room_key(), origin, payload);
     let id = message.id.clone();
     match Blocking::of(&command) {
         Some(kind) => {
             let started = Instant::now();
-            let (outcome, answer) = app.decisions.decide(&app.bus, kind, message).await;
+            let (outcome, answer) = app.decisions.decide(&app.bus, kind, message, settings.fallbacks).await;
             let elapsed = started.elapsed();
             app.metrics.decided(&command, outcome, elapsed);
             tracing::debug!(id, command, outcome = outcome.label(), ?elapsed, "decided");
@@ -348,12 +343,17 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apps;
     use crate::bus::stdout::Stdout;
 
     fn app(outbox_capacity: usize) -> App {
-        let limits = Limits { sdk_app_ids: vec!["1400".into()], token: Some("tok".into()), ..Limits::default() };
+        let token = apps::Token { name: "t".into(), secret: "tok".into() };
+        let tencent = apps::App { tokens: vec![token], prefix: "tencent".into(), fallbacks: Default::default() };
+        let mut listed = apps::Apps::single(tencent.clone());
+        listed.listed.insert("1400".into(), tencent);
         App {
-            limits,
+            limits: Limits::default(),
+            apps: Arc::new(Current::new(listed)),
             decisions: Decisions::default(),
             bus: Bus::Stdout(Stdout::new(Box::new(std::io::sink()))),
             outbox: Arc::new(Outbox::new(outbox_capacity, 1 << 20, None)),

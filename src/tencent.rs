@@ -87,14 +87,15 @@ fn digest(token: &str, request_time: &str) -> [u8; 32] {
     Sha256::new().chain_update(token.as_bytes()).chain_update(request_time.as_bytes()).finalize().into()
 }
 
-/// Checks `Sign` against the token in constant time and `RequestTime` against the clock.
-pub fn verify(
-    token: &str,
+/// Checks `RequestTime` against the clock and `Sign` against each of `tokens`, every one in
+/// constant time; returns the position of the token that signed the request.
+pub fn verify<'a>(
+    tokens: impl IntoIterator<Item = &'a str>,
     sign: Option<&str>,
     request_time: Option<&str>,
     max_skew: Duration,
     now: SystemTime,
-) -> Result<(), SignError> {
+) -> Result<usize, SignError> {
     let (Some(sign), Some(request_time)) = (sign, request_time) else {
         return Err(SignError::Missing);
     };
@@ -105,12 +106,14 @@ pub fn verify(
     }
     let mut given = [0u8; 32];
     hex::decode_to_slice(sign, &mut given).map_err(|_| SignError::Mismatch)?;
-    let difference = given.iter().zip(digest(token, request_time)).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if difference == 0 {
-        Ok(())
-    } else {
-        Err(SignError::Mismatch)
+    let mut matched = None;
+    for (position, token) in tokens.into_iter().enumerate() {
+        let difference = given.iter().zip(digest(token, request_time)).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if difference == 0 && matched.is_none() {
+            matched = Some(position);
+        }
     }
+    matched.ok_or(SignError::Mismatch)
 }
 
 /// A command the gateway must answer with a decision rather than a plain OK.
@@ -441,19 +444,21 @@ pub(crate) mod tests {
         let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         let skew = Duration::from_secs(60);
         let good = sign("xxxxyyyy", "1669872112");
-        let ok = |s: &str, now| verify("xxxxyyyy", Some(s), Some("1669872112"), skew, now);
-        assert_eq!(ok(&good, at(1669872112)), Ok(()));
-        assert_eq!(ok(&good.to_uppercase(), at(1669872172)), Ok(()));
+        let ok = |s: &str, now| verify(["xxxxyyyy"], Some(s), Some("1669872112"), skew, now);
+        assert_eq!(ok(&good, at(1669872112)), Ok(0));
+        assert_eq!(ok(&good.to_uppercase(), at(1669872172)), Ok(0));
         assert_eq!(ok(&good, at(1669872173)), Err(SignError::Stale));
         assert_eq!(ok(&good, at(1669872051)), Err(SignError::Stale));
         assert_eq!(ok(&good[1..], at(1669872112)), Err(SignError::Mismatch));
         assert_eq!(ok(&"0".repeat(64), at(1669872112)), Err(SignError::Mismatch));
         assert_eq!(ok("zz", at(1669872112)), Err(SignError::Mismatch));
-        let wrong_token = verify("other", Some(&good), Some("1669872112"), skew, at(1669872112));
+        let wrong_token = verify(["other"], Some(&good), Some("1669872112"), skew, at(1669872112));
+        let second = verify(["other", "xxxxyyyy"], Some(&good), Some("1669872112"), skew, at(1669872112));
+        assert_eq!(second, Ok(1), "the token that signed it");
         assert_eq!(wrong_token, Err(SignError::Mismatch));
-        let missing = verify("t", None, Some("1"), skew, at(1));
+        let missing = verify(["t"], None, Some("1"), skew, at(1));
         assert_eq!(missing, Err(SignError::Missing));
-        let bad_time = verify("t", Some(&good), Some("soon"), skew, at(1));
+        let bad_time = verify(["t"], Some(&good), Some("soon"), skew, at(1));
         assert_eq!(bad_time, Err(SignError::BadTime));
     }
 
@@ -515,13 +520,13 @@ pub(crate) mod tests {
             let skew = Duration::from_secs(60);
             let text = time.to_string();
             let good = super::sign(&token, &text);
-            proptest::prop_assert_eq!(verify(&token, Some(&good), Some(&text), skew, now), Ok(()));
+            proptest::prop_assert_eq!(verify([token.as_str()], Some(&good), Some(&text), skew, now), Ok(0));
             if other != token {
                 let wrong = super::sign(&other, &text);
-                proptest::prop_assert_eq!(verify(&token, Some(&wrong), Some(&text), skew, now), Err(SignError::Mismatch));
+                proptest::prop_assert_eq!(verify([token.as_str()], Some(&wrong), Some(&text), skew, now), Err(SignError::Mismatch));
             }
             if !sign.eq_ignore_ascii_case(&good) {
-                proptest::prop_assert!(verify(&token, Some(&sign), Some(&text), skew, now).is_err());
+                proptest::prop_assert!(verify([token.as_str()], Some(&sign), Some(&text), skew, now).is_err());
             }
         }
 

@@ -12,9 +12,11 @@
 //! - `hardening`: slow and hostile clients, connection caps, JSON logs.
 //! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
 //! - `tls`: HTTPS with a certificate made at test time.
+//! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 
 mod amqp;
+mod apps;
 mod brokers;
 mod cli;
 mod deploy;
