@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs (when missing) and starts (when not running) the brokers the tests talk to:
+# Installs (when missing) and starts (when not running) the brokers the tests talk to, and
+# installs the third-party clients they check our output with. The brokers:
 # NATS with JetStream on 127.0.0.1:4222, RabbitMQ on 127.0.0.1:5672 (guest/guest) and a
 # Kafka-protocol broker (tansu, in memory) on 127.0.0.1:9092. Idempotent: safe to rerun.
 set -euo pipefail
@@ -55,3 +56,9 @@ if ! listening 9092; then
     --storage-engine memory://tansu/ >"$log_dir/tansu.log" 2>&1 &
 fi
 wait_for 9092 "Kafka (tansu)" 60
+
+# Third-party clients the tests read our output with.
+if ! python3 -c "import cloudevents.core.formats.json" 2>/dev/null; then
+  echo "services: installing the CloudEvents Python SDK (PyPI cloudevents)"
+  python3 -m pip install -q "cloudevents==2.2.0" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
+fi

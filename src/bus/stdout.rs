@@ -1,12 +1,15 @@
-//! The embedded default bus: each informational event becomes one JSON line on a writer
-//! (the process's stdout), flushed before it counts as confirmed. There is nobody to ask for
+//! The embedded default bus: each informational event becomes one line on a writer (the
+//! process's stdout), flushed before it counts as confirmed. A line is a CloudEvents 1.0 event
+//! in structured mode (JSON format): the attributes the brokers carry as headers, `subject` =
+//! the room when there is one, the extension `destination` = the subject/topic the event
+//! would have on a broker, and `data` = the body. There is nobody to ask for
 //! decisions, so requests fail at once with "no responders" and get their fallback.
 
 use std::io::Write;
 use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
@@ -22,18 +25,6 @@ pub struct Stdout {
     /// The text buffer, reused from batch to batch: a fresh one each time, freed on the writer
     /// thread, cost tens of megabytes of RSS under load.
     spare: Arc<Mutex<Vec<u8>>>,
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    source: &'a str,
-    time: &'a str,
-    subject: &'a str,
-    key: Option<&'a str>,
-    data: &'a RawValue,
 }
 
 impl Stdout {
@@ -93,16 +84,16 @@ fn write_line(text: &mut Vec<u8>, message: &Message) {
             &fallback
         }
     };
-    let line = Line {
-        id: &message.id,
-        kind: &message.command,
-        source: &message.source,
-        time: &message.time_text,
-        subject: &message.destination,
-        key: message.key.as_deref(),
-        data,
-    };
-    serde_json::to_writer(&mut *text, &line).expect("writing JSON to a Vec cannot fail");
+    let mut line = serde_json::Serializer::new(&mut *text);
+    let mut event = line.serialize_map(None).expect("writing JSON to a Vec cannot fail");
+    let room = message.key.as_deref().map(|room| ("subject", room));
+    let attributes = message.attributes().map(|(name, value)| (name, value.into_owned()));
+    for (name, value) in attributes.chain(room.map(|(n, v)| (n, v.to_owned()))) {
+        event.serialize_entry(name, &value).expect("writing JSON to a Vec cannot fail");
+    }
+    event.serialize_entry("destination", &message.destination).expect("writing JSON to a Vec cannot fail");
+    event.serialize_entry("data", data).expect("writing JSON to a Vec cannot fail");
+    event.end().expect("writing JSON to a Vec cannot fail");
     text.push(b'\n');
 }
 
@@ -190,11 +181,15 @@ mod tests {
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(line["specversion"], "1.0");
         assert_eq!(line["id"], message.id.as_str());
         assert_eq!(line["type"], "Live.X");
         assert_eq!(line["source"], "/tencent/1400");
-        assert_eq!(line["subject"], "tencent.Live.X");
-        assert_eq!(line["key"], "r1");
+        assert_eq!(line["datacontenttype"], "application/json");
+        assert_eq!(line["subject"], "r1");
+        assert_eq!(line["partitionkey"], "r1");
+        assert_eq!(line["sdkappid"], "1400");
+        assert_eq!(line["destination"], "tencent.Live.X");
         assert_eq!(line["data"]["RoomId"], "r1");
         assert!(matches!(bus.request(&message).await, Err(BusError::NoResponders(_))));
     }

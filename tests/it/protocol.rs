@@ -52,13 +52,14 @@ async fn every_sample_is_accepted_and_published_exactly() {
     for (line, (command, body)) in lines.iter().zip(&informational) {
         let data: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(line["type"], command.as_str());
-        assert_eq!(line["subject"], format!("tencent.{command}"));
+        assert_eq!(line["specversion"], "1.0");
+        assert_eq!(line["destination"], format!("tencent.{command}"));
         assert_eq!(line["source"], format!("/tencent/{APP}"));
         assert_eq!(line["data"], data, "{command}");
         assert_eq!(uuid::Uuid::parse_str(line["id"].as_str().unwrap()).unwrap().get_version_num(), 7);
         assert!(humantime::parse_rfc3339(line["time"].as_str().unwrap()).is_ok());
     }
-    let key = |command: &str| lines.iter().find(|l| l["type"] == command).unwrap()["key"].clone();
+    let key = |command: &str| lines.iter().find(|l| l["type"] == command).unwrap()["subject"].clone();
     assert_eq!(key("Live.CallbackAfterCreateRoom"), "tandy-test-rest");
     assert_eq!(key("Group.CallbackAfterSendMsg"), "@TGS#2J4SZEAEL");
     assert_eq!(key("Live.CallbackAfterStartBattle"), "pk-3");
@@ -73,8 +74,8 @@ async fn unknown_commands_are_forwarded() {
     assert_eq!(gateway.post("Live.CallbackAfterSomethingNew", body).await, (200, ok()));
     gateway.stop().await;
     let lines = captured.lines();
-    assert_eq!(lines[0]["subject"], "tencent.Live.CallbackAfterSomethingNew");
-    assert_eq!(lines[0]["key"], "r9");
+    assert_eq!(lines[0]["destination"], "tencent.Live.CallbackAfterSomethingNew");
+    assert_eq!(lines[0]["subject"], "r9");
 }
 
 /// Posts with a raw target and body and returns status, ErrorCode and ErrorInfo.
@@ -238,4 +239,43 @@ async fn full_outbox_answers_503_and_unconfirmed_events_are_counted_lost() {
     let report = gateway.stop().await;
     assert_eq!(report.lost, 2, "the two accepted events could not be delivered");
     assert!(started.elapsed() < Duration::from_secs(2), "shutdown kept to its grace period");
+}
+
+/// Every line the stdout bus writes, read by the CloudEvents Python SDK (PyPI `cloudevents`,
+/// installed by `scripts/services.sh`): each is a valid CloudEvents 1.0 JSON event.
+#[tokio::test]
+async fn stdout_lines_are_cloudevents_the_python_sdk_reads() {
+    let (gateway, captured) = secured().await;
+    let samples = samples();
+    let informational: Vec<_> = samples.iter().filter(|(command, _)| !command.contains("CallbackBefore")).collect();
+    for (command, body) in &informational {
+        assert_eq!(gateway.post(command, body).await.0, 200, "{command}");
+    }
+    gateway.stop().await;
+    let path = crate::support::tempdir("cloudevents").join("events.jsonl");
+    std::fs::write(&path, captured.0.lock().unwrap().clone()).unwrap();
+    let script = r#"
+import json, sys
+from cloudevents.core.formats.json import JSONFormat
+for line in open(sys.argv[1], "rb"):
+    event = JSONFormat().read(None, line)
+    print(json.dumps({"id": event.get_id(), "type": event.get_type(), "specversion": event.get_specversion(),
+                      "subject": event.get_subject(), "destination": event.get_extension("destination"),
+                      "sdkappid": event.get_extension("sdkappid"), "data": event.get_data()}))
+"#;
+    let output = std::process::Command::new("python3").args(["-c", script, path.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let parsed: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let lines = captured.lines();
+    assert_eq!(parsed.len(), informational.len(), "the SDK read every line");
+    for ((event, line), (command, body)) in parsed.iter().zip(&lines).zip(&informational) {
+        assert_eq!(event["id"], line["id"]);
+        assert_eq!(event["type"], command.as_str());
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["destination"], format!("tencent.{command}"));
+        assert_eq!(event["subject"], line["subject"], "the room, when there is one");
+        assert_eq!(event["sdkappid"], APP);
+        assert_eq!(event["data"], serde_json::from_slice::<serde_json::Value>(body).unwrap(), "{command}");
+    }
 }
