@@ -57,7 +57,8 @@ if ! listening 9092; then
 fi
 wait_for 9092 "Kafka (tansu)" 60
 
-# Third-party clients the tests read our output with.
+# Third-party tools the tests check our output with.
+command -v promtool >/dev/null || apt_install --no-install-recommends prometheus
 if ! python3 -c "import cloudevents.core.formats.json" 2>/dev/null; then
   echo "services: installing the CloudEvents Python SDK (PyPI cloudevents)"
   python3 -m pip install -q "cloudevents==2.2.0" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }

@@ -65,8 +65,8 @@ pub struct Gauges {
     pub late_replies: u64,
     /// Signed requests remembered against replays.
     pub replay_cache_entries: usize,
-    /// Bytes in the spool, when there is one.
-    pub spool_bytes: Option<u64>,
+    /// Bytes in the spool and its bound, when there is one.
+    pub spool: Option<(u64, u64)>,
 }
 
 impl Metrics {
@@ -273,9 +273,11 @@ impl Metrics {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "hookbus_{name} {}", counter.load(Relaxed));
         }
-        if let Some(bytes) = gauges.spool_bytes {
+        if let Some((bytes, max)) = gauges.spool {
             family(&mut out, "spool_bytes", "gauge", "Bytes of unconfirmed events in the spool.");
             let _ = writeln!(out, "hookbus_spool_bytes {bytes}");
+            family(&mut out, "spool_max_bytes", "gauge", "Bytes the spool holds before callbacks are answered 503.");
+            let _ = writeln!(out, "hookbus_spool_max_bytes {max}");
         }
         family(
             &mut out,
@@ -310,7 +312,7 @@ mod tests {
             connect_attempts: 1,
             late_replies: 0,
             replay_cache_entries: 0,
-            spool_bytes: None,
+            spool: None,
         }
     }
 
@@ -355,7 +357,7 @@ mod tests {
             connect_attempts: 4,
             late_replies: 2,
             replay_cache_entries: 0,
-            spool_bytes: Some(9),
+            spool: Some((9, 100)),
         });
         assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\"} 1"));
         assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"reply\"} 0"));
@@ -366,5 +368,6 @@ mod tests {
         assert!(text.contains("hookbus_late_replies_total 2"));
         assert!(text.contains("hookbus_bus_connect_attempts_total 4"));
         assert!(text.contains("hookbus_spool_bytes 9"));
+        assert!(text.contains("hookbus_spool_max_bytes 100"));
     }
 }

@@ -127,9 +127,9 @@ impl Outbox {
         self.capacity
     }
 
-    /// Bytes held in the spool, when there is one.
-    pub fn spool_bytes(&self) -> Option<u64> {
-        self.spool.as_ref().map(Spool::bytes)
+    /// Bytes held in the spool and its bound, when there is one.
+    pub fn spool_bytes(&self) -> Option<(u64, u64)> {
+        self.spool.as_ref().map(|spool| (spool.bytes(), spool.max_bytes()))
     }
 
     pub fn is_spooled(&self) -> bool {

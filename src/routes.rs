@@ -153,7 +153,7 @@ where
                 connect_attempts: app.bus.connect_attempts(),
                 late_replies: app.bus.late_replies(),
                 replay_cache_entries: app.replays.len(),
-                spool_bytes: app.outbox.spool_bytes(),
+                spool: app.outbox.spool_bytes(),
             });
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -116,3 +116,68 @@ fn kubernetes_manifests_agree_with_the_gateway() {
     assert_eq!(pdb["kind"], "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["selector"]["matchLabels"], labels);
 }
+
+/// The `hookbus_*` names a file refers to.
+fn metric_names(text: &str) -> HashSet<String> {
+    let mut names = HashSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("hookbus_") {
+        let name: String =
+            rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+#[test]
+fn the_alerts_pass_promtool() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {
+        let output = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool is installed (scripts/services.sh)");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// Every metric the dashboard and the alerts use is one a running gateway exposes.
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_use_metrics_that_exist() {
+    use crate::support::{metrics, tempdir, Captured, Running, APP, TOKEN};
+    use hookbus::bus::{stdout::Stdout, Bus};
+    let spool = tempdir("spool");
+    let flags = ["--sdk-app-id", APP, "--token", TOKEN, "--spool-dir", spool.to_str().unwrap()];
+    let gateway = Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await;
+    gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
+    gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
+    let scrape = metrics(gateway.addr).await;
+    gateway.stop().await;
+    // A family counts from its `# TYPE` line: a counter with no sample yet still exists.
+    let exposed: HashSet<String> = scrape
+        .lines()
+        .map(|line| line.strip_prefix("# TYPE ").unwrap_or(line))
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| line.split(['{', ' ']).next().unwrap().to_owned())
+        .collect();
+    let dashboard = file("deploy/grafana/hookbus.json");
+    let panels: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(panels["panels"].as_array().is_some_and(|panels| panels.len() >= 8));
+    for (place, text) in [
+        ("deploy/grafana/hookbus.json", dashboard),
+        ("deploy/prometheus/alerts.yml", file("deploy/prometheus/alerts.yml")),
+    ] {
+        let used = metric_names(&text);
+        assert!(used.len() >= 5, "{place} uses hookbus metrics");
+        for name in used {
+            assert!(exposed.contains(&name), "{place} uses {name}, which /metrics does not have:\n{scrape}");
+        }
+    }
+}
