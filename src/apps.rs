@@ -12,7 +12,8 @@ use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 
 use crate::bus;
-use crate::decision::{Fallback, Fallbacks};
+use crate::decision::Fallbacks;
+use crate::tencent::{GIFT, MESSAGE};
 
 /// A callback token and the name it is known by (never the token itself).
 #[derive(Clone, PartialEq, Eq)]
@@ -152,7 +153,7 @@ pub fn load(spec: &Spec) -> anyhow::Result<Apps> {
     let shared = App {
         tokens: tokens(&spec.tokens, &spec.token_files, "token")?,
         prefix: spec.prefix.clone(),
-        fallbacks: spec.fallbacks,
+        fallbacks: spec.fallbacks.clone(),
     };
     let mut apps = Apps::single(shared.clone());
     let mut add = |id: String, app: App, from: &str| -> anyhow::Result<()> {
@@ -208,17 +209,13 @@ fn app(entry: Entry, shared: &App) -> anyhow::Result<App> {
     if !bus::valid_name(&prefix) {
         bail!("prefix {prefix}: use letters, digits, '.', '_' and '-'");
     }
-    let fallback = |text: Option<String>, shared: Fallback| -> anyhow::Result<Fallback> {
-        text.map_or(Ok(shared), |text| text.parse().map_err(|error: String| anyhow!("{text}: {error}")))
-    };
-    Ok(App {
-        tokens: if tokens.is_empty() { shared.tokens.clone() } else { tokens },
-        prefix,
-        fallbacks: Fallbacks {
-            gift: fallback(entry.gift_fallback, shared.fallbacks.gift)?,
-            message: fallback(entry.message_fallback, shared.fallbacks.message)?,
-        },
-    })
+    let mut fallbacks = shared.fallbacks.clone();
+    for (command, text) in [(GIFT, entry.gift_fallback), (MESSAGE, entry.message_fallback)] {
+        if let Some(text) = text {
+            fallbacks.set(command, text.parse().map_err(|error: String| anyhow!("{text}: {error}"))?);
+        }
+    }
+    Ok(App { tokens: if tokens.is_empty() { shared.tokens.clone() } else { tokens }, prefix, fallbacks })
 }
 
 /// Inline tokens named `{inline_name}-1`…, then each file's lines.
@@ -282,6 +279,7 @@ impl Current {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::Fallback;
 
     fn app(prefix: &str, tokens: &[(&str, &str)]) -> App {
         App {
@@ -308,7 +306,7 @@ mod tests {
     fn changes_name_tokens_but_never_show_them() {
         let old = Apps::single(app("t", &[("live", "s3cret-a"), ("chat", "s3cret-b")]));
         let mut new = Apps::single(app("t", &[("live", "s3cret-c"), ("next", "s3cret-d")]));
-        new.any.fallbacks.gift = Fallback::Allow;
+        new.any.fallbacks.set(GIFT, Fallback::Allow);
         new.listed.insert("1400".into(), app("staging", &[]));
         let changes = old.changes(&new).join("\n");
         for expected in ["app 1400 added", "token next added", "token chat removed", "token live changed", "fallbacks"]
@@ -364,8 +362,12 @@ mod tests {
         assert_eq!(get("1400000000").tokens[0].secret, "shared");
         assert_eq!(get("1400000001").prefix, "staging");
         assert_eq!(get("1400000001").tokens[0].name, "1400000001/token-1");
-        assert_eq!(get("1400000001").fallbacks, Fallbacks { gift: Fallback::Deny, message: Fallback::Deny });
-        assert_eq!(get("1400000002").fallbacks.gift, Fallback::Allow);
+        let mut staging = Fallbacks::default();
+        staging.set(MESSAGE, Fallback::Deny);
+        assert_eq!(get("1400000001").fallbacks, staging);
+        let mut production = Fallbacks::default();
+        production.set(GIFT, Fallback::Allow);
+        assert_eq!(get("1400000002").fallbacks, production);
         assert!(apps.get("1400000009").is_none(), "listed apps refuse the others");
         std::fs::write(&apps_file, "[[app]]\nsdk_app_id = \"1\"\ncolour = \"red\"\n").unwrap();
         assert!(format!("{:#}", load(&spec).unwrap_err()).contains("unknown field"));

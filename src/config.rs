@@ -12,12 +12,13 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::apps;
 use crate::bus::{self, Bus};
 use crate::decision::{Decisions, Fallback, Fallbacks};
 use crate::http::Connections;
+use crate::respond::Responder;
 use crate::routes::{Limits, RESERVED_PATHS};
 use crate::spool::{self, Spool};
+use crate::{apps, rules};
 use crate::{tencent, Gateway};
 
 #[derive(Debug, Parser)]
@@ -167,6 +168,17 @@ pub struct ServeArgs {
     /// Answer for a room message when no valid decision arrives in time.
     #[arg(long, env = "HOOKBUS_MESSAGE_FALLBACK", default_value = "allow", value_parser = fallback())]
     pub message_fallback: Fallback,
+    /// `COMMAND[=allow|deny]`: answer COMMAND with a decision too, checking replies generically
+    /// (an integer ErrorCode); the fallback defaults to allow (repeatable; comma-separated in the
+    /// environment). For a documented blocking command, sets its fallback.
+    #[arg(long, env = "HOOKBUS_BLOCKING", value_delimiter = ',', value_parser = parse_blocking)]
+    pub blocking: Vec<(String, Option<Fallback>)>,
+    /// Local decision rules (TOML): see the README.
+    #[arg(long, env = "HOOKBUS_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Publish every decision as an event `{prefix}.audit.{CallbackCommand}` (type hookbus.decision).
+    #[arg(long, env = "HOOKBUS_AUDIT")]
+    pub audit: bool,
     /// Keep the outbox on disk in this directory: a 200 then means the event is durable.
     #[arg(long, env = "HOOKBUS_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -219,6 +231,28 @@ pub struct RespondArgs {
     /// Wait this long before answering (to try the deadline).
     #[arg(long, env = "HOOKBUS_RESPOND_DELAY", default_value = "0ms", value_parser = parse_duration)]
     pub delay: Duration,
+    /// Decide by these rules first (the `when = "always"` ones; the same file format as serve's).
+    #[arg(long, env = "HOOKBUS_RESPOND_RULES")]
+    pub rules: Option<PathBuf>,
+}
+
+impl RespondArgs {
+    /// The responder these flags describe, its rules read and checked.
+    pub fn responder(&self) -> Result<Responder, rules::Invalid> {
+        let rules = match &self.rules {
+            // A command the gateway does not document is checked generically, as --blocking does.
+            Some(path) => rules::Rules::parse(&path.display().to_string(), &read_rules(path)?, |command, code| {
+                Some(tencent::Blocking::of(command).is_none_or(|blocking| blocking.valid_code(code)))
+            })?,
+            None => rules::Rules::default(),
+        };
+        Ok(Responder { code: self.decision, delay: self.delay, rules: Arc::new(rules) })
+    }
+}
+
+fn read_rules(path: &std::path::Path) -> Result<String, rules::Invalid> {
+    std::fs::read_to_string(path)
+        .map_err(|error| rules::Invalid::new(format!("cannot read --rules {}: {error}", path.display())))
 }
 
 /// `hookbus serve` with `flags`, parsed as the binary parses them (for tests and embedders).
@@ -241,8 +275,42 @@ impl ServeArgs {
             apps: self.apps.clone(),
             apps_file: self.apps_file.clone(),
             prefix: self.bus.prefix.clone(),
-            fallbacks: Fallbacks { gift: self.gift_fallback, message: self.message_fallback },
+            fallbacks: self.fallbacks(),
         }
+    }
+
+    /// The fallbacks the flags set: gifts and room messages, and those given with --blocking.
+    fn fallbacks(&self) -> Fallbacks {
+        let mut fallbacks = Fallbacks::default();
+        fallbacks.set(tencent::GIFT, self.gift_fallback);
+        fallbacks.set(tencent::MESSAGE, self.message_fallback);
+        for (command, fallback) in &self.blocking {
+            if let Some(fallback) = fallback {
+                fallbacks.set(command.clone(), *fallback);
+            }
+        }
+        fallbacks
+    }
+
+    /// How blocking callbacks are decided: the deadline, the commands made blocking, the rules
+    /// file read and checked against them.
+    pub fn decisions(&self) -> anyhow::Result<Decisions> {
+        let mut decisions = Decisions {
+            timeout: self.decision_timeout,
+            generic: self
+                .blocking
+                .iter()
+                .filter(|(command, _)| tencent::Blocking::of(command).is_none())
+                .map(|(command, _)| command.clone())
+                .collect(),
+            ..Decisions::default()
+        };
+        if let Some(path) = &self.rules {
+            let text = read_rules(path)?;
+            let valid_code = |command: &str, code| decisions.kind(command).map(|kind| kind.valid_code(code));
+            decisions.rules = Arc::new(rules::Rules::parse(&path.display().to_string(), &text, valid_code)?);
+        }
+        Ok(decisions)
     }
 
     /// The request-handling limits these flags describe.
@@ -271,7 +339,8 @@ impl ServeArgs {
             spool,
             limits: self.limits(),
             apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),
-            decisions: Decisions { timeout: self.decision_timeout },
+            decisions: self.decisions()?,
+            audit: self.audit,
             bus,
             outbox_capacity: self.outbox_capacity as usize,
             outbox_max_bytes: self.outbox_max_bytes,
@@ -365,6 +434,17 @@ fn parse_prefix(text: &str) -> Result<String, String> {
     } else {
         Err("use letters, digits, '.', '_' and '-', not starting or ending with '.'".into())
     }
+}
+
+fn parse_blocking(text: &str) -> Result<(String, Option<Fallback>), String> {
+    let (command, fallback) = match text.split_once('=') {
+        Some((command, fallback)) => (command, Some(fallback.parse()?)),
+        None => (text, None),
+    };
+    if !bus::valid_name(command) {
+        return Err(format!("{command}: a command is letters, digits, '.', '_' and '-'"));
+    }
+    Ok((command.to_owned(), fallback))
 }
 
 fn parse_instance_id(text: &str) -> Result<String, String> {

@@ -1,15 +1,19 @@
 //! Blocking callbacks: ask a responder over the bus, wait until the deadline, check the reply,
-//! and answer Tencent with the decision or the configured fallback. The deadline lives here
-//! alone (`timeout` around `Bus::request`); backends only send and match replies.
+//! and answer Tencent with the decision, a local rule's or the configured fallback. The
+//! deadline lives here alone (`timeout` around `Bus::request`); backends only send and match
+//! replies.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
 use crate::bus::{Bus, BusError, Message};
-use crate::tencent::Blocking;
+use crate::rules::{Rule, Rules, When};
+use crate::tencent::{Blocking, Rewrite};
 
 /// What to answer when no valid decision arrives in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,37 +34,67 @@ impl std::str::FromStr for Fallback {
     }
 }
 
-/// What each blocking command is answered when no valid decision arrives in time.
+/// A callback answered with a decision: one Tencent documents, or one made blocking with
+/// `--blocking`, whose reply is checked generically (an integer ErrorCode, ErrorInfo passed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fallbacks {
-    pub gift: Fallback,
-    pub message: Fallback,
+pub enum Kind {
+    Documented(&'static Blocking),
+    Generic,
 }
 
-impl Default for Fallbacks {
-    /// The flags' defaults: gifts denied, room messages allowed.
-    fn default() -> Fallbacks {
-        Fallbacks { gift: Fallback::Deny, message: Fallback::Allow }
+impl Kind {
+    pub fn valid_code(self, code: i64) -> bool {
+        match self {
+            Kind::Documented(blocking) => blocking.valid_code(code),
+            Kind::Generic => true,
+        }
+    }
+
+    fn rewrites(self) -> &'static [Rewrite] {
+        match self {
+            Kind::Documented(blocking) => blocking.rewrites,
+            Kind::Generic => &[],
+        }
+    }
+
+    /// Tencent's own default for a documented callback; allow for the others, as Chat does.
+    fn default_fallback(self) -> Fallback {
+        match self {
+            Kind::Documented(blocking) if !blocking.allow_by_default => Fallback::Deny,
+            _ => Fallback::Allow,
+        }
+    }
+}
+
+/// The fallback of each blocking command that does not take Tencent's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fallbacks(BTreeMap<String, Fallback>);
+
+impl Fallbacks {
+    pub fn set(&mut self, command: impl Into<String>, fallback: Fallback) {
+        self.0.insert(command.into(), fallback);
+    }
+
+    fn of(&self, command: &str, kind: Kind) -> Fallback {
+        self.0.get(command).copied().unwrap_or(kind.default_fallback())
     }
 }
 
 /// How blocking callbacks are decided.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Decisions {
     pub timeout: Duration,
-}
-
-impl Default for Decisions {
-    /// The flag's default: 1500 ms.
-    fn default() -> Decisions {
-        Decisions { timeout: Duration::from_millis(1500) }
-    }
+    /// Commands made blocking with `--blocking`.
+    pub generic: BTreeSet<String>,
+    pub rules: Arc<Rules>,
 }
 
 /// How a decision came about; a metric label each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Reply,
+    /// A `when = "always"` rule decided; the bus was not asked.
+    Rule,
     Timeout,
     NoResponders,
     Invalid,
@@ -70,8 +104,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Reply,
+        Outcome::Rule,
         Outcome::Timeout,
         Outcome::NoResponders,
         Outcome::Invalid,
@@ -82,6 +117,7 @@ impl Outcome {
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Reply => "reply",
+            Outcome::Rule => "rule",
             Outcome::Timeout => "timeout",
             Outcome::NoResponders => "no-responders",
             Outcome::Invalid => "invalid",
@@ -91,150 +127,251 @@ impl Outcome {
     }
 }
 
-/// A responder's reply: exactly what it would have answered Tencent.
-#[derive(Debug, Deserialize)]
-struct Reply<'a> {
-    #[serde(rename = "ErrorCode")]
-    code: i64,
-    #[serde(rename = "ErrorInfo", default)]
-    info: String,
-    #[serde(rename = "MsgBody", borrow)]
-    msg_body: Option<&'a RawValue>,
-    #[serde(rename = "CloudCustomData", borrow)]
-    cloud_custom_data: Option<&'a RawValue>,
+/// A decision: how it came about, the rule that made it if one did, and the answer.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub outcome: Outcome,
+    pub rule: Option<String>,
+    pub code: i64,
+    pub info: String,
+    /// The body to answer Tencent with.
+    pub answer: Bytes,
 }
 
-#[derive(Serialize)]
-struct Answer<'a> {
-    #[serde(rename = "ActionStatus")]
-    status: &'static str,
-    #[serde(rename = "ErrorCode")]
-    code: i64,
-    #[serde(rename = "ErrorInfo")]
-    info: &'a str,
-    #[serde(rename = "MsgBody", skip_serializing_if = "Option::is_none")]
-    msg_body: Option<&'a RawValue>,
-    #[serde(rename = "CloudCustomData", skip_serializing_if = "Option::is_none")]
-    cloud_custom_data: Option<&'a RawValue>,
+/// The CloudEvents type of an audit event.
+pub const AUDIT_TYPE: &str = "hookbus.decision";
+
+impl Decided {
+    /// The audit event of this decision on `request`, to `{prefix}.audit.{command}`: the
+    /// outcome, the rule, the answer, the time it took and the callback as received.
+    pub fn audit(&self, request: &Message, prefix: &str, latency: Duration) -> Message {
+        #[derive(serde::Serialize)]
+        struct Audit<'a> {
+            id: &'a str,
+            command: &'a str,
+            outcome: &'static str,
+            rule: Option<&'a str>,
+            code: i64,
+            info: &'a str,
+            latency_ms: f64,
+            body: &'a RawValue,
+        }
+        let fallback;
+        let body: &RawValue = match serde_json::from_slice(&request.payload) {
+            Ok(body) => body,
+            Err(_) => {
+                fallback = RawValue::from_string("null".into()).expect("null is JSON");
+                &fallback
+            }
+        };
+        let audit = Audit {
+            id: &request.id,
+            command: &request.command,
+            outcome: self.outcome.label(),
+            rule: self.rule.as_deref(),
+            code: self.code,
+            info: &self.info,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            body,
+        };
+        let payload = Bytes::from(serde_json::to_vec(&audit).expect("an audit event serialises"));
+        let origin = crate::bus::Origin {
+            sdk_app_id: request.sdk_app_id.clone(),
+            client_ip: request.client_ip.clone(),
+            opt_platform: request.opt_platform.clone(),
+        };
+        let destination = format!("{prefix}.audit.{}", request.command);
+        let id = uuid::Uuid::now_v7().to_string();
+        Message::restore(id, SystemTime::now(), AUDIT_TYPE.into(), destination, request.key.clone(), origin, payload)
+    }
 }
 
 impl Decisions {
-    /// Asks the bus for a decision on `message` and returns how it came about with the body to
-    /// answer Tencent with. Never fails: every problem becomes the app's fallback.
-    pub async fn decide(
-        &self,
-        bus: &Bus,
-        kind: Blocking,
-        mut message: Message,
-        fallbacks: Fallbacks,
-    ) -> (Outcome, Bytes) {
-        let fallback = |why| fallback(fallbacks, kind, why);
-        if !bus.is_connected() {
-            return (Outcome::Disconnected, fallback("bus disconnected"));
+    /// How `command` is decided, when it is a blocking callback.
+    pub fn kind(&self, command: &str) -> Option<Kind> {
+        Blocking::of(command).map(Kind::Documented).or_else(|| self.generic.contains(command).then_some(Kind::Generic))
+    }
+
+    /// Decides `message`: by a rule that always applies, else by a responder over the bus, else
+    /// by a fallback rule or the fallback. Never fails: every problem becomes a fallback.
+    pub async fn decide(&self, bus: &Bus, kind: Kind, mut message: Message, fallbacks: &Fallbacks) -> Decided {
+        let (command, payload) = (message.command.clone(), message.payload.clone());
+        // The body is parsed for the rules only when the command has any.
+        let body =
+            |when| self.rules.has(&command, when).then(|| serde_json::from_slice::<serde_json::Value>(&payload).ok());
+        if let Some(rule) =
+            body(When::Always).flatten().and_then(|body| self.rules.first(&command, When::Always, &body).cloned())
+        {
+            return by_rule(Outcome::Rule, &rule);
         }
-        let deadline = SystemTime::now() + self.timeout;
-        message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
-        match tokio::time::timeout(self.timeout, bus.request(&message)).await {
-            Ok(Ok(reply)) => match answer_reply(kind, &reply) {
-                Ok(answer) => (Outcome::Reply, answer),
-                Err(reason) => {
-                    tracing::warn!(id = %message.id, reason, reply = %String::from_utf8_lossy(&reply), "invalid decision reply");
-                    (Outcome::Invalid, fallback("invalid reply"))
+        let outcome = if bus.is_connected() {
+            let deadline = SystemTime::now() + self.timeout;
+            message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
+            match tokio::time::timeout(self.timeout, bus.request(&message)).await {
+                Ok(Ok(reply)) => match answer_reply(kind, &reply) {
+                    Ok(decided) => return decided,
+                    Err(reason) => {
+                        tracing::warn!(id = %message.id, reason, reply = %String::from_utf8_lossy(&reply), "invalid decision reply");
+                        Outcome::Invalid
+                    }
+                },
+                Ok(Err(BusError::NoResponders(_))) => Outcome::NoResponders,
+                Ok(Err(error)) => {
+                    tracing::warn!(id = %message.id, error = &error as &dyn std::error::Error, "decision request failed");
+                    Outcome::BusError
                 }
-            },
-            Ok(Err(BusError::NoResponders(_))) => (Outcome::NoResponders, fallback("no responders")),
-            Ok(Err(error)) => {
-                tracing::warn!(id = %message.id, error = &error as &dyn std::error::Error, "decision request failed");
-                (Outcome::BusError, fallback("bus error"))
+                Err(_elapsed) => Outcome::Timeout,
             }
-            Err(_elapsed) => (Outcome::Timeout, fallback("decision timeout")),
+        } else {
+            Outcome::Disconnected
+        };
+        if let Some(rule) =
+            body(When::Fallback).flatten().and_then(|body| self.rules.first(&command, When::Fallback, &body).cloned())
+        {
+            return by_rule(outcome, &rule);
         }
+        let (code, info) = match fallbacks.of(&command, kind) {
+            Fallback::Allow => (0, String::new()),
+            Fallback::Deny => (1, format!("hookbus fallback: {}", reason(outcome))),
+        };
+        Decided { outcome, rule: None, answer: encode(code, &info, &[]), code, info }
     }
 }
 
-/// The answer for `kind` when no valid decision came, saying `why` when it denies.
-fn fallback(fallbacks: Fallbacks, kind: Blocking, why: &str) -> Bytes {
-    let fallback = match kind {
-        Blocking::Gift => fallbacks.gift,
-        Blocking::Message => fallbacks.message,
-    };
-    let (code, info) = match fallback {
-        Fallback::Allow => (0, String::new()),
-        Fallback::Deny => (1, format!("hookbus fallback: {why}")),
-    };
-    encode(&Answer { status: "OK", code, info: &info, msg_body: None, cloud_custom_data: None })
+fn reason(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Timeout => "decision timeout",
+        Outcome::NoResponders => "no responders",
+        Outcome::Invalid => "invalid reply",
+        Outcome::BusError => "bus error",
+        Outcome::Disconnected => "bus disconnected",
+        Outcome::Reply | Outcome::Rule => "",
+    }
 }
 
-/// Checks a reply and turns it into Tencent's answer; `Err` names what is wrong with it.
-fn answer_reply(kind: Blocking, reply: &[u8]) -> Result<Bytes, &'static str> {
-    let reply: Reply = serde_json::from_slice(reply).map_err(|_| "not a JSON object with an integer ErrorCode")?;
-    if !kind.valid_code(reply.code) {
+fn by_rule(outcome: Outcome, rule: &Rule) -> Decided {
+    let info = if rule.code == 0 { String::new() } else { format!("hookbus rule: {}", rule.name) };
+    Decided { outcome, rule: Some(rule.name.clone()), answer: encode(rule.code, &info, &[]), code: rule.code, info }
+}
+
+/// Checks a reply and turns it into the decision; `Err` names what is wrong with it.
+fn answer_reply(kind: Kind, reply: &[u8]) -> Result<Decided, &'static str> {
+    const NOT_A_REPLY: &str = "not a JSON object with an integer ErrorCode";
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(reply).map_err(|_| NOT_A_REPLY)?;
+    let code: i64 =
+        fields.get("ErrorCode").and_then(|code| serde_json::from_str(code.get()).ok()).ok_or(NOT_A_REPLY)?;
+    let info: String = match fields.get("ErrorInfo") {
+        Some(info) => serde_json::from_str(info.get()).map_err(|_| "ErrorInfo is not a string")?,
+        None => String::new(),
+    };
+    if !kind.valid_code(code) {
         return Err("ErrorCode is not valid for this command");
     }
-    // Only messages may be rewritten, and only when allowed (ErrorCode 0).
-    let rewrite = kind == Blocking::Message && reply.code == 0;
-    let msg_body = reply.msg_body.filter(|_| rewrite);
-    let cloud_custom_data = reply.cloud_custom_data.filter(|_| rewrite);
-    if msg_body.is_some_and(|body| !body.get().starts_with('[')) {
-        return Err("MsgBody is not an array");
+    // Only the command's own fields, and only when allowed (ErrorCode 0).
+    let mut rewrites = Vec::new();
+    for rewrite in kind.rewrites().iter().filter(|_| code == 0) {
+        if let Some(value) = fields.get(rewrite.field) {
+            if value.get().as_bytes().first() != Some(&rewrite.starts_with) {
+                return Err(if rewrite.starts_with == b'[' {
+                    "a rewritten field is not an array"
+                } else {
+                    "a rewritten field is not a string"
+                });
+            }
+            rewrites.push((rewrite.field, *value));
+        }
     }
-    if cloud_custom_data.is_some_and(|data| !data.get().starts_with('"')) {
-        return Err("CloudCustomData is not a string");
-    }
-    Ok(encode(&Answer { status: "OK", code: reply.code, info: &reply.info, msg_body, cloud_custom_data }))
+    Ok(Decided { outcome: Outcome::Reply, rule: None, answer: encode(code, &info, &rewrites), code, info })
 }
 
-fn encode(answer: &Answer) -> Bytes {
-    Bytes::from(serde_json::to_vec(answer).expect("an answer always serialises"))
+/// Tencent's answer: `{"ActionStatus":"OK","ErrorCode":…,"ErrorInfo":…}` and the rewrites.
+fn encode(code: i64, info: &str, rewrites: &[(&str, &RawValue)]) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    let mut answer = serializer.serialize_map(None).expect("writing JSON to a Vec cannot fail");
+    answer.serialize_entry("ActionStatus", "OK").expect("writing JSON to a Vec cannot fail");
+    answer.serialize_entry("ErrorCode", &code).expect("writing JSON to a Vec cannot fail");
+    answer.serialize_entry("ErrorInfo", info).expect("writing JSON to a Vec cannot fail");
+    for (field, value) in rewrites {
+        answer.serialize_entry(field, value).expect("writing JSON to a Vec cannot fail");
+    }
+    answer.end().expect("writing JSON to a Vec cannot fail");
+    Bytes::from(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tencent::{GIFT, MESSAGE};
 
     fn json(bytes: &[u8]) -> serde_json::Value {
         serde_json::from_slice(bytes).unwrap()
     }
 
-    #[test]
-    fn valid_replies_pass_through() {
-        let answer = answer_reply(Blocking::Gift, br#"{"ErrorCode":102150,"ErrorInfo":"too many"}"#).unwrap();
-        assert_eq!(json(&answer), serde_json::json!({"ActionStatus":"OK","ErrorCode":102150,"ErrorInfo":"too many"}));
-        let answer = answer_reply(Blocking::Gift, br#"{"ErrorCode":0}"#).unwrap();
-        assert_eq!(json(&answer), serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}));
+    fn kind(command: &str) -> Kind {
+        Kind::Documented(Blocking::of(command).unwrap())
+    }
+
+    fn answer(command: &str, reply: &[u8]) -> Result<serde_json::Value, &'static str> {
+        answer_reply(kind(command), reply).map(|decided| json(&decided.answer))
     }
 
     #[test]
-    fn messages_may_be_rewritten_when_allowed() {
+    fn valid_replies_pass_through() {
+        let answer = answer(GIFT, br#"{"ErrorCode":102150,"ErrorInfo":"too many"}"#).unwrap();
+        assert_eq!(answer, serde_json::json!({"ActionStatus":"OK","ErrorCode":102150,"ErrorInfo":"too many"}));
+        let answer = super::tests::answer(GIFT, br#"{"ErrorCode":0}"#).unwrap();
+        assert_eq!(answer, serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}));
+        let generic = answer_reply(Kind::Generic, br#"{"ErrorCode":777,"ErrorInfo":"x","MsgBody":[]}"#).unwrap();
+        assert_eq!(json(&generic.answer), serde_json::json!({"ActionStatus":"OK","ErrorCode":777,"ErrorInfo":"x"}));
+    }
+
+    #[test]
+    fn only_the_commands_own_fields_are_rewritten_and_only_when_allowed() {
         let reply = br#"{"ErrorCode":0,"ErrorInfo":"","MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"***"}}],"CloudCustomData":"x"}"#;
-        let answer = json(&answer_reply(Blocking::Message, reply).unwrap());
-        assert_eq!(answer["MsgBody"][0]["MsgContent"]["Text"], "***");
-        assert_eq!(answer["CloudCustomData"], "x");
-        let denied = json(&answer_reply(Blocking::Message, br#"{"ErrorCode":2,"MsgBody":[]}"#).unwrap());
+        for command in [MESSAGE, "C2C.CallbackBeforeSendMsg"] {
+            let answer = answer(command, reply).unwrap();
+            assert_eq!(answer["MsgBody"][0]["MsgContent"]["Text"], "***");
+            assert_eq!(answer["CloudCustomData"], "x");
+        }
+        let denied = answer(MESSAGE, br#"{"ErrorCode":2,"MsgBody":[]}"#).unwrap();
         assert_eq!(denied, serde_json::json!({"ActionStatus":"OK","ErrorCode":2,"ErrorInfo":""}));
-        let gift = json(&answer_reply(Blocking::Gift, br#"{"ErrorCode":0,"MsgBody":[]}"#).unwrap());
-        assert!(gift.get("MsgBody").is_none());
+        assert!(answer(GIFT, br#"{"ErrorCode":0,"MsgBody":[]}"#).unwrap().get("MsgBody").is_none());
+        let invite = answer(
+            "Group.CallbackBeforeInviteJoinGroup",
+            br#"{"ErrorCode":0,"RefusedMembers_Account":["u2"],"MsgBody":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(invite["RefusedMembers_Account"], serde_json::json!(["u2"]));
+        assert!(invite.get("MsgBody").is_none());
     }
 
     #[test]
     fn invalid_replies_are_refused() {
-        for reply in
-            [&br#"{"ErrorCode":2}"#[..], br#"{"ErrorCode":"0"}"#, br#"{"ErrorInfo":"no code"}"#, b"allow", br#"[0]"#]
-        {
-            assert!(answer_reply(Blocking::Gift, reply).is_err(), "{}", String::from_utf8_lossy(reply));
+        for reply in [
+            &br#"{"ErrorCode":2}"#[..],
+            br#"{"ErrorCode":"0"}"#,
+            br#"{"ErrorInfo":"no code"}"#,
+            b"allow",
+            br#"[0]"#,
+            br#"{"ErrorCode":0,"ErrorInfo":5}"#,
+        ] {
+            assert!(answer(GIFT, reply).is_err(), "{}", String::from_utf8_lossy(reply));
         }
-        assert!(answer_reply(Blocking::Message, br#"{"ErrorCode":10201}"#).is_err());
-        assert!(answer_reply(Blocking::Message, br#"{"ErrorCode":0,"MsgBody":"x"}"#).is_err());
-        assert!(answer_reply(Blocking::Message, br#"{"ErrorCode":0,"CloudCustomData":1}"#).is_err());
+        assert!(answer(MESSAGE, br#"{"ErrorCode":10201}"#).is_err());
+        assert!(answer("C2C.CallbackBeforeSendMsg", br#"{"ErrorCode":10150}"#).is_err());
+        assert!(answer(MESSAGE, br#"{"ErrorCode":0,"MsgBody":"x"}"#).is_err());
+        assert!(answer(MESSAGE, br#"{"ErrorCode":0,"CloudCustomData":1}"#).is_err());
+        assert!(answer_reply(Kind::Generic, br#"{"ErrorCode":1.5}"#).is_err());
     }
 
     #[test]
-    fn fallbacks_follow_the_flags() {
-        let fallbacks = Fallbacks::default();
-        let gift = json(&fallback(fallbacks, Blocking::Gift, "decision timeout"));
-        assert_eq!(gift["ErrorCode"], 1);
-        assert_eq!(gift["ErrorInfo"], "hookbus fallback: decision timeout");
-        let message = json(&fallback(fallbacks, Blocking::Message, "decision timeout"));
-        assert_eq!(message, serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}));
+    fn fallbacks_follow_tencent_unless_set() {
+        let mut fallbacks = Fallbacks::default();
+        assert_eq!(fallbacks.of(GIFT, kind(GIFT)), Fallback::Deny);
+        assert_eq!(fallbacks.of(MESSAGE, kind(MESSAGE)), Fallback::Allow);
+        assert_eq!(fallbacks.of("X.CallbackBeforeY", Kind::Generic), Fallback::Allow);
+        fallbacks.set(GIFT, Fallback::Allow);
+        assert_eq!(fallbacks.of(GIFT, kind(GIFT)), Fallback::Allow);
     }
 }

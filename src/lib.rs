@@ -14,7 +14,8 @@
 //! - [`apps`]: the SdkAppids served, each with its tokens, prefix and fallbacks; reloadable.
 //! - [`tls`]: the HTTPS configuration from PEM files.
 //! - [`replay`]: signed requests already answered, so that a replay is not published again.
-//! - [`decision`]: blocking callbacks: deadline, reply validation, fallbacks.
+//! - [`decision`]: blocking callbacks: deadline, reply validation, rules, fallbacks.
+//! - [`rules`]: local decision rules (`--rules`), matched on the body.
 //! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
@@ -36,6 +37,7 @@ pub mod outbox;
 pub mod replay;
 pub mod respond;
 pub mod routes;
+pub mod rules;
 pub mod simulate;
 pub mod spool;
 pub mod tencent;
@@ -56,13 +58,15 @@ use crate::outbox::Outbox;
 use crate::replay::Replays;
 use crate::routes::{App, Limits};
 use crate::spool::{Replay, Spool};
-use crate::tencent::Blocking;
+use crate::tencent::BLOCKING;
 
 /// The built parts of a gateway, ready to serve.
 pub struct Gateway {
     pub limits: Limits,
     /// The apps in force; `apps.replace` puts new ones in force (SIGHUP).
     pub apps: Arc<Current>,
+    /// Publish every decision as an event (`--audit`).
+    pub audit: bool,
     pub decisions: Decisions,
     pub bus: Bus,
     pub outbox_capacity: usize,
@@ -85,7 +89,9 @@ pub struct Report {
 /// Serves callbacks on `listener` until `shutdown` resolves; then stops accepting, finishes
 /// open requests, and flushes the outbox, all within the shutdown grace period.
 pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Report {
-    let metrics = Arc::new(Metrics::new(Blocking::ALL.map(Blocking::command)));
+    let blocking =
+        BLOCKING.iter().map(|blocking| blocking.command).chain(gateway.decisions.generic.iter().map(String::as_str));
+    let metrics = Arc::new(Metrics::new(blocking, gateway.decisions.rules.names()));
     if let Some((_, replay)) = &gateway.spool {
         metrics.spool_read_back(&replay.recovery);
     }
@@ -95,6 +101,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         replays: Replays::new(gateway.limits.replay_cache_entries),
         limits: gateway.limits,
         apps: gateway.apps,
+        audit: gateway.audit,
         decisions: gateway.decisions,
         bus: gateway.bus.clone(),
         outbox: outbox.clone(),

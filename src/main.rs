@@ -10,7 +10,6 @@ use std::sync::Arc;
 use hookbus::apps;
 use hookbus::bus::Bus;
 use hookbus::config::{Cli, Command, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
-use hookbus::respond::Responder;
 
 /// The exit code of a `serve` that stopped with accepted events it could not deliver.
 const EXIT_LOST: u8 = 3;
@@ -49,7 +48,12 @@ fn main() -> ExitCode {
         Err(error) => {
             // Once, through the log (stderr), with the chain of causes.
             tracing::error!("{error:#}");
-            ExitCode::FAILURE
+            // A rules file that cannot be used is a bad argument, like a bad flag.
+            if error.chain().any(|cause| cause.is::<hookbus::rules::Invalid>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -80,7 +84,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 
 async fn respond(args: RespondArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(args.bus.options()).await.context("connecting to the bus")?;
-    let responder = Responder { code: args.decision, delay: args.delay };
+    let responder = args.responder()?;
     let (ready, _) = tokio::sync::oneshot::channel();
     tokio::select! {
         result = responder.run(&bus, &args.bus.prefix, ready) => result.context("responding")?,

@@ -21,8 +21,13 @@ pub struct Metrics {
     rejections: Mutex<HashMap<&'static str, Rejections>>,
     /// Signed requests by app and the name of the token that signed them.
     signatures: Mutex<BTreeMap<(String, String), u64>>,
-    /// By command and outcome; every outcome of a known blocking command starts at zero.
-    decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// By command, outcome and rule (empty: none); the blocking commands and their outcomes
+    /// without a rule start at zero.
+    decisions: Mutex<BTreeMap<(String, &'static str, String), u64>>,
+    /// Decisions made by each rule, every rule starting at zero.
+    rules: Mutex<BTreeMap<String, u64>>,
+    /// Audit events the outbox could not take.
+    audit_refused: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
@@ -70,17 +75,19 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    /// Metrics that show every outcome of `blocking` commands from the start, at zero.
-    pub fn new<'a>(blocking: impl IntoIterator<Item = &'a str>) -> Metrics {
+    /// Metrics that show every outcome of the `blocking` commands and every rule from the
+    /// start, at zero.
+    pub fn new<'a>(blocking: impl IntoIterator<Item = &'a str>, rules: impl IntoIterator<Item = &'a str>) -> Metrics {
         let metrics = Metrics::default();
         {
             let mut decisions = lock(&metrics.decisions);
             for command in blocking {
                 for outcome in Outcome::ALL {
-                    decisions.insert((command.to_owned(), outcome.label()), 0);
+                    decisions.insert((command.to_owned(), outcome.label(), String::new()), 0);
                 }
             }
         }
+        lock(&metrics.rules).extend(rules.into_iter().map(|rule| (rule.to_owned(), 0)));
         metrics
     }
 
@@ -137,19 +144,13 @@ impl Metrics {
         *signatures.entry(key).or_default() += 1;
     }
 
-    /// A blocking callback was answered after `elapsed`.
-    pub fn decided(&self, command: &str, outcome: Outcome, elapsed: Duration) {
-        {
-            let mut decisions = lock(&self.decisions);
-            match decisions.get_mut(&(command.to_owned(), outcome.label())) {
-                Some(count) => *count += 1,
-                None => {
-                    let commands =
-                        decisions.keys().map(|(command, _)| command).collect::<std::collections::HashSet<_>>();
-                    let label = if commands.len() < MAX_COMMANDS { command } else { "other" };
-                    *decisions.entry((label.to_owned(), outcome.label())).or_default() += 1;
-                }
-            }
+    /// A blocking callback was answered after `elapsed`, by `rule` when one decided. (Commands
+    /// and rules come from the configuration: the labels are bounded.)
+    pub fn decided(&self, command: &str, outcome: Outcome, rule: Option<&str>, elapsed: Duration) {
+        let key = (command.to_owned(), outcome.label(), rule.unwrap_or_default().to_owned());
+        *lock(&self.decisions).entry(key).or_default() += 1;
+        if let Some(rule) = rule {
+            *lock(&self.rules).entry(rule.to_owned()).or_default() += 1;
         }
         let ms = elapsed.as_millis() as u64;
         for (bucket, limit) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_MS) {
@@ -165,6 +166,12 @@ impl Metrics {
     pub fn replayed(&self, command: &str) {
         self.replays.fetch_add(1, Relaxed);
         tracing::debug!(command, "replay answered from the cache");
+    }
+
+    /// The outbox could not take the audit event of a decision (the decision was answered).
+    pub fn audit_refused(&self, id: &str, reason: &dyn Display) {
+        self.audit_refused.fetch_add(1, Relaxed);
+        tracing::error!(id, %reason, "decision audit event not accepted");
     }
 
     /// The bus confirmed `n` events.
@@ -226,8 +233,16 @@ impl Metrics {
             let _ = writeln!(out, "hookbus_signatures_total{{app=\"{app}\",token=\"{token}\"}} {count}");
         }
         family(&mut out, "decisions_total", "counter", "Blocking callbacks answered, by command and outcome.");
-        for ((command, outcome), count) in lock(&self.decisions).iter() {
-            let _ = writeln!(out, "hookbus_decisions_total{{command=\"{command}\",outcome=\"{outcome}\"}} {count}");
+        for ((command, outcome, rule), count) in lock(&self.decisions).iter() {
+            let _ = writeln!(
+                out,
+                "hookbus_decisions_total{{command=\"{command}\",outcome=\"{outcome}\",rule=\"{}\"}} {count}",
+                label(rule)
+            );
+        }
+        family(&mut out, "rule_decisions_total", "counter", "Blocking callbacks decided by each local rule.");
+        for (rule, count) in lock(&self.rules).iter() {
+            let _ = writeln!(out, "hookbus_rule_decisions_total{{rule=\"{}\"}} {count}", label(rule));
         }
         family(&mut out, "decision_seconds", "histogram", "Time from request to decision answer.");
         for (bucket, limit) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_MS) {
@@ -265,6 +280,7 @@ impl Metrics {
                 &self.unroutable,
             ),
             ("replays_total", "Signed requests seen again inside their window, answered as before.", &self.replays),
+            ("audit_refused_total", "Decision audit events the outbox could not take.", &self.audit_refused),
             ("spool_recovered_events_total", "Events read back from the spool at start.", &self.spool_recovered),
             ("spool_corrupt_records_total", "Damaged spool regions skipped at start.", &self.spool_corrupt),
             ("spool_truncated_bytes_total", "Bytes of torn spool tails cut at start.", &self.spool_truncated_bytes),
@@ -290,6 +306,11 @@ impl Metrics {
         let _ = writeln!(out, "hookbus_late_replies_total {}", gauges.late_replies);
         out
     }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -348,8 +369,9 @@ mod tests {
 
     #[test]
     fn decisions_fill_the_histogram() {
-        let metrics = Metrics::new(["Live.CallbackBeforeSendGift"]);
-        metrics.decided("Live.CallbackBeforeSendGift", Outcome::Timeout, Duration::from_millis(1500));
+        let metrics = Metrics::new(["Live.CallbackBeforeSendGift"], ["small gifts"]);
+        metrics.decided("Live.CallbackBeforeSendGift", Outcome::Timeout, None, Duration::from_millis(1500));
+        metrics.decided("Live.CallbackBeforeSendGift", Outcome::Timeout, Some("small gifts"), Duration::from_millis(9));
         let text = metrics.render(Gauges {
             outbox_depth: 3,
             outbox_capacity: 10,
@@ -359,10 +381,16 @@ mod tests {
             replay_cache_entries: 0,
             spool: Some((9, 100)),
         });
-        assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\"} 1"));
-        assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"reply\"} 0"));
-        assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1\"} 0"));
-        assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1.5\"} 1"));
+        assert!(text.contains(
+            "hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\",rule=\"\"} 1"
+        ));
+        assert!(text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\",rule=\"small gifts\"} 1"));
+        assert!(text.contains(
+            "hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"reply\",rule=\"\"} 0"
+        ));
+        assert!(text.contains("hookbus_rule_decisions_total{rule=\"small gifts\"} 1"));
+        assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1\"} 1"));
+        assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1.5\"} 2"));
         assert!(text.contains("hookbus_outbox_depth 3"));
         assert!(text.contains("hookbus_bus_connected 0"));
         assert!(text.contains("hookbus_late_replies_total 2"));

@@ -18,7 +18,7 @@ use crate::metrics::{Gauges, Metrics, Refusal};
 use crate::outbox::{Outbox, Refused};
 use crate::replay::{self, Answered, Replays};
 use crate::spool::SpoolError;
-use crate::tencent::{self, Blocking, Body, Query, SignError};
+use crate::tencent::{self, Body, Query, SignError};
 
 /// Paths the gateway serves itself; the callback path cannot be one of them.
 pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -56,6 +56,8 @@ pub struct App {
     pub limits: Limits,
     pub apps: Arc<Current>,
     pub decisions: Decisions,
+    /// Publish every decision as an event.
+    pub audit: bool,
     pub bus: Bus,
     pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,
@@ -280,17 +282,25 @@ where
     };
     let message = Message::new(&settings.prefix, &command, body.room_key(), origin, payload);
     let id = message.id.clone();
-    match Blocking::of(&command) {
+    match app.decisions.kind(&command) {
         Some(kind) => {
             let started = Instant::now();
-            let (outcome, answer) = app.decisions.decide(&app.bus, kind, message, settings.fallbacks).await;
+            let request = app.audit.then(|| message.clone());
+            let decided = app.decisions.decide(&app.bus, kind, message, &settings.fallbacks).await;
             let elapsed = started.elapsed();
-            app.metrics.decided(&command, outcome, elapsed);
-            tracing::debug!(id, command, outcome = outcome.label(), ?elapsed, "decided");
-            if let (Some(key), Some(expires)) = (replay_key, replay_window) {
-                app.replays.remember(key, expires, Answered::Decision(answer.clone()));
+            app.metrics.decided(&command, decided.outcome, decided.rule.as_deref(), elapsed);
+            let (outcome, rule) = (decided.outcome.label(), decided.rule.as_deref().unwrap_or_default());
+            tracing::debug!(id, command, outcome, rule, ?elapsed, "decided");
+            if let Some(request) = request {
+                let event = decided.audit(&request, &settings.prefix, elapsed);
+                if let Err(refused) = app.outbox.push(event).await {
+                    app.metrics.audit_refused(&id, &refused);
+                }
             }
-            Ok(Accepted { command, id, answer })
+            if let (Some(key), Some(expires)) = (replay_key, replay_window) {
+                app.replays.remember(key, expires, Answered::Decision(decided.answer.clone()));
+            }
+            Ok(Accepted { command, id, answer: decided.answer })
         }
         None => {
             app.outbox.push(message).await.map_err(|refused| match refused {
@@ -355,6 +365,7 @@ mod tests {
             limits: Limits::default(),
             apps: Arc::new(Current::new(listed)),
             decisions: Decisions::default(),
+            audit: false,
             bus: Bus::Stdout(Stdout::new(Box::new(std::io::sink()))),
             outbox: Arc::new(Outbox::new(outbox_capacity, 1 << 20, None)),
             metrics: Arc::new(Metrics::default()),

@@ -116,39 +116,77 @@ pub fn verify<'a>(
     matched.ok_or(SignError::Mismatch)
 }
 
-/// A command the gateway must answer with a decision rather than a plain OK.
+/// A reply field a responder may return with ErrorCode 0 to change what Tencent does, and the
+/// JSON type it must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blocking {
-    Gift,
-    Message,
+pub struct Rewrite {
+    pub field: &'static str,
+    /// `[` for an array, `"` for a string: the first byte of its JSON.
+    pub starts_with: u8,
 }
 
+const MSG_BODY: Rewrite = Rewrite { field: "MsgBody", starts_with: b'[' };
+const CLOUD_CUSTOM_DATA: Rewrite = Rewrite { field: "CloudCustomData", starts_with: b'"' };
+const REFUSED_MEMBERS: Rewrite = Rewrite { field: "RefusedMembers_Account", starts_with: b'[' };
+
+/// A blocking callback Tencent documents: the reply codes it takes, the fields a reply may
+/// rewrite, and what Tencent itself does when no answer comes in time (`allow` or not), which
+/// is the default fallback. The README's table lists each with its documentation page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocking {
+    pub command: &'static str,
+    /// 0 allow, 1 reject, and the command's own codes.
+    codes: &'static [std::ops::RangeInclusive<i64>],
+    pub rewrites: &'static [Rewrite],
+    /// Tencent's own default when the callback fails: allow (deliver) or deny (block).
+    pub allow_by_default: bool,
+}
+
+/// Every blocking callback whose reply semantics are documented.
+pub const BLOCKING: [Blocking; 6] = [
+    Blocking { command: GIFT, codes: &[0..=1, 102100..=102200], rewrites: &[], allow_by_default: false },
+    // The Live room message and the Chat group message are the same callback.
+    Blocking {
+        command: MESSAGE,
+        codes: &[0..=2, 10100..=10200],
+        rewrites: &[MSG_BODY, CLOUD_CUSTOM_DATA],
+        allow_by_default: true,
+    },
+    Blocking {
+        command: "C2C.CallbackBeforeSendMsg",
+        codes: &[0..=2, 120001..=130000],
+        rewrites: &[MSG_BODY, CLOUD_CUSTOM_DATA],
+        allow_by_default: true,
+    },
+    Blocking {
+        command: "Group.CallbackBeforeApplyJoinGroup",
+        codes: &[0..=1, 10100..=10200],
+        rewrites: &[],
+        allow_by_default: true,
+    },
+    Blocking {
+        command: "Group.CallbackBeforeCreateGroup",
+        codes: &[0..=1, 10100..=10200],
+        rewrites: &[],
+        allow_by_default: true,
+    },
+    Blocking {
+        command: "Group.CallbackBeforeInviteJoinGroup",
+        codes: &[0..=1, 10100..=10200],
+        rewrites: &[REFUSED_MEMBERS],
+        allow_by_default: true,
+    },
+];
+
 impl Blocking {
-    pub const ALL: [Blocking; 2] = [Blocking::Gift, Blocking::Message];
-
-    /// `None` for every informational command, including ones never seen before.
-    pub fn of(command: &str) -> Option<Blocking> {
-        match command {
-            GIFT => Some(Blocking::Gift),
-            MESSAGE => Some(Blocking::Message),
-            _ => None,
-        }
+    /// The documented blocking callback `command`, if it is one.
+    pub fn of(command: &str) -> Option<&'static Blocking> {
+        BLOCKING.iter().find(|blocking| blocking.command == command)
     }
 
-    pub fn command(self) -> &'static str {
-        match self {
-            Blocking::Gift => GIFT,
-            Blocking::Message => MESSAGE,
-        }
-    }
-
-    /// Whether a responder may answer this code: allow, reject, (silent drop for messages),
-    /// or a code in the documented pass-through range.
-    pub fn valid_code(self, code: i64) -> bool {
-        match self {
-            Blocking::Gift => matches!(code, 0 | 1 | 102100..=102200),
-            Blocking::Message => matches!(code, 0 | 1 | 2 | 10100..=10200),
-        }
+    /// Whether a responder may answer this code.
+    pub fn valid_code(&self, code: i64) -> bool {
+        self.codes.iter().any(|codes| codes.contains(&code))
     }
 }
 
@@ -464,22 +502,27 @@ pub(crate) mod tests {
 
     #[test]
     fn classification_and_reply_codes() {
-        assert_eq!(Blocking::of(GIFT), Some(Blocking::Gift));
-        assert_eq!(Blocking::of(MESSAGE), Some(Blocking::Message));
-        assert_eq!(Blocking::of("Live.CallbackAfterCreateRoom"), None);
-        assert_eq!(Blocking::of("Live.CallbackSomethingNew"), None);
+        let (gift, message) = (Blocking::of(GIFT).unwrap(), Blocking::of(MESSAGE).unwrap());
+        assert!(Blocking::of("Live.CallbackAfterCreateRoom").is_none());
+        assert!(Blocking::of("Live.CallbackSomethingNew").is_none());
         for code in [0, 1, 102100, 102150, 102200] {
-            assert!(Blocking::Gift.valid_code(code), "{code}");
+            assert!(gift.valid_code(code), "{code}");
         }
         for code in [-1, 2, 10100, 102099, 102201] {
-            assert!(!Blocking::Gift.valid_code(code), "{code}");
+            assert!(!gift.valid_code(code), "{code}");
         }
         for code in [0, 1, 2, 10100, 10200] {
-            assert!(Blocking::Message.valid_code(code), "{code}");
+            assert!(message.valid_code(code), "{code}");
         }
         for code in [3, 10099, 10201, 102100] {
-            assert!(!Blocking::Message.valid_code(code), "{code}");
+            assert!(!message.valid_code(code), "{code}");
         }
+        let c2c = Blocking::of("C2C.CallbackBeforeSendMsg").unwrap();
+        assert!(c2c.valid_code(120001) && c2c.valid_code(130000) && c2c.valid_code(2));
+        assert!(!c2c.valid_code(10100), "C2C's pass-through range is not the room's");
+        let join = Blocking::of("Group.CallbackBeforeApplyJoinGroup").unwrap();
+        assert!(join.valid_code(10150) && !join.valid_code(2));
+        assert!(!gift.allow_by_default && message.allow_by_default && c2c.allow_by_default);
     }
 
     #[test]

@@ -145,15 +145,24 @@ impl Backend {
 
     /// Runs `hookbus respond` in-process; returns once it receives requests.
     pub async fn responder(self, prefix: &str, code: i64, delay: Duration) -> tokio::task::JoinHandle<()> {
+        let code = code.to_string();
+        let delay = format!("{}ms", delay.as_millis());
+        self.respond(prefix, &["--decision", &code, "--delay", &delay]).await
+    }
+
+    /// Runs `hookbus respond` in-process with `flags`; returns once it receives requests.
+    pub async fn respond(self, prefix: &str, flags: &[&str]) -> tokio::task::JoinHandle<()> {
         let mut argv = vec!["hookbus".to_owned(), "respond".to_owned()];
         argv.extend(self.flags(None));
         argv.extend(["--prefix".to_owned(), prefix.to_owned()]);
+        argv.extend(flags.iter().map(|flag| flag.to_string()));
         let Command::Respond(args) = Cli::parse_from(argv).command else { unreachable!() };
+        let responder: Responder = args.responder().expect("valid rules");
         let bus = Bus::connect(args.bus.options()).await.unwrap();
         let (ready, subscribed) = tokio::sync::oneshot::channel();
         let prefix = prefix.to_owned();
         let task = tokio::spawn(async move {
-            let _ = Responder { code, delay }.run(&bus, &prefix, ready).await;
+            let _ = responder.run(&bus, &prefix, ready).await;
         });
         tokio::time::timeout(Duration::from_secs(10), subscribed).await.unwrap().expect("the responder subscribes");
         task

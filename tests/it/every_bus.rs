@@ -30,6 +30,14 @@ macro_rules! bus_tests {
             async fn a_burst_of_thousands_all_arrive() {
                 burst_arrives($backend).await
             }
+            #[tokio::test]
+            async fn rules_decide_before_and_after_the_bus_and_every_decision_is_audited() {
+                rules_and_audit($backend).await
+            }
+            #[tokio::test]
+            async fn a_command_made_blocking_is_decided_by_a_responder_or_its_fallback() {
+                made_blocking($backend).await
+            }
         }
     };
 }
@@ -271,4 +279,115 @@ async fn room_order(backend: Backend) {
         "{backend:?} room order: {} events, last copies in order per room, duplicates {duplicates}",
         rooms * per_room as usize
     );
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "banned senders"
+command = "Live.CallbackBeforeSendGift"
+when = "always"
+if = [{ field = "/GiftWater/From_Account", in = ["spammer1", "spammer2"] }]
+decision = "deny"
+
+[[rule]]
+name = "small gifts during outages"
+command = "Live.CallbackBeforeSendGift"
+when = "fallback"
+if = [{ field = "/GiftWater/Coins", le = 100 }]
+decision = "allow"
+"#;
+
+fn gift(from: &str, coins: u64) -> Vec<u8> {
+    json!({"CallbackCommand":"Live.CallbackBeforeSendGift","RoomId":"r","GiftWater":{"From_Account":from,"Coins":coins}})
+        .to_string()
+        .into_bytes()
+}
+
+/// The watcher sees the requests too: with it subscribed, nobody answering is a timeout.
+async fn rules_and_audit(backend: Backend) {
+    let prefix = unique("t");
+    let rules = crate::support::tempdir("rules").join("rules.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let mut watcher = backend.watch(&prefix).await;
+    let flags = ["--rules", rules.to_str().unwrap(), "--audit", "--decision-timeout", "400ms"];
+    let gateway = backend.gateway(&prefix, None, &flags).await;
+    let command = "Live.CallbackBeforeSendGift";
+    // Nobody answers: a small gift is allowed by the fallback rule, a big one denied by the flag.
+    let (_, answer) = gateway.post(command, &gift("fan", 50)).await;
+    assert_eq!(answer, json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}), "small gift");
+    let (_, answer) = gateway.post(command, &gift("fan", 5000)).await;
+    assert_eq!(answer["ErrorInfo"], "hookbus fallback: decision timeout", "big gift: {answer}");
+    // A banned sender is refused here, at once, without asking.
+    let started = Instant::now();
+    let (_, answer) = gateway.post(command, &gift("spammer1", 50)).await;
+    assert_eq!(answer, json!({"ActionStatus":"OK","ErrorCode":1,"ErrorInfo":"hookbus rule: banned senders"}));
+    assert!(started.elapsed() < Duration::from_millis(300), "no waiting: {:?}", started.elapsed());
+    // A valid reply wins over the fallback rule.
+    let _responder = backend.responder(&prefix, 102150, Duration::ZERO).await;
+    let (_, answer) = gateway.post(command, &gift("fan", 51)).await;
+    assert_eq!(answer["ErrorCode"], 102150, "the responder's decision: {answer}");
+    let text = crate::support::metrics(gateway.addr).await;
+    assert!(text.contains("hookbus_rule_decisions_total{rule=\"banned senders\"} 1"), "{text}");
+    assert!(text.contains(&format!("hookbus_decisions_total{{command=\"{command}\",outcome=\"timeout\",rule=\"small gifts during outages\"}} 1")), "{text}");
+    assert_eq!(gateway.stop().await.lost, 0);
+
+    let (mut requests, mut audits) = (Vec::new(), Vec::new());
+    while let Some(event) = watcher.try_next(Duration::from_secs(3)).await {
+        let body: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        if event.destination == format!("{prefix}.audit.{command}") {
+            assert_eq!(event.attributes.get("type").map(String::as_str), Some("hookbus.decision"));
+            audits.push(body);
+        } else if event.destination == format!("{prefix}.{command}") {
+            requests.push(body["GiftWater"]["From_Account"].as_str().unwrap().to_owned());
+        }
+        if audits.len() == 4 && requests.len() == 3 {
+            break;
+        }
+    }
+    assert!(!requests.contains(&"spammer1".to_owned()), "a rule that always applies asks nobody: {requests:?}");
+    assert_eq!(requests.len(), 3, "{backend:?}: {requests:?}");
+    let mut seen: Vec<(String, Option<String>, i64, u64)> = audits
+        .iter()
+        .map(|audit| {
+            assert_eq!(audit["command"], command);
+            assert!(audit["latency_ms"].is_number() && audit["id"].is_string());
+            let rule = audit["rule"].as_str().map(String::from);
+            (
+                audit["outcome"].as_str().unwrap().to_owned(),
+                rule,
+                audit["code"].as_i64().unwrap(),
+                audit["body"]["GiftWater"]["Coins"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected = [
+        ("reply".into(), None, 102150, 51),
+        ("rule".into(), Some("banned senders".into()), 1, 50),
+        ("timeout".into(), None, 1, 5000),
+        ("timeout".into(), Some("small gifts during outages".into()), 0, 50),
+    ];
+    assert_eq!(seen, expected, "{backend:?}: one audit event per decision");
+}
+
+async fn made_blocking(backend: Backend) {
+    let prefix = unique("t");
+    let command = "Custom.CallbackBeforeSomethingNew";
+    let rules = crate::support::tempdir("rules").join("respond.toml");
+    let rule = format!("[[rule]]\nname = \"custom\"\ncommand = \"{command}\"\nwhen = \"always\"\ndecision = 777\n");
+    std::fs::write(&rules, rule).unwrap();
+    let responder = backend.respond(&prefix, &["--rules", rules.to_str().unwrap()]).await;
+    let blocking = format!("{command}=deny");
+    let gateway = backend.gateway(&prefix, None, &["--blocking", &blocking, "--decision-timeout", "300ms"]).await;
+    let (status, answer) = gateway.post(command, br#"{"RoomId":"r"}"#).await;
+    assert_eq!(
+        (status, &answer),
+        (200, &json!({"ActionStatus":"OK","ErrorCode":777,"ErrorInfo":"denied by rule custom"}))
+    );
+    responder.abort();
+    let _ = responder.await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the responder's subscription is gone
+    let (_, answer) = gateway.post(command, br#"{"RoomId":"r2"}"#).await;
+    assert_eq!(answer["ErrorCode"], 1, "the fallback the flag set: {answer}");
+    gateway.stop().await;
 }

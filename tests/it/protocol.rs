@@ -198,7 +198,9 @@ async fn health_readiness_and_metrics() {
         "{text}"
     );
     assert!(
-        text.contains("hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"no-responders\"} 1"),
+        text.contains(
+            "hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"no-responders\",rule=\"\"} 1"
+        ),
         "{text}"
     );
     assert!(text.contains("hookbus_decision_seconds_count 1"), "{text}");
