@@ -1,6 +1,21 @@
--- wrk: POST the body in $BENCH_BODY to the URL given on the command line (query included).
+-- wrk: POST the body in $BENCH_BODY to the URL given on the command line (query included),
+-- each request with its own "Seq" field: the same signed request twice is a replay, which the
+-- gateway answers from its cache without publishing.
 wrk.method = "POST"
 local file = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = "application/json"
+
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+
+local sent = 0
+function request()
+  sent = sent + 1
+  local body = wrk.body:gsub("^%s*{", '{"Seq":"' .. tostring(id) .. "-" .. sent .. '",', 1)
+  return wrk.format(nil, nil, nil, body)
+end

@@ -63,3 +63,15 @@ if ! python3 -c "import cloudevents.core.formats.json" 2>/dev/null; then
   echo "services: installing the CloudEvents Python SDK (PyPI cloudevents)"
   python3 -m pip install -q "cloudevents==2.2.0" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
 fi
+if ! python3 -c "import jsonschema" 2>/dev/null; then
+  echo "services: installing a JSON Schema validator (PyPI jsonschema)"
+  python3 -m pip install -q "jsonschema==4.26.0" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
+fi
+tools=${HOOKBUS_TOOLS_DIR:-/opt/hookbus-tools}
+if [[ ! -d $tools/node_modules/@asyncapi/parser ]]; then
+  echo "services: installing the AsyncAPI parser (npm @asyncapi/parser) in $tools"
+  command -v npm >/dev/null || apt_install nodejs npm
+  mkdir -p "$tools"
+  (cd "$tools" && npm install --silent --no-audit --no-fund "@asyncapi/parser@3.6.3") >"$log_dir/npm.log" 2>&1 ||
+    { tail -5 "$log_dir/npm.log" >&2; exit 1; }
+fi

@@ -18,7 +18,7 @@ use crate::http::Connections;
 use crate::respond::Responder;
 use crate::routes::{Limits, RESERVED_PATHS};
 use crate::spool::{self, Spool};
-use crate::{apps, rules};
+use crate::{apps, asyncapi, rules};
 use crate::{tencent, Gateway};
 
 #[derive(Debug, Parser)]
@@ -37,6 +37,53 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Answer blocking callbacks (gifts, messages) from the bus: a reference responder.
     Respond(RespondArgs),
+    /// Print the AsyncAPI 3.0 document of what `serve` with these bus flags publishes.
+    Asyncapi(AsyncapiArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AsyncapiArgs {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    /// Output format.
+    #[arg(long, env = "HOOKBUS_ASYNCAPI_FORMAT", value_enum, default_value = "yaml")]
+    pub format: Format,
+}
+
+impl AsyncapiArgs {
+    /// The contract these bus flags describe.
+    pub fn contract(&self) -> asyncapi::Contract {
+        let bus = &self.bus;
+        // host:port of a URL such as nats://user:pass@host:4222 or amqp://host:5672/%2f
+        let host = |url: &str| {
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+            rest.split('/').next().unwrap_or(rest).to_owned()
+        };
+        let (protocol, host) = match bus.bus {
+            BusKind::Stdout => ("stdout", String::new()),
+            BusKind::Nats => ("nats", host(&bus.nats_url)),
+            BusKind::Amqp => ("amqp", host(&bus.amqp_url)),
+            BusKind::Kafka => ("kafka", bus.kafka_brokers.split(',').next().unwrap_or_default().trim().to_owned()),
+        };
+        let reply_topic = match bus.options() {
+            bus::Options::Kafka(kafka) => kafka.reply_topic,
+            _ => String::new(),
+        };
+        asyncapi::Contract {
+            protocol,
+            host,
+            prefix: bus.prefix.clone(),
+            exchange: bus.amqp_exchange.clone(),
+            reply_topic,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -22,12 +22,14 @@
 //! - [`metrics`]: what `/metrics` shows, as one method per thing that happens.
 //! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
 //! - [`respond`]: a reference responder for blocking callbacks.
+//! - [`asyncapi`]: the AsyncAPI contract of what a gateway publishes.
 //!
 //! No module imports one that imports it back: `config` → everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `metrics`, `bus`;
 //! `bus` → nothing of the gateway's.
 
 pub mod apps;
+pub mod asyncapi;
 pub mod bus;
 pub mod config;
 pub mod decision;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use hookbus::apps;
 use hookbus::bus::Bus;
-use hookbus::config::{Cli, Command, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
+use hookbus::config::{AsyncapiArgs, Cli, Command, Format, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
 
 /// The exit code of a `serve` that stopped with accepted events it could not deliver.
 const EXIT_LOST: u8 = 3;
@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Simulate(args) => simulate(args).await,
             Command::Respond(args) => respond(args).await,
+            Command::Asyncapi(args) => asyncapi(args),
         }
     });
     match result {
@@ -91,6 +92,15 @@ async fn respond(args: RespondArgs) -> anyhow::Result<ExitCode> {
         () = signal() => {}
     }
     bus.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn asyncapi(args: AsyncapiArgs) -> anyhow::Result<ExitCode> {
+    let document = args.contract().document();
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&document)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(&document)?),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@
 //! - `faults`: crashes, overload, damaged spools and SIGTERM: nothing acknowledged is lost.
 //! - `outages`: a broker away at start-up, during a restart, or refusing credentials.
 //! - `hardening`: slow and hostile clients, connection caps, JSON logs.
+//! - `contract`: the AsyncAPI document, read by the official parser and a JSON Schema validator.
 //! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
 //! - `tls`: HTTPS with a certificate made at test time.
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
@@ -19,6 +20,7 @@ mod amqp;
 mod apps;
 mod brokers;
 mod cli;
+mod contract;
 mod deploy;
 mod every_bus;
 mod faults;

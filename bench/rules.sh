@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Decisions over NATS with and without 50 local rules, side by side: saturation (wrk, 2 threads,
+# 64 connections, 200s counted) and latency at a fixed 10,000/s (bench/load.rs, 32 connections).
+# The 50 rules all apply before asking (when = "always") and none matches the benchmark's gift,
+# so every request is checked against all of them and still asks the responder: the worst case.
+# Two rounds, alternating, so that the noise of a shared machine shows.
+# Usage: bench/rules.sh [seconds per measurement, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+port=18080
+token=bench-token
+app=1400000000
+log=/tmp/hookbus-bench
+mkdir -p "$log"
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+scripts/services.sh >/dev/null
+cargo build --release --locked --bins --examples 2>&1 | tail -1 >&2
+bin=target/release/hookbus
+gift=Live.CallbackBeforeSendGift
+
+rules=$log/rules-50.toml
+: >"$rules"
+for n in $(seq 1 50); do
+  cat >>"$rules" <<RULE
+[[rule]]
+name = "rule $n"
+command = "$gift"
+when = "always"
+if = [{ field = "/GiftWater/From_Account", in = ["banned-$n-a", "banned-$n-b"] }, { field = "/GiftWater/Coins", ge = $n }]
+decision = "deny"
+
+RULE
+done
+
+url() {
+  local now sign
+  now=$(date +%s)
+  sign=$(printf '%s%s' "$token" "$now" | sha256sum | cut -d' ' -f1)
+  echo "http://127.0.0.1:$port/?SdkAppid=$app&CallbackCommand=$gift&contenttype=json&Sign=$sign&RequestTime=$now"
+}
+
+$bin respond --bus nats --prefix bench >/dev/null 2>"$log/respond-rules.log" &
+responder=$!
+until grep -q "answering requests" "$log/respond-rules.log"; do sleep 0.05; done
+
+echo "| rules | round | decisions/s at saturation | fixed rate | p50 ms | p99 ms | p99.9 ms | errors |"
+echo "|---|---|---|---|---|---|---|---|"
+for round in 1 2; do
+  for config in none 50; do
+    extra=()
+    [[ $config == none ]] || extra=(--rules "$rules")
+    $bin serve --listen 127.0.0.1:$port --sdk-app-id $app --token $token --prefix bench --bus nats "${extra[@]}" \
+      >/dev/null 2>"$log/rules-$config.log" &
+    pid=$!
+    until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do sleep 0.05; done
+    wrk_out=$(BENCH_BODY=bench/body-gift.json wrk -t2 -c64 -d"${seconds}s" -s bench/post.lua "$(url)")
+    errors=$(awk '/Non-2xx/ { n += $5 } /Socket errors/ { n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$wrk_out")
+    rps=$(awk -v errors="$errors" -v seconds="$seconds" '/requests in/ { printf "%d", ($1 - errors) / seconds }' <<<"$wrk_out")
+    fixed=$(target/release/examples/load --url "http://127.0.0.1:$port/" --rate 10000 --duration "${seconds}s" \
+      --body bench/body-gift.json --command $gift --token $token)
+    kill -TERM $pid
+    wait $pid || true
+    python3 - "$config" "$round" "$rps" "$fixed" <<'PY'
+import json, sys
+config, round_, rps, fixed = sys.argv[1:]
+f = json.loads(fixed)
+print(f"| {config} | {round_} | {int(rps):,} | {int(f['rate']):,} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['p999_ms']:.2f} | {f['errors']} |")
+PY
+  done
+done
+kill -TERM $responder
+wait $responder || true

@@ -1,0 +1,234 @@
+//! `hookbus asyncapi`: the AsyncAPI 3.0 contract of what a gateway with these flags puts on its
+//! bus. One channel per documented command (address = its destination), each message with the
+//! CloudEvents headers as that bus carries them and a JSON Schema of the body derived from the
+//! documented sample; `send` operations for informational events, and for blocking callbacks a
+//! `send` with a `reply` (the decision the responder sends back).
+
+use serde_json::{json, Map, Value};
+
+use crate::simulate::SAMPLES;
+use crate::tencent::Blocking;
+
+/// The bus the contract describes, as the flags name it.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    /// `nats`, `amqp`, `kafka` or `stdout`.
+    pub protocol: &'static str,
+    /// The broker: `host:port` (Kafka: the first bootstrap broker).
+    pub host: String,
+    pub prefix: String,
+    /// RabbitMQ: the topic exchange.
+    pub exchange: String,
+    /// Kafka: this instance's reply topic.
+    pub reply_topic: String,
+}
+
+/// The CloudEvents attributes every event carries, and what they hold.
+const ATTRIBUTES: [(&str, &str); 10] = [
+    ("id", "UUIDv7, the same on every retry: deduplicate on it"),
+    ("type", "the CallbackCommand"),
+    ("source", "/tencent/{SdkAppid}"),
+    ("specversion", "1.0"),
+    ("time", "receive time, RFC 3339"),
+    ("datacontenttype", "application/json"),
+    ("sdkappid", "the app's SdkAppid"),
+    ("clientip", "the ClientIP query parameter"),
+    ("optplatform", "the OptPlatform query parameter"),
+    ("partitionkey", "the room, when the body names one"),
+];
+
+impl Contract {
+    /// The document, as JSON (YAML is the same tree).
+    pub fn document(&self) -> Value {
+        let mut channels = Map::new();
+        let mut operations = Map::new();
+        let mut messages = Map::new();
+        for (command, sample) in SAMPLES {
+            let id = command.replace('.', "_");
+            let body: Value = serde_json::from_slice(sample).expect("the samples are JSON");
+            let blocking = Blocking::of(command);
+            messages.insert(
+                id.clone(),
+                json!({
+                    "name": command,
+                    "title": command,
+                    "contentType": "application/json",
+                    "headers": self.headers(blocking.is_some()),
+                    "payload": schema(&body),
+                    "examples": [{ "name": "documented sample", "payload": body }],
+                }),
+            );
+            let destination = format!("{}.{command}", self.prefix);
+            let mut channel = json!({
+                "address": destination,
+                "messages": { id.clone(): { "$ref": format!("#/components/messages/{id}") } },
+            });
+            if let Some(bindings) = self.channel_bindings(&destination) {
+                channel["bindings"] = bindings;
+            }
+            channels.insert(id.clone(), channel);
+            let mut operation = json!({
+                "action": "send",
+                "channel": { "$ref": format!("#/channels/{id}") },
+                "summary": if blocking.is_some() {
+                    format!("{command}: a request; the responder's reply decides what Tencent is answered")
+                } else {
+                    format!("{command}: an informational event, published with broker confirms")
+                },
+                "messages": [{ "$ref": format!("#/channels/{id}/messages/{id}") }],
+            });
+            if let Some(blocking) = blocking {
+                let reply = format!("{id}_reply");
+                messages.insert(reply.clone(), reply_message(blocking));
+                channels.insert(reply.clone(), self.reply_channel(&reply));
+                operation["reply"] = json!({
+                    "channel": { "$ref": format!("#/channels/{reply}") },
+                    "messages": [{ "$ref": format!("#/channels/{reply}/messages/{reply}") }],
+                });
+            }
+            operations.insert(format!("send_{id}"), operation);
+        }
+        let mut document = json!({
+            "asyncapi": "3.0.0",
+            "info": {
+                "title": "hookbus",
+                "version": env!("CARGO_PKG_VERSION"),
+                "description": "Tencent Cloud Live and Chat callbacks as hookbus publishes them: informational \
+                    callbacks as events, blocking callbacks as requests whose reply decides.",
+            },
+            "defaultContentType": "application/json",
+            "channels": channels,
+            "operations": operations,
+            "components": { "messages": messages },
+        });
+        if self.protocol != "stdout" {
+            document["servers"] = json!({ "bus": { "host": self.host, "protocol": self.protocol } });
+        }
+        document
+    }
+
+    /// The CloudEvents attributes as this bus carries them (stdout: none, they are in the line).
+    fn headers(&self, request: bool) -> Value {
+        let name = |attribute: &str| match self.protocol {
+            "nats" => format!("ce-{attribute}"),
+            "kafka" => format!("ce_{attribute}"),
+            _ => format!("cloudEvents:{attribute}"),
+        };
+        let mut properties = Map::new();
+        let mut attributes: Vec<(&str, &str)> = ATTRIBUTES.to_vec();
+        if request {
+            attributes.push(("deadline", "Unix milliseconds until which the reply is useful"));
+        }
+        for (attribute, description) in attributes {
+            properties.insert(name(attribute), json!({ "type": "string", "description": description }));
+        }
+        if request && self.protocol == "kafka" {
+            properties.insert("kafka_replyTopic".into(), json!({ "type": "string", "description": "where to reply" }));
+            properties.insert(
+                "kafka_correlationId".into(),
+                json!({ "type": "string", "description": "the event id: copy it onto the reply" }),
+            );
+        }
+        let required: Vec<String> = ["id", "type", "source", "specversion"].iter().map(|a| name(a)).collect();
+        json!({ "type": "object", "properties": properties, "required": required })
+    }
+
+    fn channel_bindings(&self, destination: &str) -> Option<Value> {
+        match self.protocol {
+            "amqp" => Some(json!({ "amqp": {
+                "is": "routingKey",
+                "exchange": { "name": self.exchange, "type": "topic", "durable": true, "autoDelete": false, "vhost": "/" },
+                "bindingVersion": "0.3.0",
+            }})),
+            "kafka" => Some(json!({ "kafka": { "topic": destination, "bindingVersion": "0.5.0" } })),
+            _ => None,
+        }
+    }
+
+    /// Where replies go: a per-request inbox (NATS), direct reply-to (RabbitMQ), or this
+    /// instance's reply topic (Kafka).
+    fn reply_channel(&self, id: &str) -> Value {
+        let (address, description) = match self.protocol {
+            "kafka" => (json!(self.reply_topic), "This instance's reply topic; the reply carries kafka_correlationId."),
+            "amqp" => (Value::Null, "The request's reply_to (direct reply-to), with its correlation_id."),
+            _ => (Value::Null, "The request's reply subject."),
+        };
+        json!({
+            "address": address,
+            "description": description,
+            "messages": { id: { "$ref": format!("#/components/messages/{id}") } },
+        })
+    }
+}
+
+/// The reply a responder sends: an ErrorCode valid for the command, and the fields it may rewrite.
+fn reply_message(blocking: &Blocking) -> Value {
+    let mut properties = json!({
+        "ErrorCode": { "type": "integer", "description": "0 allows, 1 rejects; see the README for the command's other codes" },
+        "ErrorInfo": { "type": "string" },
+    });
+    for rewrite in blocking.rewrites {
+        let kind = if rewrite.starts_with == b'[' { "array" } else { "string" };
+        properties[rewrite.field] = json!({ "type": kind, "description": "with ErrorCode 0: passed to Tencent" });
+    }
+    json!({
+        "name": format!("{} reply", blocking.command),
+        "contentType": "application/json",
+        "payload": { "type": "object", "properties": properties, "required": ["ErrorCode"] },
+    })
+}
+
+/// A JSON Schema of what the documented sample shows: each field with its type, objects and
+/// arrays described inside; further fields allowed (Tencent adds fields over time).
+/// Ids documented as strings may arrive as numbers: a string field may also be a number.
+pub fn schema(value: &Value) -> Value {
+    match value {
+        Value::Object(fields) => {
+            let properties: Map<String, Value> =
+                fields.iter().map(|(name, value)| (name.clone(), schema(value))).collect();
+            let required: Vec<&String> = fields.keys().filter(|name| *name == "CallbackCommand").collect();
+            json!({ "type": "object", "properties": properties, "required": required, "additionalProperties": true })
+        }
+        Value::Array(items) => match items.first() {
+            Some(item) => json!({ "type": "array", "items": schema(item) }),
+            None => json!({ "type": "array" }),
+        },
+        Value::String(_) => json!({ "type": ["string", "number"] }),
+        Value::Number(_) => json!({ "type": ["number", "string"] }),
+        Value::Bool(_) => json!({ "type": "boolean" }),
+        Value::Null => json!({}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contract(protocol: &'static str) -> Contract {
+        Contract {
+            protocol,
+            host: "127.0.0.1:4222".into(),
+            prefix: "tencent".into(),
+            exchange: "tencent".into(),
+            reply_topic: "tencent.replies.a".into(),
+        }
+    }
+
+    #[test]
+    fn a_channel_per_command_at_its_destination_and_headers_per_bus() {
+        let document = contract("nats").document();
+        assert_eq!(
+            document["channels"]["Live_CallbackAfterCreateRoom"]["address"],
+            "tencent.Live.CallbackAfterCreateRoom"
+        );
+        let headers = &document["components"]["messages"]["Live_CallbackAfterCreateRoom"]["headers"]["properties"];
+        assert!(headers["ce-id"].is_object() && headers["ce-deadline"].is_null());
+        let gift = &document["operations"]["send_Live_CallbackBeforeSendGift"];
+        assert_eq!(gift["reply"]["channel"]["$ref"], "#/channels/Live_CallbackBeforeSendGift_reply");
+        let kafka = contract("kafka").document();
+        let headers = &kafka["components"]["messages"]["Live_CallbackBeforeSendGift"]["headers"]["properties"];
+        assert!(headers["ce_deadline"].is_object() && headers["kafka_replyTopic"].is_object());
+        assert_eq!(kafka["channels"]["Live_CallbackBeforeSendGift_reply"]["address"], "tencent.replies.a");
+        assert!(contract("stdout").document().get("servers").is_none());
+    }
+}
