@@ -14,12 +14,25 @@ use crate::tencent;
 
 /// Every documented sample body, by command.
 pub const SAMPLES: &[(&str, &[u8])] = &[
+    ("C2C.CallbackBeforeSendMsg", include_bytes!("../tests/fixtures/samples/C2C.CallbackBeforeSendMsg.json")),
     ("Follow.CallbackAfterFollowAdd", include_bytes!("../tests/fixtures/samples/Follow.CallbackAfterFollowAdd.json")),
     (
         "Follow.CallbackAfterFollowDelete",
         include_bytes!("../tests/fixtures/samples/Follow.CallbackAfterFollowDelete.json"),
     ),
     ("Group.CallbackAfterSendMsg", include_bytes!("../tests/fixtures/samples/Group.CallbackAfterSendMsg.json")),
+    (
+        "Group.CallbackBeforeApplyJoinGroup",
+        include_bytes!("../tests/fixtures/samples/Group.CallbackBeforeApplyJoinGroup.json"),
+    ),
+    (
+        "Group.CallbackBeforeCreateGroup",
+        include_bytes!("../tests/fixtures/samples/Group.CallbackBeforeCreateGroup.json"),
+    ),
+    (
+        "Group.CallbackBeforeInviteJoinGroup",
+        include_bytes!("../tests/fixtures/samples/Group.CallbackBeforeInviteJoinGroup.json"),
+    ),
     ("Group.CallbackBeforeSendMsg", include_bytes!("../tests/fixtures/samples/Group.CallbackBeforeSendMsg.json")),
     ("Live.CallbackAfterChangeOwner", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterChangeOwner.json")),
     (

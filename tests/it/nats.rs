@@ -77,3 +77,80 @@ async fn jetstream_without_a_stream_is_a_clear_start_up_error() {
     assert!(error.contains("no JetStream stream covers"), "{error}");
     assert!(error.contains("--nats-create-stream"), "{error}");
 }
+
+/// Each documented Chat "Before" callback, with its documented sample, answered by a plain NATS
+/// responder: its own codes pass, another command's are refused for the fallback (allow, as
+/// Tencent does), and the fields it may rewrite pass with ErrorCode 0.
+#[tokio::test]
+async fn each_documented_chat_callback_takes_its_own_codes() {
+    let cases: [(&str, serde_json::Value, serde_json::Value); 8] = [
+        (
+            "C2C.CallbackBeforeSendMsg",
+            json!({"ErrorCode":120001,"ErrorInfo":"blocked"}),
+            json!({"ActionStatus":"OK","ErrorCode":120001,"ErrorInfo":"blocked"}),
+        ),
+        (
+            "C2C.CallbackBeforeSendMsg",
+            json!({"ErrorCode":10100}),
+            json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}),
+        ),
+        (
+            "C2C.CallbackBeforeSendMsg",
+            json!({"ErrorCode":0,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"***"}}]}),
+            json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"***"}}]}),
+        ),
+        (
+            "Group.CallbackBeforeApplyJoinGroup",
+            json!({"ErrorCode":10150,"ErrorInfo":"full"}),
+            json!({"ActionStatus":"OK","ErrorCode":10150,"ErrorInfo":"full"}),
+        ),
+        (
+            "Group.CallbackBeforeApplyJoinGroup",
+            json!({"ErrorCode":2}),
+            json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}),
+        ),
+        (
+            "Group.CallbackBeforeCreateGroup",
+            json!({"ErrorCode":1,"ErrorInfo":"no"}),
+            json!({"ActionStatus":"OK","ErrorCode":1,"ErrorInfo":"no"}),
+        ),
+        (
+            "Group.CallbackBeforeCreateGroup",
+            json!({"ErrorCode":120001}),
+            json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}),
+        ),
+        (
+            "Group.CallbackBeforeInviteJoinGroup",
+            json!({"ErrorCode":0,"RefusedMembers_Account":["jared"],"CloudCustomData":"x"}),
+            json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","RefusedMembers_Account":["jared"]}),
+        ),
+    ];
+    let prefix = unique("t");
+    let client = async_nats::connect(url()).await.unwrap();
+    let mut requests = client.subscribe(format!("{prefix}.>")).await.unwrap();
+    client.flush().await.unwrap();
+    let replies: Vec<_> = cases.iter().map(|(command, reply, _)| (command.to_string(), reply.to_string())).collect();
+    let responder = tokio::spawn({
+        let (client, prefix) = (client.clone(), prefix.clone());
+        async move {
+            for (command, reply) in replies {
+                let request = requests.next().await.unwrap();
+                assert_eq!(request.subject.as_str(), format!("{prefix}.{command}"));
+                client.publish(request.reply.unwrap(), reply.into()).await.unwrap();
+                client.flush().await.unwrap();
+            }
+        }
+    });
+    let gateway = Backend::Nats.gateway(&prefix, None, &[]).await;
+    let mut client = Client::connect(gateway.addr).await;
+    for (case, (command, _, expected)) in cases.iter().enumerate() {
+        // The documented sample, told apart per case (the same signed request twice is a replay).
+        let mut sample: serde_json::Value =
+            serde_json::from_slice(hookbus::simulate::sample(command).unwrap()).unwrap();
+        sample["Case"] = json!(case);
+        let (status, answer) = client.post(command, sample.to_string().as_bytes()).await;
+        assert_eq!((status, &answer), (200, expected), "{command}");
+    }
+    responder.await.unwrap();
+    gateway.stop().await;
+}

@@ -116,7 +116,7 @@ pub fn samples() -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     samples.sort();
-    assert!(samples.len() >= 19, "all documented samples are present");
+    assert!(samples.len() >= 23, "all documented samples are present");
     samples
 }
 
