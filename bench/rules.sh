@@ -5,18 +5,7 @@
 # so every request is checked against all of them and still asks the responder: the worst case.
 # Two rounds, alternating, so that the noise of a shared machine shows.
 # Usage: bench/rules.sh [seconds per measurement, default 10]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-seconds=${1:-10}
-port=18080
-token=bench-token
-app=1400000000
-log=/tmp/hookbus-bench
-mkdir -p "$log"
-command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-scripts/services.sh >/dev/null
-cargo build --release --locked --bins --examples 2>&1 | tail -1 >&2
-bin=target/release/hookbus
+source "$(dirname "$0")/setup.sh"
 gift=Live.CallbackBeforeSendGift
 
 rules=$log/rules-50.toml
@@ -33,13 +22,6 @@ decision = "deny"
 RULE
 done
 
-url() {
-  local now sign
-  now=$(date +%s)
-  sign=$(printf '%s%s' "$token" "$now" | sha256sum | cut -d' ' -f1)
-  echo "http://127.0.0.1:$port/?SdkAppid=$app&CallbackCommand=$gift&contenttype=json&Sign=$sign&RequestTime=$now"
-}
-
 $bin respond --bus nats --prefix bench >/dev/null 2>"$log/respond-rules.log" &
 responder=$!
 until grep -q "answering requests" "$log/respond-rules.log"; do sleep 0.05; done
@@ -54,10 +36,10 @@ for round in 1 2; do
       >/dev/null 2>"$log/rules-$config.log" &
     pid=$!
     until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do sleep 0.05; done
-    wrk_out=$(BENCH_BODY=bench/body-gift.json wrk -t2 -c64 -d"${seconds}s" -s bench/post.lua "$(url)")
+    wrk_out=$(BENCH_BODY=bench/body-gift.json wrk -t2 -c64 -d"${seconds}s" -s bench/post.lua "$(url $gift)")
     errors=$(awk '/Non-2xx/ { n += $5 } /Socket errors/ { n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$wrk_out")
     rps=$(awk -v errors="$errors" -v seconds="$seconds" '/requests in/ { printf "%d", ($1 - errors) / seconds }' <<<"$wrk_out")
-    fixed=$(target/release/examples/load --url "http://127.0.0.1:$port/" --rate 10000 --duration "${seconds}s" \
+    fixed=$($load --url "http://127.0.0.1:$port/" --rate 10000 --duration "${seconds}s" \
       --body bench/body-gift.json --command $gift --token $token)
     kill -TERM $pid
     wait $pid || true

@@ -4,30 +4,10 @@
 # only. Latency: the fixed-rate generator (bench/load.rs) at half the saturation rate (or
 # $rate), 32 connections, without coordinated omission.
 # Usage: bench/run.sh [seconds per measurement, default 10]
-set -euo pipefail
-cd "$(dirname "$0")/.."
-seconds=${1:-10}
-port=18080
-token=bench-token
-app=1400000000
-log=/tmp/hookbus-bench
-mkdir -p "$log"
-
-command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-scripts/services.sh >/dev/null
-cargo build --release --locked --bins --examples 2>&1 | tail -1 >&2
-bin=target/release/hookbus
-load=target/release/examples/load
+source "$(dirname "$0")/setup.sh"
 admin=target/release/examples/admin
 nats=nats://127.0.0.1:4222
 amqp=amqp://guest:guest@127.0.0.1:5672/%2f
-
-url() { # command → signed callback URL (RequestTime now: each measurement is well under the 60 s skew)
-  local now sign
-  now=$(date +%s)
-  sign=$(printf '%s%s' "$token" "$now" | sha256sum | cut -d' ' -f1)
-  echo "http://127.0.0.1:$port/?SdkAppid=$app&CallbackCommand=$1&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI&Sign=$sign&RequestTime=$now"
-}
 
 rss() { awk -v key="$2:" '$1 == key { print int($2 / 1024) }' "/proc/$1/status"; }
 

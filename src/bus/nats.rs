@@ -205,6 +205,8 @@ impl Nats {
             subscriptions.push(subscription);
         }
         let mut requests = futures_util::stream::select_all(subscriptions);
+        // Ready means the server has the subscriptions, not only that they are queued to it.
+        self.client.flush().await.map_err(|error| BusError::unavailable("NATS flush", error))?;
         let _ = ready.send(());
         while let Some(request) = requests.next().await {
             let Some(reply_to) = request.reply else { continue };

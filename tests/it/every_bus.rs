@@ -309,7 +309,7 @@ async fn rules_and_audit(backend: Backend) {
     let rules = crate::support::tempdir("rules").join("rules.toml");
     std::fs::write(&rules, RULES).unwrap();
     let mut watcher = backend.watch(&prefix).await;
-    let flags = ["--rules", rules.to_str().unwrap(), "--audit", "--decision-timeout", "400ms"];
+    let flags = ["--rules", rules.to_str().unwrap(), "--audit", "--decision-timeout", "800ms"];
     let gateway = backend.gateway(&prefix, None, &flags).await;
     let command = "Live.CallbackBeforeSendGift";
     // Nobody answers: a small gift is allowed by the fallback rule, a big one denied by the flag.
