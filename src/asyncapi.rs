@@ -24,7 +24,7 @@ pub struct Contract {
 }
 
 /// The CloudEvents attributes every event carries, and what they hold.
-const ATTRIBUTES: [(&str, &str); 10] = [
+const ATTRIBUTES: [(&str, &str); 12] = [
     ("id", "UUIDv7, the same on every retry: deduplicate on it"),
     ("type", "the CallbackCommand"),
     ("source", "/tencent/{SdkAppid}"),
@@ -35,6 +35,8 @@ const ATTRIBUTES: [(&str, &str); 10] = [
     ("clientip", "the ClientIP query parameter"),
     ("optplatform", "the OptPlatform query parameter"),
     ("partitionkey", "the room, when the body names one"),
+    ("traceparent", "W3C trace context: the callback's traceparent, or a new trace"),
+    ("tracestate", "W3C trace context: the callback's tracestate, when it came with a traceparent"),
 ];
 
 impl Contract {

@@ -179,6 +179,8 @@ impl Decided {
             sdk_app_id: request.sdk_app_id.clone(),
             client_ip: request.client_ip.clone(),
             opt_platform: request.opt_platform.clone(),
+            traceparent: request.traceparent.clone(),
+            tracestate: request.tracestate.clone(),
         };
         let destination = format!("{prefix}.audit.{}", request.command);
         let id = uuid::Uuid::now_v7().to_string();

@@ -182,11 +182,11 @@ where
         .filter(|id| id.len() <= 128)
         .map(str::to_owned);
     match accept(app, request, query).await {
-        Ok(Accepted { command, id, answer }) => {
+        Ok(Accepted { command, id, traceparent, answer }) => {
             app.metrics.answered(&command, 200);
             let request_id = request_id.as_deref().unwrap_or(&id);
             let latency_us = started.elapsed().as_micros() as u64;
-            tracing::debug!(request_id, id, command, status = 200, latency_us, "callback answered");
+            tracing::debug!(request_id, id, command, traceparent, status = 200, latency_us, "callback answered");
             let mut response = Response::new(Full::new(answer));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
@@ -198,10 +198,11 @@ where
     }
 }
 
-/// An accepted callback: its command, event id and the answer for Tencent.
+/// An accepted callback: its command, event id, trace context and the answer for Tencent.
 struct Accepted {
     command: String,
     id: String,
+    traceparent: String,
     answer: Bytes,
 }
 
@@ -232,6 +233,9 @@ where
         let seconds: u64 = time.unwrap_or_default().parse().unwrap_or_default();
         replay_window = Some(seconds + limits.max_clock_skew.as_secs());
     }
+    let header =
+        |name| request.headers().get(name).and_then(|value: &HeaderValue| value.to_str().ok()).map(str::to_owned);
+    let (traceparent, tracestate) = (header("traceparent").unwrap_or_default(), header("tracestate"));
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
         return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
@@ -273,15 +277,17 @@ where
             Answered::Event => Bytes::from_static(OK),
             Answered::Decision(answer) => answer,
         };
-        return Ok(Accepted { command, id: "replay".into(), answer });
+        return Ok(Accepted { command, id: "replay".into(), traceparent: String::new(), answer });
     }
     let origin = Origin {
         sdk_app_id: sdk_app_id.to_owned(),
         client_ip: query.client_ip.unwrap_or_default(),
         opt_platform: query.opt_platform.unwrap_or_default(),
+        traceparent,
+        tracestate,
     };
     let message = Message::new(&settings.prefix, &command, body.room_key(), origin, payload);
-    let id = message.id.clone();
+    let (id, traceparent) = (message.id.clone(), message.traceparent.clone());
     match app.decisions.kind(&command) {
         Some(kind) => {
             let started = Instant::now();
@@ -300,7 +306,7 @@ where
             if let (Some(key), Some(expires)) = (replay_key, replay_window) {
                 app.replays.remember(key, expires, Answered::Decision(decided.answer.clone()));
             }
-            Ok(Accepted { command, id, answer: decided.answer })
+            Ok(Accepted { command, id, traceparent, answer: decided.answer })
         }
         None => {
             app.outbox.push(message).await.map_err(|refused| match refused {
@@ -314,7 +320,7 @@ where
             if let (Some(key), Some(expires)) = (replay_key, replay_window) {
                 app.replays.remember(key, expires, Answered::Event);
             }
-            Ok(Accepted { command, id, answer: Bytes::from_static(OK) })
+            Ok(Accepted { command, id, traceparent, answer: Bytes::from_static(OK) })
         }
     }
 }

@@ -318,6 +318,15 @@ fn encode(message: &Message) -> Vec<u8> {
         None => body.push(0),
     }
     put(&mut body, &message.payload);
+    // Added after the payload, so that records written before them still read back.
+    put(&mut body, message.traceparent.as_bytes());
+    match &message.tracestate {
+        Some(state) => {
+            body.push(1);
+            put(&mut body, state.as_bytes());
+        }
+        None => body.push(0),
+    }
     let length = (body.len() as u32).to_le_bytes();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&length);
@@ -369,8 +378,15 @@ fn decode(body: &[u8]) -> Option<Message> {
         _ => None,
     };
     let payload = Bytes::copy_from_slice(field(&mut rest)?);
+    let (mut traceparent, mut tracestate) = (String::new(), None);
+    if !rest.is_empty() {
+        traceparent = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
+        if take(&mut rest, 1)? == [1] {
+            tracestate = Some(String::from_utf8(field(&mut rest)?.to_vec()).ok()?);
+        }
+    }
     let time = UNIX_EPOCH + Duration::from_millis(ms);
-    let origin = Origin { sdk_app_id, client_ip, opt_platform };
+    let origin = Origin { sdk_app_id, client_ip, opt_platform, traceparent, tracestate };
     Some(Message::restore(id, time, command, destination, key, origin, payload))
 }
 
@@ -394,7 +410,13 @@ mod tests {
     use crate::bus::Origin;
 
     fn message(n: usize) -> Message {
-        let origin = Origin { sdk_app_id: "1400".into(), client_ip: "10.0.0.1".into(), opt_platform: "Web".into() };
+        let origin = Origin {
+            sdk_app_id: "1400".into(),
+            client_ip: "10.0.0.1".into(),
+            opt_platform: "Web".into(),
+            tracestate: Some("vendor=1".into()),
+            ..Origin::default()
+        };
         let key = n.is_multiple_of(2).then(|| format!("room-{n}"));
         Message::new("t", "Live.X", key, origin, Bytes::from(format!("{{\"n\":{n}}}")))
     }

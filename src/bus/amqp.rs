@@ -422,7 +422,12 @@ mod tests {
 
     #[test]
     fn properties_follow_the_amqp_binding() {
-        let origin = Origin { sdk_app_id: "1400".into(), client_ip: "10.0.0.1".into(), opt_platform: "iOS".into() };
+        let origin = Origin {
+            sdk_app_id: "1400".into(),
+            client_ip: "10.0.0.1".into(),
+            opt_platform: "iOS".into(),
+            ..Origin::default()
+        };
         let message = Message::new("t", "Live.X", Some("r1".into()), origin, Bytes::from_static(b"{}"));
         let properties = properties(&message, false);
         assert_eq!(properties.delivery_mode(), &Some(2));

@@ -30,18 +30,36 @@ pub struct Message {
     pub source: String,
     pub client_ip: String,
     pub opt_platform: String,
+    /// W3C trace context: the request's, or a new trace (its id is the event id's).
+    pub traceparent: String,
+    pub tracestate: Option<String>,
     /// Requests only: Unix milliseconds by which the reply must arrive.
     pub deadline_ms: Option<u64>,
     /// The request body exactly as received.
     pub payload: Bytes,
 }
 
-/// Query-string facts about a callback that become attributes.
+/// Facts about a callback's request that become attributes.
 #[derive(Debug, Default, Clone)]
 pub struct Origin {
     pub sdk_app_id: String,
     pub client_ip: String,
     pub opt_platform: String,
+    /// The request's W3C `traceparent`; a new trace is started when it is not a valid one.
+    pub traceparent: String,
+    /// The request's W3C `tracestate`, kept with a valid `traceparent` only.
+    pub tracestate: Option<String>,
+}
+
+/// Whether `text` is a W3C trace context `traceparent` of version 00 with non-zero ids.
+pub fn valid_traceparent(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    matches!(parts.as_slice(), [version, trace, span, flags]
+        if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'))
 }
 
 impl Message {
@@ -63,7 +81,16 @@ impl Message {
         origin: Origin,
         payload: Bytes,
     ) -> Message {
+        let (traceparent, tracestate) = if valid_traceparent(&origin.traceparent) {
+            (origin.traceparent, origin.tracestate)
+        } else {
+            // A new trace: the event id as its trace id, a fresh span id.
+            let span = uuid::Uuid::now_v7().simple().to_string();
+            (format!("00-{}-{}-01", id.replace('-', ""), &span[16..]), None)
+        };
         Message {
+            traceparent,
+            tracestate,
             id,
             command,
             destination,
@@ -92,6 +119,8 @@ impl Message {
             ("clientip", Some(Cow::Borrowed(self.client_ip.as_str()))),
             ("optplatform", Some(Cow::Borrowed(self.opt_platform.as_str()))),
             ("partitionkey", self.key.as_deref().map(Cow::Borrowed)),
+            ("traceparent", Some(Cow::Borrowed(self.traceparent.as_str()))),
+            ("tracestate", self.tracestate.as_deref().map(Cow::Borrowed)),
             ("deadline", self.deadline_ms.map(|ms| Cow::Owned(ms.to_string()))),
         ]
         .into_iter()
@@ -222,6 +251,29 @@ mod tests {
         assert!(valid_name("Future_Thing-2"));
         for bad in ["", "a b", "a.>", "a.*", ".a", "a.", "a..b", &"x".repeat(129)] {
             assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trace_context_is_kept_when_valid_and_started_when_not() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let origin = |traceparent: &str| Origin {
+            traceparent: traceparent.into(),
+            tracestate: Some("a=1".into()),
+            ..Origin::default()
+        };
+        let kept = Message::new("t", "C", None, origin(parent), Bytes::new());
+        assert_eq!((kept.traceparent.as_str(), kept.tracestate.as_deref()), (parent, Some("a=1")));
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            let started = Message::new("t", "C", None, origin(bad), Bytes::new());
+            assert!(valid_traceparent(&started.traceparent), "{}", started.traceparent);
+            assert!(started.traceparent.contains(&started.id.replace('-', "")), "the event id is the trace id");
+            assert_eq!(started.tracestate, None);
         }
     }
 }

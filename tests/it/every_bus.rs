@@ -31,6 +31,10 @@ macro_rules! bus_tests {
                 burst_arrives($backend).await
             }
             #[tokio::test]
+            async fn trace_context_crosses_the_bus_on_events_and_requests() {
+                trace_context($backend).await
+            }
+            #[tokio::test]
             async fn rules_decide_before_and_after_the_bus_and_every_decision_is_audited() {
                 rules_and_audit($backend).await
             }
@@ -389,5 +393,47 @@ async fn made_blocking(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await; // the responder's subscription is gone
     let (_, answer) = gateway.post(command, br#"{"RoomId":"r2"}"#).await;
     assert_eq!(answer["ErrorCode"], 1, "the fallback the flag set: {answer}");
+    gateway.stop().await;
+}
+
+/// A caller's W3C trace context is carried as the CloudEvents distributed-tracing extension on
+/// events and decision requests; without one, each event starts a trace of its own.
+async fn trace_context(backend: Backend) {
+    let prefix = unique("t");
+    let mut watcher = backend.watch(&prefix).await;
+    let gateway = backend.gateway(&prefix, None, &["--decision-timeout", "300ms"]).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = [("traceparent", parent), ("tracestate", "vendor=opaque")];
+    for command in ["Live.CallbackAfterCreateRoom", "Live.CallbackBeforeSendGift"] {
+        let target = crate::support::signed(command);
+        let (status, _) = crate::support::request_with(
+            gateway.addr,
+            hyper::Method::POST,
+            &target,
+            &headers,
+            br#"{"RoomId":"traced"}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = gateway.post("Live.CallbackAfterDestroyRoom", br#"{"RoomId":"untraced"}"#).await;
+    assert_eq!(status, 200);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = watcher.next(Duration::from_secs(20)).await;
+        let attribute = |name: &str| event.attributes.get(name).cloned();
+        seen.push((event.destination.clone(), attribute("traceparent"), attribute("tracestate"), attribute("id")));
+    }
+    for (destination, traceparent, tracestate, id) in seen {
+        if destination.ends_with("CallbackAfterDestroyRoom") {
+            let traceparent = traceparent.expect("a new trace");
+            assert!(hookbus::bus::valid_traceparent(&traceparent), "{traceparent}");
+            assert!(traceparent.contains(&id.unwrap().replace('-', "")), "its trace id is the event id");
+            assert_eq!(tracestate, None);
+        } else {
+            assert_eq!(traceparent.as_deref(), Some(parent), "{backend:?} {destination}");
+            assert_eq!(tracestate.as_deref(), Some("vendor=opaque"), "{backend:?} {destination}");
+        }
+    }
     gateway.stop().await;
 }

@@ -90,15 +90,25 @@ pub fn metric(text: &str, name: &str) -> u64 {
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and body.
 pub async fn request(addr: SocketAddr, method: Method, target: &str, body: &[u8]) -> (u16, Bytes) {
+    request_with(addr, method, target, &[], body).await
+}
+
+/// As [`request`], with extra headers.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: Method,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Bytes) {
     let stream = TcpStream::connect(addr).await.expect("connect to the gateway");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(connection);
-    let request = Request::builder()
-        .method(method)
-        .uri(target)
-        .header("host", addr.to_string())
-        .body(Full::new(Bytes::copy_from_slice(body)))
-        .unwrap();
+    let mut request = Request::builder().method(method).uri(target).header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
     let response = sender.send_request(request).await.expect("an answer");
     let status = response.status().as_u16();
     (status, response.into_body().collect().await.unwrap().to_bytes())
