@@ -226,6 +226,10 @@ pub struct ServeArgs {
     /// Publish every decision as an event `{prefix}.audit.{CallbackCommand}` (type hookbus.decision).
     #[arg(long, env = "HOOKBUS_AUDIT")]
     pub audit: bool,
+    /// Export spans (receive, decision, publish) over OTLP/HTTP to this collector, e.g.
+    /// http://127.0.0.1:4318.
+    #[arg(long, env = "HOOKBUS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Keep the outbox on disk in this directory: a 200 then means the event is durable.
     #[arg(long, env = "HOOKBUS_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -388,6 +392,7 @@ impl ServeArgs {
             apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),
             decisions: self.decisions()?,
             audit: self.audit,
+            tracer: self.otlp_endpoint.as_deref().map(crate::traces::Tracer::start).transpose()?,
             bus,
             outbox_capacity: self.outbox_capacity as usize,
             outbox_max_bytes: self.outbox_max_bytes,

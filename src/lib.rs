@@ -23,6 +23,7 @@
 //! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
 //! - [`respond`]: a reference responder for blocking callbacks.
 //! - [`asyncapi`]: the AsyncAPI contract of what a gateway publishes.
+//! - [`traces`]: spans over OTLP/HTTP (`--otlp-endpoint`).
 //!
 //! No module imports one that imports it back: `config` → everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `metrics`, `bus`;
@@ -44,6 +45,7 @@ pub mod simulate;
 pub mod spool;
 pub mod tencent;
 pub mod tls;
+pub mod traces;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -61,6 +63,7 @@ use crate::replay::Replays;
 use crate::routes::{App, Limits};
 use crate::spool::{Replay, Spool};
 use crate::tencent::BLOCKING;
+use crate::traces::Tracer;
 
 /// The built parts of a gateway, ready to serve.
 pub struct Gateway {
@@ -69,6 +72,8 @@ pub struct Gateway {
     pub apps: Arc<Current>,
     /// Publish every decision as an event (`--audit`).
     pub audit: bool,
+    /// Export spans (`--otlp-endpoint`).
+    pub tracer: Option<Tracer>,
     pub decisions: Decisions,
     pub bus: Bus,
     pub outbox_capacity: usize,
@@ -98,12 +103,14 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         metrics.spool_read_back(&replay.recovery);
     }
     let outbox = Arc::new(Outbox::new(gateway.outbox_capacity, gateway.outbox_max_bytes, gateway.spool));
-    let mut publisher = tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone()));
+    let mut publisher =
+        tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone(), gateway.tracer.clone()));
     let app = Arc::new(App {
         replays: Replays::new(gateway.limits.replay_cache_entries),
         limits: gateway.limits,
         apps: gateway.apps,
         audit: gateway.audit,
+        tracer: gateway.tracer,
         decisions: gateway.decisions,
         bus: gateway.bus.clone(),
         outbox: outbox.clone(),

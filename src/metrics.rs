@@ -70,6 +70,8 @@ pub struct Gauges {
     pub late_replies: u64,
     /// Signed requests remembered against replays.
     pub replay_cache_entries: usize,
+    /// Spans not exported, when exporting.
+    pub spans_dropped: Option<u64>,
     /// Bytes in the spool and its bound, when there is one.
     pub spool: Option<(u64, u64)>,
 }
@@ -302,6 +304,10 @@ impl Metrics {
             "Attempts to reach the broker, the first one included.",
         );
         let _ = writeln!(out, "hookbus_bus_connect_attempts_total {}", gauges.connect_attempts);
+        if let Some(dropped) = gauges.spans_dropped {
+            family(&mut out, "spans_dropped_total", "counter", "Spans not exported: queue full or collector away.");
+            let _ = writeln!(out, "hookbus_spans_dropped_total {dropped}");
+        }
         family(&mut out, "late_replies_total", "counter", "Decision replies that arrived after the deadline.");
         let _ = writeln!(out, "hookbus_late_replies_total {}", gauges.late_replies);
         out
@@ -333,6 +339,7 @@ mod tests {
             connect_attempts: 1,
             late_replies: 0,
             replay_cache_entries: 0,
+            spans_dropped: None,
             spool: None,
         }
     }
@@ -379,6 +386,7 @@ mod tests {
             connect_attempts: 4,
             late_replies: 2,
             replay_cache_entries: 0,
+            spans_dropped: Some(3),
             spool: Some((9, 100)),
         });
         assert!(text.contains(
@@ -397,5 +405,6 @@ mod tests {
         assert!(text.contains("hookbus_bus_connect_attempts_total 4"));
         assert!(text.contains("hookbus_spool_bytes 9"));
         assert!(text.contains("hookbus_spool_max_bytes 100"));
+        assert!(text.contains("hookbus_spans_dropped_total 3"));
     }
 }

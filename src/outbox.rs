@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use crate::bus::{Bus, BusError, Message};
 use crate::metrics::Metrics;
 use crate::spool::{Replay, Spool, SpoolError};
+use crate::traces::{self, Span, Tracer};
 
 /// Largest batch handed to the bus at once: the window of publishes in flight.
 const WINDOW: usize = 512;
@@ -197,7 +198,7 @@ impl Outbox {
     /// Events the broker refused for good (unroutable) are logged and counted, not retried.
     /// While the bus is disconnected nothing is tried: the bus reconnects by itself, and
     /// publishing resumes as soon as it is back.
-    pub async fn publish(self: Arc<Self>, bus: Bus, metrics: Arc<Metrics>) {
+    pub async fn publish(self: Arc<Self>, bus: Bus, metrics: Arc<Metrics>, tracer: Option<Tracer>) {
         while let Some((mut messages, mut segments)) = self.take().await {
             let mut backoff = FIRST_BACKOFF;
             loop {
@@ -212,6 +213,9 @@ impl Outbox {
                         Err(BusError::Unroutable(reason)) => metrics.unroutable(message, reason),
                         _ => metrics.confirmed(1),
                     }
+                    if let Some(tracer) = &tracer {
+                        tracer.record(publish_span(message));
+                    }
                 }
                 self.confirmed(messages.drain(..settled), segments.drain(..settled));
                 let Some(failure) = failure else { break };
@@ -224,6 +228,23 @@ impl Outbox {
                 }
             }
         }
+    }
+}
+
+/// From acceptance to the broker's answer, a child of the callback's `receive` span.
+fn publish_span(message: &Message) -> Span {
+    let (trace_id, parent) = traces::ids(&message.traceparent);
+    Span {
+        name: "publish",
+        trace_id,
+        span_id: traces::span_id(),
+        parent_id: Some(parent),
+        start: message.time,
+        end: std::time::SystemTime::now(),
+        attributes: vec![
+            ("messaging.destination.name", message.destination.clone()),
+            ("cloudevents.event_id", message.id.clone()),
+        ],
     }
 }
 

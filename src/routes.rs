@@ -19,6 +19,7 @@ use crate::outbox::{Outbox, Refused};
 use crate::replay::{self, Answered, Replays};
 use crate::spool::SpoolError;
 use crate::tencent::{self, Body, Query, SignError};
+use crate::traces::{self, Span, Tracer};
 
 /// Paths the gateway serves itself; the callback path cannot be one of them.
 pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -58,6 +59,7 @@ pub struct App {
     pub decisions: Decisions,
     /// Publish every decision as an event.
     pub audit: bool,
+    pub tracer: Option<Tracer>,
     pub bus: Bus,
     pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,
@@ -155,6 +157,7 @@ where
                 connect_attempts: app.bus.connect_attempts(),
                 late_replies: app.bus.late_replies(),
                 replay_cache_entries: app.replays.len(),
+                spans_dropped: app.tracer.as_ref().map(Tracer::dropped),
                 spool: app.outbox.spool_bytes(),
             });
             let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -236,6 +239,7 @@ where
     let header =
         |name| request.headers().get(name).and_then(|value: &HeaderValue| value.to_str().ok()).map(str::to_owned);
     let (traceparent, tracestate) = (header("traceparent").unwrap_or_default(), header("tracestate"));
+    let (incoming, received) = (traceparent.clone(), SystemTime::now());
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
         return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
@@ -286,11 +290,30 @@ where
         traceparent,
         tracestate,
     };
-    let message = Message::new(&settings.prefix, &command, body.room_key(), origin, payload);
+    let mut message = Message::new(&settings.prefix, &command, body.room_key(), origin, payload);
+    // Exporting spans, the gateway's own `receive` span is the parent of what follows it on the
+    // bus; the caller's span (when one came) is its parent.
+    let receive = app.tracer.as_ref().map(|_| {
+        let (trace_id, caller) = traces::ids(&message.traceparent);
+        let parent = (message.traceparent == incoming).then_some(caller);
+        let span_id = traces::span_id();
+        message.traceparent = format!("00-{trace_id}-{span_id}-01");
+        (trace_id, span_id, parent)
+    });
     let (id, traceparent) = (message.id.clone(), message.traceparent.clone());
+    let record = |name: &'static str, start: SystemTime, attributes: Vec<(&'static str, String)>| {
+        if let (Some(tracer), Some((trace_id, span_id, parent))) = (&app.tracer, &receive) {
+            let (span_id, parent_id) = match name {
+                "receive" => (span_id.clone(), parent.clone()),
+                _ => (traces::span_id(), Some(span_id.clone())),
+            };
+            let end = SystemTime::now();
+            tracer.record(Span { name, trace_id: trace_id.clone(), span_id, parent_id, start, end, attributes });
+        }
+    };
     match app.decisions.kind(&command) {
         Some(kind) => {
-            let started = Instant::now();
+            let (started, decision_start) = (Instant::now(), SystemTime::now());
             let request = app.audit.then(|| message.clone());
             let decided = app.decisions.decide(&app.bus, kind, message, &settings.fallbacks).await;
             let elapsed = started.elapsed();
@@ -306,6 +329,13 @@ where
             if let (Some(key), Some(expires)) = (replay_key, replay_window) {
                 app.replays.remember(key, expires, Answered::Decision(decided.answer.clone()));
             }
+            let rule = decided.rule.clone().unwrap_or_default();
+            record("decision", decision_start, vec![("hookbus.outcome", outcome.to_owned()), ("hookbus.rule", rule)]);
+            record(
+                "receive",
+                received,
+                vec![("hookbus.command", command.clone()), ("cloudevents.event_id", id.clone())],
+            );
             Ok(Accepted { command, id, traceparent, answer: decided.answer })
         }
         None => {
@@ -320,6 +350,11 @@ where
             if let (Some(key), Some(expires)) = (replay_key, replay_window) {
                 app.replays.remember(key, expires, Answered::Event);
             }
+            record(
+                "receive",
+                received,
+                vec![("hookbus.command", command.clone()), ("cloudevents.event_id", id.clone())],
+            );
             Ok(Accepted { command, id, traceparent, answer: Bytes::from_static(OK) })
         }
     }
@@ -372,6 +407,7 @@ mod tests {
             apps: Arc::new(Current::new(listed)),
             decisions: Decisions::default(),
             audit: false,
+            tracer: None,
             bus: Bus::Stdout(Stdout::new(Box::new(std::io::sink()))),
             outbox: Arc::new(Outbox::new(outbox_capacity, 1 << 20, None)),
             metrics: Arc::new(Metrics::default()),

@@ -282,3 +282,84 @@ for line in open(sys.argv[1], "rb"):
         assert_eq!(event["data"], serde_json::from_slice::<serde_json::Value>(body).unwrap(), "{command}");
     }
 }
+
+/// A small OTLP/HTTP collector: every JSON body posted to /v1/traces, decoded.
+async fn collector() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let bodies = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let bodies = bodies.clone();
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let bodies = bodies.clone();
+                async move {
+                    assert_eq!(request.uri().path(), "/v1/traces");
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    bodies.lock().unwrap().push(serde_json::from_slice(&body).expect("OTLP JSON"));
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"{}"),
+                    )))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_and_the_bus_carries_the_gateways_span() {
+    let (addr, received) = collector().await;
+    let captured = Captured::default();
+    let endpoint = format!("http://{addr}");
+    let flags = ["--sdk-app-id", APP, "--token", TOKEN, "--otlp-endpoint", &endpoint];
+    let gateway = Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
+    let (trace, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let parent = format!("00-{trace}-{caller}-01");
+    for (command, body) in [
+        ("Live.CallbackAfterCreateRoom", &br#"{"RoomId":"r"}"#[..]),
+        ("Live.CallbackBeforeSendGift", br#"{"RoomId":"g"}"#),
+    ] {
+        let target = crate::support::signed(command);
+        let (status, _) =
+            crate::support::request_with(gateway.addr, Method::POST, &target, &[("traceparent", &parent)], body).await;
+        assert_eq!(status, 200);
+    }
+    let spans = || -> Vec<serde_json::Value> {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|body| body["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    eventually("four spans to be exported", Duration::from_secs(10), || async { spans().len() >= 4 }).await;
+    gateway.stop().await;
+    let spans = spans();
+    let named = |name: &str| spans.iter().filter(|span| span["name"] == name).cloned().collect::<Vec<_>>();
+    let receives = named("receive");
+    assert_eq!(receives.len(), 2, "{spans:#?}");
+    for span in &spans {
+        assert_eq!(span["traceId"], trace, "one trace: the caller's");
+        assert!(span["startTimeUnixNano"].as_str().unwrap().parse::<u128>().unwrap() > 0);
+    }
+    for receive in &receives {
+        assert_eq!(receive["parentSpanId"], caller, "the caller's span is the parent");
+    }
+    let child_of_a_receive =
+        |span: &serde_json::Value| receives.iter().any(|receive| receive["spanId"] == span["parentSpanId"]);
+    let (publish, decision) = (named("publish"), named("decision"));
+    assert!(publish.len() == 1 && child_of_a_receive(&publish[0]), "{spans:#?}");
+    assert!(decision.len() == 1 && child_of_a_receive(&decision[0]), "{spans:#?}");
+    let line = &captured.lines()[0];
+    let event_receive = receives.iter().find(|receive| receive["spanId"] == publish[0]["parentSpanId"]).unwrap();
+    assert_eq!(
+        line["traceparent"],
+        format!("00-{trace}-{}-01", event_receive["spanId"].as_str().unwrap()),
+        "the bus carries the gateway's span"
+    );
+}

@@ -1,0 +1,149 @@
+//! Spans over OTLP/HTTP (`--otlp-endpoint`): `receive` for each callback (its parent is the
+//! caller's span when a `traceparent` came), `decision` for each blocking callback and
+//! `publish` from acceptance to the broker's confirm, each a child of `receive`. Spans are
+//! batched by a background task and posted as OTLP JSON to `{endpoint}/v1/traces`; when the
+//! collector is slow or away they are dropped (counted), never held up the callbacks.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// Spans waiting to be sent at most; past it new spans are dropped.
+const QUEUE: usize = 8192;
+const BATCH: usize = 512;
+const EVERY: Duration = Duration::from_secs(1);
+
+/// One finished span.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub name: &'static str,
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+    /// 16 hex digits, when the span has a parent.
+    pub parent_id: Option<String>,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+/// Where spans go; cheap to clone.
+#[derive(Clone)]
+pub struct Tracer {
+    spans: mpsc::Sender<Span>,
+    dropped: std::sync::Arc<AtomicU64>,
+}
+
+/// A new span id: 16 hex digits.
+pub fn span_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[16..].to_owned()
+}
+
+/// The trace id and span id of a `traceparent` (assumed valid).
+pub fn ids(traceparent: &str) -> (String, String) {
+    let mut parts = traceparent.split('-').skip(1);
+    (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned())
+}
+
+impl Tracer {
+    /// Starts the exporter posting to `{endpoint}/v1/traces` (an `http://` URL).
+    pub fn start(endpoint: &str) -> anyhow::Result<Tracer> {
+        let uri: Uri = format!("{}/v1/traces", endpoint.trim_end_matches('/')).parse()?;
+        anyhow::ensure!(uri.scheme_str() == Some("http"), "--otlp-endpoint: an http:// URL (OTLP/HTTP)");
+        let (spans, queue) = mpsc::channel(QUEUE);
+        let dropped = std::sync::Arc::new(AtomicU64::new(0));
+        tokio::spawn(export(uri, queue, dropped.clone()));
+        Ok(Tracer { spans, dropped })
+    }
+
+    /// Hands a finished span to the exporter; drops it when the queue is full.
+    pub fn record(&self, span: Span) {
+        if self.spans.try_send(span).is_err() {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Spans not exported: the queue was full or the collector refused them.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+}
+
+async fn export(uri: Uri, mut queue: mpsc::Receiver<Span>, dropped: std::sync::Arc<AtomicU64>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let deadline = tokio::time::Instant::now() + EVERY;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(span)) => batch.push(span),
+                Ok(None) if batch.is_empty() => return,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let body = Bytes::from(encode(&batch).to_string());
+        if let Err(error) = post(&uri, body).await {
+            dropped.fetch_add(batch.len() as u64, Relaxed);
+            tracing::debug!(%error, spans = batch.len(), "spans not exported");
+        }
+        batch.clear();
+    }
+}
+
+async fn post(uri: &Uri, body: Bytes) -> anyhow::Result<()> {
+    let host = uri.host().unwrap_or("localhost");
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::time::timeout(EVERY, tokio::net::TcpStream::connect((host, port))).await??;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::post(uri.path())
+        .header("host", format!("{host}:{port}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))?;
+    let response = tokio::time::timeout(EVERY * 5, sender.send_request(request)).await??;
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    anyhow::ensure!(status.is_success(), "collector answered {status}");
+    Ok(())
+}
+
+fn nanos(time: SystemTime) -> String {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos().to_string()
+}
+
+/// OTLP/JSON `ExportTraceServiceRequest`: ids as hex, times as decimal strings of nanoseconds.
+fn encode(spans: &[Span]) -> Value {
+    let spans: Vec<Value> = spans
+        .iter()
+        .map(|span| {
+            let attributes: Vec<Value> = span
+                .attributes
+                .iter()
+                .map(|(key, value)| json!({ "key": key, "value": { "stringValue": value } }))
+                .collect();
+            json!({
+                "traceId": span.trace_id,
+                "spanId": span.span_id,
+                "parentSpanId": span.parent_id.clone().unwrap_or_default(),
+                "name": span.name,
+                "kind": if span.name == "receive" { 2 } else { 3 },
+                "startTimeUnixNano": nanos(span.start),
+                "endTimeUnixNano": nanos(span.end),
+                "attributes": attributes,
+            })
+        })
+        .collect();
+    json!({ "resourceSpans": [{
+        "resource": { "attributes": [{ "key": "service.name", "value": { "stringValue": "hookbus" } }] },
+        "scopeSpans": [{ "scope": { "name": "hookbus", "version": env!("CARGO_PKG_VERSION") }, "spans": spans }],
+    }]})
+}
