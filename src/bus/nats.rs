@@ -230,9 +230,13 @@ fn client_options(options: &Options, reconnects: &Arc<Reconnects>) -> ConnectOpt
         .name(format!("hookbus {}", options.name))
         .request_timeout(None)
         .max_reconnects(None)
-        .reconnect_delay_callback(move |failures| {
+        // Called before every attempt, the first one too (`attempt` 1): that one goes at once.
+        .reconnect_delay_callback(move |attempt| {
             reconnects.attempted();
-            reconnects.next("NATS", failures as u32)
+            match attempt {
+                0 | 1 => Duration::ZERO,
+                attempt => reconnects.next("NATS", attempt as u32 - 1),
+            }
         })
         .event_callback(|event| async move { tracing::info!(%event, "nats connection event") })
 }
