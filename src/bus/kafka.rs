@@ -77,6 +77,7 @@ impl Kafka {
             .map_err(|error| BusError::connect("Kafka producer", error))?;
         let admin = ClientConfig::new()
             .set("bootstrap.servers", &options.brokers)
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .create()
             .map_err(|error| BusError::connect("Kafka admin client", error))?;
         let inner = Arc::new(Inner {
