@@ -20,7 +20,7 @@ pub struct Metrics {
     requests: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
     rejections: Mutex<HashMap<&'static str, Rejections>>,
     /// Signed requests by app and the name of the token that signed them.
-    signatures: Mutex<BTreeMap<(String, String), u64>>,
+    signatures: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     /// By command, outcome and rule (empty: none); the blocking commands and their outcomes
     /// without a rule start at zero.
     decisions: Mutex<BTreeMap<(String, &'static str, String), u64>>,
@@ -132,18 +132,21 @@ impl Metrics {
         );
     }
 
-    /// A request for app `sdk_app_id` was signed with the token named `token`.
+    /// A request for app `sdk_app_id` carried a signature that matched the token named `token`.
     pub fn signed(&self, sdk_app_id: &str, token: &str) {
-        // Token names come from the configuration; with no app listed, any SdkAppid may come:
-        // past MAX_COMMANDS labels they share `other`.
         let mut signatures = lock(&self.signatures);
-        let key = (sdk_app_id.to_owned(), token.to_owned());
-        let key = if signatures.contains_key(&key) || signatures.len() < MAX_COMMANDS {
-            key
-        } else {
-            ("other".into(), key.1)
+        // Token names come from the configuration; with no app listed, any SdkAppid may come:
+        // past MAX_COMMANDS apps they share `other`. Nothing is allocated once a pair is known.
+        let app =
+            if signatures.contains_key(sdk_app_id) || signatures.len() < MAX_COMMANDS { sdk_app_id } else { "other" };
+        let tokens = match signatures.get_mut(app) {
+            Some(tokens) => tokens,
+            None => signatures.entry(app.to_owned()).or_default(),
         };
-        *signatures.entry(key).or_default() += 1;
+        match tokens.get_mut(token) {
+            Some(count) => *count += 1,
+            None => drop(tokens.insert(token.to_owned(), 1)),
+        }
     }
 
     /// A blocking callback was answered after `elapsed`, by `rule` when one decided. (Commands
@@ -230,9 +233,21 @@ impl Metrics {
         for (reason, count) in rejections {
             let _ = writeln!(out, "hookbus_rejections_total{{reason=\"{reason}\"}} {count}");
         }
-        family(&mut out, "signatures_total", "counter", "Signed requests accepted, by app and the name of the token.");
-        for ((app, token), count) in lock(&self.signatures).iter() {
-            let _ = writeln!(out, "hookbus_signatures_total{{app=\"{app}\",token=\"{token}\"}} {count}");
+        family(
+            &mut out,
+            "signatures_total",
+            "counter",
+            "Requests whose signature matched, by app and the name of the token.",
+        );
+        for (app, tokens) in lock(&self.signatures).iter() {
+            for (token, count) in tokens {
+                let _ = writeln!(
+                    out,
+                    "hookbus_signatures_total{{app=\"{}\",token=\"{}\"}} {count}",
+                    label(app),
+                    label(token)
+                );
+            }
         }
         family(&mut out, "decisions_total", "counter", "Blocking callbacks answered, by command and outcome.");
         for ((command, outcome, rule), count) in lock(&self.decisions).iter() {
