@@ -255,6 +255,11 @@ pub struct ServeArgs {
     /// Log line format on stderr.
     #[arg(long, env = "HOOKBUS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Threads that serve callbacks. 1 (the default) runs everything on one thread, the least
+    /// CPU per callback; more spread the work over that many cores, at some cost per callback
+    /// for the hand-overs between them.
+    #[arg(long, env = "HOOKBUS_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -35,7 +35,16 @@ fn main() -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().flatten_event(true).init(),
     }
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    // One worker by default: no work stealing and no wake-ups across threads between a
+    // request, the outbox and the bus client (tokio's multi-thread scheduler, which, unlike the
+    // current-thread one, keeps the publisher's turns frequent under a flood of requests).
+    let runtime = match &cli.command {
+        Command::Serve(args) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.into()).enable_all().build()
+        }
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = runtime.expect("a tokio runtime starts");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
