@@ -1,47 +1,162 @@
 //! Broker chores for `bench/run.sh`, with the clients hookbus already builds:
-//! `admin amqp-sink URL EXCHANGE ROUTING_KEY` binds a bounded queue (the newest 10000 kept) so
-//! events are routable; `admin jetstream-delete URL STREAM` removes a benchmark stream.
+//! `admin amqp-sink URL EXCHANGE ROUTING_KEY` binds a bounded durable queue (the newest 10000
+//! kept, empty at each call) so events are routable; `admin jetstream-delete URL STREAM` removes
+//! a benchmark stream; `admin amqp-flood URL EXCHANGE ROUTING_KEY SECONDS BODY_FILE` is the bare
+//! RabbitMQ client the gateway is compared with: it publishes the body as fast as it can for
+//! SECONDS with the gateway's settings (persistent, `mandatory`, publisher confirms, at most 512
+//! unconfirmed) and prints one JSON line with the confirmed messages per second.
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation};
+
+/// Publishes in flight at most, as the gateway's outbox hands the bus (src/outbox.rs).
+const WINDOW: usize = 512;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["amqp-sink", url, exchange, key] => {
-            let connection = lapin::Connection::connect(url, Default::default()).await.expect("RabbitMQ");
-            let channel = connection.create_channel().await.expect("channel");
-            let options = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
-            channel
-                .exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, options, FieldTable::default())
-                .await
-                .expect("exchange");
-            let mut arguments = FieldTable::default();
-            arguments.insert("x-max-length".into(), AMQPValue::LongInt(10_000));
-            let queue = format!("bench.sink.{key}");
-            channel
-                .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments)
-                .await
-                .expect("queue");
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    exchange.into(),
-                    key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("bind");
+        ["amqp-sink", url, exchange, key] => sink(url, exchange, key).await,
+        ["amqp-flood", url, exchange, key, seconds, body] => {
+            let seconds = seconds.parse().expect("SECONDS, a number");
+            let body = std::fs::read(body).expect("a readable BODY_FILE");
+            flood(url, exchange, key, Duration::from_secs_f64(seconds), &body).await;
         }
         ["jetstream-delete", url, stream] => {
             let client = async_nats::connect(url).await.expect("NATS");
             let _ = async_nats::jetstream::new(client).delete_stream(stream).await;
         }
         _ => {
-            eprintln!("usage: admin amqp-sink URL EXCHANGE KEY | admin jetstream-delete URL STREAM");
+            eprintln!(
+                "usage: admin amqp-sink URL EXCHANGE KEY | admin jetstream-delete URL STREAM \
+                 | admin amqp-flood URL EXCHANGE KEY SECONDS BODY_FILE"
+            );
             std::process::exit(2);
         }
     }
+}
+
+/// Declares the durable topic exchange and binds `bench.sink.{key}` to it: durable, as a
+/// persistent message is only written to disk in a durable queue, and bounded, so that a long
+/// run does not fill the disk. Deleted first, so every measurement starts from an empty queue
+/// (and a transient queue of that name left by an earlier run is replaced).
+async fn sink(url: &str, exchange: &str, key: &str) {
+    let connection = lapin::Connection::connect(url, Default::default()).await.expect("RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    let options = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, options, FieldTable::default())
+        .await
+        .expect("exchange");
+    let queue = format!("bench.sink.{key}");
+    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.expect("delete queue");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(10_000));
+    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(queue.as_str().into(), options, arguments).await.expect("queue");
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// Keeps [`WINDOW`] publishes unconfirmed for `duration`, refilling the window as each confirm
+/// comes, then waits for the last confirms. Only plain acks count: a returned (unroutable) or
+/// nacked message is counted apart. The CPU ticks (utime + stime of the whole process, as
+/// `/proc/PID/stat` gives them) cover the publishing only, not the connect.
+async fn flood(url: &str, exchange: &str, key: &str, duration: Duration, body: &[u8]) {
+    let connection = lapin::Connection::connect(url, Default::default()).await.expect("RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
+    let ticks = cpu_ticks();
+    let start = Instant::now();
+    let end = start + duration;
+    let mut in_flight = FuturesUnordered::new();
+    let (mut sent, mut confirmed, mut returned, mut nacked) = (0u64, 0u64, 0u64, 0u64);
+    loop {
+        if in_flight.len() < WINDOW && Instant::now() < end {
+            sent += 1;
+            let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let confirm = channel
+                .basic_publish(exchange.into(), key.into(), options, body, properties(sent))
+                .await
+                .expect("publish");
+            in_flight.push(confirm);
+            continue;
+        }
+        match in_flight.next().await {
+            Some(Ok(Confirmation::Ack(None))) => confirmed += 1,
+            Some(Ok(Confirmation::Ack(Some(_)))) => returned += 1,
+            Some(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => nacked += 1,
+            Some(Err(error)) => panic!("confirm: {error}"),
+            None => break,
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let ticks = cpu_ticks() - ticks;
+    let _ = connection.close(200, "done".into()).await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "sent": sent,
+            "confirmed": confirmed,
+            "returned": returned,
+            "nacked": nacked,
+            "seconds": (elapsed * 1000.0).round() / 1000.0,
+            "rate": (confirmed as f64 / elapsed).round(),
+            "cpu_ticks": ticks,
+        })
+    );
+}
+
+/// Properties shaped like the gateway's (src/bus/amqp.rs): persistent, with a message id, a
+/// type, a timestamp and the CloudEvents headers, so that the broker stores and parses as much
+/// per message as it does for the gateway.
+fn properties(n: u64) -> BasicProperties {
+    let id = format!("bench-flood-{n:016}");
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("cloudEvents:id", id.as_str()),
+        ("cloudEvents:type", "Live.CallbackAfterMemberStateChanged"),
+        ("cloudEvents:source", "/tencent/1400000000"),
+        ("cloudEvents:specversion", "1.0"),
+        ("cloudEvents:time", "2026-01-01T00:00:00.000Z"),
+        ("cloudEvents:datacontenttype", "application/json"),
+        ("cloudEvents:sdkappid", "1400000000"),
+        ("cloudEvents:clientip", "127.0.0.1"),
+        ("cloudEvents:optplatform", "RESTAPI"),
+        ("cloudEvents:traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("hookbus-unrouted", "keep"),
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(id.as_str().into())
+        .with_timestamp(seconds)
+        .with_type("Live.CallbackAfterMemberStateChanged".into())
+        .with_headers(headers)
+}
+
+/// This process's utime + stime so far, in clock ticks (fields 14 and 15 of `/proc/self/stat`).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The command name, in parentheses, may hold spaces: count the fields after it (from the 3rd).
+    let fields = &stat[stat.rfind(')').expect("a command name") + 2..];
+    fields.split(' ').skip(11).take(2).map(|field| field.parse::<u64>().expect("clock ticks")).sum()
 }

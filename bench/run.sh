@@ -1,77 +1,116 @@
 #!/usr/bin/env bash
 # Benchmarks hookbus side by side with a bare hyper server (the ceiling), on every bus, in one
-# run, and prints a Markdown table. Saturation: wrk, 2 threads, 64 connections, counting 200s
-# only. Latency: the fixed-rate generator (bench/load.rs) at half the saturation rate (or
-# $rate), 32 connections, without coordinated omission.
+# run, and prints a Markdown table. Saturation: wrk, 1 thread, 64 connections, counting 200s
+# only; CPU per request is the server's utime + stime over that run (/proc/PID/stat) divided by
+# every answer wrk counted. Latency: the fixed-rate generator (bench/load.rs) at half the
+# saturation rate (or $rate), 32 connections, without coordinated omission. For the rows that
+# sweep, latency also at 10, 25, 75 and 90 % of the saturation rate (3 s each, less when the
+# measurements are shorter), into bench/latency.tsv, drawn into latency.png by bench/plot.sh.
 # Usage: bench/run.sh [seconds per measurement, default 10]
 source "$(dirname "$0")/setup.sh"
-admin=target/release/examples/admin
-nats=nats://127.0.0.1:4222
-amqp=amqp://guest:guest@127.0.0.1:5672/%2f
+tsv=bench/latency.tsv
+sweep_seconds=$(( seconds < 3 ? seconds : 3 ))
 
 rss() { awk -v key="$2:" '$1 == key { print int($2 / 1024) }' "/proc/$1/status"; }
 
-wait_ready() { # path → milliseconds until it answers 200
-  local started=$(date +%s%N)
-  until curl -sf -o /dev/null "http://127.0.0.1:$port$1"; do
-    (( $(date +%s%N) - started < 30000000000 )) || { echo "not ready after 30 s" >&2; return 1; }
-    sleep 0.005
-  done
-  echo $(( ($(date +%s%N) - started) / 1000000 ))
+# The rows whose latency is also measured, and drawn, against the offered rate.
+swept_rows=("ceiling (bare hyper)" "NATS core" "NATS JetStream" "RabbitMQ (confirms)" "Kafka (tansu)"
+  "decisions over nats (hookbus respond)")
+swept() { # name → whether its row sweeps
+  local row
+  for row in "${swept_rows[@]}"; do [[ $row != "$1" ]] || return 0; done
+  return 1
 }
 
-ceiling_rps=
+# name rate seconds body command → the fixed-rate generator's JSON line; in a row that sweeps,
+# also a line of $tsv
+fixed_rate() {
+  local offered=$(( $2 > 0 ? $2 : 1 )) out
+  out=$($load --url "http://127.0.0.1:$port/" --rate $offered --duration "$3s" --body "$4" --command "$5" \
+    --token "$token")
+  if swept "$1"; then
+    python3 -c 'import json, sys
+f = json.loads(sys.argv[3])
+print(sys.argv[1], sys.argv[2], int(f["rate"]), f["p50_ms"], f["p99_ms"], f["errors"], sep="\t")' \
+      "$1" $offered "$out" >>"$tsv"
+  fi
+  echo "$out"
+}
+
+ceiling_rps= ceiling_cpu=
 # name body command ready-path program args... : one row of the table
 measure() {
-  local name=$1 body=$2 command=$3 ready=$4
+  local name=$1 body=$2 command=$3 ready=$4 pid
   shift 4
-  "$@" >/dev/null 2>"$log/${name//[^a-zA-Z0-9]/_}.log" &
-  local pid=$!
+  start "$name" "$@"
   local start_ms
   start_ms=$(wait_ready "$ready")
   sleep 0.5
   local idle
   idle=$(rss $pid VmRSS)
-  local wrk_out
-  wrk_out=$(BENCH_BODY=$body wrk -t2 -c64 -d"${seconds}s" -s bench/post.lua "$(url "$command")")
   # Saturation counts answers 200 only: a 503 from a full outbox is cheap and says nothing.
-  local rps errors
-  errors=$(awk '/Non-2xx/ { n += $5 } /Socket errors/ { n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$wrk_out")
-  rps=$(awk -v errors="$errors" -v seconds="$seconds" '/requests in/ { printf "%d", ($1 - errors) / seconds }' <<<"$wrk_out")
+  saturate $pid "$body" "$(url "$command")"
   local fixed
-  fixed=$($load --url "http://127.0.0.1:$port/" --rate "${rate:-$((rps / 2))}" --duration "${seconds}s" --body "$body" \
-    --command "$command" --token "$token")
+  fixed=$(fixed_rate "$name" "${rate:-$((rps / 2))}" "$seconds" "$body" "$command")
   local peak
   peak=$(rss $pid VmHWM)
-  kill -TERM $pid
-  wait $pid || true
-  [[ -n $ceiling_rps ]] || ceiling_rps=$rps
-  python3 - "$name" "$rps" "$ceiling_rps" "$errors" "$fixed" "$idle" "$peak" "$start_ms" <<'PY'
+  if swept "$name"; then
+    for percent in 10 25 75 90; do
+      fixed_rate "$name" $((rps * percent / 100)) "$sweep_seconds" "$body" "$command" >/dev/null
+    done
+  fi
+  stop $pid
+  [[ -n $ceiling_rps ]] || { ceiling_rps=$rps; ceiling_cpu=$cpu_us; }
+  python3 - "$name" "$rps" "$ceiling_rps" "$errors" "$cpu_us" "$ceiling_cpu" "$fixed" "$idle" "$peak" "$start_ms" <<'PY'
 import json, sys
-name, rps, ceiling, errors, fixed, idle, peak, start = sys.argv[1:]
+name, rps, ceiling, errors, cpu, ceiling_cpu, fixed, idle, peak, start = sys.argv[1:]
 f = json.loads(fixed)
-print(f"| {name} | {int(rps):,} | {int(rps) / int(ceiling):.2f} | {errors} | {int(f['rate']):,} | "
+cpu_ratio = f"{float(cpu) / float(ceiling_cpu):.2f}" if float(ceiling_cpu) > 0 else "—"
+print(f"| {name} | {int(rps):,} | {int(rps) / max(int(ceiling), 1):.2f} | {errors} | {float(cpu):.1f} | "
+      f"{cpu_ratio} | {int(f['rate']):,} | "
       f"{f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['p999_ms']:.2f} | {f['errors']} | {idle} | {peak} | {start} |")
 PY
 }
 
-gateway() { # extra flags... → a gateway command line on $port
-  echo "$bin serve --listen 127.0.0.1:$port --sdk-app-id $app --token $token --prefix bench $*"
+# The bare RabbitMQ client (bench/admin.rs amqp-flood), with the gateway's publishing settings:
+# its confirmed/s in the saturation column and its CPU per confirmed message; nacked and returned
+# messages under errors.
+bare_amqp() {
+  bare=$($admin amqp-flood "$amqp" tencent "bench.$info" "$seconds" bench/body-1k.json)
+  python3 - "$bare" "$ceiling_rps" "$ceiling_cpu" "$clk_tck" <<'PY'
+import json, sys
+bare, ceiling, ceiling_cpu, hz = sys.argv[1:]
+b = json.loads(bare)
+cpu = b["cpu_ticks"] * 1e6 / int(hz) / max(b["confirmed"], 1)
+cpu_ratio = f"{cpu / float(ceiling_cpu):.2f}" if float(ceiling_cpu) > 0 else "—"
+print(f"| bare lapin client (persistent, mandatory, confirms, 512 in flight) | {int(b['rate']):,} | "
+      f"{b['rate'] / max(int(ceiling), 1):.2f} | — | {cpu:.1f} | {cpu_ratio} | — | — | — | — | "
+      f"{b['nacked'] + b['returned']} | — | — | — |")
+PY
 }
 
 info=Live.CallbackAfterMemberStateChanged
 gift=Live.CallbackBeforeSendGift
-$admin amqp-sink "$amqp" tencent "bench.$info"
 $admin jetstream-delete "$nats" HOOKBUS_BENCH
+{
+  echo "# $(date -u +%Y-%m-%d), $(nproc) vCPU $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)," \
+    "$(awk '/^MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo), bench/run.sh $seconds"
+  printf '# configuration\toffered rate\tachieved rate\tp50 ms\tp99 ms\terrors\n'
+} >"$tsv"
 
-echo "| configuration | 200/s at saturation | × ceiling | refused (503) | fixed rate req/s | p50 ms | p99 ms | p99.9 ms | errors | idle RSS MB | peak RSS MB | start-up ms |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-measure "ceiling (bare hyper)" bench/body-1k.json $info / target/release/examples/ceiling 127.0.0.1:$port
+echo "| configuration | 200/s at saturation | × ceiling | refused (503) | CPU µs/req | CPU × ceiling | fixed rate req/s | p50 ms | p99 ms | p99.9 ms | errors | idle RSS MB | peak RSS MB | start-up ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+measure "ceiling (bare hyper)" bench/body-1k.json $info / $ceiling 127.0.0.1:$port
 measure "stdout → /dev/null" bench/body-1k.json $info /readyz $(gateway --bus stdout)
 measure "NATS core" bench/body-1k.json $info /readyz $(gateway --bus nats --nats-url $nats)
 measure "NATS JetStream" bench/body-1k.json $info /readyz $(gateway --bus nats --nats-url $nats --nats-jetstream --nats-create-stream HOOKBUS_BENCH)
 $admin jetstream-delete "$nats" HOOKBUS_BENCH
+# The gateway, then the bare client, each against a fresh bounded durable queue.
+$admin amqp-sink "$amqp" tencent "bench.$info"
 measure "RabbitMQ (confirms)" bench/body-1k.json $info /readyz $(gateway --bus amqp --amqp-url $amqp)
+gateway_amqp_rps=$rps
+$admin amqp-sink "$amqp" tencent "bench.$info"
+bare_amqp
 measure "Kafka (tansu)" bench/body-1k.json $info /readyz $(gateway --bus kafka --instance-id bench)
 rm -rf /tmp/hookbus-bench-spool
 measure "NATS core + spool" bench/body-1k.json $info /readyz $(gateway --bus nats --nats-url $nats --spool-dir /tmp/hookbus-bench-spool)
@@ -89,8 +128,7 @@ for bus in nats amqp kafka; do
   if [[ $bus == nats ]]; then
     rate=10000 measure "decisions over nats at 10,000/s" bench/body-gift.json $gift /readyz $(gateway --bus $bus --instance-id bench)
   fi
-  kill -TERM $responder
-  wait $responder || true
+  stop $responder
 done
 
 # A broker that stops answering: a second NATS server, paused once the gateway is connected.
@@ -100,3 +138,13 @@ until (exec 3<>/dev/tcp/127.0.0.1/4333) 2>/dev/null; do sleep 0.05; done
 (sleep 2 && kill -STOP $paused) &
 measure "growing outbox (NATS paused)" bench/body-1k.json $info /readyz $(gateway --bus nats --nats-url nats://127.0.0.1:4333)
 kill -CONT $paused; kill $paused; wait $paused 2>/dev/null || true
+
+echo
+python3 - "$gateway_amqp_rps" "$bare" "$seconds" <<'PY'
+import json, sys
+gateway, bare, seconds = int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+print(f"RabbitMQ: the gateway's {gateway:,} 200/s at saturation = {gateway / max(bare['rate'], 1):.2f} × "
+      f"the bare client's {int(bare['rate']):,} confirmed/s (a 200 means the event is in the outbox, which "
+      f"holds 20,000 by default: over {seconds} s, up to {20000 // seconds:,}/s of those were not confirmed yet).")
+PY
+bench/plot.sh "$tsv" latency.png

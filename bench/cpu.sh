@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# CPU per request against the ceiling on the informational path: the ceiling (bare hyper),
+# hookbus on stdout (to /dev/null) and hookbus on NATS core, both signed, one after the other
+# round after round, so that the drift of a shared machine falls on all three alike. Each is
+# saturated by wrk -t1 -c64 posting bench/body-230.json (a ~230-byte callback, a Seq field added
+# per request); CPU is the server's utime + stime over the run (/proc/PID/stat) divided by every
+# answer wrk counted. Prints the medians over the rounds and their ratios to the ceiling, the
+# target check, and each round's raw figures.
+# Target: on NATS core, CPU per request ≤ 1.5 × the ceiling's and 2xx/s ≥ 0.75 × the ceiling's.
+# Usage: bench/cpu.sh [rounds, default 3] [seconds per measurement, default 5]
+rounds=${1:-3}
+source "$(dirname "$0")/setup.sh" "${2:-5}"
+info=Live.CallbackAfterMemberStateChanged
+body=bench/body-230.json
+results=$log/cpu.tsv
+: >"$results"
+
+names=("ceiling (bare hyper)" "stdout → /dev/null" "NATS core")
+command_line() { # configuration number → its command line
+  case $1 in
+    0) echo "$ceiling 127.0.0.1:$port" ;;
+    1) gateway --bus stdout ;;
+    2) gateway --bus nats --nats-url $nats ;;
+  esac
+}
+ready_path() { [[ $1 == 0 ]] && echo / || echo /readyz; }
+
+for round in $(seq 1 "$rounds"); do
+  for n in "${!names[@]}"; do
+    start "cpu-$n" $(command_line $n)
+    wait_ready "$(ready_path $n)" >/dev/null
+    sleep 0.5
+    saturate $pid $body "$(url $info)"
+    stop $pid
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${names[n]}" "$rps" "$cpu_us" "$responses" "$errors" >>"$results"
+  done
+done
+
+python3 - "$results" "$seconds" "${names[@]}" <<'PY'
+import statistics, sys
+results, seconds, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = [line.rstrip("\n").split("\t") for line in open(results)]
+rps = {name: [int(r[2]) for r in rows if r[1] == name] for name in names}
+cpu = {name: [float(r[3]) for r in rows if r[1] == name] for name in names}
+med_rps = {name: statistics.median(values) for name, values in rps.items()}
+med_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+ceiling = names[0]
+ratio = lambda a, b: a / b if b else float("nan")
+print(f"Medians over {len(rps[ceiling])} round(s) of wrk -t1 -c64 -d{seconds}s, ~230-byte signed body:")
+print()
+print("| configuration | 2xx/s | × ceiling | CPU µs/req | CPU × ceiling |")
+print("|---|---|---|---|---|")
+for name in names:
+    print(f"| {name} | {med_rps[name]:,.0f} | {ratio(med_rps[name], med_rps[ceiling]):.2f} | "
+          f"{med_cpu[name]:.2f} | {ratio(med_cpu[name], med_cpu[ceiling]):.2f} |")
+nats = names[-1]
+cpu_ratio, rps_ratio = ratio(med_cpu[nats], med_cpu[ceiling]), ratio(med_rps[nats], med_rps[ceiling])
+print()
+print(f"Target, {nats}: CPU/req {cpu_ratio:.2f} × ceiling (≤ 1.5: {'holds' if cpu_ratio <= 1.5 else 'misses'}), "
+      f"2xx/s {rps_ratio:.2f} × ceiling (≥ 0.75: {'holds' if rps_ratio >= 0.75 else 'misses'}).")
+print()
+print("Rounds:")
+for round_ in sorted({r[0] for r in rows}, key=int):
+    figures = "; ".join(f"{r[1]} {int(r[2]):,} 2xx/s, {float(r[3]):.2f} CPU µs/req ({int(r[4]):,} answers, {r[5]} errors)"
+                        for r in rows if r[0] == round_)
+    print(f"- round {round_}: {figures}")
+PY
