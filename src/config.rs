@@ -18,7 +18,7 @@ use crate::http::Connections;
 use crate::respond::Responder;
 use crate::routes::{Limits, RESERVED_PATHS};
 use crate::spool::{self, Spool};
-use crate::{apps, asyncapi, rules};
+use crate::{apps, asyncapi, outbox, rules};
 use crate::{tencent, Gateway};
 
 #[derive(Debug, Parser)]
@@ -243,6 +243,10 @@ pub struct ServeArgs {
     /// with a spool, --spool-max-bytes bounds the waiting events instead).
     #[arg(long, env = "HOOKBUS_OUTBOX_MAX_BYTES", default_value_t = 16 << 20)]
     pub outbox_max_bytes: usize,
+    /// How long a callback that finds the outbox (or memory) full waits for the broker to make
+    /// room before it is answered 503; 0 refuses at once.
+    #[arg(long, env = "HOOKBUS_OUTBOX_WAIT", default_value = "250ms", value_parser = parse_duration)]
+    pub outbox_wait: Duration,
     /// Time allowed on SIGTERM/SIGINT to finish requests and flush the outbox.
     #[arg(long, env = "HOOKBUS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -399,8 +403,11 @@ impl ServeArgs {
             audit: self.audit,
             tracer: self.otlp_endpoint.as_deref().map(crate::traces::Tracer::start).transpose()?,
             bus,
-            outbox_capacity: self.outbox_capacity as usize,
-            outbox_max_bytes: self.outbox_max_bytes,
+            outbox: outbox::Bounds {
+                capacity: self.outbox_capacity as usize,
+                max_bytes: self.outbox_max_bytes,
+                wait: self.outbox_wait,
+            },
             connections: Connections {
                 header_read_timeout: self.header_read_timeout,
                 max_connections: self.max_connections as usize,

@@ -76,8 +76,7 @@ pub struct Gateway {
     pub tracer: Option<Tracer>,
     pub decisions: Decisions,
     pub bus: Bus,
-    pub outbox_capacity: usize,
-    pub outbox_max_bytes: usize,
+    pub outbox: outbox::Bounds,
     pub connections: Connections,
     pub shutdown_grace: Duration,
     /// With `--spool-dir`: the opened spool and what it replayed.
@@ -102,7 +101,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     if let Some((_, replay)) = &gateway.spool {
         metrics.spool_read_back(&replay.recovery);
     }
-    let outbox = Arc::new(Outbox::new(gateway.outbox_capacity, gateway.outbox_max_bytes, gateway.spool));
+    let outbox = Arc::new(Outbox::new(gateway.outbox, gateway.spool));
     let mut publisher =
         tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone(), gateway.tracer.clone()));
     let app = Arc::new(App {

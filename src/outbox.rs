@@ -1,6 +1,7 @@
 //! Accepted informational events until the bus confirms them. A 200 means the event is here:
 //! in memory, or with `--spool-dir` also durable on disk before the answer. The outbox is
-//! bounded (full → the caller answers 503); a publisher task drains it in batches through the
+//! bounded (full → a callback waits a moment for room, then the caller answers 503); a
+//! publisher task drains it in batches through the
 //! bus, retries what the broker did not confirm with capped exponential backoff, and removes an
 //! event only once confirmed (at-least-once; retries keep the id). In memory, what is left at
 //! shutdown is counted as lost; in the spool it waits for the next start.
@@ -37,11 +38,32 @@ pub enum Refused {
     Spool(#[from] SpoolError),
 }
 
+/// How much the outbox holds, and how long a callback waits for room when it is full.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Events.
+    pub capacity: usize,
+    /// Memory the events hold (memory outbox; with a spool, the spool's bound applies).
+    pub max_bytes: usize,
+    /// A callback that finds the outbox full waits this long for the broker to confirm
+    /// enough to make room, before it is refused.
+    pub wait: Duration,
+}
+
+impl Default for Bounds {
+    /// The flags' defaults: 20,000 events, 16 MiB, 250 ms.
+    fn default() -> Bounds {
+        Bounds { capacity: 20_000, max_bytes: 16 << 20, wait: Duration::from_millis(250) }
+    }
+}
+
 pub struct Outbox {
     state: Mutex<State>,
+    /// Events are waiting for the publisher.
     ready: Notify,
-    capacity: usize,
-    max_bytes: usize,
+    /// Confirmed events made room.
+    room: Notify,
+    bounds: Bounds,
     spool: Option<Spool>,
 }
 
@@ -61,9 +83,8 @@ struct State {
 }
 
 impl Outbox {
-    /// An outbox of at most `capacity` events and `max_bytes` of memory; with a spool,
-    /// starting with what it replayed.
-    pub fn new(capacity: usize, max_bytes: usize, spool: Option<(Spool, Replay)>) -> Outbox {
+    /// An outbox within `bounds`; with a spool, starting with what it replayed.
+    pub fn new(mut bounds: Bounds, spool: Option<(Spool, Replay)>) -> Outbox {
         let mut state = State::default();
         let spool = spool.map(|(spool, replay)| {
             state.bytes = replay.events.iter().map(|(message, _)| size(message)).sum();
@@ -72,25 +93,26 @@ impl Outbox {
         });
         // With a spool, its own bound (`--spool-max-bytes`) limits the waiting events; they are
         // kept in memory as well, so that bound is a memory bound too.
-        let max_bytes = if spool.is_some() { usize::MAX } else { max_bytes };
-        Outbox { state: Mutex::new(state), ready: Notify::new(), capacity, max_bytes, spool }
+        if spool.is_some() {
+            bounds.max_bytes = usize::MAX;
+        }
+        Outbox { state: Mutex::new(state), ready: Notify::new(), room: Notify::new(), bounds, spool }
     }
 
-    /// Accepts an event once it is held (and, with a spool, durable), or refuses it when full.
+    /// Accepts an event once it is held (and, with a spool, durable). When the outbox is full,
+    /// waits up to [`Bounds::wait`] for room; refuses it if none was made by then.
     pub async fn push(&self, message: Message) -> Result<(), Refused> {
         let bytes = size(&message);
-        {
-            let mut state = self.lock();
-            if state.queue.len() + state.in_flight + state.reserved >= self.capacity {
-                state.refusing = true;
-                return Err(Refused::Full(self.capacity));
+        let mut deadline = None;
+        loop {
+            // Registered before the check, so that room made right after it still wakes us.
+            let room = self.room.notified();
+            let Err(refused) = self.reserve(bytes) else { break };
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.bounds.wait);
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                self.lock().refusing = true;
+                return Err(refused);
             }
-            if state.bytes + bytes > self.max_bytes {
-                state.refusing = true;
-                return Err(Refused::FullBytes(self.max_bytes));
-            }
-            state.reserved += 1;
-            state.bytes += bytes;
         }
         let segment = match &self.spool {
             Some(spool) => match spool.append(&message).await {
@@ -118,6 +140,20 @@ impl Outbox {
         Ok(())
     }
 
+    /// Takes a place and `bytes` for an event being accepted, if there is room.
+    fn reserve(&self, bytes: usize) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.queue.len() + state.in_flight + state.reserved >= self.bounds.capacity {
+            return Err(Refused::Full(self.bounds.capacity));
+        }
+        if state.bytes + bytes > self.bounds.max_bytes {
+            return Err(Refused::FullBytes(self.bounds.max_bytes));
+        }
+        state.reserved += 1;
+        state.bytes += bytes;
+        Ok(())
+    }
+
     /// Events accepted and not yet confirmed.
     pub fn depth(&self) -> usize {
         let state = self.lock();
@@ -125,7 +161,7 @@ impl Outbox {
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.bounds.capacity
     }
 
     /// Bytes held in the spool and its bound, when there is one.
@@ -143,8 +179,8 @@ impl Outbox {
         let spool_full = self.spool.as_ref().is_some_and(|spool| spool.bytes() >= spool.max_bytes());
         let state = self.lock();
         state.refusing
-            || state.queue.len() + state.in_flight >= self.capacity
-            || state.bytes >= self.max_bytes
+            || state.queue.len() + state.in_flight >= self.bounds.capacity
+            || state.bytes >= self.bounds.max_bytes
             || spool_full
     }
 
@@ -185,6 +221,10 @@ impl Outbox {
         state.in_flight -= n;
         state.bytes -= bytes;
         state.refusing &= n == 0;
+        drop(state);
+        if n > 0 {
+            self.room.notify_waiters();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -258,25 +298,30 @@ mod tests {
     use crate::bus::Origin;
     use bytes::Bytes;
 
+    /// Bounds that refuse at once when full.
+    fn bounds(capacity: usize, max_bytes: usize) -> Bounds {
+        Bounds { capacity, max_bytes, wait: Duration::ZERO }
+    }
+
     fn message() -> Message {
         Message::new("t", "C", None, Origin::default(), Bytes::from_static(b"{}"))
     }
 
     #[tokio::test]
     async fn full_outbox_refuses() {
-        let outbox = Outbox::new(2, 1 << 20, None);
+        let outbox = Outbox::new(bounds(2, 1 << 20), None);
         outbox.push(message()).await.unwrap();
         outbox.push(message()).await.unwrap();
         assert!(outbox.is_full());
         assert!(matches!(outbox.push(message()).await, Err(Refused::Full(2))));
         assert_eq!(outbox.depth(), 2);
-        let small = Outbox::new(100, 2 * (OVERHEAD + 2), None);
+        let small = Outbox::new(bounds(100, 2 * size(&message())), None);
         small.push(message()).await.unwrap();
         small.push(message()).await.unwrap();
         assert!(small.is_full());
         assert!(matches!(small.push(message()).await, Err(Refused::FullBytes(_))));
         // Room left, but not enough for the event that came: still full until room is freed.
-        let roomy = Outbox::new(100, 2 * (OVERHEAD + 2) + 1, None);
+        let roomy = Outbox::new(bounds(100, 2 * size(&message()) + 1), None);
         roomy.push(message()).await.unwrap();
         roomy.push(message()).await.unwrap();
         assert!(roomy.push(message()).await.is_err());
@@ -288,7 +333,7 @@ mod tests {
 
     #[tokio::test]
     async fn taken_events_still_count_until_confirmed() {
-        let outbox = Outbox::new(2, 1 << 20, None);
+        let outbox = Outbox::new(bounds(2, 1 << 20), None);
         outbox.push(message()).await.unwrap();
         outbox.push(message()).await.unwrap();
         let (batch, segments) = outbox.take().await.unwrap();
@@ -298,5 +343,24 @@ mod tests {
         assert_eq!(outbox.depth(), 0);
         outbox.close();
         assert!(outbox.take().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_outbox_takes_an_event_once_room_is_made_within_the_wait() {
+        let outbox = Arc::new(Outbox::new(Bounds { wait: Duration::from_millis(250), ..bounds(1, 1 << 20) }, None));
+        outbox.push(message()).await.unwrap();
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.push(message()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "waits for room");
+        let (batch, segments) = outbox.take().await.unwrap();
+        outbox.confirmed(batch.into_iter(), segments.into_iter());
+        assert!(waiting.await.unwrap().is_ok(), "taken once the confirm made room");
+        let started = tokio::time::Instant::now();
+        assert!(matches!(outbox.push(message()).await, Err(Refused::Full(1))), "no room made: refused");
+        assert_eq!(started.elapsed(), Duration::from_millis(250), "after the wait");
+        assert!(outbox.is_full());
     }
 }

@@ -396,6 +396,8 @@ mod tests {
     use super::*;
     use crate::apps;
     use crate::bus::stdout::Stdout;
+    use crate::outbox;
+    use std::time::Duration;
 
     fn app(outbox_capacity: usize) -> App {
         let token = apps::Token { name: "t".into(), secret: "tok".into() };
@@ -409,7 +411,10 @@ mod tests {
             audit: false,
             tracer: None,
             bus: Bus::Stdout(Stdout::new(Box::new(std::io::sink()))),
-            outbox: Arc::new(Outbox::new(outbox_capacity, 1 << 20, None)),
+            outbox: Arc::new(Outbox::new(
+                outbox::Bounds { capacity: outbox_capacity, max_bytes: 1 << 20, wait: Duration::ZERO },
+                None,
+            )),
             metrics: Arc::new(Metrics::default()),
             replays: Replays::new(100),
         }
