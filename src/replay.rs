@@ -8,6 +8,7 @@
 //! expiring go first.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -15,8 +16,38 @@ use sha2::{Digest, Sha256};
 
 /// One signed callback: 128 bits of a digest of its `Sign`, `RequestTime`, SdkAppid, command
 /// and body (a collision among a million requests is about 1 in 10^26).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key([u8; 16]);
+
+/// A key is a digest already: its first 8 bytes are its hash. Only requests signed with the
+/// token get here, so nobody without it can choose keys that collide.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_le_bytes(self.0[..8].try_into().expect("8 of 16 bytes")));
+    }
+}
+
+/// The hasher for [`Key`]s: their own first 8 bytes, with no hashing again.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Keyed = BuildHasherDefault<Prehashed>;
 
 impl Key {
     pub fn of(sign: &str, request_time: &str, sdk_app_id: &str, command: &str, body: &[u8]) -> Key {
@@ -47,10 +78,9 @@ pub struct Replays {
 
 /// Informational requests cost a set entry and a queue slot (about 50 bytes); decisions also
 /// keep their answer.
-#[derive(Default)]
 struct State {
-    events: HashSet<Key>,
-    decisions: HashMap<Key, Bytes>,
+    events: HashSet<Key, Keyed>,
+    decisions: HashMap<Key, Bytes, Keyed>,
     /// Keys in the order they were remembered, with the second after which their request is
     /// refused as stale anyway. Nearly in expiry order (RequestTime follows the clock); one
     /// that is not is merely kept a little longer.
@@ -60,7 +90,14 @@ struct State {
 impl Replays {
     /// A cache of at most `capacity` requests.
     pub fn new(capacity: usize) -> Replays {
-        Replays { state: Mutex::default(), capacity }
+        // Sized once: growing a table of 100,000s of entries would copy it all at once, in the
+        // middle of a request. Untouched pages of the reserved room cost no memory.
+        let state = State {
+            events: HashSet::with_capacity_and_hasher(capacity, Keyed::default()),
+            decisions: HashMap::default(),
+            order: VecDeque::with_capacity(capacity),
+        };
+        Replays { state: Mutex::new(state), capacity }
     }
 
     /// How a request with `key` was answered, when it was answered before and is still in the

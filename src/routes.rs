@@ -188,8 +188,16 @@ where
         Ok(Accepted { command, id, traceparent, answer }) => {
             app.metrics.answered(&command, 200);
             let request_id = request_id.as_deref().unwrap_or(&id);
-            let latency_us = started.elapsed().as_micros() as u64;
-            tracing::debug!(request_id, id, command, traceparent, status = 200, latency_us, "callback answered");
+            let latency_us = || started.elapsed().as_micros() as u64;
+            tracing::debug!(
+                request_id,
+                id,
+                command,
+                traceparent,
+                status = 200,
+                latency_us = latency_us(),
+                "callback answered"
+            );
             let mut response = Response::new(Full::new(answer));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
@@ -244,9 +252,14 @@ where
     if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
         return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
     }
-    let body = Limited::new(request.into_body(), limits.max_body_bytes).collect();
-    let Ok(collected) = tokio::time::timeout(limits.body_read_timeout, body).await else {
-        return Err(Rejection::BodyTimeout);
+    let mut body = std::pin::pin!(Limited::new(request.into_body(), limits.max_body_bytes).collect());
+    // A callback's body nearly always came with its headers: a timer only for one that did not.
+    let collected = match futures_util::poll!(body.as_mut()) {
+        std::task::Poll::Ready(collected) => collected,
+        std::task::Poll::Pending => match tokio::time::timeout(limits.body_read_timeout, body).await {
+            Ok(collected) => collected,
+            Err(_) => return Err(Rejection::BodyTimeout),
+        },
     };
     let payload = match collected {
         // A copy of its own: the collected body may be a slice of the connection's read buffer,

@@ -26,6 +26,10 @@ pub struct Query {
     pub repeated: Option<&'static str>,
 }
 
+/// The query parameters Tencent adds, as it spells them.
+const PROTOCOL_KEYS: [&str; 7] =
+    ["SdkAppid", "CallbackCommand", "ClientIP", "OptPlatform", "Sign", "RequestTime", "contenttype"];
+
 impl Query {
     /// Parses a raw query string. Unknown keys are ignored; of a repeated protocol key the first
     /// value is kept and the repetition noted in [`Query::repeated`].
@@ -33,20 +37,21 @@ impl Query {
         let mut query = Query::default();
         let mut content_type = false;
         for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
-            let (name, slot) = match key.to_ascii_lowercase().as_str() {
-                "sdkappid" => ("SdkAppid", &mut query.sdk_app_id),
-                "callbackcommand" => ("CallbackCommand", &mut query.command),
-                "clientip" => ("ClientIP", &mut query.client_ip),
-                "optplatform" => ("OptPlatform", &mut query.opt_platform),
-                "sign" => ("Sign", &mut query.sign),
-                "requesttime" => ("RequestTime", &mut query.request_time),
-                "contenttype" => {
+            // Compared in place, in any case: no lower-cased copy of every key.
+            let Some(&name) = PROTOCOL_KEYS.iter().find(|name| key.eq_ignore_ascii_case(name)) else { continue };
+            let slot = match name {
+                "SdkAppid" => &mut query.sdk_app_id,
+                "CallbackCommand" => &mut query.command,
+                "ClientIP" => &mut query.client_ip,
+                "OptPlatform" => &mut query.opt_platform,
+                "Sign" => &mut query.sign,
+                "RequestTime" => &mut query.request_time,
+                _ => {
                     if std::mem::replace(&mut content_type, true) {
-                        query.repeated.get_or_insert("contenttype");
+                        query.repeated.get_or_insert(name);
                     }
                     continue;
                 }
-                _ => continue,
             };
             if slot.is_none() {
                 *slot = Some(value.into_owned());

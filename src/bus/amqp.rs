@@ -21,7 +21,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-use super::message::{Answer, BusError, Message, Ready, Reconnects};
+use super::message::{attribute_names, Answer, BusError, Message, Ready, Reconnects};
 use super::replies::Replies;
 
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -378,8 +378,9 @@ fn properties(message: &Message, keep_unrouted: bool) -> BasicProperties {
 /// The AMQP properties and CloudEvents headers of a request (and of an event).
 fn request_properties(message: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
-    for (name, value) in message.attributes() {
-        headers.insert(format!("cloudEvents:{name}").into(), AMQPValue::LongString(value.as_ref().into()));
+    const NAMES: [&str; 13] = attribute_names!("cloudEvents:");
+    for (name, value) in message.attributes_named(&NAMES) {
+        headers.insert(name.into(), AMQPValue::LongString(value.as_ref().into()));
     }
     let seconds = message.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     BasicProperties::default()

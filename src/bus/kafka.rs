@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::message::{Answer, BusError, Message, Ready, Reconnects};
+use super::message::{attribute_names, Answer, BusError, Message, Ready, Reconnects};
 use super::replies::Replies;
 
 pub const REPLY_TOPIC: &str = "kafka_replyTopic";
@@ -393,9 +393,9 @@ fn record<'a>(message: &'a Message, headers: OwnedHeaders) -> FutureRecord<'a, s
 
 /// CloudEvents binary-mode headers: `ce_<attribute>`.
 fn headers(message: &Message) -> OwnedHeaders {
-    message.attributes().fold(OwnedHeaders::new(), |headers, (name, value)| {
-        let key = format!("ce_{name}");
-        headers.insert(Header { key: &key, value: Some(value.as_ref()) })
+    const NAMES: [&str; 13] = attribute_names!("ce_");
+    message.attributes_named(&NAMES).fold(OwnedHeaders::new_with_capacity(NAMES.len()), |headers, (key, value)| {
+        headers.insert(Header { key, value: Some(value.as_ref()) })
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::error::Error;
+use std::fmt::Write;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -65,8 +66,8 @@ pub fn valid_traceparent(text: &str) -> bool {
 impl Message {
     /// A new event received now, with a fresh id, destined for `{prefix}.{command}`.
     pub fn new(prefix: &str, command: &str, key: Option<String>, origin: Origin, payload: Bytes) -> Message {
-        let id = uuid::Uuid::now_v7().to_string();
-        let destination = format!("{prefix}.{command}");
+        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned();
+        let destination = [prefix, ".", command].concat();
         Message::restore(id, SystemTime::now(), command.to_owned(), destination, key, origin, payload)
     }
 
@@ -85,8 +86,12 @@ impl Message {
             (origin.traceparent, origin.tracestate)
         } else {
             // A new trace: the event id as its trace id, a fresh span id.
-            let span = uuid::Uuid::now_v7().simple().to_string();
-            (format!("00-{}-{}-01", id.replace('-', ""), &span[16..]), None)
+            let mut traceparent = String::with_capacity(55);
+            traceparent.push_str("00-");
+            traceparent.extend(id.chars().filter(|&c| c != '-'));
+            let span = uuid::Uuid::now_v7().as_u64_pair().1;
+            write!(traceparent, "-{span:016x}-01").expect("writing to a String cannot fail");
+            (traceparent, None)
         };
         Message {
             traceparent,
@@ -97,7 +102,7 @@ impl Message {
             key,
             time,
             time_text: humantime::format_rfc3339_millis(time).to_string(),
-            source: format!("/tencent/{}", origin.sdk_app_id),
+            source: ["/tencent/", &origin.sdk_app_id].concat(),
             sdk_app_id: origin.sdk_app_id,
             client_ip: origin.client_ip,
             opt_platform: origin.opt_platform,
@@ -106,25 +111,35 @@ impl Message {
         }
     }
 
-    /// CloudEvents attributes in binary mode, unprefixed; each backend adds its own prefix.
+    /// CloudEvents attributes in binary mode, unprefixed.
     pub fn attributes(&self) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
+        self.attributes_named(&ATTRIBUTES)
+    }
+
+    /// CloudEvents attributes in binary mode under the names a backend gives them: `names` is
+    /// [`attribute_names!`] with the backend's prefix, so that no name is built per message.
+    pub fn attributes_named(
+        &self,
+        names: &'static [&'static str; 13],
+    ) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
         [
-            ("id", Some(Cow::Borrowed(self.id.as_str()))),
-            ("type", Some(Cow::Borrowed(self.command.as_str()))),
-            ("source", Some(Cow::Borrowed(self.source.as_str()))),
-            ("specversion", Some(Cow::Borrowed("1.0"))),
-            ("time", Some(Cow::Borrowed(self.time_text.as_str()))),
-            ("datacontenttype", Some(Cow::Borrowed("application/json"))),
-            ("sdkappid", Some(Cow::Borrowed(self.sdk_app_id.as_str()))),
-            ("clientip", Some(Cow::Borrowed(self.client_ip.as_str()))),
-            ("optplatform", Some(Cow::Borrowed(self.opt_platform.as_str()))),
-            ("partitionkey", self.key.as_deref().map(Cow::Borrowed)),
-            ("traceparent", Some(Cow::Borrowed(self.traceparent.as_str()))),
-            ("tracestate", self.tracestate.as_deref().map(Cow::Borrowed)),
-            ("deadline", self.deadline_ms.map(|ms| Cow::Owned(ms.to_string()))),
+            Some(Cow::Borrowed(self.id.as_str())),
+            Some(Cow::Borrowed(self.command.as_str())),
+            Some(Cow::Borrowed(self.source.as_str())),
+            Some(Cow::Borrowed("1.0")),
+            Some(Cow::Borrowed(self.time_text.as_str())),
+            Some(Cow::Borrowed("application/json")),
+            Some(Cow::Borrowed(self.sdk_app_id.as_str())),
+            Some(Cow::Borrowed(self.client_ip.as_str())),
+            Some(Cow::Borrowed(self.opt_platform.as_str())),
+            self.key.as_deref().map(Cow::Borrowed),
+            Some(Cow::Borrowed(self.traceparent.as_str())),
+            self.tracestate.as_deref().map(Cow::Borrowed),
+            self.deadline_ms.map(|ms| Cow::Owned(ms.to_string())),
         ]
         .into_iter()
-        .filter_map(|(name, value)| Some((name, value?)))
+        .zip(names)
+        .filter_map(|(value, name)| Some((*name, value?)))
     }
 
     /// Time left before the reply deadline (zero when passed or not a request).
@@ -133,6 +148,32 @@ impl Message {
         self.deadline_ms.map(|ms| Duration::from_millis(ms).saturating_sub(now)).unwrap_or_default()
     }
 }
+
+/// The names of the CloudEvents attributes, in the order [`Message::attributes`] gives them,
+/// each after `$prefix`: the header names of a backend, built at compile time.
+macro_rules! attribute_names {
+    ($prefix:literal) => {
+        [
+            concat!($prefix, "id"),
+            concat!($prefix, "type"),
+            concat!($prefix, "source"),
+            concat!($prefix, "specversion"),
+            concat!($prefix, "time"),
+            concat!($prefix, "datacontenttype"),
+            concat!($prefix, "sdkappid"),
+            concat!($prefix, "clientip"),
+            concat!($prefix, "optplatform"),
+            concat!($prefix, "partitionkey"),
+            concat!($prefix, "traceparent"),
+            concat!($prefix, "tracestate"),
+            concat!($prefix, "deadline"),
+        ]
+    };
+}
+pub(crate) use attribute_names;
+
+/// The attributes' own names.
+pub const ATTRIBUTES: [&str; 13] = attribute_names!("");
 
 /// Whether `text` can stand in a destination name on every bus (Kafka topics are the
 /// strictest): letters, digits, `.`, `_` and `-`, no empty part between dots, at most 128 bytes.

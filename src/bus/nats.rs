@@ -8,12 +8,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, StatusCode};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, HeaderName, StatusCode};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
-use super::message::{Answer, BusError, Message, Ready, Reconnects};
+use super::message::{attribute_names, Answer, BusError, Message, Ready, Reconnects};
 use super::replies::Replies;
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.
@@ -283,9 +283,10 @@ async fn dispatch_replies(mut subscription: async_nats::Subscriber, replies: Wea
 
 /// CloudEvents binary-mode headers: `ce-<attribute>`.
 fn headers(message: &Message) -> HeaderMap {
+    const NAMES: [&str; 13] = attribute_names!("ce-");
     let mut headers = HeaderMap::new();
-    for (name, value) in message.attributes() {
-        headers.insert(format!("ce-{name}").as_str(), value.as_ref());
+    for (name, value) in message.attributes_named(&NAMES) {
+        headers.insert(HeaderName::from_static(name), value.as_ref());
     }
     headers
 }

@@ -5,6 +5,7 @@
 //! would have on a broker, and `data` = the body. There is nobody to ask for
 //! decisions, so requests fail at once with "no responders" and get their fallback.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -86,9 +87,8 @@ fn write_line(text: &mut Vec<u8>, message: &Message) {
     };
     let mut line = serde_json::Serializer::new(&mut *text);
     let mut event = line.serialize_map(None).expect("writing JSON to a Vec cannot fail");
-    let room = message.key.as_deref().map(|room| ("subject", room));
-    let attributes = message.attributes().map(|(name, value)| (name, value.into_owned()));
-    for (name, value) in attributes.chain(room.map(|(n, v)| (n, v.to_owned()))) {
+    let room = message.key.as_deref().map(|room| ("subject", Cow::Borrowed(room)));
+    for (name, value) in message.attributes().chain(room) {
         event.serialize_entry(name, &value).expect("writing JSON to a Vec cannot fail");
     }
     event.serialize_entry("destination", &message.destination).expect("writing JSON to a Vec cannot fail");
