@@ -24,8 +24,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often a publisher waiting for the bus to reconnect looks again.
 const RECONNECT_POLL: Duration = Duration::from_millis(50);
 
-/// Memory an event holds besides its payload (attributes, queue slot), for the byte bound.
-const OVERHEAD: usize = 256;
+/// Largest batch in bytes: what the bus client copies into its buffers at once.
+const WINDOW_BYTES: usize = 1 << 20;
+/// Memory an event holds besides the message itself: its queue slot, the allocator's rounding.
+const OVERHEAD: usize = 64;
 
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -190,14 +192,20 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Waits for events and takes up to [`WINDOW`] of them; `None` once closed and empty.
+    /// Waits for events and takes up to [`WINDOW`] of them, and [`WINDOW_BYTES`] (one at
+    /// least); `None` once closed and empty.
     async fn take(&self) -> Option<(Vec<Message>, Vec<Option<u64>>)> {
         loop {
             let notified = self.ready.notified();
             {
                 let mut state = self.lock();
                 if !state.queue.is_empty() {
-                    let n = state.queue.len().min(WINDOW);
+                    let mut bytes = 0;
+                    let fits = state.queue.iter().take(WINDOW).take_while(|(message, _)| {
+                        bytes += size(message);
+                        bytes <= WINDOW_BYTES
+                    });
+                    let n = fits.count().max(1);
                     state.in_flight += n;
                     return Some(state.queue.drain(..n).unzip());
                 }
@@ -289,7 +297,7 @@ fn publish_span(message: &Message) -> Span {
 }
 
 fn size(message: &Message) -> usize {
-    message.payload.len() + OVERHEAD
+    message.footprint() + OVERHEAD
 }
 
 #[cfg(test)]

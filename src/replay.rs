@@ -78,6 +78,7 @@ pub struct Replays {
 
 /// Informational requests cost a set entry and a queue slot (about 50 bytes); decisions also
 /// keep their answer.
+#[derive(Default)]
 struct State {
     events: HashSet<Key, Keyed>,
     decisions: HashMap<Key, Bytes, Keyed>,
@@ -90,14 +91,7 @@ struct State {
 impl Replays {
     /// A cache of at most `capacity` requests.
     pub fn new(capacity: usize) -> Replays {
-        // Sized once: growing a table of 100,000s of entries would copy it all at once, in the
-        // middle of a request. Untouched pages of the reserved room cost no memory.
-        let state = State {
-            events: HashSet::with_capacity_and_hasher(capacity, Keyed::default()),
-            decisions: HashMap::default(),
-            order: VecDeque::with_capacity(capacity),
-        };
-        Replays { state: Mutex::new(state), capacity }
+        Replays { state: Mutex::default(), capacity }
     }
 
     /// How a request with `key` was answered, when it was answered before and is still in the

@@ -43,6 +43,11 @@ pub struct Options {
     pub unrouted_queue: Option<String>,
 }
 
+/// Largest frame asked of the broker unless the URL sets `frame_max`: the client keeps a read
+/// and a write buffer of 32 frames each, 8 MiB at RabbitMQ's default of 128 KiB; a larger
+/// message goes in several frames.
+const FRAME_MAX: u32 = 32 * 1024;
+
 /// Checks that `url` is an AMQP URL, before anything connects.
 pub fn check_url(url: &str) -> Result<(), String> {
     url.parse::<lapin::uri::AMQPUri>().map(drop)
@@ -276,7 +281,10 @@ impl Amqp {
 
 /// Opens a connection, the two channels, the exchange and the reply consumer.
 async fn open(inner: &Arc<Inner>) -> Result<Link, BusError> {
-    let connection = Connection::connect(&inner.url, ConnectionProperties::default())
+    let mut uri: lapin::uri::AMQPUri =
+        inner.url.parse().map_err(|error| BusError::Refused { what: format!("AMQP URL: {error}"), cause: None })?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    let connection = Connection::connect_uri(uri, ConnectionProperties::default())
         .await
         .map_err(|error| link_error("connect", error))?;
     let events = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;

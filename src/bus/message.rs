@@ -142,6 +142,24 @@ impl Message {
         .filter_map(|(value, name)| Some((*name, value?)))
     }
 
+    /// Memory this message holds: itself, its attributes and its payload.
+    pub fn footprint(&self) -> usize {
+        let attributes = [
+            &self.id,
+            &self.command,
+            &self.destination,
+            &self.time_text,
+            &self.sdk_app_id,
+            &self.source,
+            &self.client_ip,
+            &self.opt_platform,
+            &self.traceparent,
+        ];
+        let optional = [&self.key, &self.tracestate].into_iter().flatten();
+        let text: usize = attributes.into_iter().chain(optional).map(String::capacity).sum();
+        std::mem::size_of::<Message>() + text + self.payload.len()
+    }
+
     /// Time left before the reply deadline (zero when passed or not a request).
     pub fn time_left(&self) -> Duration {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
