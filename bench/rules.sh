@@ -32,17 +32,12 @@ for round in 1 2; do
   for config in none 50; do
     extra=()
     [[ $config == none ]] || extra=(--rules "$rules")
-    $bin serve --listen 127.0.0.1:$port --sdk-app-id $app --token $token --prefix bench --bus nats "${extra[@]}" \
-      >/dev/null 2>"$log/rules-$config.log" &
-    pid=$!
-    until curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; do sleep 0.05; done
-    wrk_out=$(BENCH_BODY=bench/body-gift.json wrk -t2 -c64 -d"${seconds}s" -s bench/post.lua "$(url $gift)")
-    errors=$(awk '/Non-2xx/ { n += $5 } /Socket errors/ { n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$wrk_out")
-    rps=$(awk -v errors="$errors" -v seconds="$seconds" '/requests in/ { printf "%d", ($1 - errors) / seconds }' <<<"$wrk_out")
+    start "rules-$config" $(gateway --bus nats) "${extra[@]}"
+    wait_ready /readyz >/dev/null
+    saturate $pid bench/body-gift.json "$(url $gift)"
     fixed=$($load --url "http://127.0.0.1:$port/" --rate 10000 --duration "${seconds}s" \
       --body bench/body-gift.json --command $gift --token $token)
-    kill -TERM $pid
-    wait $pid || true
+    stop $pid
     python3 - "$config" "$round" "$rps" "$fixed" <<'PY'
 import json, sys
 config, round_, rps, fixed = sys.argv[1:]
