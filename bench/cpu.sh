@@ -7,7 +7,9 @@
 # answer wrk counted. Prints the medians over the rounds and their ratios to the ceiling, the
 # target check, and each round's raw figures.
 # Target: on NATS core, CPU per request ≤ 1.5 × the ceiling's and 2xx/s ≥ 0.75 × the ceiling's.
-# Usage: bench/cpu.sh [rounds, default 3] [seconds per measurement, default 5]
+# With BASELINE=path/to/another/hookbus, that binary on NATS core is a fourth configuration of
+# every round: a change measured against the gateway before it, side by side.
+# Usage: [BASELINE=binary] bench/cpu.sh [rounds, default 3] [seconds per measurement, default 5]
 rounds=${1:-3}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
 info=Live.CallbackAfterMemberStateChanged
@@ -16,11 +18,13 @@ results=$log/cpu.tsv
 : >"$results"
 
 names=("ceiling (bare hyper)" "stdout → /dev/null" "NATS core")
+[[ -z ${BASELINE:-} ]] || names+=("NATS core, $BASELINE")
 command_line() { # configuration number → its command line
   case $1 in
     0) echo "$ceiling 127.0.0.1:$port" ;;
     1) gateway --bus stdout ;;
     2) gateway --bus nats --nats-url $nats ;;
+    3) bin=$BASELINE gateway --bus nats --nats-url $nats ;;
   esac
 }
 ready_path() { [[ $1 == 0 ]] && echo / || echo /readyz; }
@@ -53,7 +57,7 @@ print("|---|---|---|---|---|")
 for name in names:
     print(f"| {name} | {med_rps[name]:,.0f} | {ratio(med_rps[name], med_rps[ceiling]):.2f} | "
           f"{med_cpu[name]:.2f} | {ratio(med_cpu[name], med_cpu[ceiling]):.2f} |")
-nats = names[-1]
+nats = names[2]
 cpu_ratio, rps_ratio = ratio(med_cpu[nats], med_cpu[ceiling]), ratio(med_rps[nats], med_rps[ceiling])
 print()
 print(f"Target, {nats}: CPU/req {cpu_ratio:.2f} × ceiling (≤ 1.5: {'holds' if cpu_ratio <= 1.5 else 'misses'}), "
