@@ -71,6 +71,11 @@ pub enum Answered {
     Decision(Bytes),
 }
 
+/// Expired requests forgotten per lookup at most: each request adds one.
+const EXPIRE_AT_ONCE: usize = 16;
+/// Distinct decision answers whose memory is shared.
+const SHARED_ANSWERS: usize = 1024;
+
 pub struct Replays {
     state: Mutex<State>,
     capacity: usize,
@@ -82,6 +87,8 @@ pub struct Replays {
 struct State {
     events: HashSet<Key, Keyed>,
     decisions: HashMap<Key, Bytes, Keyed>,
+    /// Distinct decision answers, shared by the entries that hold them.
+    answers: HashSet<Bytes>,
     /// Keys in the order they were remembered, with the second after which their request is
     /// refused as stale anyway. Nearly in expiry order (RequestTime follows the clock); one
     /// that is not is merely kept a little longer.
@@ -98,7 +105,7 @@ impl Replays {
     /// window at `now` (Unix seconds).
     pub fn answered(&self, key: Key, now: u64) -> Option<Answered> {
         let mut state = self.lock();
-        state.expire(now);
+        state.expire(now, EXPIRE_AT_ONCE);
         if state.events.contains(&key) {
             return Some(Answered::Event);
         }
@@ -116,7 +123,10 @@ impl Replays {
         }
         let new = match answered {
             Answered::Event => state.events.insert(key),
-            Answered::Decision(answer) => state.decisions.insert(key, answer).is_none(),
+            Answered::Decision(answer) => {
+                let answer = state.shared(answer);
+                state.decisions.insert(key, answer).is_none()
+            }
         };
         if new {
             state.order.push_back((u32::try_from(expires).unwrap_or(u32::MAX), key));
@@ -138,11 +148,29 @@ impl Replays {
 }
 
 impl State {
-    /// Forgets the requests whose window has passed.
-    fn expire(&mut self, now: u64) {
-        while self.order.front().is_some_and(|&(expires, _)| u64::from(expires) < now) {
+    /// Forgets up to `limit` of the requests whose window has passed. A bound, so that no one
+    /// request pays for all the requests of a second (or, from a client that signs a whole run
+    /// with one RequestTime, of a minute) at once; one that stays a little longer is harmless,
+    /// since the signature check refuses it as stale before the cache is asked.
+    fn expire(&mut self, now: u64, limit: usize) {
+        for _ in 0..limit {
+            if !self.order.front().is_some_and(|&(expires, _)| u64::from(expires) < now) {
+                break;
+            }
             self.forget_oldest();
         }
+    }
+
+    /// `answer`, sharing the memory of an equal answer kept before: most decisions are one of a
+    /// few answers, and 200,000 remembered copies of them would take 13 MB.
+    fn shared(&mut self, answer: Bytes) -> Bytes {
+        if let Some(kept) = self.answers.get(&answer) {
+            return kept.clone();
+        }
+        if self.answers.len() < SHARED_ANSWERS {
+            self.answers.insert(answer.clone());
+        }
+        answer
     }
 
     fn forget_oldest(&mut self) {
@@ -189,5 +217,28 @@ mod tests {
         assert_eq!(replays.len(), 3);
         assert_eq!(replays.answered(Key::of("s", "0", "", "", b""), 0), None);
         assert_eq!(replays.answered(Key::of("s", "4", "", "", b""), 0), Some(Answered::Event));
+    }
+
+    #[test]
+    fn expired_requests_are_forgotten_a_few_per_lookup_and_equal_answers_share_memory() {
+        let replays = Replays::new(1000);
+        for n in 0..100u64 {
+            replays.remember(Key::of("s", &n.to_string(), "", "", b""), 100, Answered::Event);
+        }
+        let unknown = Key::of("other", "0", "", "", b"");
+        assert_eq!(replays.answered(unknown, 200), None);
+        assert_eq!(replays.len(), 100 - EXPIRE_AT_ONCE, "a bounded share of the expired ones");
+        for _ in 0..10 {
+            replays.answered(unknown, 200);
+        }
+        assert!(replays.is_empty());
+        let (first, second) = (Key::of("a", "1", "", "", b""), Key::of("b", "1", "", "", b""));
+        replays.remember(first, 300, Answered::Decision(Bytes::from(b"{\"ErrorCode\":0}".to_vec())));
+        replays.remember(second, 300, Answered::Decision(Bytes::from(b"{\"ErrorCode\":0}".to_vec())));
+        let memory = |key| match replays.answered(key, 300) {
+            Some(Answered::Decision(answer)) => answer.as_ptr(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(memory(first), memory(second));
     }
 }
