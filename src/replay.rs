@@ -154,7 +154,7 @@ impl State {
     /// since the signature check refuses it as stale before the cache is asked.
     fn expire(&mut self, now: u64, limit: usize) {
         for _ in 0..limit {
-            if !self.order.front().is_some_and(|&(expires, _)| u64::from(expires) < now) {
+            if self.order.front().is_none_or(|&(expires, _)| u64::from(expires) >= now) {
                 break;
             }
             self.forget_oldest();
