@@ -1,10 +1,10 @@
 //! Accepted informational events until the bus confirms them. A 200 means the event is here:
 //! in memory, or with `--spool-dir` also durable on disk before the answer. The outbox is
 //! bounded (full → a callback waits a moment for room, then the caller answers 503); a
-//! publisher task drains it in batches through the
-//! bus, retries what the broker did not confirm with capped exponential backoff, and removes an
-//! event only once confirmed (at-least-once; retries keep the id). In memory, what is left at
-//! shutdown is counted as lost; in the spool it waits for the next start.
+//! publisher task drains it in batches through the bus, retries what the broker did not
+//! confirm with capped exponential backoff, and removes an event only once confirmed
+//! (at-least-once; retries keep the id). In memory, what is left at shutdown is counted as
+//! lost; in the spool it waits for the next start.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,9 +25,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const RECONNECT_POLL: Duration = Duration::from_millis(50);
 
 /// How long the publisher lets events gather before it sends a batch smaller than the window.
-/// Every batch costs a confirm round trip and its wake-ups: at 10,000 callbacks/s they were
-/// half of the gateway's CPU (`BENCHMARKS.md`). The callback was answered already; only the
-/// publish waits.
+/// Every batch costs a confirm round trip and its wake-ups: at 2,000 callbacks/s they were
+/// nearly half of the gateway's CPU (`BENCHMARKS.md`). The callback was answered already; only
+/// the publish waits.
 const LINGER: Duration = Duration::from_millis(5);
 /// Largest batch in bytes: what the bus client copies into its buffers at once.
 const WINDOW_BYTES: usize = 1 << 20;
