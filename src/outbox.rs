@@ -197,30 +197,28 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Waits for events and takes up to [`WINDOW`] of them, and [`WINDOW_BYTES`] (one at
-    /// least); `None` once closed and empty.
-    /// A batch smaller than the window waits [`LINGER`] for more first.
+    /// Waits for events and takes a batch: up to [`WINDOW`] events and [`WINDOW_BYTES`] (one
+    /// event at least). A batch that is not full yet waits [`LINGER`] for more first. `None`
+    /// once closed and empty.
     async fn take(&self) -> Option<(Vec<Message>, Vec<Option<u64>>)> {
         let mut lingered = false;
         loop {
             let notified = self.ready.notified();
             let linger = {
                 let mut state = self.lock();
-                let linger = !state.queue.is_empty() && !lingered && !state.closed && state.queue.len() < WINDOW;
-                if !linger && !state.queue.is_empty() {
-                    let mut bytes = 0;
-                    let fits = state.queue.iter().take(WINDOW).take_while(|(message, _)| {
-                        bytes += size(message);
-                        bytes <= WINDOW_BYTES
-                    });
-                    let n = fits.count().max(1);
-                    state.in_flight += n;
-                    return Some(state.queue.drain(..n).unzip());
+                if state.queue.is_empty() {
+                    if state.closed {
+                        return None;
+                    }
+                    false
+                } else {
+                    let (n, full) = batch(&state.queue);
+                    if full || lingered || state.closed {
+                        state.in_flight += n;
+                        return Some(state.queue.drain(..n).unzip());
+                    }
+                    true
                 }
-                if state.closed && state.queue.is_empty() {
-                    return None;
-                }
-                linger
             };
             if linger {
                 tokio::time::sleep(LINGER).await;
@@ -291,6 +289,20 @@ impl Outbox {
             }
         }
     }
+}
+
+/// How many of the first events of `queue` make a batch, and whether that batch is full: as many
+/// events as the window takes, or as many bytes (one event at least, however large).
+fn batch(queue: &VecDeque<(Message, Option<u64>)>) -> (usize, bool) {
+    let mut bytes = 0;
+    for (n, (message, _)) in queue.iter().enumerate().take(WINDOW) {
+        bytes += size(message);
+        if bytes > WINDOW_BYTES {
+            return (n.max(1), true);
+        }
+    }
+    let n = queue.len().min(WINDOW);
+    (n, n == WINDOW)
 }
 
 /// From acceptance to the broker's answer, a child of the callback's `receive` span.
@@ -384,5 +396,18 @@ mod tests {
         assert!(matches!(outbox.push(message()).await, Err(Refused::Full(1))), "no room made: refused");
         assert_eq!(started.elapsed(), Duration::from_millis(250), "after the wait");
         assert!(outbox.is_full());
+    }
+
+    #[test]
+    fn a_batch_is_full_at_the_window_in_events_or_in_bytes() {
+        let events = |n: usize, bytes: usize| -> VecDeque<(Message, Option<u64>)> {
+            let payload = Bytes::from(vec![b' '; bytes]);
+            (0..n).map(|_| (Message::new("t", "C", None, Origin::default(), payload.clone()), None)).collect()
+        };
+        assert_eq!(batch(&events(3, 10)), (3, false), "room for more: linger");
+        assert_eq!(batch(&events(WINDOW + 5, 10)), (WINDOW, true));
+        let large = WINDOW_BYTES / 4;
+        assert_eq!(batch(&events(10, large)), (3, true), "a fourth would pass the bytes");
+        assert_eq!(batch(&events(2, 2 * WINDOW_BYTES)), (1, true), "one, however large");
     }
 }
