@@ -81,14 +81,19 @@ pub struct Replays {
     capacity: usize,
 }
 
-/// Informational requests cost a set entry and a queue slot (about 50 bytes); decisions also
-/// keep their answer.
+/// Informational requests cost a set entry and a queue slot (about 50 bytes); decisions the
+/// number of their answer instead of a copy: most decisions are one of a few answers, and
+/// 200,000 copies of them would take 13 MB.
 #[derive(Default)]
 struct State {
     events: HashSet<Key, Keyed>,
-    decisions: HashMap<Key, Bytes, Keyed>,
-    /// Distinct decision answers, shared by the entries that hold them.
-    answers: HashSet<Bytes>,
+    /// Decisions, by the place of their answer in `answers`.
+    decisions: HashMap<Key, u32, Keyed>,
+    /// Decisions whose answer is not one of `answers` (more than [`SHARED_ANSWERS`] came).
+    unshared: HashMap<Key, Bytes, Keyed>,
+    /// Distinct decision answers, and the place of each.
+    answers: Vec<Bytes>,
+    places: HashMap<Bytes, u32>,
     /// Keys in the order they were remembered, with the second after which their request is
     /// refused as stale anyway. Nearly in expiry order (RequestTime follows the clock); one
     /// that is not is merely kept a little longer.
@@ -109,7 +114,11 @@ impl Replays {
         if state.events.contains(&key) {
             return Some(Answered::Event);
         }
-        state.decisions.get(&key).cloned().map(Answered::Decision)
+        let answer = match state.decisions.get(&key) {
+            Some(&place) => state.answers.get(place as usize),
+            None => state.unshared.get(&key),
+        };
+        answer.cloned().map(Answered::Decision)
     }
 
     /// Remembers how a request was answered, until `expires` (Unix seconds).
@@ -123,10 +132,10 @@ impl Replays {
         }
         let new = match answered {
             Answered::Event => state.events.insert(key),
-            Answered::Decision(answer) => {
-                let answer = state.shared(answer);
-                state.decisions.insert(key, answer).is_none()
-            }
+            Answered::Decision(answer) => match state.place(&answer) {
+                Some(place) => state.decisions.insert(key, place).is_none(),
+                None => state.unshared.insert(key, answer).is_none(),
+            },
         };
         if new {
             state.order.push_back((u32::try_from(expires).unwrap_or(u32::MAX), key));
@@ -161,22 +170,24 @@ impl State {
         }
     }
 
-    /// `answer`, sharing the memory of an equal answer kept before: most decisions are one of a
-    /// few answers, and 200,000 remembered copies of them would take 13 MB.
-    fn shared(&mut self, answer: Bytes) -> Bytes {
-        if let Some(kept) = self.answers.get(&answer) {
-            return kept.clone();
+    /// The place of `answer` among the shared answers, given one if there is room.
+    fn place(&mut self, answer: &Bytes) -> Option<u32> {
+        if let Some(&place) = self.places.get(answer) {
+            return Some(place);
         }
-        if self.answers.len() < SHARED_ANSWERS {
-            self.answers.insert(answer.clone());
+        if self.answers.len() >= SHARED_ANSWERS {
+            return None;
         }
-        answer
+        let place = self.answers.len() as u32;
+        self.answers.push(answer.clone());
+        self.places.insert(answer.clone(), place);
+        Some(place)
     }
 
     fn forget_oldest(&mut self) {
         if let Some((_, key)) = self.order.pop_front() {
-            if !self.events.remove(&key) {
-                self.decisions.remove(&key);
+            if !self.events.remove(&key) && self.decisions.remove(&key).is_none() {
+                self.unshared.remove(&key);
             }
         }
     }
@@ -240,5 +251,12 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(memory(first), memory(second));
+        // Past the shared answers, each decision keeps its own.
+        for n in 0..=SHARED_ANSWERS {
+            let answer = Answered::Decision(Bytes::from(n.to_string()));
+            replays.remember(Key::of("c", &n.to_string(), "", "", b""), 300, answer);
+        }
+        let last = Key::of("c", &SHARED_ANSWERS.to_string(), "", "", b"");
+        assert_eq!(replays.answered(last, 300), Some(Answered::Decision(Bytes::from(SHARED_ANSWERS.to_string()))));
     }
 }
