@@ -241,7 +241,7 @@ pub struct ServeArgs {
     pub outbox_capacity: u32,
     /// Memory the outbox's events may hold before callbacks are answered 503 (memory outbox;
     /// with a spool, --spool-max-bytes bounds the waiting events instead).
-    #[arg(long, env = "HOOKBUS_OUTBOX_MAX_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "HOOKBUS_OUTBOX_MAX_BYTES", default_value_t = 8 << 20)]
     pub outbox_max_bytes: usize,
     /// How long a callback that finds the outbox (or memory) full waits for the broker to make
     /// room before it is answered 503; 0 refuses at once.

@@ -58,9 +58,9 @@ pub struct Bounds {
 }
 
 impl Default for Bounds {
-    /// The flags' defaults: 20,000 events, 16 MiB, 250 ms.
+    /// The flags' defaults: 20,000 events, 8 MiB, 250 ms.
     fn default() -> Bounds {
-        Bounds { capacity: 20_000, max_bytes: 16 << 20, wait: Duration::from_millis(250) }
+        Bounds { capacity: 20_000, max_bytes: 8 << 20, wait: Duration::from_millis(250) }
     }
 }
 
