@@ -64,6 +64,8 @@ pub struct Refusal<'a> {
 pub struct Gauges {
     pub outbox_depth: usize,
     pub outbox_capacity: usize,
+    /// Memory the outbox's events hold, and its bound (none with a spool, whose bound applies).
+    pub outbox_bytes: (usize, Option<usize>),
     pub bus_connected: bool,
     /// Attempts to reach the broker so far, the first one included.
     pub connect_attempts: u64,
@@ -284,7 +286,12 @@ impl Metrics {
                 gauges.replay_cache_entries as u64,
             ),
         ];
-        for (name, help, value) in values {
+        let (bytes, max_bytes) = gauges.outbox_bytes;
+        let memory = [
+            Some(("outbox_bytes", "Memory the outbox's events hold, as counted against its bound.", bytes as u64)),
+            max_bytes.map(|max| ("outbox_max_bytes", "Memory the outbox holds before answering 503.", max as u64)),
+        ];
+        for (name, help, value) in values.into_iter().chain(memory.into_iter().flatten()) {
             family(&mut out, name, "gauge", help);
             let _ = writeln!(out, "hookbus_{name} {value}");
         }
@@ -350,6 +357,7 @@ mod tests {
         Gauges {
             outbox_depth: 0,
             outbox_capacity: 1,
+            outbox_bytes: (0, Some(1)),
             bus_connected: true,
             connect_attempts: 1,
             late_replies: 0,
@@ -397,6 +405,7 @@ mod tests {
         let text = metrics.render(Gauges {
             outbox_depth: 3,
             outbox_capacity: 10,
+            outbox_bytes: (300, Some(1000)),
             bus_connected: false,
             connect_attempts: 4,
             late_replies: 2,
@@ -415,6 +424,7 @@ mod tests {
         assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1\"} 1"));
         assert!(text.contains("hookbus_decision_seconds_bucket{le=\"1.5\"} 2"));
         assert!(text.contains("hookbus_outbox_depth 3"));
+        assert!(text.contains("hookbus_outbox_bytes 300\n") && text.contains("hookbus_outbox_max_bytes 1000\n"));
         assert!(text.contains("hookbus_bus_connected 0"));
         assert!(text.contains("hookbus_late_replies_total 2"));
         assert!(text.contains("hookbus_bus_connect_attempts_total 4"));

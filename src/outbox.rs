@@ -171,6 +171,11 @@ impl Outbox {
         self.bounds.capacity
     }
 
+    /// Memory the events hold, and its bound (none with a spool, whose bound applies instead).
+    pub fn memory(&self) -> (usize, Option<usize>) {
+        (self.lock().bytes, self.spool.is_none().then_some(self.bounds.max_bytes))
+    }
+
     /// Bytes held in the spool and its bound, when there is one.
     pub fn spool_bytes(&self) -> Option<(u64, u64)> {
         self.spool.as_ref().map(|spool| (spool.bytes(), spool.max_bytes()))

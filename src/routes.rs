@@ -153,6 +153,7 @@ where
             let body = app.metrics.render(Gauges {
                 outbox_depth: app.outbox.depth(),
                 outbox_capacity: app.outbox.capacity(),
+                outbox_bytes: app.outbox.memory(),
                 bus_connected: app.bus.is_connected(),
                 connect_attempts: app.bus.connect_attempts(),
                 late_replies: app.bus.late_replies(),
