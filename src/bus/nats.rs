@@ -119,16 +119,22 @@ impl Nats {
                 .await
                 .map_err(|error| BusError::unavailable("NATS publish", error))?;
         }
-        match self.client.request(self.probe.clone(), Bytes::new()).await {
-            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
-            Err(error) => return Err(BusError::unavailable("NATS confirm", error)),
-            Ok(_) => return Err(BusError::unavailable_because(format!("unexpected subscriber on {}", self.probe))),
-        }
+        self.round_trip().await?;
         // A reconnect between the publishes and the round trip may have lost some of them.
         if self.client.statistics().connects.load(Relaxed) != connects {
             return Err(BusError::unavailable_because("NATS reconnected during the batch"));
         }
         Ok(())
+    }
+
+    /// Returns once the server has processed everything this connection sent before: a
+    /// request nobody serves comes back "no responders" from the server, in order.
+    async fn round_trip(&self) -> Result<(), BusError> {
+        match self.client.request(self.probe.clone(), Bytes::new()).await {
+            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Err(error) => Err(BusError::unavailable("NATS round trip", error)),
+            Ok(_) => Err(BusError::unavailable_because(format!("unexpected subscriber on {}", self.probe))),
+        }
     }
 
     async fn publish_jetstream(&self, context: &jetstream::Context, batch: &[Message]) -> Vec<Result<(), BusError>> {
@@ -205,8 +211,9 @@ impl Nats {
             subscriptions.push(subscription);
         }
         let mut requests = futures_util::stream::select_all(subscriptions);
-        // Ready means the server has the subscriptions, not only that they are queued to it.
-        self.client.flush().await.map_err(|error| BusError::unavailable("NATS flush", error))?;
+        // Ready means the server has the subscriptions, not only that they left the socket
+        // (`flush`): a request from another connection could otherwise find no responders.
+        self.round_trip().await?;
         let _ = ready.send(());
         while let Some(request) = requests.next().await {
             let Some(reply_to) = request.reply else { continue };
