@@ -57,13 +57,6 @@ pub struct Bounds {
     pub wait: Duration,
 }
 
-impl Default for Bounds {
-    /// The flags' defaults: 20,000 events, 8 MiB, 250 ms.
-    fn default() -> Bounds {
-        Bounds { capacity: 20_000, max_bytes: 8 << 20, wait: Duration::from_millis(250) }
-    }
-}
-
 pub struct Outbox {
     state: Mutex<State>,
     /// Events are waiting for the publisher.
@@ -211,19 +204,15 @@ impl Outbox {
             let notified = self.ready.notified();
             let linger = {
                 let mut state = self.lock();
-                if state.queue.is_empty() {
-                    if state.closed {
-                        return None;
-                    }
-                    false
-                } else {
-                    let (n, full) = batch(&state.queue);
-                    if full || lingered || state.closed {
-                        state.in_flight += n;
-                        return Some(state.queue.drain(..n).unzip());
-                    }
-                    true
+                if state.queue.is_empty() && state.closed {
+                    return None;
                 }
+                let (n, full) = batch(&state.queue);
+                if n > 0 && (full || lingered || state.closed) {
+                    state.in_flight += n;
+                    return Some(state.queue.drain(..n).unzip());
+                }
+                n > 0
             };
             if linger {
                 tokio::time::sleep(LINGER).await;
@@ -296,8 +285,9 @@ impl Outbox {
     }
 }
 
-/// How many of the first events of `queue` make a batch, and whether that batch is full: as many
-/// events as the window takes, or as many bytes (one event at least, however large).
+/// How many of the first events of `queue` make a batch (none of an empty queue), and whether
+/// that batch is full: as many events as the window takes, or as many bytes (one event at
+/// least, however large).
 fn batch(queue: &VecDeque<(Message, Option<u64>)>) -> (usize, bool) {
     let mut bytes = 0;
     for (n, (message, _)) in queue.iter().enumerate().take(WINDOW) {

@@ -110,7 +110,7 @@ impl Replays {
     /// window at `now` (Unix seconds).
     pub fn answered(&self, key: Key, now: u64) -> Option<Answered> {
         let mut state = self.lock();
-        state.expire(now, EXPIRE_AT_ONCE);
+        state.expire(now);
         if state.events.contains(&key) {
             return Some(Answered::Event);
         }
@@ -157,12 +157,12 @@ impl Replays {
 }
 
 impl State {
-    /// Forgets up to `limit` of the requests whose window has passed. A bound, so that no one
-    /// request pays for all the requests of a second (or, from a client that signs a whole run
-    /// with one RequestTime, of a minute) at once; one that stays a little longer is harmless,
-    /// since the signature check refuses it as stale before the cache is asked.
-    fn expire(&mut self, now: u64, limit: usize) {
-        for _ in 0..limit {
+    /// Forgets up to [`EXPIRE_AT_ONCE`] of the requests whose window has passed. A bound, so
+    /// that no one request pays for all the requests of a second (or, from a client that signs
+    /// a whole run with one RequestTime, of a minute) at once; one that stays a little longer is
+    /// harmless, since the signature check refuses it as stale before the cache is asked.
+    fn expire(&mut self, now: u64) {
+        for _ in 0..EXPIRE_AT_ONCE {
             if self.order.front().is_none_or(|&(expires, _)| u64::from(expires) >= now) {
                 break;
             }
