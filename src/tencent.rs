@@ -288,11 +288,28 @@ impl Scanned {
 }
 
 /// Walks one value at nesting level `depth` (the body itself is level 1), refusing an array or
-/// object at a level past `max`.
+/// object at a level past `max`. Only a value the gateway reads is `keep`: the others are
+/// validated and dropped without a copy of their strings.
 #[derive(Clone, Copy)]
 struct Scan {
     depth: usize,
     max: usize,
+    keep: bool,
+}
+
+/// An object's key, as far as the gateway reads it: told apart without a copy of the key.
+#[derive(serde::Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(field_identifier)]
+enum Key {
+    CallbackCommand,
+    RoomId,
+    RoomInfo,
+    GroupId,
+    FromRoomId,
+    FromRoomInfo,
+    EventInfo,
+    #[serde(other)]
+    Other,
 }
 
 /// The error message that marks a body too deep, told apart from invalid JSON by its text.
@@ -304,7 +321,12 @@ impl Scan {
         if self.depth > self.max {
             return Err(E::custom(TOO_DEEP));
         }
-        Ok(Scan { depth: self.depth + 1, max: self.max })
+        Ok(Scan { depth: self.depth + 1, ..self })
+    }
+
+    /// The same scan, keeping its value or not.
+    fn keeping(self, keep: bool) -> Scan {
+        Scan { keep, ..self }
     }
 }
 
@@ -324,11 +346,11 @@ impl<'de> serde::de::Visitor<'de> for Scan {
     }
 
     fn visit_str<E>(self, text: &str) -> Result<Scanned, E> {
-        Ok(Scanned::Text(text.to_owned()))
+        Ok(if self.keep { Scanned::Text(text.to_owned()) } else { Scanned::Other })
     }
 
     fn visit_string<E>(self, text: String) -> Result<Scanned, E> {
-        Ok(Scanned::Text(text))
+        Ok(if self.keep { Scanned::Text(text) } else { Scanned::Other })
     }
 
     fn visit_u64<E>(self, number: u64) -> Result<Scanned, E> {
@@ -360,13 +382,14 @@ impl<'de> serde::de::Visitor<'de> for Scan {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
         let inner = self.members()?;
         let mut room_id = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let value = map.next_value_seed(inner)?;
-            if key == "RoomId" {
+        while let Some(key) = map.next_key::<Key>()? {
+            let keep = self.keep && key == Key::RoomId;
+            let value = map.next_value_seed(inner.keeping(keep))?;
+            if keep {
                 room_id = Some(Box::new(value));
             }
         }
-        Ok(Scanned::Object { room_id })
+        Ok(if self.keep { Scanned::Object { room_id } } else { Scanned::Other })
     }
 }
 
@@ -392,11 +415,11 @@ impl<'de> serde::de::Visitor<'de> for Fields {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
         let mut body = Body::default();
-        let inner = Scan { depth: 1, max: self.max }.members()?;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let value = map.next_value_seed(inner)?;
-            let slot = match key.as_ref() {
-                "CallbackCommand" => {
+        let inner = Scan { depth: 1, max: self.max, keep: false }.members()?;
+        while let Some(key) = map.next_key::<Key>()? {
+            let value = map.next_value_seed(inner.keeping(key != Key::Other))?;
+            let slot = match key {
+                Key::CallbackCommand => {
                     body.callback_command = match value {
                         Scanned::Text(command) => Some(command),
                         Scanned::Null => None,
@@ -404,13 +427,13 @@ impl<'de> serde::de::Visitor<'de> for Fields {
                     };
                     continue;
                 }
-                "RoomId" => &mut body.room_id,
-                "RoomInfo" => &mut body.room_info,
-                "GroupId" => &mut body.group_id,
-                "FromRoomId" => &mut body.from_room_id,
-                "FromRoomInfo" => &mut body.from_room_info,
-                "EventInfo" => &mut body.event_info,
-                _ => continue,
+                Key::RoomId => &mut body.room_id,
+                Key::RoomInfo => &mut body.room_info,
+                Key::GroupId => &mut body.group_id,
+                Key::FromRoomId => &mut body.from_room_id,
+                Key::FromRoomInfo => &mut body.from_room_info,
+                Key::EventInfo => &mut body.event_info,
+                Key::Other => continue,
             };
             *slot = Some(value);
         }
@@ -557,6 +580,9 @@ pub(crate) mod tests {
         assert_eq!(key(r#"{"RoomId":"","GroupId":"g"}"#).as_deref(), Some("g"));
         assert_eq!(key(r#"{"RoomId":[1],"RoomInfo":"x","GroupId":"g"}"#).as_deref(), Some("g"));
         assert_eq!(key(r#"{"From_Account":"u"}"#), None);
+        // Keys are compared unescaped; a RoomId is read only where the order above names it.
+        assert_eq!(key(r#"{"Room\u0049d":"r9"}"#).as_deref(), Some("r9"));
+        assert_eq!(key(r#"{"Other":{"RoomId":"x"},"RoomInfo":{"Inner":{"RoomId":"y"}}}"#), None);
     }
 
     proptest::proptest! {
