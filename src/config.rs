@@ -294,6 +294,9 @@ pub struct RespondArgs {
     /// Decide by these rules first (the `when = "always"` ones; the same file format as serve's).
     #[arg(long, env = "HOOKBUS_RESPOND_RULES")]
     pub rules: Option<PathBuf>,
+    /// Threads that answer requests; 1 (the default) is the least CPU per decision, as for serve.
+    #[arg(long, env = "HOOKBUS_RESPOND_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
 }
 
 impl RespondArgs {
@@ -587,6 +590,20 @@ mod tests {
         assert_eq!(args.token, ["a", "b", "c"]);
         assert_eq!(args.apps().token_files, ["live=/x"]);
         assert_eq!(args.apps().apps, ["1:prefix=p"]);
+    }
+
+    #[test]
+    fn one_thread_unless_told() {
+        let respond = |flags: &[&str]| {
+            let argv = ["hookbus", "respond"].into_iter().chain(flags.iter().copied());
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Respond(args) => args.threads,
+                _ => unreachable!("parsed as respond"),
+            })
+        };
+        assert_eq!((serve(&[]).unwrap().threads, respond(&[]).unwrap()), (1, 1));
+        assert_eq!((serve(&["--threads", "2"]).unwrap().threads, respond(&["--threads", "2"]).unwrap()), (2, 2));
+        assert!(serve(&["--threads", "0"]).is_err() && respond(&["--threads", "0"]).is_err());
     }
 
     #[test]

@@ -38,11 +38,16 @@ fn main() -> ExitCode {
     // One worker by default: no work stealing and no wake-ups across threads between a
     // request, the outbox and the bus client (tokio's multi-thread scheduler, which, unlike the
     // current-thread one, keeps the publisher's turns frequent under a flood of requests).
-    let runtime = match &cli.command {
-        Command::Serve(args) => {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.into()).enable_all().build()
+    let threads = match &cli.command {
+        Command::Serve(args) => Some(args.threads),
+        Command::Respond(args) => Some(args.threads),
+        _ => None,
+    };
+    let runtime = match threads {
+        Some(threads) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(threads.into()).enable_all().build()
         }
-        _ => tokio::runtime::Runtime::new(),
+        None => tokio::runtime::Runtime::new(),
     };
     let runtime = runtime.expect("a tokio runtime starts");
     let result = runtime.block_on(async {

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Decisions over NATS at a fixed rate, on their own (bench/run.sh measures them right after a
+# saturation run): the gateway and `hookbus respond` on NATS core, the fixed-rate generator
+# (bench/load.rs, 32 connections) posting signed gift callbacks (bench/body-gift.json). For
+# each configuration, round after round: p50 and p99 latency, and the CPU per decision of the
+# gateway and of the responder (utime + stime from /proc/PID/stat over the run).
+# A configuration is the responder's --threads: RESPONDER_THREADS="1 2" compares them.
+# Target: p99 ≤ 3 ms at 10,000 decisions/s.
+# Usage: [RESPONDER_THREADS="1 2"] bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
+rounds=${1:-3}
+rate=${3:-10000}
+source "$(dirname "$0")/setup.sh" "${2:-5}"
+gift=Live.CallbackBeforeSendGift
+results=$log/decisions.tsv
+: >"$results"
+
+for round in $(seq 1 "$rounds"); do
+  for threads in ${RESPONDER_THREADS:-1}; do
+    $bin respond --bus nats --nats-url $nats --prefix bench --threads "$threads" >/dev/null 2>"$log/respond.log" &
+    responder=$!
+    until grep -q "answering requests" "$log/respond.log"; do sleep 0.05; done
+    start decisions $(gateway --bus nats --nats-url $nats)
+    wait_ready /readyz >/dev/null
+    sleep 0.5
+    gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder)
+    fixed=$($load --url "$(url $gift)" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
+      --command $gift --token $token)
+    gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder)
+    stop $pid
+    stop $responder
+    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$threads" "$fixed" \
+      $((gateway_after - gateway_before)) $((responder_after - responder_before)) >>"$results"
+  done
+done
+
+python3 - "$results" "$clk_tck" "$rate" "$seconds" <<'PY'
+import json, statistics, sys
+results, hz, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rows = []
+for line in open(results):
+    round_, threads, fixed, gateway, responder = line.rstrip("\n").split("\t")
+    f = json.loads(fixed)
+    per = lambda ticks: int(ticks) * 1e6 / hz / max(f["ok"], 1)
+    rows.append((threads, f, per(gateway), per(responder)))
+print(f"Medians over the rounds, {rate:,} decisions/s for {seconds} s each:")
+print()
+print("| responder threads | p50 ms | p99 ms | errors | gateway CPU µs/decision | responder CPU µs/decision |")
+print("|---|---|---|---|---|---|")
+for threads in dict.fromkeys(r[0] for r in rows):
+    mine = [r for r in rows if r[0] == threads]
+    med = lambda values: statistics.median(values)
+    print(f"| {threads} | {med([r[1]['p50_ms'] for r in mine]):.2f} | {med([r[1]['p99_ms'] for r in mine]):.2f} | "
+          f"{sum(r[1]['errors'] for r in mine)} | {med([r[2] for r in mine]):.1f} | {med([r[3] for r in mine]):.1f} |")
+print()
+print("Rounds (threads: p50 / p99 ms, gateway / responder µs per decision):")
+for threads, f, gateway, responder in rows:
+    print(f"- {threads}: {f['p50_ms']:.2f} / {f['p99_ms']:.2f}, {gateway:.1f} / {responder:.1f}")
+PY
