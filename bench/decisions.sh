@@ -4,7 +4,8 @@
 # (bench/load.rs, 32 connections) posting signed gift callbacks (bench/body-gift.json). For
 # each configuration, round after round: p50 and p99 latency, and the CPU per decision of the
 # gateway and of the responder (utime + stime from /proc/PID/stat over the run).
-# A configuration is the responder's --threads: RESPONDER_THREADS="1 2" compares them.
+# A configuration is the responder's --threads: RESPONDER_THREADS="1 2" compares them (default
+# "2", one per core here, as the responder runs without the flag).
 # Target: p99 ≤ 3 ms at 10,000 decisions/s.
 # Usage: [RESPONDER_THREADS="1 2"] bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
 rounds=${1:-3}
@@ -15,7 +16,7 @@ results=$log/decisions.tsv
 : >"$results"
 
 for round in $(seq 1 "$rounds"); do
-  for threads in ${RESPONDER_THREADS:-1}; do
+  for threads in ${RESPONDER_THREADS:-2}; do
     $bin respond --bus nats --nats-url $nats --prefix bench --threads "$threads" >/dev/null 2>"$log/respond.log" &
     responder=$!
     until grep -q "answering requests" "$log/respond.log"; do sleep 0.05; done

@@ -294,9 +294,10 @@ pub struct RespondArgs {
     /// Decide by these rules first (the `when = "always"` ones; the same file format as serve's).
     #[arg(long, env = "HOOKBUS_RESPOND_RULES")]
     pub rules: Option<PathBuf>,
-    /// Threads that answer requests; 1 (the default) is the least CPU per decision, as for serve.
-    #[arg(long, env = "HOOKBUS_RESPOND_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: u16,
+    /// Threads that answer requests (default: one per core). One costs the least CPU per
+    /// decision; more keep the tail latency lower when a thread is held up.
+    #[arg(long, env = "HOOKBUS_RESPOND_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 impl RespondArgs {
@@ -593,7 +594,7 @@ mod tests {
     }
 
     #[test]
-    fn one_thread_unless_told() {
+    fn threads_of_serve_and_respond() {
         let respond = |flags: &[&str]| {
             let argv = ["hookbus", "respond"].into_iter().chain(flags.iter().copied());
             Cli::try_parse_from(argv).map(|cli| match cli.command {
@@ -601,8 +602,8 @@ mod tests {
                 _ => unreachable!("parsed as respond"),
             })
         };
-        assert_eq!((serve(&[]).unwrap().threads, respond(&[]).unwrap()), (1, 1));
-        assert_eq!((serve(&["--threads", "2"]).unwrap().threads, respond(&["--threads", "2"]).unwrap()), (2, 2));
+        assert_eq!((serve(&[]).unwrap().threads, respond(&[]).unwrap()), (1, None));
+        assert_eq!((serve(&["--threads", "2"]).unwrap().threads, respond(&["--threads", "2"]).unwrap()), (2, Some(2)));
         assert!(serve(&["--threads", "0"]).is_err() && respond(&["--threads", "0"]).is_err());
     }
 

@@ -35,12 +35,13 @@ fn main() -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().flatten_event(true).init(),
     }
-    // One worker by default: no work stealing and no wake-ups across threads between a
+    // serve: one worker by default: no work stealing and no wake-ups across threads between a
     // request, the outbox and the bus client (tokio's multi-thread scheduler, which, unlike the
     // current-thread one, keeps the publisher's turns frequent under a flood of requests).
+    // respond: one worker per core unless told (its tail latency is lower that way).
     let threads = match &cli.command {
         Command::Serve(args) => Some(args.threads),
-        Command::Respond(args) => Some(args.threads),
+        Command::Respond(args) => args.threads,
         _ => None,
     };
     let runtime = match threads {
