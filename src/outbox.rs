@@ -67,10 +67,18 @@ pub struct Outbox {
     spool: Option<Spool>,
 }
 
+/// What the outbox keeps beside an event: its spool segment, and the memory counted for it
+/// (computed once, at acceptance).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    segment: Option<u64>,
+    bytes: usize,
+}
+
 #[derive(Default)]
 struct State {
-    /// Events and, when spooled, their segment.
-    queue: VecDeque<(Message, Option<u64>)>,
+    /// Events, in order, with what is held for each.
+    queue: VecDeque<(Message, Held)>,
     /// Taken by the publisher and not yet confirmed: still counted against the capacity.
     in_flight: usize,
     /// Being written to the spool: counted so that concurrent pushes respect the capacity.
@@ -87,8 +95,11 @@ impl Outbox {
     pub fn new(mut bounds: Bounds, spool: Option<(Spool, Replay)>) -> Outbox {
         let mut state = State::default();
         let spool = spool.map(|(spool, replay)| {
-            state.bytes = replay.events.iter().map(|(message, _)| size(message)).sum();
-            state.queue.extend(replay.events.into_iter().map(|(message, segment)| (message, Some(segment))));
+            state.queue.extend(replay.events.into_iter().map(|(message, segment)| {
+                let bytes = size(&message);
+                (message, Held { segment: Some(segment), bytes })
+            }));
+            state.bytes = state.queue.iter().map(|(_, held)| held.bytes).sum();
             spool
         });
         // With a spool, its own bound (`--spool-max-bytes`) limits the waiting events; they are
@@ -131,7 +142,7 @@ impl Outbox {
         state.reserved -= 1;
         state.refusing = false;
         let was_empty = state.queue.is_empty();
-        state.queue.push_back((message, segment));
+        state.queue.push_back((message, Held { segment, bytes }));
         drop(state);
         // The publisher only waits on an empty queue: one wake-up per batch, not per event.
         if was_empty {
@@ -198,7 +209,7 @@ impl Outbox {
     /// Waits for events and takes a batch: up to [`WINDOW`] events and [`WINDOW_BYTES`] (one
     /// event at least). A batch that is not full yet waits [`LINGER`] for more first. `None`
     /// once closed and empty.
-    async fn take(&self) -> Option<(Vec<Message>, Vec<Option<u64>>)> {
+    async fn take(&self) -> Option<(Vec<Message>, Vec<Held>)> {
         let mut lingered = false;
         loop {
             let notified = self.ready.notified();
@@ -224,10 +235,11 @@ impl Outbox {
     }
 
     /// Forgets confirmed events: frees their places, memory and, when spooled, records.
-    fn confirmed(&self, messages: impl Iterator<Item = Message>, segments: impl Iterator<Item = Option<u64>>) {
-        let (n, bytes) = messages.fold((0, 0), |(n, bytes), message| (n + 1, bytes + size(&message)));
-        for segment in segments.flatten() {
-            if let Some(spool) = &self.spool {
+    fn confirmed(&self, held: impl IntoIterator<Item = Held>) {
+        let (mut n, mut bytes) = (0, 0);
+        for held in held {
+            (n, bytes) = (n + 1, bytes + held.bytes);
+            if let (Some(spool), Some(segment)) = (&self.spool, held.segment) {
                 spool.confirmed(segment);
             }
         }
@@ -253,7 +265,7 @@ impl Outbox {
     /// While the bus is disconnected nothing is tried: the bus reconnects by itself, and
     /// publishing resumes as soon as it is back.
     pub async fn publish(self: Arc<Self>, bus: Bus, metrics: Arc<Metrics>, tracer: Option<Tracer>) {
-        while let Some((mut messages, mut segments)) = self.take().await {
+        while let Some((mut messages, mut held)) = self.take().await {
             let mut backoff = FIRST_BACKOFF;
             loop {
                 while !bus.is_connected() {
@@ -271,7 +283,8 @@ impl Outbox {
                         tracer.record(publish_span(message));
                     }
                 }
-                self.confirmed(messages.drain(..settled), segments.drain(..settled));
+                messages.drain(..settled);
+                self.confirmed(held.drain(..settled));
                 let Some(failure) = failure else { break };
                 if let Err(error) = &results[failure] {
                     metrics.retrying(messages.len(), error, backoff);
@@ -288,10 +301,10 @@ impl Outbox {
 /// How many of the first events of `queue` make a batch (none of an empty queue), and whether
 /// that batch is full: as many events as the window takes, or as many bytes (one event at
 /// least, however large).
-fn batch(queue: &VecDeque<(Message, Option<u64>)>) -> (usize, bool) {
+fn batch(queue: &VecDeque<(Message, Held)>) -> (usize, bool) {
     let mut bytes = 0;
-    for (n, (message, _)) in queue.iter().enumerate().take(WINDOW) {
-        bytes += size(message);
+    for (n, (_, held)) in queue.iter().enumerate().take(WINDOW) {
+        bytes += held.bytes;
         if bytes > WINDOW_BYTES {
             return (n.max(1), true);
         }
@@ -355,8 +368,8 @@ mod tests {
         roomy.push(message()).await.unwrap();
         assert!(roomy.push(message()).await.is_err());
         assert!(roomy.is_full(), "refusing");
-        let (batch, segments) = roomy.take().await.unwrap();
-        roomy.confirmed(batch.into_iter(), segments.into_iter());
+        let (_, held) = roomy.take().await.unwrap();
+        roomy.confirmed(held);
         assert!(!roomy.is_full(), "room was freed");
     }
 
@@ -365,10 +378,10 @@ mod tests {
         let outbox = Outbox::new(bounds(2, 1 << 20), None);
         outbox.push(message()).await.unwrap();
         outbox.push(message()).await.unwrap();
-        let (batch, segments) = outbox.take().await.unwrap();
+        let (batch, held) = outbox.take().await.unwrap();
         assert_eq!(batch.len(), 2);
         assert!(outbox.push(message()).await.is_err(), "in-flight events hold their place");
-        outbox.confirmed(batch.into_iter(), segments.into_iter());
+        outbox.confirmed(held);
         assert_eq!(outbox.depth(), 0);
         outbox.close();
         assert!(outbox.take().await.is_none());
@@ -384,8 +397,8 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished(), "waits for room");
-        let (batch, segments) = outbox.take().await.unwrap();
-        outbox.confirmed(batch.into_iter(), segments.into_iter());
+        let (_, held) = outbox.take().await.unwrap();
+        outbox.confirmed(held);
         assert!(waiting.await.unwrap().is_ok(), "taken once the confirm made room");
         let started = tokio::time::Instant::now();
         assert!(matches!(outbox.push(message()).await, Err(Refused::Full(1))), "no room made: refused");
@@ -395,9 +408,14 @@ mod tests {
 
     #[test]
     fn a_batch_is_full_at_the_window_in_events_or_in_bytes() {
-        let events = |n: usize, bytes: usize| -> VecDeque<(Message, Option<u64>)> {
+        let events = |n: usize, bytes: usize| -> VecDeque<(Message, Held)> {
             let payload = Bytes::from(vec![b' '; bytes]);
-            (0..n).map(|_| (Message::new("t", "C", None, Origin::default(), payload.clone()), None)).collect()
+            let event = |_| {
+                let message = Message::new("t", "C", None, Origin::default(), payload.clone());
+                let held = Held { segment: None, bytes: size(&message) };
+                (message, held)
+            };
+            (0..n).map(event).collect()
         };
         assert_eq!(batch(&events(3, 10)), (3, false), "room for more: linger");
         assert_eq!(batch(&events(WINDOW + 5, 10)), (WINDOW, true));
