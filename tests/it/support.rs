@@ -307,19 +307,29 @@ pub async fn burst(
 }
 
 /// Starts the `hookbus serve` binary on a free port; returns it with the address it logged.
+/// Its stdout (the events of the default bus) is a pipe for the test to read: it holds 64 KiB,
+/// past which the gateway waits on it.
 pub fn spawn_binary(flags: &[&str]) -> (std::process::Child, SocketAddr) {
-    let (child, addr, _logs) = spawn_binary_with_logs(flags);
+    let (child, addr, _logs) = spawn_gateway(flags, std::process::Stdio::piped());
     (child, addr)
 }
 
 /// As [`spawn_binary`], and the lines it logs on stderr from then on.
+/// Its stdout is discarded, so that any number of events can be sent.
 pub fn spawn_binary_with_logs(flags: &[&str]) -> (std::process::Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    spawn_gateway(flags, std::process::Stdio::null())
+}
+
+fn spawn_gateway(
+    flags: &[&str],
+    stdout: std::process::Stdio,
+) -> (std::process::Child, SocketAddr, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(flags)
         .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
+        .stdout(stdout)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");
