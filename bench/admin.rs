@@ -4,7 +4,11 @@
 //! a benchmark stream; `admin amqp-flood URL EXCHANGE ROUTING_KEY SECONDS BODY_FILE` is the bare
 //! RabbitMQ client the gateway is compared with: it publishes the body as fast as it can for
 //! SECONDS with the gateway's settings (persistent, `mandatory`, publisher confirms, at most 512
-//! unconfirmed) and prints one JSON line with the confirmed messages per second.
+//! unconfirmed) and prints one JSON line with the confirmed messages per second;
+//! `admin nats-requests URL SUBJECT RATE SECONDS BODY_FILE` is the bare NATS requester the
+//! gateway's decisions are compared with: 32 concurrent requesters share RATE requests per second
+//! to SUBJECT (a `hookbus respond` answers them), timed as `bench/load.rs` times its requests, and
+//! it prints one JSON line with the p50, p99 and p99.9 round trip.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +32,12 @@ async fn main() {
             let body = std::fs::read(body).expect("a readable BODY_FILE");
             flood(url, exchange, key, Duration::from_secs_f64(seconds), &body).await;
         }
+        ["nats-requests", url, subject, rate, seconds, body] => {
+            let rate: f64 = rate.parse().expect("RATE, a number");
+            let seconds = Duration::from_secs_f64(seconds.parse().expect("SECONDS, a number"));
+            let body = std::fs::read(body).expect("a readable BODY_FILE");
+            requests(url, subject, rate, seconds, body.into()).await;
+        }
         ["jetstream-delete", url, stream] => {
             let client = async_nats::connect(url).await.expect("NATS");
             let _ = async_nats::jetstream::new(client).delete_stream(stream).await;
@@ -35,7 +45,8 @@ async fn main() {
         _ => {
             eprintln!(
                 "usage: admin amqp-sink URL EXCHANGE KEY | admin jetstream-delete URL STREAM \
-                 | admin amqp-flood URL EXCHANGE KEY SECONDS BODY_FILE"
+                 | admin amqp-flood URL EXCHANGE KEY SECONDS BODY_FILE \
+                 | admin nats-requests URL SUBJECT RATE SECONDS BODY_FILE"
             );
             std::process::exit(2);
         }
@@ -118,6 +129,61 @@ async fn flood(url: &str, exchange: &str, key: &str, duration: Duration, body: &
             "seconds": (elapsed * 1000.0).round() / 1000.0,
             "rate": (confirmed as f64 / elapsed).round(),
             "cpu_ticks": ticks,
+        })
+    );
+}
+
+/// Requests at a fixed rate over one connection, as the gateway sends decisions: latency from
+/// each request's scheduled time when behind schedule, else from its send (as `bench/load.rs`).
+async fn requests(url: &str, subject: &str, rate: f64, duration: Duration, body: bytes::Bytes) {
+    const REQUESTERS: u32 = 32;
+    let client = async_nats::ConnectOptions::new().request_timeout(None).connect(url).await.expect("NATS");
+    let interval = Duration::from_secs_f64(f64::from(REQUESTERS) / rate);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let end = start + duration;
+    let tasks: Vec<_> = (0..REQUESTERS)
+        .map(|n| {
+            let (client, subject, body) = (client.clone(), subject.to_owned(), body.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                let mut scheduled = start + interval.mul_f64(f64::from(n) / f64::from(REQUESTERS));
+                while scheduled < end {
+                    let origin = if tokio::time::Instant::now() < scheduled {
+                        tokio::time::sleep_until(scheduled).await;
+                        tokio::time::Instant::now()
+                    } else {
+                        scheduled
+                    };
+                    match client.request(subject.clone(), body.clone()).await {
+                        Ok(_) => latencies.push(origin.elapsed().as_micros() as u64),
+                        Err(_) => errors += 1,
+                    }
+                    scheduled += interval;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (mut some, failed) = task.await.expect("a requester");
+        latencies.append(&mut some);
+        errors += failed;
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let place = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(place).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "ok": latencies.len(),
+            "errors": errors,
+            "rate": (latencies.len() as f64 / duration.as_secs_f64()).round(),
+            "p50_ms": at(0.50),
+            "p99_ms": at(0.99),
+            "p999_ms": at(0.999),
         })
     );
 }

@@ -6,6 +6,9 @@
 # gateway and of the responder (utime + stime from /proc/PID/stat over the run).
 # A configuration is the gateway's and the responder's --threads: GATEWAY_THREADS="1 2" and
 # RESPONDER_THREADS="1 2" compare them (defaults "1" and "2": as each runs without the flag here).
+# Each round also runs the bare requester (`admin nats-requests`: the same rate of requests with
+# the same body straight to the responder over NATS, no HTTP and no gateway), so that the
+# gateway's figures stand beside what this machine's broker and responder do on their own.
 # Target: p99 ≤ 3 ms at 10,000 decisions/s.
 # Usage: [RESPONDER_THREADS="1 2"] bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
 rounds=${1:-3}
@@ -32,6 +35,18 @@ for round in $(seq 1 "$rounds"); do
     printf '%s\t%s\t%s\t%s\t%s\n' "$round" "gateway $gateway_threads, responder $responder_threads" "$fixed" \
       $((gateway_after - gateway_before)) $((responder_after - responder_before)) >>"$results"
   done; done
+  for responder_threads in ${RESPONDER_THREADS:-2}; do
+    $bin respond --bus nats --nats-url $nats --prefix bench --threads "$responder_threads" >/dev/null 2>"$log/respond.log" &
+    responder=$!
+    until grep -q "answering requests" "$log/respond.log"; do sleep 0.05; done
+    sleep 0.5
+    responder_before=$(cpu_ticks $responder)
+    fixed=$($admin nats-requests $nats bench.$gift "$rate" "$seconds" bench/body-gift.json)
+    responder_after=$(cpu_ticks $responder)
+    stop $responder
+    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "bare requester, responder $responder_threads" "$fixed" \
+      "" $((responder_after - responder_before)) >>"$results"
+  done
 done
 
 python3 - "$results" "$clk_tck" "$rate" "$seconds" <<'PY'
@@ -41,8 +56,9 @@ rows = []
 for line in open(results):
     round_, threads, fixed, gateway, responder = line.rstrip("\n").split("\t")
     f = json.loads(fixed)
-    per = lambda ticks: int(ticks) * 1e6 / hz / max(f["ok"], 1)
+    per = lambda ticks: int(ticks) * 1e6 / hz / max(f["ok"], 1) if ticks else float("nan")
     rows.append((threads, f, per(gateway), per(responder)))
+cpu = lambda value: "—" if value != value else f"{value:.1f}"  # NaN: no gateway in the row
 print(f"Medians over the rounds, {rate:,} decisions/s for {seconds} s each:")
 print()
 print("| threads | p50 ms | p99 ms | errors | gateway CPU µs/decision | responder CPU µs/decision |")
@@ -51,9 +67,9 @@ for threads in dict.fromkeys(r[0] for r in rows):
     mine = [r for r in rows if r[0] == threads]
     med = lambda values: statistics.median(values)
     print(f"| {threads} | {med([r[1]['p50_ms'] for r in mine]):.2f} | {med([r[1]['p99_ms'] for r in mine]):.2f} | "
-          f"{sum(r[1]['errors'] for r in mine)} | {med([r[2] for r in mine]):.1f} | {med([r[3] for r in mine]):.1f} |")
+          f"{sum(r[1]['errors'] for r in mine)} | {cpu(med([r[2] for r in mine]))} | {cpu(med([r[3] for r in mine]))} |")
 print()
 print("Rounds (threads: p50 / p99 ms, gateway / responder µs per decision):")
 for threads, f, gateway, responder in rows:
-    print(f"- {threads}: {f['p50_ms']:.2f} / {f['p99_ms']:.2f}, {gateway:.1f} / {responder:.1f}")
+    print(f"- {threads}: {f['p50_ms']:.2f} / {f['p99_ms']:.2f}, {cpu(gateway)} / {cpu(responder)}")
 PY
