@@ -8,7 +8,9 @@
 # RESPONDER_THREADS="1 2" compare them (defaults "1" and "2": as each runs without the flag here).
 # Each round also runs the bare requester (`admin nats-requests`: the same rate of requests with
 # the same body straight to the responder over NATS, no HTTP and no gateway), so that the
-# gateway's figures stand beside what this machine's broker and responder do on their own.
+# gateway's figures stand beside what this machine's broker and responder do on their own; and
+# once more with bare HTTP (the ceiling, bench/ceiling.rs) loaded at the same rate at the same
+# time: the two legs of a decision without the gateway, competing for the cores as they do in it.
 # Target: p99 ≤ 3 ms at 10,000 decisions/s.
 # Usage: [RESPONDER_THREADS="1 2"] bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
 rounds=${1:-3}
@@ -36,16 +38,33 @@ for round in $(seq 1 "$rounds"); do
       $((gateway_after - gateway_before)) $((responder_after - responder_before)) >>"$results"
   done; done
   for responder_threads in ${RESPONDER_THREADS:-2}; do
-    $bin respond --bus nats --nats-url $nats --prefix bench --threads "$responder_threads" >/dev/null 2>"$log/respond.log" &
-    responder=$!
-    until grep -q "answering requests" "$log/respond.log"; do sleep 0.05; done
-    sleep 0.5
-    responder_before=$(cpu_ticks $responder)
-    fixed=$($admin nats-requests $nats bench.$gift "$rate" "$seconds" bench/body-gift.json)
-    responder_after=$(cpu_ticks $responder)
-    stop $responder
-    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "bare requester, responder $responder_threads" "$fixed" \
-      "" $((responder_after - responder_before)) >>"$results"
+    for beside in "" ceiling; do
+      $bin respond --bus nats --nats-url $nats --prefix bench --threads "$responder_threads" >/dev/null 2>"$log/respond.log" &
+      responder=$!
+      until grep -q "answering requests" "$log/respond.log"; do sleep 0.05; done
+      sleep 0.5
+      if [[ -n $beside ]]; then
+        # The other leg of a decision at the same time: bare HTTP at the same rate.
+        start ceiling "$ceiling" "127.0.0.1:$port"
+        wait_ready / >/dev/null
+        $load --url "http://127.0.0.1:$port/" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
+          --command $gift >"$log/ceiling-beside.json" &
+        http=$!
+      fi
+      responder_before=$(cpu_ticks $responder)
+      fixed=$($admin nats-requests $nats bench.$gift "$rate" "$seconds" bench/body-gift.json)
+      responder_after=$(cpu_ticks $responder)
+      stop $responder
+      label="bare requester, responder $responder_threads"
+      if [[ -n $beside ]]; then
+        wait $http
+        stop $pid
+        label+=", beside bare HTTP"
+        printf '%s\t%s\t%s\t\t\n' "$round" "bare HTTP (ceiling), beside the bare requester" \
+          "$(<"$log/ceiling-beside.json")" >>"$results"
+      fi
+      printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$fixed" "" $((responder_after - responder_before)) >>"$results"
+    done
   done
 done
 
