@@ -217,15 +217,23 @@ impl Nats {
         let _ = ready.send(());
         while let Some(request) = requests.next().await {
             let Some(reply_to) = request.reply else { continue };
-            let (client, answer) = (self.client.clone(), answer.clone());
-            tokio::spawn(async move {
-                let reply = answer(&request.subject, request.payload).await;
-                if let Err(error) = client.publish(reply_to, reply).await {
-                    tracing::warn!(error = &error as &dyn std::error::Error, "reply not sent");
-                }
-            });
+            let mut answering = answer(&request.subject, request.payload);
+            // An answer ready at once is sent from here: a task of its own (and, with more
+            // threads, a hand-over to another) only for one that waits (`respond --delay`).
+            if let std::task::Poll::Ready(reply) = futures_util::poll!(answering.as_mut()) {
+                send_reply(&self.client, reply_to, reply).await;
+                continue;
+            }
+            let client = self.client.clone();
+            tokio::spawn(async move { send_reply(&client, reply_to, answering.await).await });
         }
         Err(BusError::unavailable_because("NATS subscription ended"))
+    }
+}
+
+async fn send_reply(client: &Client, reply_to: async_nats::Subject, reply: Bytes) {
+    if let Err(error) = client.publish(reply_to, reply).await {
+        tracing::warn!(error = &error as &dyn std::error::Error, "reply not sent");
     }
 }
 
