@@ -11,8 +11,11 @@
 # gateway's figures stand beside what this machine's broker and responder do on their own; and
 # once more with bare HTTP (the ceiling, bench/ceiling.rs) loaded at the same rate at the same
 # time: the two legs of a decision without the gateway, competing for the cores as they do in it.
+# With RESPONDER_BASELINE=path/to/another/hookbus, that build's `respond` is measured too, in
+# every configuration of every round: a change to the responder, side by side.
 # Target: p99 ≤ 3 ms at 10,000 decisions/s.
-# Usage: [RESPONDER_THREADS="1 2"] bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
+# Usage: [GATEWAY_THREADS="1 2"] [RESPONDER_THREADS="1 2"] [RESPONDER_BASELINE=binary]
+#        bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
 rounds=${1:-3}
 rate=${3:-10000}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
@@ -20,50 +23,55 @@ gift=Live.CallbackBeforeSendGift
 results=$log/decisions.tsv
 : >"$results"
 
+start_responder() { # binary threads → $responder, once it answers requests
+  "$1" respond --bus nats --nats-url $nats --prefix bench --threads "$2" >/dev/null 2>"$log/respond.log" &
+  responder=$!
+  until grep -q "answering requests" "$log/respond.log"; do sleep 0.05; done
+}
+
 for round in $(seq 1 "$rounds"); do
-  for gateway_threads in ${GATEWAY_THREADS:-1}; do for responder_threads in ${RESPONDER_THREADS:-2}; do
-    $bin respond --bus nats --nats-url $nats --prefix bench --threads "$responder_threads" >/dev/null 2>"$log/respond.log" &
-    responder=$!
-    until grep -q "answering requests" "$log/respond.log"; do sleep 0.05; done
-    start decisions $(gateway --bus nats --nats-url $nats --threads "$gateway_threads")
-    wait_ready /readyz >/dev/null
-    sleep 0.5
-    gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder)
-    fixed=$($load --url "$(url $gift)" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
-      --command $gift --token $token)
-    gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder)
-    stop $pid
-    stop $responder
-    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "gateway $gateway_threads, responder $responder_threads" "$fixed" \
-      $((gateway_after - gateway_before)) $((responder_after - responder_before)) >>"$results"
-  done; done
-  for responder_threads in ${RESPONDER_THREADS:-2}; do
-    for beside in "" ceiling; do
-      $bin respond --bus nats --nats-url $nats --prefix bench --threads "$responder_threads" >/dev/null 2>"$log/respond.log" &
-      responder=$!
-      until grep -q "answering requests" "$log/respond.log"; do sleep 0.05; done
+  for responder_bin in $bin ${RESPONDER_BASELINE:-}; do
+    responder_name=$([[ $responder_bin == "$bin" ]] || echo " ($responder_bin)")
+    for gateway_threads in ${GATEWAY_THREADS:-1}; do for responder_threads in ${RESPONDER_THREADS:-2}; do
+      start_responder "$responder_bin" "$responder_threads"
+      start decisions $(gateway --bus nats --nats-url $nats --threads "$gateway_threads")
+      wait_ready /readyz >/dev/null
       sleep 0.5
-      if [[ -n $beside ]]; then
-        # The other leg of a decision at the same time: bare HTTP at the same rate.
-        start ceiling "$ceiling" "127.0.0.1:$port"
-        wait_ready / >/dev/null
-        $load --url "http://127.0.0.1:$port/" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
-          --command $gift >"$log/ceiling-beside.json" &
-        http=$!
-      fi
-      responder_before=$(cpu_ticks $responder)
-      fixed=$($admin nats-requests $nats bench.$gift "$rate" "$seconds" bench/body-gift.json)
-      responder_after=$(cpu_ticks $responder)
+      gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder)
+      fixed=$($load --url "$(url $gift)" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
+        --command $gift --token $token)
+      gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder)
+      stop $pid
       stop $responder
-      label="bare requester, responder $responder_threads"
-      if [[ -n $beside ]]; then
-        wait $http
-        stop $pid
-        label+=", beside bare HTTP"
-        printf '%s\t%s\t%s\t\t\n' "$round" "bare HTTP (ceiling), beside the bare requester" \
-          "$(<"$log/ceiling-beside.json")" >>"$results"
-      fi
-      printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$fixed" "" $((responder_after - responder_before)) >>"$results"
+      printf '%s\t%s\t%s\t%s\t%s\n' "$round" "gateway $gateway_threads, responder $responder_threads$responder_name" "$fixed" \
+        $((gateway_after - gateway_before)) $((responder_after - responder_before)) >>"$results"
+    done; done
+    for responder_threads in ${RESPONDER_THREADS:-2}; do
+      for beside in "" ceiling; do
+        start_responder "$responder_bin" "$responder_threads"
+        sleep 0.5
+        if [[ -n $beside ]]; then
+          # The other leg of a decision at the same time: bare HTTP at the same rate.
+          start ceiling "$ceiling" "127.0.0.1:$port"
+          wait_ready / >/dev/null
+          $load --url "http://127.0.0.1:$port/" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
+            --command $gift >"$log/ceiling-beside.json" &
+          http=$!
+        fi
+        responder_before=$(cpu_ticks $responder)
+        fixed=$($admin nats-requests $nats bench.$gift "$rate" "$seconds" bench/body-gift.json)
+        responder_after=$(cpu_ticks $responder)
+        stop $responder
+        label="bare requester, responder $responder_threads$responder_name"
+        if [[ -n $beside ]]; then
+          wait $http
+          stop $pid
+          label+=", beside bare HTTP"
+          printf '%s\t%s\t%s\t\t\n' "$round" "bare HTTP (ceiling), beside the bare requester$responder_name" \
+            "$(<"$log/ceiling-beside.json")" >>"$results"
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$fixed" "" $((responder_after - responder_before)) >>"$results"
+      done
     done
   done
 done
