@@ -19,6 +19,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 
+#[path = "latencies.rs"]
+mod latencies;
+
 /// Publishes in flight at most, as the gateway's outbox hands the bus (src/outbox.rs).
 const WINDOW: usize = 512;
 
@@ -148,12 +151,7 @@ async fn requests(url: &str, subject: &str, rate: f64, duration: Duration, body:
                 let (mut latencies, mut errors) = (Vec::new(), 0u64);
                 let mut scheduled = start + interval.mul_f64(f64::from(n) / f64::from(REQUESTERS));
                 while scheduled < end {
-                    let origin = if tokio::time::Instant::now() < scheduled {
-                        tokio::time::sleep_until(scheduled).await;
-                        tokio::time::Instant::now()
-                    } else {
-                        scheduled
-                    };
+                    let origin = latencies::on_schedule(scheduled).await;
                     match client.request(subject.clone(), body.clone()).await {
                         Ok(_) => latencies.push(origin.elapsed().as_micros() as u64),
                         Err(_) => errors += 1,
@@ -164,28 +162,7 @@ async fn requests(url: &str, subject: &str, rate: f64, duration: Duration, body:
             })
         })
         .collect();
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    for task in tasks {
-        let (mut some, failed) = task.await.expect("a requester");
-        latencies.append(&mut some);
-        errors += failed;
-    }
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        let place = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
-        latencies.get(place).copied().unwrap_or(0) as f64 / 1000.0
-    };
-    println!(
-        "{}",
-        serde_json::json!({
-            "ok": latencies.len(),
-            "errors": errors,
-            "rate": (latencies.len() as f64 / duration.as_secs_f64()).round(),
-            "p50_ms": at(0.50),
-            "p99_ms": at(0.99),
-            "p999_ms": at(0.999),
-        })
-    );
+    latencies::report(tasks, duration).await;
 }
 
 /// Properties shaped like the gateway's (src/bus/amqp.rs): persistent, with a message id, a

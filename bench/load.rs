@@ -17,6 +17,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+#[path = "latencies.rs"]
+mod latencies;
+
 #[derive(Parser)]
 struct Args {
     #[arg(long)]
@@ -63,15 +66,7 @@ async fn main() {
             // Spread the connections' schedules across one interval.
             let mut scheduled = start + interval.mul_f64(n as f64 / args.connections as f64);
             while scheduled < end {
-                // Behind schedule (the server was slow): charge the delay from the scheduled time.
-                // On schedule: count from the actual send, so the timer's 1 ms granularity is not
-                // charged to the server.
-                let origin = if Instant::now() < scheduled {
-                    tokio::time::sleep_until(scheduled).await;
-                    Instant::now()
-                } else {
-                    scheduled
-                };
+                let origin = latencies::on_schedule(scheduled).await;
                 // Each request its own body: the same signed request twice is a replay, answered
                 // from the gateway's cache without publishing.
                 sent += 1;
@@ -94,32 +89,7 @@ async fn main() {
             (latencies, errors)
         }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (mut some, failed) = task.await.expect("a load task");
-        latencies.append(&mut some);
-        errors += failed;
-    }
-    latencies.sort_unstable();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
-    println!(
-        "{}",
-        serde_json::json!({
-            "ok": latencies.len(),
-            "errors": errors,
-            "rate": (latencies.len() as f64 / args.duration.as_secs_f64()).round(),
-            "p50_ms": at(0.50),
-            "p99_ms": at(0.99),
-            "p999_ms": at(0.999),
-        })
-    );
+    latencies::report(tasks, args.duration).await;
 }
 
 /// `body` with a `"Seq"` field first, unique to this connection and request.

@@ -1,0 +1,47 @@
+//! What the fixed-rate generators (`bench/load.rs`, `admin nats-requests`) share: when a request
+//! counts from, and the one JSON line that sums a run up. Included by both with `#[path]`.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Waits for a request's `scheduled` time and returns the time its latency counts from: its
+/// send when the generator is on schedule (so the timer's 1 ms granularity is not charged to
+/// the server), its scheduled time when behind (so a stalled server is charged for the requests
+/// it delayed: no coordinated omission).
+pub async fn on_schedule(scheduled: Instant) -> Instant {
+    if Instant::now() < scheduled {
+        tokio::time::sleep_until(scheduled).await;
+        Instant::now()
+    } else {
+        scheduled
+    }
+}
+
+/// Gathers each task's latencies (µs) and failures and prints one JSON line: answers, errors,
+/// answers per second over `duration`, p50, p99 and p99.9 in milliseconds.
+pub async fn report(tasks: Vec<JoinHandle<(Vec<u64>, u64)>>, duration: Duration) {
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (mut some, failed) = task.await.expect("a load task");
+        latencies.append(&mut some);
+        errors += failed;
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let place = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(place).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "ok": latencies.len(),
+            "errors": errors,
+            "rate": (latencies.len() as f64 / duration.as_secs_f64()).round(),
+            "p50_ms": at(0.50),
+            "p99_ms": at(0.99),
+            "p999_ms": at(0.999),
+        })
+    );
+}
