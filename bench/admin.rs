@@ -136,8 +136,8 @@ async fn flood(url: &str, exchange: &str, key: &str, duration: Duration, body: &
     );
 }
 
-/// Requests at a fixed rate over one connection, as the gateway sends decisions: latency from
-/// each request's scheduled time when behind schedule, else from its send (as `bench/load.rs`).
+/// Requests at a fixed rate over one connection, as the gateway sends decisions, timed as
+/// `bench/load.rs` times its requests.
 async fn requests(url: &str, subject: &str, rate: f64, duration: Duration, body: bytes::Bytes) {
     const REQUESTERS: u32 = 32;
     let client = async_nats::ConnectOptions::new().request_timeout(None).connect(url).await.expect("NATS");

@@ -3,7 +3,8 @@
 # saturation run): the gateway and `hookbus respond` on NATS core, the fixed-rate generator
 # (bench/load.rs, 32 connections) posting signed gift callbacks (bench/body-gift.json). For
 # each configuration, round after round: p50 and p99 latency, and the CPU per decision of the
-# gateway and of the responder (utime + stime from /proc/PID/stat over the run).
+# gateway and of the responder (utime + stime from /proc/PID/stat over the run), and how often
+# the gateway's threads were preempted (involuntary context switches, /proc/PID/task/*/status).
 # A configuration is the gateway's and the responder's --threads: GATEWAY_THREADS="1 2" and
 # RESPONDER_THREADS="1 2" compare them (defaults "1" and "2": as each runs without the flag here).
 # Each round also runs the bare requester (`admin nats-requests`: the same rate of requests with
@@ -23,6 +24,10 @@ gift=Live.CallbackBeforeSendGift
 results=$log/decisions.tsv
 : >"$results"
 
+preemptions() { # pid → how often its threads were preempted so far (involuntary context switches)
+  cat /proc/"$1"/task/*/status | awk '/^nonvoluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
+
 start_responder() { # binary threads → $responder, once it answers requests
   "$1" respond --bus nats --nats-url $nats --prefix bench --threads "$2" >/dev/null 2>"$log/respond.log" &
   responder=$!
@@ -37,14 +42,15 @@ for round in $(seq 1 "$rounds"); do
       start decisions $(gateway --bus nats --nats-url $nats --threads "$gateway_threads")
       wait_ready /readyz >/dev/null
       sleep 0.5
-      gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder)
+      gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder) preempted_before=$(preemptions $pid)
       fixed=$($load --url "$(url $gift)" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
         --command $gift --token $token)
-      gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder)
+      gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder) preempted_after=$(preemptions $pid)
       stop $pid
       stop $responder
-      printf '%s\t%s\t%s\t%s\t%s\n' "$round" "gateway $gateway_threads, responder $responder_threads$responder_name" "$fixed" \
-        $((gateway_after - gateway_before)) $((responder_after - responder_before)) >>"$results"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "gateway $gateway_threads, responder $responder_threads$responder_name" \
+        "$fixed" $((gateway_after - gateway_before)) $((responder_after - responder_before)) \
+        $((preempted_after - preempted_before)) >>"$results"
     done; done
     for responder_threads in ${RESPONDER_THREADS:-2}; do
       for beside in "" ceiling; do
@@ -67,10 +73,10 @@ for round in $(seq 1 "$rounds"); do
           wait $http
           stop $pid
           label+=", beside bare HTTP"
-          printf '%s\t%s\t%s\t\t\n' "$round" "bare HTTP (ceiling), beside the bare requester$responder_name" \
+          printf '%s\t%s\t%s\t\t\t\n' "$round" "bare HTTP (ceiling), beside the bare requester$responder_name" \
             "$(<"$log/ceiling-beside.json")" >>"$results"
         fi
-        printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$fixed" "" $((responder_after - responder_before)) >>"$results"
+        printf '%s\t%s\t%s\t\t%s\t\n' "$round" "$label" "$fixed" $((responder_after - responder_before)) >>"$results"
       done
     done
   done
@@ -81,22 +87,24 @@ import json, statistics, sys
 results, hz, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rows = []
 for line in open(results):
-    round_, threads, fixed, gateway, responder = line.rstrip("\n").split("\t")
+    round_, threads, fixed, gateway, responder, preempted = line.rstrip("\n").split("\t")
     f = json.loads(fixed)
     per = lambda ticks: int(ticks) * 1e6 / hz / max(f["ok"], 1) if ticks else float("nan")
-    rows.append((threads, f, per(gateway), per(responder)))
+    rows.append((threads, f, per(gateway), per(responder), int(preempted) / float(seconds) if preempted else float("nan")))
 cpu = lambda value: "—" if value != value else f"{value:.1f}"  # NaN: no gateway in the row
+count = lambda value: "—" if value != value else f"{value:,.0f}"
 print(f"Medians over the rounds, {rate:,} decisions/s for {seconds} s each:")
 print()
-print("| threads | p50 ms | p99 ms | errors | gateway CPU µs/decision | responder CPU µs/decision |")
-print("|---|---|---|---|---|---|")
+print("| threads | p50 ms | p99 ms | errors | gateway CPU µs/decision | responder CPU µs/decision | gateway preempted /s |")
+print("|---|---|---|---|---|---|---|")
 for threads in dict.fromkeys(r[0] for r in rows):
     mine = [r for r in rows if r[0] == threads]
     med = lambda values: statistics.median(values)
     print(f"| {threads} | {med([r[1]['p50_ms'] for r in mine]):.2f} | {med([r[1]['p99_ms'] for r in mine]):.2f} | "
-          f"{sum(r[1]['errors'] for r in mine)} | {cpu(med([r[2] for r in mine]))} | {cpu(med([r[3] for r in mine]))} |")
+          f"{sum(r[1]['errors'] for r in mine)} | {cpu(med([r[2] for r in mine]))} | {cpu(med([r[3] for r in mine]))} | "
+          f"{count(med([r[4] for r in mine]))} |")
 print()
-print("Rounds (threads: p50 / p99 ms, gateway / responder µs per decision):")
-for threads, f, gateway, responder in rows:
-    print(f"- {threads}: {f['p50_ms']:.2f} / {f['p99_ms']:.2f}, {cpu(gateway)} / {cpu(responder)}")
+print("Rounds (threads: p50 / p99 ms, gateway / responder µs per decision, gateway preempted /s):")
+for threads, f, gateway, responder, preempted in rows:
+    print(f"- {threads}: {f['p50_ms']:.2f} / {f['p99_ms']:.2f}, {cpu(gateway)} / {cpu(responder)}, {count(preempted)}")
 PY
