@@ -139,24 +139,20 @@ async fn flood(url: &str, exchange: &str, key: &str, duration: Duration, body: &
 /// Requests at a fixed rate over one connection, as the gateway sends decisions, timed as
 /// `bench/load.rs` times its requests.
 async fn requests(url: &str, subject: &str, rate: f64, duration: Duration, body: bytes::Bytes) {
-    const REQUESTERS: u32 = 32;
+    const REQUESTERS: u64 = 32;
     let client = async_nats::ConnectOptions::new().request_timeout(None).connect(url).await.expect("NATS");
-    let interval = Duration::from_secs_f64(f64::from(REQUESTERS) / rate);
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let end = start + duration;
+    let schedule = latencies::Schedule::new(REQUESTERS, rate, duration);
     let tasks: Vec<_> = (0..REQUESTERS)
         .map(|n| {
             let (client, subject, body) = (client.clone(), subject.to_owned(), body.clone());
             tokio::spawn(async move {
                 let (mut latencies, mut errors) = (Vec::new(), 0u64);
-                let mut scheduled = start + interval.mul_f64(f64::from(n) / f64::from(REQUESTERS));
-                while scheduled < end {
+                for scheduled in schedule.times(n) {
                     let origin = latencies::on_schedule(scheduled).await;
                     match client.request(subject.clone(), body.clone()).await {
                         Ok(_) => latencies.push(origin.elapsed().as_micros() as u64),
                         Err(_) => errors += 1,
                     }
-                    scheduled += interval;
                 }
                 (latencies, errors)
             })

@@ -97,9 +97,9 @@ print(f"Medians over the rounds, {rate:,} decisions/s for {seconds} s each:")
 print()
 print("| threads | p50 ms | p99 ms | errors | gateway CPU µs/decision | responder CPU µs/decision | gateway preempted /s |")
 print("|---|---|---|---|---|---|---|")
+med = statistics.median
 for threads in dict.fromkeys(r[0] for r in rows):
     mine = [r for r in rows if r[0] == threads]
-    med = lambda values: statistics.median(values)
     print(f"| {threads} | {med([r[1]['p50_ms'] for r in mine]):.2f} | {med([r[1]['p99_ms'] for r in mine]):.2f} | "
           f"{sum(r[1]['errors'] for r in mine)} | {cpu(med([r[2] for r in mine]))} | {cpu(med([r[3] for r in mine]))} | "
           f"{count(med([r[4] for r in mine]))} |")

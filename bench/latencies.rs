@@ -1,10 +1,34 @@
-//! What the fixed-rate generators (`bench/load.rs`, `admin nats-requests`) share: when a request
-//! counts from, and the one JSON line that sums a run up. Included by both with `#[path]`.
+//! What the fixed-rate generators (`bench/load.rs`, `admin nats-requests`) share: when each
+//! request is sent, when it counts from, and the one JSON line that sums a run up. Included by
+//! both with `#[path]`.
 
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// When each of `workers` sends: `rate` requests per second between them for `duration`, from
+/// 50 ms after `new` (time to connect), each worker's times spread across one interval.
+#[derive(Clone, Copy)]
+pub struct Schedule {
+    start: Instant,
+    interval: Duration,
+    end: Instant,
+    workers: u64,
+}
+
+impl Schedule {
+    pub fn new(workers: u64, rate: f64, duration: Duration) -> Schedule {
+        let start = Instant::now() + Duration::from_millis(50);
+        Schedule { start, interval: Duration::from_secs_f64(workers as f64 / rate), end: start + duration, workers }
+    }
+
+    /// Worker `n`'s send times.
+    pub fn times(self, n: u64) -> impl Iterator<Item = Instant> {
+        let first = self.start + self.interval.mul_f64(n as f64 / self.workers as f64);
+        std::iter::successors(Some(first), move |&at| Some(at + self.interval)).take_while(move |&at| at < self.end)
+    }
+}
 
 /// Waits for a request's `scheduled` time and returns the time its latency counts from: its
 /// send when the generator is on schedule (so the timer's 1 ms granularity is not charged to

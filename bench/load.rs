@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 #[path = "latencies.rs"]
 mod latencies;
@@ -49,9 +48,7 @@ async fn main() {
     let target =
         format!("{}?{}", uri.path(), hookbus::simulate::query(&args.sdk_app_id, &args.command, args.token.as_deref()));
     let body = Bytes::from(std::fs::read(&args.body).expect("a readable --body"));
-    let interval = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
-    let start = Instant::now() + Duration::from_millis(50);
-    let end = start + args.duration;
+    let schedule = latencies::Schedule::new(args.connections, args.rate as f64, args.duration);
     let mut tasks = Vec::new();
     for n in 0..args.connections {
         let (host, target, body) = (host.clone(), target.clone(), body.clone());
@@ -63,9 +60,7 @@ async fn main() {
             tokio::spawn(connection);
             let mut latencies = Vec::new();
             let (mut errors, mut sent) = (0u64, 0u64);
-            // Spread the connections' schedules across one interval.
-            let mut scheduled = start + interval.mul_f64(n as f64 / args.connections as f64);
-            while scheduled < end {
+            for scheduled in schedule.times(n) {
                 let origin = latencies::on_schedule(scheduled).await;
                 // Each request its own body: the same signed request twice is a replay, answered
                 // from the gateway's cache without publishing.
@@ -84,7 +79,6 @@ async fn main() {
                 } else {
                     errors += 1;
                 }
-                scheduled += interval;
             }
             (latencies, errors)
         }));
