@@ -12,6 +12,7 @@ use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, HeaderName
 use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
 
 use super::message::{attribute_names, Answer, BusError, Message, Ready, Reconnects};
 use super::replies::Replies;
@@ -44,7 +45,18 @@ pub struct Nats {
     /// Replies to decision requests arrive on `{inbox}.{event id}`.
     inbox: String,
     replies: Arc<Replies<Result<Bytes, BusError>>>,
+    /// Decision requests on their way to the connection, written together by [`write_requests`].
+    requests: mpsc::UnboundedSender<Request>,
     reconnects: Arc<Reconnects>,
+}
+
+/// A decision request as it is handed to [`write_requests`].
+struct Request {
+    id: String,
+    destination: String,
+    reply_to: String,
+    headers: HeaderMap,
+    payload: Bytes,
 }
 
 impl Nats {
@@ -92,7 +104,9 @@ impl Nats {
             .map_err(|error| BusError::connect("NATS reply inbox", error))?;
         let replies = Arc::new(Replies::default());
         tokio::spawn(dispatch_replies(subscription, Arc::downgrade(&replies)));
-        Ok(Nats { client, jetstream, probe, inbox, replies, reconnects })
+        let (requests, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_requests(client.clone(), queued, Arc::downgrade(&replies)));
+        Ok(Nats { client, jetstream, probe, inbox, replies, requests, reconnects })
     }
 
     /// Returns, per message, once the server holds it (core) or the stream stored it (JetStream).
@@ -160,16 +174,16 @@ impl Nats {
     /// server's "no responders" comes back at once as [`BusError::NoResponders`].
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
         let mut waiting = self.replies.register(&message.id);
-        let reply_to = format!("{}.{}", self.inbox, message.id);
-        self.client
-            .publish_with_reply_and_headers(
-                message.destination.clone(),
-                reply_to,
-                headers(message),
-                message.payload.clone(),
-            )
-            .await
-            .map_err(|error| BusError::unavailable("NATS request", error))?;
+        let request = Request {
+            id: message.id.clone(),
+            destination: message.destination.clone(),
+            reply_to: format!("{}.{}", self.inbox, message.id),
+            headers: headers(message),
+            payload: message.payload.clone(),
+        };
+        if self.requests.send(request).is_err() {
+            return Err(BusError::unavailable_because("NATS request writer stopped"));
+        }
         waiting.reply().await.map_err(|_| BusError::unavailable_because("NATS reply inbox closed"))?
     }
 
@@ -292,6 +306,34 @@ async fn dispatch_replies(mut subscription: async_nats::Subscriber, replies: Wea
             replies.deliver(id, Err(BusError::NoResponders(id.to_owned())));
         } else if reply.status.is_none_or(|status| status == StatusCode::OK) && !is_stream_answer(&reply.payload) {
             replies.deliver(id, Ok(reply.payload));
+        }
+    }
+}
+
+/// Hands decision requests to the connection a burst at a time. A request handed over on its
+/// own wakes the connection's task at once, which then writes it alone: one write, and one
+/// wake-up of the server, per decision. Waiting one turn of the runtime first lets the other
+/// requests that arrived with it join, and the connection writes them all at once. A request
+/// that cannot be sent gets its error as its reply.
+async fn write_requests(
+    client: Client,
+    mut queued: mpsc::UnboundedReceiver<Request>,
+    replies: Weak<Replies<Result<Bytes, BusError>>>,
+) {
+    let mut burst = Vec::new();
+    while let Some(first) = queued.recv().await {
+        tokio::task::yield_now().await;
+        burst.push(first);
+        while let Ok(request) = queued.try_recv() {
+            burst.push(request);
+        }
+        for request in burst.drain(..) {
+            let sent = client
+                .publish_with_reply_and_headers(request.destination, request.reply_to, request.headers, request.payload)
+                .await;
+            if let (Err(error), Some(replies)) = (sent, replies.upgrade()) {
+                replies.deliver(&request.id, Err(BusError::unavailable("NATS request", error)));
+            }
         }
     }
 }

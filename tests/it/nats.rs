@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures_util::future::join_all;
 use futures_util::StreamExt;
 use hookbus::bus::Bus;
 use hookbus::config::serve_flags;
@@ -37,6 +38,45 @@ async fn a_plain_nats_responder_may_rewrite_the_message() {
     assert_eq!(answer["ErrorCode"], 0);
     assert_eq!(answer["MsgBody"][0]["MsgContent"]["Text"], "***");
     assert_eq!(answer["CloudCustomData"], "checked");
+    replier.await.unwrap();
+    gateway.stop().await;
+}
+
+/// Requests that arrive together are written to the server together; each still gets its own
+/// reply, and the replies may come in any order.
+#[tokio::test]
+async fn concurrent_decisions_each_get_their_own_reply() {
+    let prefix = unique("t");
+    let client = async_nats::connect(url()).await.unwrap();
+    let mut requests = client.subscribe(format!("{prefix}.Live.CallbackBeforeSendGift")).await.unwrap();
+    client.flush().await.unwrap();
+    let replier = tokio::spawn({
+        let client = client.clone();
+        async move {
+            // Gathered, then answered last first.
+            let mut gathered = Vec::new();
+            while gathered.len() < 64 {
+                gathered.push(requests.next().await.unwrap());
+            }
+            for request in gathered.into_iter().rev() {
+                let body: serde_json::Value = serde_json::from_slice(&request.payload).unwrap();
+                let reply = json!({"ErrorCode": 0, "ErrorInfo": body["RoomId"]});
+                client.publish(request.reply.unwrap(), reply.to_string().into()).await.unwrap();
+            }
+            client.flush().await.unwrap();
+        }
+    });
+    let gateway = Backend::Nats.gateway(&prefix, None, &[]).await;
+    let bodies: Vec<String> = (0..64).map(|n| format!(r#"{{"RoomId":"room-{n}"}}"#)).collect();
+    let gateway_ref = &gateway;
+    let answers = join_all(
+        bodies.iter().map(|body| async move { gateway_ref.post("Live.CallbackBeforeSendGift", body.as_bytes()).await }),
+    )
+    .await;
+    for (n, (status, answer)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200);
+        assert_eq!(answer["ErrorInfo"], format!("room-{n}"), "request {n} got {answer}");
+    }
     replier.await.unwrap();
     gateway.stop().await;
 }
