@@ -13,10 +13,13 @@
 # once more with bare HTTP (the ceiling, bench/ceiling.rs) loaded at the same rate at the same
 # time: the two legs of a decision without the gateway, competing for the cores as they do in it.
 # With RESPONDER_BASELINE=path/to/another/hookbus, that build's `respond` is measured too, in
-# every configuration of every round: a change to the responder, side by side.
+# every configuration of every round: a change to the responder, side by side; with
+# GATEWAY_BASELINE=path/to/another/hookbus, that build's gateway: a change to the gateway.
+# Also counted: the gateway's write and writev calls per decision (/proc/PID/io syscw), mostly
+# its writes to the NATS connection (HTTP answers go out by send, which syscw does not count).
 # Target: p99 ≤ 3 ms at 10,000 decisions/s.
 # Usage: [GATEWAY_THREADS="1 2"] [RESPONDER_THREADS="1 2"] [RESPONDER_BASELINE=binary]
-#        bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
+#        [GATEWAY_BASELINE=binary] bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
 rounds=${1:-3}
 rate=${3:-10000}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
@@ -28,6 +31,10 @@ preemptions() { # pid → how often its threads were preempted so far (involunta
   cat /proc/"$1"/task/*/status | awk '/^nonvoluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
 }
 
+writes() { # pid → its write and writev calls so far
+  awk '/^syscw/ { print $2 }' /proc/"$1"/io
+}
+
 start_responder() { # binary threads → $responder, once it answers requests
   "$1" respond --bus nats --nats-url $nats --prefix bench --threads "$2" >/dev/null 2>"$log/respond.log" &
   responder=$!
@@ -37,21 +44,26 @@ start_responder() { # binary threads → $responder, once it answers requests
 for round in $(seq 1 "$rounds"); do
   for responder_bin in $bin ${RESPONDER_BASELINE:-}; do
     responder_name=$([[ $responder_bin == "$bin" ]] || echo " ($responder_bin)")
+    for gateway_bin in $bin ${GATEWAY_BASELINE:-}; do
+    gateway_name=$([[ $gateway_bin == "$bin" ]] || echo " ($gateway_bin)")
     for gateway_threads in ${GATEWAY_THREADS:-1}; do for responder_threads in ${RESPONDER_THREADS:-2}; do
       start_responder "$responder_bin" "$responder_threads"
-      start decisions $(gateway --bus nats --nats-url $nats --threads "$gateway_threads")
+      start decisions $(bin=$gateway_bin gateway --bus nats --nats-url $nats --threads "$gateway_threads")
       wait_ready /readyz >/dev/null
       sleep 0.5
       gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder) preempted_before=$(preemptions $pid)
+      writes_before=$(writes $pid)
       fixed=$($load --url "$(url $gift)" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
         --command $gift --token $token)
       gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder) preempted_after=$(preemptions $pid)
+      writes_after=$(writes $pid)
       stop $pid
       stop $responder
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "gateway $gateway_threads, responder $responder_threads$responder_name" \
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" \
+        "gateway $gateway_threads$gateway_name, responder $responder_threads$responder_name" \
         "$fixed" $((gateway_after - gateway_before)) $((responder_after - responder_before)) \
-        $((preempted_after - preempted_before)) >>"$results"
-    done; done
+        $((preempted_after - preempted_before)) $((writes_after - writes_before)) >>"$results"
+    done; done; done
     for responder_threads in ${RESPONDER_THREADS:-2}; do
       for beside in "" ceiling; do
         start_responder "$responder_bin" "$responder_threads"
@@ -73,10 +85,10 @@ for round in $(seq 1 "$rounds"); do
           wait $http
           stop $pid
           label+=", beside bare HTTP"
-          printf '%s\t%s\t%s\t\t\t\n' "$round" "bare HTTP (ceiling), beside the bare requester$responder_name" \
+          printf '%s\t%s\t%s\t\t\t\t\n' "$round" "bare HTTP (ceiling), beside the bare requester$responder_name" \
             "$(<"$log/ceiling-beside.json")" >>"$results"
         fi
-        printf '%s\t%s\t%s\t\t%s\t\n' "$round" "$label" "$fixed" $((responder_after - responder_before)) >>"$results"
+        printf '%s\t%s\t%s\t\t%s\t\t\n' "$round" "$label" "$fixed" $((responder_after - responder_before)) >>"$results"
       done
     done
   done
@@ -87,24 +99,28 @@ import json, statistics, sys
 results, hz, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rows = []
 for line in open(results):
-    round_, threads, fixed, gateway, responder, preempted = line.rstrip("\n").split("\t")
+    round_, threads, fixed, gateway, responder, preempted, writes = line.rstrip("\n").split("\t")
     f = json.loads(fixed)
     per = lambda ticks: int(ticks) * 1e6 / hz / max(f["ok"], 1) if ticks else float("nan")
-    rows.append((threads, f, per(gateway), per(responder), int(preempted) / float(seconds) if preempted else float("nan")))
+    rows.append((threads, f, per(gateway), per(responder), int(preempted) / float(seconds) if preempted else float("nan"),
+                 int(writes) / max(f["ok"], 1) if writes else float("nan")))
 cpu = lambda value: "—" if value != value else f"{value:.1f}"  # NaN: no gateway in the row
 count = lambda value: "—" if value != value else f"{value:,.0f}"
+ratio = lambda value: "—" if value != value else f"{value:.2f}"
 print(f"Medians over the rounds, {rate:,} decisions/s for {seconds} s each:")
 print()
-print("| threads | p50 ms | p99 ms | errors | gateway CPU µs/decision | responder CPU µs/decision | gateway preempted /s |")
-print("|---|---|---|---|---|---|---|")
+print("| threads | p50 ms | p99 ms | errors | gateway CPU µs/decision | responder CPU µs/decision | gateway preempted /s "
+      "| gateway writes/decision |")
+print("|---|---|---|---|---|---|---|---|")
 med = statistics.median
 for threads in dict.fromkeys(r[0] for r in rows):
     mine = [r for r in rows if r[0] == threads]
     print(f"| {threads} | {med([r[1]['p50_ms'] for r in mine]):.2f} | {med([r[1]['p99_ms'] for r in mine]):.2f} | "
           f"{sum(r[1]['errors'] for r in mine)} | {cpu(med([r[2] for r in mine]))} | {cpu(med([r[3] for r in mine]))} | "
-          f"{count(med([r[4] for r in mine]))} |")
+          f"{count(med([r[4] for r in mine]))} | {ratio(med([r[5] for r in mine]))} |")
 print()
-print("Rounds (threads: p50 / p99 ms, gateway / responder µs per decision, gateway preempted /s):")
-for threads, f, gateway, responder, preempted in rows:
-    print(f"- {threads}: {f['p50_ms']:.2f} / {f['p99_ms']:.2f}, {cpu(gateway)} / {cpu(responder)}, {count(preempted)}")
+print("Rounds (threads: p50 / p99 ms, gateway / responder µs per decision, gateway preempted /s, writes/decision):")
+for threads, f, gateway, responder, preempted, writes in rows:
+    print(f"- {threads}: {f['p50_ms']:.2f} / {f['p99_ms']:.2f}, {cpu(gateway)} / {cpu(responder)}, {count(preempted)}, "
+          f"{ratio(writes)}")
 PY
