@@ -320,14 +320,9 @@ async fn write_requests(
     mut queued: mpsc::UnboundedReceiver<Request>,
     replies: Weak<Replies<Result<Bytes, BusError>>>,
 ) {
-    let mut burst = Vec::new();
     while let Some(first) = queued.recv().await {
         tokio::task::yield_now().await;
-        burst.push(first);
-        while let Ok(request) = queued.try_recv() {
-            burst.push(request);
-        }
-        for request in burst.drain(..) {
+        for request in std::iter::once(first).chain(std::iter::from_fn(|| queued.try_recv().ok())) {
             let sent = client
                 .publish_with_reply_and_headers(request.destination, request.reply_to, request.headers, request.payload)
                 .await;
