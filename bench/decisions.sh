@@ -45,25 +45,26 @@ for round in $(seq 1 "$rounds"); do
   for responder_bin in $bin ${RESPONDER_BASELINE:-}; do
     responder_name=$([[ $responder_bin == "$bin" ]] || echo " ($responder_bin)")
     for gateway_bin in $bin ${GATEWAY_BASELINE:-}; do
-    gateway_name=$([[ $gateway_bin == "$bin" ]] || echo " ($gateway_bin)")
-    for gateway_threads in ${GATEWAY_THREADS:-1}; do for responder_threads in ${RESPONDER_THREADS:-2}; do
-      start_responder "$responder_bin" "$responder_threads"
-      start decisions $(bin=$gateway_bin gateway --bus nats --nats-url $nats --threads "$gateway_threads")
-      wait_ready /readyz >/dev/null
-      sleep 0.5
-      gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder) preempted_before=$(preemptions $pid)
-      writes_before=$(writes $pid)
-      fixed=$($load --url "$(url $gift)" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
-        --command $gift --token $token)
-      gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder) preempted_after=$(preemptions $pid)
-      writes_after=$(writes $pid)
-      stop $pid
-      stop $responder
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" \
-        "gateway $gateway_threads$gateway_name, responder $responder_threads$responder_name" \
-        "$fixed" $((gateway_after - gateway_before)) $((responder_after - responder_before)) \
-        $((preempted_after - preempted_before)) $((writes_after - writes_before)) >>"$results"
-    done; done; done
+      gateway_name=$([[ $gateway_bin == "$bin" ]] || echo " ($gateway_bin)")
+      for gateway_threads in ${GATEWAY_THREADS:-1}; do for responder_threads in ${RESPONDER_THREADS:-2}; do
+        start_responder "$responder_bin" "$responder_threads"
+        start decisions $(bin=$gateway_bin gateway --bus nats --nats-url $nats --threads "$gateway_threads")
+        wait_ready /readyz >/dev/null
+        sleep 0.5
+        gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder) preempted_before=$(preemptions $pid)
+        writes_before=$(writes $pid)
+        fixed=$($load --url "$(url $gift)" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
+          --command $gift --token $token)
+        gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder) preempted_after=$(preemptions $pid)
+        writes_after=$(writes $pid)
+        stop $pid
+        stop $responder
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" \
+          "gateway $gateway_threads$gateway_name, responder $responder_threads$responder_name" \
+          "$fixed" $((gateway_after - gateway_before)) $((responder_after - responder_before)) \
+          $((preempted_after - preempted_before)) $((writes_after - writes_before)) >>"$results"
+      done; done
+    done
     for responder_threads in ${RESPONDER_THREADS:-2}; do
       for beside in "" ceiling; do
         start_responder "$responder_bin" "$responder_threads"
