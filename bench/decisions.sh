@@ -15,8 +15,10 @@
 # With RESPONDER_BASELINE=path/to/another/hookbus, that build's `respond` is measured too, in
 # every configuration of every round: a change to the responder, side by side; with
 # GATEWAY_BASELINE=path/to/another/hookbus, that build's gateway: a change to the gateway.
-# Also counted: the gateway's write and writev calls per decision (/proc/PID/io syscw), mostly
-# its writes to the NATS connection (HTTP answers go out by send, which syscw does not count).
+# Also counted: the gateway's write and writev calls per decision (/proc/PID/io syscw): its
+# writes to the NATS connection (writev) and the runtime waking its own event loop (an eventfd
+# write when a decision's deadline timer is due before every other timer). HTTP answers go out
+# by send, which syscw does not count.
 # Target: p99 ≤ 3 ms at 10,000 decisions/s.
 # Usage: [GATEWAY_THREADS="1 2"] [RESPONDER_THREADS="1 2"] [RESPONDER_BASELINE=binary]
 #        [GATEWAY_BASELINE=binary] bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
