@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, HeaderName, StatusCode};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, HeaderName, StatusCode, Subject};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
@@ -52,9 +52,9 @@ pub struct Nats {
 
 /// A decision request as it is handed to [`write_requests`].
 struct Request {
-    id: String,
     destination: String,
-    reply_to: String,
+    /// `{inbox}.{event id}`; shared, not copied, by the publish and an error's reply.
+    reply_to: Subject,
     headers: HeaderMap,
     payload: Bytes,
 }
@@ -175,9 +175,8 @@ impl Nats {
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
         let mut waiting = self.replies.register(&message.id);
         let request = Request {
-            id: message.id.clone(),
             destination: message.destination.clone(),
-            reply_to: format!("{}.{}", self.inbox, message.id),
+            reply_to: Subject::from(format!("{}.{}", self.inbox, message.id)),
             headers: headers(message),
             payload: message.payload.clone(),
         };
@@ -245,7 +244,7 @@ impl Nats {
     }
 }
 
-async fn send_reply(client: &Client, reply_to: async_nats::Subject, reply: Bytes) {
+async fn send_reply(client: &Client, reply_to: Subject, reply: Bytes) {
     if let Err(error) = client.publish(reply_to, reply).await {
         tracing::warn!(error = &error as &dyn std::error::Error, "reply not sent");
     }
@@ -301,7 +300,7 @@ async fn ensure_stream_once_connected(client: Client, context: jetstream::Contex
 async fn dispatch_replies(mut subscription: async_nats::Subscriber, replies: Weak<Replies<Result<Bytes, BusError>>>) {
     while let Some(reply) = subscription.next().await {
         let Some(replies) = replies.upgrade() else { return };
-        let id = reply.subject.rsplit('.').next().unwrap_or_default();
+        let id = request_id(&reply.subject);
         if reply.status == Some(StatusCode::NO_RESPONDERS) {
             replies.deliver(id, Err(BusError::NoResponders(id.to_owned())));
         } else if reply.status.is_none_or(|status| status == StatusCode::OK) && !is_stream_answer(&reply.payload) {
@@ -323,14 +322,18 @@ async fn write_requests(
     while let Some(first) = queued.recv().await {
         tokio::task::yield_now().await;
         for request in std::iter::once(first).chain(std::iter::from_fn(|| queued.try_recv().ok())) {
-            let sent = client
-                .publish_with_reply_and_headers(request.destination, request.reply_to, request.headers, request.payload)
-                .await;
+            let Request { destination, reply_to, headers, payload } = request;
+            let sent = client.publish_with_reply_and_headers(destination, reply_to.clone(), headers, payload).await;
             if let (Err(error), Some(replies)) = (sent, replies.upgrade()) {
-                replies.deliver(&request.id, Err(BusError::unavailable("NATS request", error)));
+                replies.deliver(request_id(&reply_to), Err(BusError::unavailable("NATS request", error)));
             }
         }
     }
+}
+
+/// The event id of a request, from its reply subject `{inbox}.{event id}`.
+fn request_id(reply_to: &str) -> &str {
+    reply_to.rsplit('.').next().unwrap_or_default()
 }
 
 /// CloudEvents binary-mode headers: `ce-<attribute>`.

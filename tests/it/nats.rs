@@ -68,11 +68,8 @@ async fn concurrent_decisions_each_get_their_own_reply() {
     });
     let gateway = Backend::Nats.gateway(&prefix, None, &[]).await;
     let bodies: Vec<String> = (0..64).map(|n| format!(r#"{{"RoomId":"room-{n}"}}"#)).collect();
-    let gateway_ref = &gateway;
-    let answers = join_all(
-        bodies.iter().map(|body| async move { gateway_ref.post("Live.CallbackBeforeSendGift", body.as_bytes()).await }),
-    )
-    .await;
+    let answers =
+        join_all(bodies.iter().map(|body| gateway.post("Live.CallbackBeforeSendGift", body.as_bytes()))).await;
     for (n, (status, answer)) in answers.iter().enumerate() {
         assert_eq!(*status, 200);
         assert_eq!(answer["ErrorInfo"], format!("room-{n}"), "request {n} got {answer}");
