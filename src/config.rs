@@ -378,9 +378,8 @@ impl ServeArgs {
     }
 
     /// The request-handling limits these flags describe.
-    fn limits(&self) -> Limits {
+    pub fn limits(&self) -> Limits {
         Limits {
-            path: self.path.clone(),
             max_clock_skew: self.max_clock_skew,
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth as usize,
@@ -401,6 +400,7 @@ impl ServeArgs {
         };
         Ok(Gateway {
             spool,
+            path: self.path.clone(),
             limits: self.limits(),
             apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),
             decisions: self.decisions()?,

@@ -179,7 +179,7 @@ impl Decided {
             sdk_app_id: request.sdk_app_id.clone(),
             client_ip: request.client_ip.clone(),
             opt_platform: request.opt_platform.clone(),
-            traceparent: request.traceparent.clone(),
+            traceparent: request.trace.header().to_owned(),
             tracestate: request.tracestate.clone(),
         };
         let destination = format!("{prefix}.audit.{}", request.command);

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::routes::{self, App};
+use crate::routes::{self, Shared};
 
 /// How long a keep-alive connection must have been idle to be closed at the cap: a client
 /// that just reused it may have a request on its way.
@@ -37,13 +37,6 @@ pub struct Connections {
     pub tls: Option<TlsAcceptor>,
 }
 
-impl Default for Connections {
-    /// The flags' defaults: 10 s, 512 connections, plain HTTP.
-    fn default() -> Connections {
-        Connections { header_read_timeout: Duration::from_secs(10), max_connections: 512, tls: None }
-    }
-}
-
 /// Serves HTTP/1.1 (or, over TLS, HTTP/2 or HTTP/1.1 by ALPN) on `listener` until `shutdown`
 /// resolves, then waits up to `grace` for open requests to finish. Returns the time that was
 /// left of `grace`.
@@ -54,24 +47,24 @@ impl Default for Connections {
 /// connection that has not sent its first request yet, or is answering one, is left alone.
 pub async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
-    limits: &Connections,
+    shared: Arc<Shared>,
+    connections: &Connections,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> Duration {
     // Responses are small: one copy into one buffer and a plain write cost less than a writev
     // of headers and body (3 % of the CPU per callback, measured side by side).
     let mut http1 = http1::Builder::new();
-    http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true).writev(false);
+    http1.timer(TokioTimer::new()).header_read_timeout(connections.header_read_timeout).keep_alive(true).writev(false);
     let mut negotiated = auto::Builder::new(TokioExecutor::new());
     negotiated
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(connections.header_read_timeout)
         .keep_alive(true)
         .writev(false);
     negotiated.http2().timer(TokioTimer::new());
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(connections.max_connections));
     let (stop, stopping) = watch::channel(false);
     let shed = Arc::new(Notify::new());
     let epoch = Instant::now();
@@ -94,7 +87,7 @@ pub async fn serve(
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => loop {
-                tracing::debug!(cap = limits.max_connections, "connection cap reached; closing idle connections");
+                tracing::debug!(cap = connections.max_connections, "connection cap reached; closing idle connections");
                 shed.notify_waiters();
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => break slot.expect("the semaphore is never closed"),
@@ -104,21 +97,21 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (app, activity) = (app.clone(), Arc::new(Activity { epoch: Some(epoch), ..Activity::default() }));
+        let (shared, activity) = (shared.clone(), Arc::new(Activity { epoch: Some(epoch), ..Activity::default() }));
         let service = service_fn({
             let activity = activity.clone();
             move |request: Request<Incoming>| {
-                let (app, activity) = (app.clone(), activity.clone());
+                let (shared, activity) = (shared.clone(), activity.clone());
                 async move {
                     activity.busy.fetch_add(1, Relaxed);
-                    let response = routes::handle(&app, request).await;
+                    let response = routes::handle(&shared, request).await;
                     activity.done();
                     Ok::<_, Infallible>(response)
                 }
             }
         });
         let signals = Signals { activity, shed: shed.clone(), stopping: stopping.clone() };
-        let Some(tls) = limits.tls.clone() else {
+        let Some(tls) = connections.tls.clone() else {
             let connection = http1.serve_connection(TokioIo::new(stream), service);
             tokio::spawn(async move {
                 signals.drive(connection, peer).await;
@@ -126,7 +119,7 @@ pub async fn serve(
             });
             continue;
         };
-        let (negotiated, handshake_timeout) = (negotiated.clone(), limits.header_read_timeout);
+        let (negotiated, handshake_timeout) = (negotiated.clone(), connections.header_read_timeout);
         tokio::spawn(async move {
             match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                 Ok(Ok(stream)) => signals.drive(negotiated.serve_connection(TokioIo::new(stream), service), peer).await,
@@ -141,7 +134,7 @@ pub async fn serve(
     tracing::info!(?grace, "stopped accepting; finishing open requests");
     let _ = stop.send(true);
     // Every connection holds a slot until it ends: all slots back means all connections done.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let all = u32::try_from(connections.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
         tracing::warn!("open connections did not finish within the grace period");
     }

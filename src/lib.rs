@@ -60,13 +60,15 @@ use crate::http::Connections;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::replay::Replays;
-use crate::routes::{App, Limits};
+use crate::routes::{Limits, Shared};
 use crate::spool::{Replay, Spool};
 use crate::tencent::BLOCKING;
 use crate::traces::Tracer;
 
 /// The built parts of a gateway, ready to serve.
 pub struct Gateway {
+    /// The callback path.
+    pub path: String,
     pub limits: Limits,
     /// The apps in force; `apps.replace` puts new ones in force (SIGHUP).
     pub apps: Arc<Current>,
@@ -104,7 +106,8 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     let outbox = Arc::new(Outbox::new(gateway.outbox, gateway.spool));
     let mut publisher =
         tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone(), gateway.tracer.clone()));
-    let app = Arc::new(App {
+    let shared = Arc::new(Shared {
+        path: gateway.path,
         replays: Replays::new(gateway.limits.replay_cache_entries),
         limits: gateway.limits,
         apps: gateway.apps,
@@ -115,7 +118,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         outbox: outbox.clone(),
         metrics: metrics.clone(),
     });
-    let left = http::serve(listener, app, &gateway.connections, shutdown, gateway.shutdown_grace).await;
+    let left = http::serve(listener, shared, &gateway.connections, shutdown, gateway.shutdown_grace).await;
     let deadline = tokio::time::Instant::now() + left;
     outbox.close();
     tracing::info!(depth = outbox.depth(), within = ?left, "flushing the outbox");

@@ -36,7 +36,7 @@ const OVERHEAD: usize = 64;
 
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
-pub enum Refused {
+pub enum PushError {
     #[error("outbox full ({0} events)")]
     Full(usize),
     #[error("outbox full ({0} bytes)")]
@@ -112,7 +112,7 @@ impl Outbox {
 
     /// Accepts an event once it is held (and, with a spool, durable). When the outbox is full,
     /// waits up to [`Bounds::wait`] for room; refuses it if none was made by then.
-    pub async fn push(&self, message: Message) -> Result<(), Refused> {
+    pub async fn push(&self, message: Message) -> Result<(), PushError> {
         let bytes = size(&message);
         let mut deadline = None;
         loop {
@@ -152,13 +152,13 @@ impl Outbox {
     }
 
     /// Takes a place and `bytes` for an event being accepted, if there is room.
-    fn reserve(&self, bytes: usize) -> Result<(), Refused> {
+    fn reserve(&self, bytes: usize) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.queue.len() + state.in_flight + state.reserved >= self.bounds.capacity {
-            return Err(Refused::Full(self.bounds.capacity));
+            return Err(PushError::Full(self.bounds.capacity));
         }
         if state.bytes + bytes > self.bounds.max_bytes {
-            return Err(Refused::FullBytes(self.bounds.max_bytes));
+            return Err(PushError::FullBytes(self.bounds.max_bytes));
         }
         state.reserved += 1;
         state.bytes += bytes;
@@ -315,12 +315,11 @@ fn batch(queue: &VecDeque<(Message, Held)>) -> (usize, bool) {
 
 /// From acceptance to the broker's answer, a child of the callback's `receive` span.
 fn publish_span(message: &Message) -> Span {
-    let (trace_id, parent) = traces::ids(&message.traceparent);
     Span {
         name: "publish",
-        trace_id,
+        trace_id: message.trace.trace_id().to_owned(),
         span_id: traces::span_id(),
-        parent_id: Some(parent),
+        parent_id: Some(message.trace.span_id().to_owned()),
         start: message.time,
         end: std::time::SystemTime::now(),
         attributes: vec![
@@ -355,13 +354,13 @@ mod tests {
         outbox.push(message()).await.unwrap();
         outbox.push(message()).await.unwrap();
         assert!(outbox.is_full());
-        assert!(matches!(outbox.push(message()).await, Err(Refused::Full(2))));
+        assert!(matches!(outbox.push(message()).await, Err(PushError::Full(2))));
         assert_eq!(outbox.depth(), 2);
         let small = Outbox::new(bounds(100, 2 * size(&message())), None);
         small.push(message()).await.unwrap();
         small.push(message()).await.unwrap();
         assert!(small.is_full());
-        assert!(matches!(small.push(message()).await, Err(Refused::FullBytes(_))));
+        assert!(matches!(small.push(message()).await, Err(PushError::FullBytes(_))));
         // Room left, but not enough for the event that came: still full until room is freed.
         let roomy = Outbox::new(bounds(100, 2 * size(&message()) + 1), None);
         roomy.push(message()).await.unwrap();
@@ -401,7 +400,7 @@ mod tests {
         outbox.confirmed(held);
         assert!(waiting.await.unwrap().is_ok(), "taken once the confirm made room");
         let started = tokio::time::Instant::now();
-        assert!(matches!(outbox.push(message()).await, Err(Refused::Full(1))), "no room made: refused");
+        assert!(matches!(outbox.push(message()).await, Err(PushError::Full(1))), "no room made: refused");
         assert_eq!(started.elapsed(), Duration::from_millis(250), "after the wait");
         assert!(outbox.is_full());
     }

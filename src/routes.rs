@@ -11,15 +11,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::apps::Current;
+use crate::apps::{self, Apps, Current};
 use crate::bus::{self, Bus, Message, Origin};
-use crate::decision::Decisions;
+use crate::decision::{Decisions, Kind};
 use crate::metrics::{Gauges, Metrics, Refusal};
-use crate::outbox::{Outbox, Refused};
+use crate::outbox::{Outbox, PushError};
 use crate::replay::{self, Answered, Replays};
 use crate::spool::SpoolError;
 use crate::tencent::{self, Body, Query, SignError};
-use crate::traces::{self, Span, Tracer};
+use crate::traces::{self, Context, Span, Tracer};
 
 /// Paths the gateway serves itself; the callback path cannot be one of them.
 pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -27,7 +27,6 @@ pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// How callbacks are checked.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub path: String,
     pub max_clock_skew: std::time::Duration,
     pub max_body_bytes: usize,
     /// Deepest nesting of arrays and objects accepted in a body (the body itself is 1).
@@ -38,22 +37,10 @@ pub struct Limits {
     pub body_read_timeout: std::time::Duration,
 }
 
-impl Default for Limits {
-    /// The flags' defaults: `/`, 60 s skew, 64 KiB, depth 32, 200,000 replays, 10 s.
-    fn default() -> Limits {
-        Limits {
-            path: "/".into(),
-            max_clock_skew: std::time::Duration::from_secs(60),
-            max_body_bytes: 65536,
-            max_json_depth: tencent::MAX_DEPTH,
-            replay_cache_entries: 200_000,
-            body_read_timeout: std::time::Duration::from_secs(10),
-        }
-    }
-}
-
-/// Everything a request needs, built once at start.
-pub struct App {
+/// What every request shares, built once at start.
+pub struct Shared {
+    /// The callback path.
+    pub path: String,
     pub limits: Limits,
     pub apps: Arc<Current>,
     pub decisions: Decisions,
@@ -131,7 +118,7 @@ impl Rejection {
 const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
 
 /// Answers one request. Never fails: every problem is a Tencent-shaped FAIL answer.
-pub async fn handle<B>(app: &App, request: Request<B>) -> Response<Full<Bytes>>
+pub async fn handle<B>(shared: &Shared, request: Request<B>) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -139,10 +126,10 @@ where
     let path = request.uri().path();
     let get = request.method() == Method::GET;
     match path {
-        _ if path == app.limits.path => callback(app, request).await,
+        _ if path == shared.path => callback(shared, request).await,
         "/healthz" if get => text(StatusCode::OK, "ok\n"),
         // Ready means "can accept": with a spool, a disconnected bus is what the spool is for.
-        "/readyz" if get => match (app.outbox.is_full(), app.bus.is_connected(), app.outbox.is_spooled()) {
+        "/readyz" if get => match (shared.outbox.is_full(), shared.bus.is_connected(), shared.outbox.is_spooled()) {
             (true, _, false) => text(StatusCode::SERVICE_UNAVAILABLE, "outbox full\n"),
             (true, _, true) => text(StatusCode::SERVICE_UNAVAILABLE, "spool full\n"),
             (false, false, false) => text(StatusCode::SERVICE_UNAVAILABLE, "bus disconnected\n"),
@@ -150,27 +137,29 @@ where
             (false, true, _) => text(StatusCode::OK, "ready\n"),
         },
         "/metrics" if get => {
-            let body = app.metrics.render(Gauges {
-                outbox_depth: app.outbox.depth(),
-                outbox_capacity: app.outbox.capacity(),
-                outbox_bytes: app.outbox.memory(),
-                bus_connected: app.bus.is_connected(),
-                connect_attempts: app.bus.connect_attempts(),
-                late_replies: app.bus.late_replies(),
-                replay_cache_entries: app.replays.len(),
-                spans_dropped: app.tracer.as_ref().map(Tracer::dropped),
-                spool: app.outbox.spool_bytes(),
+            let body = shared.metrics.render(Gauges {
+                outbox_depth: shared.outbox.depth(),
+                outbox_capacity: shared.outbox.capacity(),
+                outbox_bytes: shared.outbox.memory(),
+                bus_connected: shared.bus.is_connected(),
+                connect_attempts: shared.bus.connect_attempts(),
+                late_replies: shared.bus.late_replies(),
+                replay_cache_entries: shared.replays.len(),
+                spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
+                spool: shared.outbox.spool_bytes(),
             });
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
-        _ if RESERVED_PATHS.contains(&path) => reject(app, "", Rejection::MethodNotAllowed("GET"), "-", Instant::now()),
-        _ => reject(app, "", Rejection::NotFound, "-", Instant::now()),
+        _ if RESERVED_PATHS.contains(&path) => {
+            reject(shared, "", Rejection::MethodNotAllowed("GET"), "-", Instant::now())
+        }
+        _ => reject(shared, "", Rejection::NotFound, "-", Instant::now()),
     }
 }
 
-async fn callback<B>(app: &App, request: Request<B>) -> Response<Full<Bytes>>
+async fn callback<B>(shared: &Shared, request: Request<B>) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -185,10 +174,11 @@ where
         .and_then(|value| value.to_str().ok())
         .filter(|id| id.len() <= 128)
         .map(str::to_owned);
-    match accept(app, request, query).await {
-        Ok(Accepted { command, id, traceparent, answer }) => {
-            app.metrics.answered(&command, 200);
+    match accept(shared, request, query).await {
+        Ok(Accepted { command, id, trace, answer }) => {
+            shared.metrics.answered(&command, 200);
             let request_id = request_id.as_deref().unwrap_or(&id);
+            let traceparent = trace.as_ref().map_or("", Context::header);
             // Fields are evaluated only when the line is logged: no clock read otherwise.
             tracing::debug!(
                 request_id,
@@ -205,7 +195,7 @@ where
         }
         Err(rejection) => {
             let request_id = request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            reject(app, &command, rejection, &request_id, started)
+            reject(shared, &command, rejection, &request_id, started)
         }
     }
 }
@@ -214,63 +204,91 @@ where
 struct Accepted {
     command: String,
     id: String,
-    traceparent: String,
+    /// None for a replay, answered as before without an event.
+    trace: Option<Context>,
     answer: Bytes,
 }
 
-/// The checks of a callback, in the README's order.
-async fn accept<B>(app: &App, request: Request<B>, query: Query) -> Result<Accepted, Rejection>
+/// A callback that passed every check: what it is and where it goes.
+struct Checked {
+    settings: Arc<Apps>,
+    sdk_app_id: String,
+    command: String,
+    body_room: Option<String>,
+    payload: Bytes,
+    /// Signed requests only: how a replay is recognised, and until when.
+    replay: Option<(replay::Key, u64)>,
+    origin: Origin,
+    received: SystemTime,
+}
+
+/// The checks, then the event decided or enqueued; a replay is answered as before.
+async fn accept<B>(shared: &Shared, request: Request<B>, query: Query) -> Result<Accepted, Rejection>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let limits = &app.limits;
+    let checked = check(shared, request, query).await?;
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    if let Some(answered) = checked.replay.and_then(|(key, _)| shared.replays.answered(key, now)) {
+        shared.metrics.replayed(&checked.command);
+        let answer = match answered {
+            Answered::Event => Bytes::from_static(OK),
+            Answered::Decision(answer) => answer,
+        };
+        return Ok(Accepted { command: checked.command, id: "replay".into(), trace: None, answer });
+    }
+    let app = checked.settings.get(&checked.sdk_app_id).expect("checked: the app is served");
+    // Only exporting spans needs to know whether the trace context came from the caller.
+    let incoming = shared.tracer.as_ref().map(|_| checked.origin.traceparent.clone());
+    let mut message = Message::new(&app.prefix, &checked.command, checked.body_room, checked.origin, checked.payload);
+    let from_caller = incoming.is_some_and(|incoming| incoming == message.trace.header());
+    let receive = Receive::start(shared.tracer.as_ref(), &mut message, checked.received, from_caller);
+    let (command, id) = (checked.command, message.id.clone());
+    let (trace, answered, answer) = match shared.decisions.kind(&command) {
+        Some(kind) => {
+            let (trace, answer) = decide(shared, kind, message, receive, app).await;
+            (trace, Answered::Decision(answer.clone()), answer)
+        }
+        None => (enqueue(shared, message, receive).await?, Answered::Event, Bytes::from_static(OK)),
+    };
+    if let Some((key, expires)) = checked.replay {
+        shared.replays.remember(key, expires, answered);
+    }
+    Ok(Accepted { command, id, trace: Some(trace), answer })
+}
+
+/// The checks of a callback, in the README's order, up to a body that names its command.
+async fn check<B>(shared: &Shared, request: Request<B>, query: Query) -> Result<Checked, Rejection>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let limits = &shared.limits;
     if request.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed("POST"));
     }
     if query.repeated.is_some() {
         return Err(Rejection::bad("param_repeated", "a protocol parameter appears more than once in the query"));
     }
-    let sdk_app_id = query.sdk_app_id.as_deref().unwrap_or("");
-    let apps = app.apps.get();
-    let Some(settings) = apps.get(sdk_app_id) else { return Err(Rejection::Forbidden) };
+    let sdk_app_id = query.sdk_app_id.clone().unwrap_or_default();
+    let settings = shared.apps.get();
+    let Some(app) = settings.get(&sdk_app_id) else { return Err(Rejection::Forbidden) };
     // Signed requests can be told apart: the time until which a replay would be accepted.
-    let mut replay_window = None;
-    if !settings.tokens.is_empty() {
+    let mut replay_until = None;
+    if !app.tokens.is_empty() {
         let (sign, time) = (query.sign.as_deref(), query.request_time.as_deref());
-        let secrets = settings.tokens.iter().map(|token| token.secret.as_str());
-        let matched = tencent::verify(secrets, sign, time, limits.max_clock_skew, SystemTime::now())
+        let secrets = app.tokens.iter().map(|token| token.secret.as_str());
+        let signed = tencent::verify(secrets, sign, time, limits.max_clock_skew, SystemTime::now())
             .map_err(Rejection::Unauthorized)?;
-        app.metrics.signed(sdk_app_id, &settings.tokens[matched].name);
-        let seconds: u64 = time.unwrap_or_default().parse().unwrap_or_default();
-        replay_window = Some(seconds + limits.max_clock_skew.as_secs());
+        shared.metrics.signed(&sdk_app_id, &app.tokens[signed.token].name);
+        replay_until = Some(signed.request_time + limits.max_clock_skew.as_secs());
     }
     let header =
         |name| request.headers().get(name).and_then(|value: &HeaderValue| value.to_str().ok()).map(str::to_owned);
     let (traceparent, tracestate) = (header("traceparent").unwrap_or_default(), header("tracestate"));
-    let (incoming, received) = (traceparent.clone(), SystemTime::now());
-    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
-        return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
-    }
-    let mut body = std::pin::pin!(Limited::new(request.into_body(), limits.max_body_bytes).collect());
-    // A callback's body nearly always came with its headers: a timer only for one that did not.
-    let collected = match futures_util::poll!(body.as_mut()) {
-        std::task::Poll::Ready(collected) => collected,
-        std::task::Poll::Pending => match tokio::time::timeout(limits.body_read_timeout, body).await {
-            Ok(collected) => collected,
-            Err(_) => return Err(Rejection::BodyTimeout),
-        },
-    };
-    let payload = match collected {
-        // A copy of its own: the collected body may be a slice of the connection's read buffer,
-        // which an event waiting in the outbox would otherwise keep alive whole.
-        Ok(collected) => Bytes::copy_from_slice(&collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
-        }
-        Err(_) => return Err(Rejection::bad("body_read", "body could not be read")),
-    };
+    let received = SystemTime::now();
+    let payload = read_body(limits, request).await?;
     let body = Body::parse(&payload, limits.max_json_depth)
         .map_err(|invalid| Rejection::bad(invalid.label(), invalid.reason()))?;
     let command = match (query.command, body.callback_command.as_deref()) {
@@ -284,100 +302,155 @@ where
     if !bus::valid_name(&command) {
         return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
     }
-    let replay_key = replay_window.map(|_| {
+    let replay = replay_until.map(|expires| {
         let (sign, time) = (query.sign.as_deref().unwrap_or_default(), query.request_time.as_deref());
-        replay::Key::of(sign, time.unwrap_or_default(), sdk_app_id, &command, &payload)
+        (replay::Key::of(sign, time.unwrap_or_default(), &sdk_app_id, &command, &payload), expires)
     });
-    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    if let Some(answered) = replay_key.and_then(|key| app.replays.answered(key, now)) {
-        app.metrics.replayed(&command);
-        let answer = match answered {
-            Answered::Event => Bytes::from_static(OK),
-            Answered::Decision(answer) => answer,
-        };
-        return Ok(Accepted { command, id: "replay".into(), traceparent: String::new(), answer });
-    }
     let origin = Origin {
-        sdk_app_id: sdk_app_id.to_owned(),
+        sdk_app_id: sdk_app_id.clone(),
         client_ip: query.client_ip.unwrap_or_default(),
         opt_platform: query.opt_platform.unwrap_or_default(),
         traceparent,
         tracestate,
     };
-    let mut message = Message::new(&settings.prefix, &command, body.room_key(), origin, payload);
-    // Exporting spans, the gateway's own `receive` span is the parent of what follows it on the
-    // bus; the caller's span (when one came) is its parent.
-    let receive = app.tracer.as_ref().map(|_| {
-        let (trace_id, caller) = traces::ids(&message.traceparent);
-        let parent = (message.traceparent == incoming).then_some(caller);
-        let span_id = traces::span_id();
-        message.traceparent = format!("00-{trace_id}-{span_id}-01");
-        (trace_id, span_id, parent)
-    });
-    let (id, traceparent) = (message.id.clone(), message.traceparent.clone());
-    let record = |name: &'static str, start: SystemTime, attributes: Vec<(&'static str, String)>| {
-        if let (Some(tracer), Some((trace_id, span_id, parent))) = (&app.tracer, &receive) {
-            let (span_id, parent_id) = match name {
-                "receive" => (span_id.clone(), parent.clone()),
-                _ => (traces::span_id(), Some(span_id.clone())),
-            };
-            let end = SystemTime::now();
-            tracer.record(Span { name, trace_id: trace_id.clone(), span_id, parent_id, start, end, attributes });
-        }
+    let body_room = body.room_key();
+    Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received })
+}
+
+/// The body, whole, within the size and time limits.
+async fn read_body<B>(limits: &Limits, request: Request<B>) -> Result<Bytes, Rejection>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
+        return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
+    }
+    let mut body = std::pin::pin!(Limited::new(request.into_body(), limits.max_body_bytes).collect());
+    // A callback's body nearly always came with its headers: a timer only for one that did not.
+    let collected = match futures_util::poll!(body.as_mut()) {
+        std::task::Poll::Ready(collected) => collected,
+        std::task::Poll::Pending => match tokio::time::timeout(limits.body_read_timeout, body).await {
+            Ok(collected) => collected,
+            Err(_) => return Err(Rejection::BodyTimeout),
+        },
     };
-    match app.decisions.kind(&command) {
-        Some(kind) => {
-            let (started, decision_start) = (Instant::now(), SystemTime::now());
-            let request = app.audit.then(|| message.clone());
-            let decided = app.decisions.decide(&app.bus, kind, message, &settings.fallbacks).await;
-            let elapsed = started.elapsed();
-            app.metrics.decided(&command, decided.outcome, decided.rule.as_deref(), elapsed);
-            let (outcome, rule) = (decided.outcome.label(), decided.rule.as_deref().unwrap_or_default());
-            tracing::debug!(id, command, outcome, rule, ?elapsed, "decided");
-            if let Some(request) = request {
-                let event = decided.audit(&request, &settings.prefix, elapsed);
-                if let Err(refused) = app.outbox.push(event).await {
-                    app.metrics.audit_refused(&id, &refused);
-                }
-            }
-            if let (Some(key), Some(expires)) = (replay_key, replay_window) {
-                app.replays.remember(key, expires, Answered::Decision(decided.answer.clone()));
-            }
-            let rule = decided.rule.clone().unwrap_or_default();
-            record("decision", decision_start, vec![("hookbus.outcome", outcome.to_owned()), ("hookbus.rule", rule)]);
-            record(
-                "receive",
-                received,
-                vec![("hookbus.command", command.clone()), ("cloudevents.event_id", id.clone())],
-            );
-            Ok(Accepted { command, id, traceparent, answer: decided.answer })
+    match collected {
+        // A copy of its own: the collected body may be a slice of the connection's read buffer,
+        // which an event waiting in the outbox would otherwise keep alive whole.
+        Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(Rejection::PayloadTooLarge(limits.max_body_bytes))
         }
-        None => {
-            app.outbox.push(message).await.map_err(|refused| match refused {
-                Refused::Full(_) | Refused::FullBytes(_) => Rejection::Overloaded("outbox_full"),
-                Refused::Spool(SpoolError::Full(_)) => Rejection::Overloaded("spool_full"),
-                Refused::Spool(SpoolError::Io(error)) => {
-                    tracing::error!(%error, "spool write failed");
-                    Rejection::SpoolFailed
-                }
-            })?;
-            if let (Some(key), Some(expires)) = (replay_key, replay_window) {
-                app.replays.remember(key, expires, Answered::Event);
+        Err(_) => Err(Rejection::bad("body_read", "body could not be read")),
+    }
+}
+
+/// A callback's `receive` span, when spans are exported: the caller's span (when a valid one
+/// came) is its parent, and it is the parent of what follows on the bus.
+pub struct Receive {
+    /// The context the event travels with: the receive span's when exporting.
+    trace: Context,
+    span: Option<(Tracer, SystemTime, Option<String>)>,
+}
+
+impl Receive {
+    /// Starts the `receive` span of `message`, received at `received`, when `tracer` is set;
+    /// `from_caller` says whether its trace context came with the request.
+    pub fn start(tracer: Option<&Tracer>, message: &mut Message, received: SystemTime, from_caller: bool) -> Receive {
+        let span = tracer.map(|tracer| {
+            let caller = from_caller.then(|| message.trace.span_id().to_owned());
+            message.trace = message.trace.child();
+            (tracer.clone(), received, caller)
+        });
+        Receive { trace: message.trace.clone(), span }
+    }
+
+    /// Records a child span of `receive`, from `start` to now.
+    fn child(&self, name: &'static str, start: SystemTime, attributes: Vec<(&'static str, String)>) {
+        if let Some((tracer, _, _)) = &self.span {
+            tracer.record(Span {
+                name,
+                trace_id: self.trace.trace_id().to_owned(),
+                span_id: traces::span_id(),
+                parent_id: Some(self.trace.span_id().to_owned()),
+                start,
+                end: SystemTime::now(),
+                attributes,
+            });
+        }
+    }
+
+    /// Ends the `receive` span of the event `id` of `command`; gives back its trace context.
+    fn end(self, command: &str, id: &str) -> Context {
+        if let Some((tracer, start, parent_id)) = self.span {
+            tracer.record(Span {
+                name: "receive",
+                trace_id: self.trace.trace_id().to_owned(),
+                span_id: self.trace.span_id().to_owned(),
+                parent_id,
+                start,
+                end: SystemTime::now(),
+                attributes: vec![("hookbus.command", command.to_owned()), ("cloudevents.event_id", id.to_owned())],
+            });
+        }
+        self.trace
+    }
+}
+
+/// Decides a blocking callback; counts, logs and audits the decision.
+async fn decide(shared: &Shared, kind: Kind, message: Message, receive: Receive, app: &apps::App) -> (Context, Bytes) {
+    let (started, decision_start) = (Instant::now(), SystemTime::now());
+    let (command, id) = (message.command.clone(), message.id.clone());
+    let request = shared.audit.then(|| message.clone());
+    let decided = shared.decisions.decide(&shared.bus, kind, message, &app.fallbacks).await;
+    let elapsed = started.elapsed();
+    shared.metrics.decided(&command, decided.outcome, decided.rule.as_deref(), elapsed);
+    let (outcome, rule) = (decided.outcome.label(), decided.rule.as_deref().unwrap_or_default());
+    tracing::debug!(id, command, outcome, rule, ?elapsed, "decided");
+    if let Some(request) = request {
+        let event = decided.audit(&request, &app.prefix, elapsed);
+        if let Err(refused) = shared.outbox.push(event).await {
+            shared.metrics.audit_refused(&id, &refused);
+        }
+    }
+    let attributes = vec![("hookbus.outcome", outcome.to_owned()), ("hookbus.rule", rule.to_owned())];
+    receive.child("decision", decision_start, attributes);
+    (receive.end(&command, &id), decided.answer)
+}
+
+/// Puts an informational event into the outbox: once this returns, it will be delivered.
+/// Gives back the trace context it travels with.
+pub async fn enqueue(shared: &Shared, message: Message, receive: Receive) -> Result<Context, Rejection> {
+    let (command, id) = (message.command.clone(), message.id.clone());
+    shared.outbox.push(message).await?;
+    Ok(receive.end(&command, &id))
+}
+
+impl From<PushError> for Rejection {
+    fn from(refused: PushError) -> Rejection {
+        match refused {
+            PushError::Full(_) | PushError::FullBytes(_) => Rejection::Overloaded("outbox_full"),
+            PushError::Spool(SpoolError::Full(_)) => Rejection::Overloaded("spool_full"),
+            PushError::Spool(SpoolError::Io(error)) => {
+                tracing::error!(%error, "spool write failed");
+                Rejection::SpoolFailed
             }
-            record(
-                "receive",
-                received,
-                vec![("hookbus.command", command.clone()), ("cloudevents.event_id", id.clone())],
-            );
-            Ok(Accepted { command, id, traceparent, answer: Bytes::from_static(OK) })
         }
     }
 }
 
 /// Answers a refusal; counts it and logs its reason (rate-limited).
-fn reject(app: &App, command: &str, rejection: Rejection, request_id: &str, started: Instant) -> Response<Full<Bytes>> {
+fn reject(
+    shared: &Shared,
+    command: &str,
+    rejection: Rejection,
+    request_id: &str,
+    started: Instant,
+) -> Response<Full<Bytes>> {
     let status = rejection.status();
-    app.metrics.rejected(Refusal {
+    shared.metrics.rejected(Refusal {
         label: rejection.label(),
         reason: &rejection,
         command: if bus::valid_name(command) { command } else { "unknown" },
@@ -413,13 +486,14 @@ mod tests {
     use crate::outbox;
     use std::time::Duration;
 
-    fn app(outbox_capacity: usize) -> App {
+    fn shared(outbox_capacity: usize) -> Shared {
         let token = apps::Token { name: "t".into(), secret: "tok".into() };
         let tencent = apps::App { tokens: vec![token], prefix: "tencent".into(), fallbacks: Default::default() };
         let mut listed = apps::Apps::single(tencent.clone());
         listed.listed.insert("1400".into(), tencent);
-        App {
-            limits: Limits::default(),
+        Shared {
+            path: "/".into(),
+            limits: crate::config::serve_flags(&[]).expect("the defaults parse").limits(),
             apps: Arc::new(Current::new(listed)),
             decisions: Decisions::default(),
             audit: false,
@@ -440,16 +514,16 @@ mod tests {
         format!("/?SdkAppid={app}&CallbackCommand={command}&Sign={sign}&RequestTime={time}")
     }
 
-    async fn status(app: &App, method: Method, uri: &str, body: &'static [u8]) -> u16 {
+    async fn status(shared: &Shared, method: Method, uri: &str, body: &'static [u8]) -> u16 {
         let request = Request::builder().method(method).uri(uri).body(Full::new(Bytes::from_static(body))).unwrap();
-        handle(app, request).await.status().as_u16()
+        handle(shared, request).await.status().as_u16()
     }
 
     /// Each request fails every check from one row of the README's table on: the first
     /// failing check is the one answered, so the checks run in the documented order.
     #[tokio::test]
     async fn checks_run_in_the_documented_order() {
-        let app = app(1);
+        let shared = shared(1);
         let cmd = "Live.CallbackAfterCreateRoom";
         let big: &'static [u8] = Box::leak(vec![b' '; 70_000].into_boxed_slice());
         let rows: [(Method, String, &'static [u8], u16); 8] = [
@@ -463,11 +537,11 @@ mod tests {
             (Method::POST, target("1400", "tok", cmd), b"{}", 200),
         ];
         for (method, uri, body, expected) in rows {
-            assert_eq!(status(&app, method.clone(), &uri, body).await, expected, "{method} {uri}");
+            assert_eq!(status(&shared, method.clone(), &uri, body).await, expected, "{method} {uri}");
         }
         // The one accepted event fills the outbox (capacity 1): the last check answers 503. (The
         // same request again would be a replay, answered as before: another body.)
-        assert_eq!(status(&app, Method::POST, &target("1400", "tok", cmd), br#"{"n":1}"#).await, 503);
-        assert_eq!(status(&app, Method::POST, &target("1400", "tok", cmd), b"{}").await, 200, "a replay");
+        assert_eq!(status(&shared, Method::POST, &target("1400", "tok", cmd), br#"{"n":1}"#).await, 503);
+        assert_eq!(status(&shared, Method::POST, &target("1400", "tok", cmd), b"{}").await, 200, "a replay");
     }
 }

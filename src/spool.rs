@@ -319,7 +319,7 @@ fn encode(message: &Message) -> Vec<u8> {
     }
     put(&mut body, &message.payload);
     // Added after the payload, so that records written before them still read back.
-    put(&mut body, message.traceparent.as_bytes());
+    put(&mut body, message.trace.header().as_bytes());
     match &message.tracestate {
         Some(state) => {
             body.push(1);

@@ -114,7 +114,7 @@ pub fn verify<'a>(
     request_time: Option<&str>,
     max_skew: Duration,
     now: SystemTime,
-) -> Result<usize, SignError> {
+) -> Result<Signed, SignError> {
     let (Some(sign), Some(request_time)) = (sign, request_time) else {
         return Err(SignError::Missing);
     };
@@ -132,7 +132,16 @@ pub fn verify<'a>(
             matched = Some(position);
         }
     }
-    matched.ok_or(SignError::Mismatch)
+    let token = matched.ok_or(SignError::Mismatch)?;
+    Ok(Signed { token, request_time: seconds })
+}
+
+/// A signature that matched: which token signed, and the `RequestTime` it signed (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    /// The position of the token among those given.
+    pub token: usize,
+    pub request_time: u64,
 }
 
 /// A reply field a responder may return with ErrorCode 0 to change what Tencent does, and the
@@ -524,7 +533,7 @@ pub(crate) mod tests {
         let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         let skew = Duration::from_secs(60);
         let good = sign("xxxxyyyy", "1669872112");
-        let ok = |s: &str, now| verify(["xxxxyyyy"], Some(s), Some("1669872112"), skew, now);
+        let ok = |s: &str, now| verify(["xxxxyyyy"], Some(s), Some("1669872112"), skew, now).map(|signed| signed.token);
         assert_eq!(ok(&good, at(1669872112)), Ok(0));
         assert_eq!(ok(&good.to_uppercase(), at(1669872172)), Ok(0));
         assert_eq!(ok(&good, at(1669872173)), Err(SignError::Stale));
@@ -533,7 +542,14 @@ pub(crate) mod tests {
         assert_eq!(ok(&"0".repeat(64), at(1669872112)), Err(SignError::Mismatch));
         assert_eq!(ok("zz", at(1669872112)), Err(SignError::Mismatch));
         let wrong_token = verify(["other"], Some(&good), Some("1669872112"), skew, at(1669872112));
-        let second = verify(["other", "xxxxyyyy"], Some(&good), Some("1669872112"), skew, at(1669872112));
+        let second = verify(["other", "xxxxyyyy"], Some(&good), Some("1669872112"), skew, at(1669872112))
+            .map(|signed| signed.token);
+        assert_eq!(
+            verify(["xxxxyyyy"], Some(&good), Some("1669872112"), skew, at(1669872112))
+                .map(|signed| signed.request_time),
+            Ok(1669872112),
+            "the time it read"
+        );
         assert_eq!(second, Ok(1), "the token that signed it");
         assert_eq!(wrong_token, Err(SignError::Mismatch));
         let missing = verify(["t"], None, Some("1"), skew, at(1));
@@ -618,7 +634,7 @@ pub(crate) mod tests {
             let skew = Duration::from_secs(60);
             let text = time.to_string();
             let good = super::sign(&token, &text);
-            proptest::prop_assert_eq!(verify([token.as_str()], Some(&good), Some(&text), skew, now), Ok(0));
+            proptest::prop_assert_eq!(verify([token.as_str()], Some(&good), Some(&text), skew, now).map(|signed| signed.token), Ok(0));
             if other != token {
                 let wrong = super::sign(&other, &text);
                 proptest::prop_assert_eq!(verify([token.as_str()], Some(&wrong), Some(&text), skew, now), Err(SignError::Mismatch));

@@ -46,10 +46,57 @@ pub fn span_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()[16..].to_owned()
 }
 
-/// The trace id and span id of a `traceparent` (assumed valid).
-pub fn ids(traceparent: &str) -> (String, String) {
-    let mut parts = traceparent.split('-').skip(1);
-    (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned())
+/// A W3C trace context `traceparent` of version 00 with non-zero ids, checked once when it is
+/// made: its text is what travels (a header, a spool record), its ids are slices of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context(String);
+
+impl Context {
+    /// The context `text` holds, if it is a valid `traceparent`.
+    pub fn parse(text: &str) -> Option<Context> {
+        valid(text).then(|| Context(text.to_owned()))
+    }
+
+    /// A new trace whose id is `event_id` (a UUID, hyphens dropped), with a fresh span.
+    pub fn start(event_id: &str) -> Context {
+        let trace_id: String = event_id.chars().filter(|&c| c != '-').collect();
+        Context::of(&trace_id, &span_id())
+    }
+
+    /// The same trace with a new span, whose parent this one is.
+    pub fn child(&self) -> Context {
+        Context::of(self.trace_id(), &span_id())
+    }
+
+    fn of(trace_id: &str, span_id: &str) -> Context {
+        Context(["00-", trace_id, "-", span_id, "-01"].concat())
+    }
+
+    /// 32 hex digits.
+    pub fn trace_id(&self) -> &str {
+        &self.0[3..35]
+    }
+
+    /// 16 hex digits.
+    pub fn span_id(&self) -> &str {
+        &self.0[36..52]
+    }
+
+    /// The `traceparent` header's value.
+    pub fn header(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether `text` is a W3C trace context `traceparent` of version 00 with non-zero ids.
+pub fn valid(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    matches!(parts.as_slice(), [version, trace, span, flags]
+        if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'))
 }
 
 impl Tracer {

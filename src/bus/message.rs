@@ -3,13 +3,14 @@
 
 use std::borrow::Cow;
 use std::error::Error;
-use std::fmt::Write;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+
+use crate::traces::Context;
 
 /// One accepted callback as it travels to the bus, attributes computed once per request.
 #[derive(Debug, Clone)]
@@ -32,7 +33,7 @@ pub struct Message {
     pub client_ip: String,
     pub opt_platform: String,
     /// W3C trace context: the request's, or a new trace (its id is the event id's).
-    pub traceparent: String,
+    pub trace: Context,
     pub tracestate: Option<String>,
     /// Requests only: Unix milliseconds by which the reply must arrive.
     pub deadline_ms: Option<u64>,
@@ -50,17 +51,6 @@ pub struct Origin {
     pub traceparent: String,
     /// The request's W3C `tracestate`, kept with a valid `traceparent` only.
     pub tracestate: Option<String>,
-}
-
-/// Whether `text` is a W3C trace context `traceparent` of version 00 with non-zero ids.
-pub fn valid_traceparent(text: &str) -> bool {
-    let parts: Vec<&str> = text.split('-').collect();
-    let hex = |part: &str, len: usize| {
-        part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    matches!(parts.as_slice(), [version, trace, span, flags]
-        if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2)
-            && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'))
 }
 
 impl Message {
@@ -82,19 +72,13 @@ impl Message {
         origin: Origin,
         payload: Bytes,
     ) -> Message {
-        let (traceparent, tracestate) = if valid_traceparent(&origin.traceparent) {
-            (origin.traceparent, origin.tracestate)
-        } else {
-            // A new trace: the event id as its trace id, a fresh span id.
-            let mut traceparent = String::with_capacity(55);
-            traceparent.push_str("00-");
-            traceparent.extend(id.chars().filter(|&c| c != '-'));
-            let span = uuid::Uuid::now_v7().as_u64_pair().1;
-            write!(traceparent, "-{span:016x}-01").expect("writing to a String cannot fail");
-            (traceparent, None)
+        // A new trace, the event id as its trace id, when the request came with no valid one.
+        let (trace, tracestate) = match Context::parse(&origin.traceparent) {
+            Some(trace) => (trace, origin.tracestate),
+            None => (Context::start(&id), None),
         };
         Message {
-            traceparent,
+            trace,
             tracestate,
             id,
             command,
@@ -133,7 +117,7 @@ impl Message {
             Some(Cow::Borrowed(self.client_ip.as_str())),
             Some(Cow::Borrowed(self.opt_platform.as_str())),
             self.key.as_deref().map(Cow::Borrowed),
-            Some(Cow::Borrowed(self.traceparent.as_str())),
+            Some(Cow::Borrowed(self.trace.header())),
             self.tracestate.as_deref().map(Cow::Borrowed),
             self.deadline_ms.map(|ms| Cow::Owned(ms.to_string())),
         ]
@@ -153,10 +137,10 @@ impl Message {
             &self.source,
             &self.client_ip,
             &self.opt_platform,
-            &self.traceparent,
         ];
         let optional = [&self.key, &self.tracestate].into_iter().flatten();
-        let text: usize = attributes.into_iter().chain(optional).map(String::capacity).sum();
+        let text: usize =
+            attributes.into_iter().chain(optional).map(String::capacity).sum::<usize>() + self.trace.header().len();
         std::mem::size_of::<Message>() + text + self.payload.len()
     }
 
@@ -322,7 +306,7 @@ mod tests {
             ..Origin::default()
         };
         let kept = Message::new("t", "C", None, origin(parent), Bytes::new());
-        assert_eq!((kept.traceparent.as_str(), kept.tracestate.as_deref()), (parent, Some("a=1")));
+        assert_eq!((kept.trace.header(), kept.tracestate.as_deref()), (parent, Some("a=1")));
         for bad in [
             "",
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -330,8 +314,8 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
         ] {
             let started = Message::new("t", "C", None, origin(bad), Bytes::new());
-            assert!(valid_traceparent(&started.traceparent), "{}", started.traceparent);
-            assert!(started.traceparent.contains(&started.id.replace('-', "")), "the event id is the trace id");
+            assert!(crate::traces::valid(started.trace.header()), "{}", started.trace.header());
+            assert!(started.trace.header().contains(&started.id.replace('-', "")), "the event id is the trace id");
             assert_eq!(started.tracestate, None);
         }
     }

@@ -14,7 +14,7 @@ pub mod stdout;
 
 use bytes::Bytes;
 
-pub use message::{valid_name, valid_traceparent, Answer, BusError, Cause, Message, Origin, Ready, Reconnects};
+pub use message::{valid_name, Answer, BusError, Cause, Message, Origin, Ready, Reconnects};
 
 /// Which bus to connect to, and how: plain data, filled from flags by `config`.
 #[derive(Debug, Clone)]

@@ -427,7 +427,7 @@ async fn trace_context(backend: Backend) {
     for (destination, traceparent, tracestate, id) in seen {
         if destination.ends_with("CallbackAfterDestroyRoom") {
             let traceparent = traceparent.expect("a new trace");
-            assert!(hookbus::bus::valid_traceparent(&traceparent), "{traceparent}");
+            assert!(hookbus::traces::valid(&traceparent), "{traceparent}");
             assert!(traceparent.contains(&id.unwrap().replace('-', "")), "its trace id is the event id");
             assert_eq!(tracestate, None);
         } else {
