@@ -142,7 +142,7 @@ struct Entry {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct File {
+struct AppsFile {
     #[serde(default)]
     app: Vec<Entry>,
 }
@@ -175,7 +175,7 @@ pub fn load(spec: &Spec) -> anyhow::Result<Apps> {
     }
     if let Some(path) = &spec.apps_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --apps {}", path.display()))?;
-        let file: File = toml::from_str(&text).with_context(|| format!("--apps {}", path.display()))?;
+        let file: AppsFile = toml::from_str(&text).with_context(|| format!("--apps {}", path.display()))?;
         for entry in file.app {
             let what = format!("--apps {}: app {}", path.display(), entry.sdk_app_id);
             let id = entry.sdk_app_id.clone();

@@ -430,14 +430,14 @@ impl BusArgs {
     pub fn options(&self) -> bus::Options {
         match self.bus {
             BusKind::Stdout => bus::Options::Stdout,
-            BusKind::Nats => bus::Options::Nats(bus::nats::Options {
+            BusKind::Nats => bus::Options::Nats(bus::nats::NatsOptions {
                 url: self.nats_url.clone(),
                 jetstream: self.nats_jetstream,
                 create_stream: self.nats_create_stream.clone(),
                 prefix: self.prefix.clone(),
                 name: self.instance_id(),
             }),
-            BusKind::Amqp => bus::Options::Amqp(bus::amqp::Options {
+            BusKind::Amqp => bus::Options::Amqp(bus::amqp::AmqpOptions {
                 url: self.amqp_url.clone(),
                 exchange: self.amqp_exchange.clone(),
                 unrouted_queue: match self.amqp_unrouted {
@@ -445,7 +445,7 @@ impl BusArgs {
                     Unrouted::Drop => None,
                 },
             }),
-            BusKind::Kafka => bus::Options::Kafka(bus::kafka::Options {
+            BusKind::Kafka => bus::Options::Kafka(bus::kafka::KafkaOptions {
                 brokers: self.kafka_brokers.clone(),
                 create_topics: self.kafka_create_topics,
                 partitions: self.kafka_partitions,

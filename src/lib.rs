@@ -27,7 +27,7 @@
 //!
 //! No module imports one that imports it back: `config` → everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `metrics`, `bus`;
-//! `bus` → nothing of the gateway's.
+//! `bus` → `traces` (the trace context a message carries) and nothing else of the gateway's.
 
 pub mod apps;
 pub mod asyncapi;
@@ -61,7 +61,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::replay::Replays;
 use crate::routes::{Limits, Shared};
-use crate::spool::{Replay, Spool};
+use crate::spool::{Backlog, Spool};
 use crate::tencent::BLOCKING;
 use crate::traces::Tracer;
 
@@ -82,7 +82,7 @@ pub struct Gateway {
     pub connections: Connections,
     pub shutdown_grace: Duration,
     /// With `--spool-dir`: the opened spool and what it replayed.
-    pub spool: Option<(Spool, Replay)>,
+    pub spool: Option<(Spool, Backlog)>,
 }
 
 /// What a finished run left behind.

@@ -49,7 +49,7 @@ struct Rejections {
 }
 
 /// A refused callback, as counted and logged.
-pub struct Refusal<'a> {
+pub struct Rejected<'a> {
     /// The `reason` label of `hookbus_rejections_total`.
     pub label: &'static str,
     /// Why, in words (the FAIL body's `ErrorInfo`).
@@ -108,7 +108,7 @@ impl Metrics {
 
     /// A callback was refused: counted, and logged at most once per reason and second with
     /// the number of refusals not logged since (so an overload cannot flood the log).
-    pub fn rejected(&self, refusal: Refusal) {
+    pub fn rejected(&self, refusal: Rejected) {
         self.answered(refusal.command, refusal.status);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let suppressed = {
@@ -380,8 +380,8 @@ mod tests {
         assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
     }
 
-    fn refusal(label: &'static str) -> Refusal<'static> {
-        Refusal { label, reason: &"full", command: "unknown", status: 503, request_id: "r", latency_us: 1 }
+    fn refusal(label: &'static str) -> Rejected<'static> {
+        Rejected { label, reason: &"full", command: "unknown", status: 503, request_id: "r", latency_us: 1 }
     }
 
     #[test]

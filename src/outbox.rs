@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use crate::bus::{Bus, BusError, Message};
 use crate::metrics::Metrics;
-use crate::spool::{Replay, Spool, SpoolError};
+use crate::spool::{Backlog, Spool, SpoolError};
 use crate::traces::{self, Span, Tracer};
 
 /// Largest batch handed to the bus at once: the window of publishes in flight.
@@ -58,7 +58,7 @@ pub struct Bounds {
 }
 
 pub struct Outbox {
-    state: Mutex<State>,
+    state: Mutex<Queue>,
     /// Events are waiting for the publisher.
     ready: Notify,
     /// Confirmed events made room.
@@ -76,7 +76,7 @@ struct Held {
 }
 
 #[derive(Default)]
-struct State {
+struct Queue {
     /// Events, in order, with what is held for each.
     queue: VecDeque<(Message, Held)>,
     /// Taken by the publisher and not yet confirmed: still counted against the capacity.
@@ -92,8 +92,8 @@ struct State {
 
 impl Outbox {
     /// An outbox within `bounds`; with a spool, starting with what it replayed.
-    pub fn new(mut bounds: Bounds, spool: Option<(Spool, Replay)>) -> Outbox {
-        let mut state = State::default();
+    pub fn new(mut bounds: Bounds, spool: Option<(Spool, Backlog)>) -> Outbox {
+        let mut state = Queue::default();
         let spool = spool.map(|(spool, replay)| {
             state.queue.extend(replay.events.into_iter().map(|(message, segment)| {
                 let bytes = size(&message);
@@ -253,7 +253,7 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

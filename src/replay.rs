@@ -77,7 +77,7 @@ const EXPIRE_AT_ONCE: usize = 16;
 const SHARED_ANSWERS: usize = 1024;
 
 pub struct Replays {
-    state: Mutex<State>,
+    state: Mutex<Cache>,
     capacity: usize,
 }
 
@@ -85,7 +85,7 @@ pub struct Replays {
 /// number of their answer instead of a copy: most decisions are one of a few answers, and
 /// 200,000 copies of them would take 13 MB.
 #[derive(Default)]
-struct State {
+struct Cache {
     events: HashSet<Key, Keyed>,
     /// Decisions, by the place of their answer in `answers`.
     decisions: HashMap<Key, u32, Keyed>,
@@ -151,12 +151,12 @@ impl Replays {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-impl State {
+impl Cache {
     /// Forgets up to [`EXPIRE_AT_ONCE`] of the requests whose window has passed. A bound, so
     /// that no one request pays for all the requests of a second (or, from a client that signs
     /// a whole run with one RequestTime, of a minute) at once; one that stays a little longer is

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::apps::{self, Apps, Current};
 use crate::bus::{self, Bus, Message, Origin};
 use crate::decision::{Decisions, Kind};
-use crate::metrics::{Gauges, Metrics, Refusal};
+use crate::metrics::{Gauges, Metrics, Rejected};
 use crate::outbox::{Outbox, PushError};
 use crate::replay::{self, Answered, Replays};
 use crate::spool::SpoolError;
@@ -450,7 +450,7 @@ fn reject(
     started: Instant,
 ) -> Response<Full<Bytes>> {
     let status = rejection.status();
-    shared.metrics.rejected(Refusal {
+    shared.metrics.rejected(Rejected {
         label: rejection.label(),
         reason: &rejection,
         command: if bus::valid_name(command) { command } else { "unknown" },

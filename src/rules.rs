@@ -65,7 +65,7 @@ pub struct Rules {
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct File {
+struct RulesFile {
     #[serde(default)]
     rule: Vec<toml::Spanned<toml::Table>>,
 }
@@ -74,7 +74,7 @@ impl Rules {
     /// Reads and checks the rules in `text` (from `path`, for messages). `valid_code(command,
     /// code)` is `None` when the command is not blocking, else whether it takes the ErrorCode.
     pub fn parse(path: &str, text: &str, valid_code: impl Fn(&str, i64) -> Option<bool>) -> Result<Rules, Invalid> {
-        let file: File = toml::from_str(text).map_err(|error| {
+        let file: RulesFile = toml::from_str(text).map_err(|error| {
             let line = error.span().map_or(0, |span| line_of(text, span.start));
             Invalid(format!("{path}:{line}: {}", error.message()))
         })?;

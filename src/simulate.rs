@@ -68,7 +68,7 @@ pub const SAMPLES: &[(&str, &[u8])] = &[
 
 /// One callback's answer as the gateway gave it.
 #[derive(Debug)]
-pub struct Answer {
+pub struct Response {
     pub command: String,
     pub status: u16,
     pub body: String,
@@ -85,7 +85,7 @@ pub async fn simulate(
     sdk_app_id: &str,
     token: Option<&str>,
     commands: &[String],
-) -> anyhow::Result<Vec<Answer>> {
+) -> anyhow::Result<Vec<Response>> {
     let chosen: Vec<(&str, &[u8])> = if commands.is_empty() {
         SAMPLES.to_vec()
     } else {
@@ -116,7 +116,11 @@ pub async fn simulate(
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
-        answers.push(Answer { command: command.to_owned(), status, body: String::from_utf8_lossy(&body).into_owned() });
+        answers.push(Response {
+            command: command.to_owned(),
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
     }
     Ok(answers)
 }

@@ -36,7 +36,7 @@ pub enum SpoolError {
 }
 
 /// What an earlier run left in the spool, in order, each event with its segment.
-pub struct Replay {
+pub struct Backlog {
     pub events: Vec<(Message, u64)>,
     pub recovery: Recovery,
 }
@@ -58,12 +58,12 @@ pub struct Spool {
     /// Holds the directory's advisory lock: one gateway per spool.
     _lock: File,
     max_bytes: u64,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<Segments>>,
     appends: mpsc::UnboundedSender<Append>,
 }
 
 #[derive(Default)]
-struct State {
+struct Segments {
     /// Live (unconfirmed) events and size of each segment, by id.
     segments: BTreeMap<u64, Segment>,
     active: u64,
@@ -85,7 +85,7 @@ struct Append {
 impl Spool {
     /// Opens (creating) `dir`, reads back what earlier runs left, and starts the writer on a
     /// fresh segment. Returns the spooled events in order, each with its segment.
-    pub fn open(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<(Spool, Replay)> {
+    pub fn open(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<(Spool, Backlog)> {
         fs::create_dir_all(dir)?;
         let lock = File::create(dir.join("LOCK"))?;
         match lock.try_lock() {
@@ -99,7 +99,7 @@ impl Spool {
             Err(fs::TryLockError::Error(error)) => return Err(error),
         }
         let mut recovery = Recovery::default();
-        let mut state = State::default();
+        let mut state = Segments::default();
         let mut events = Vec::new();
         for (id, path) in segment_files(dir)? {
             let found = read_segment(&path, &mut recovery)?;
@@ -120,7 +120,7 @@ impl Spool {
         let (appends, receiver) = mpsc::unbounded_channel();
         let writer = Writer { dir: dir.to_owned(), file, state: state.clone(), segment_bytes };
         std::thread::Builder::new().name("hookbus-spool".into()).spawn(move || writer.run(receiver))?;
-        Ok((Spool { dir: dir.to_owned(), _lock: lock, max_bytes, state, appends }, Replay { events, recovery }))
+        Ok((Spool { dir: dir.to_owned(), _lock: lock, max_bytes, state, appends }, Backlog { events, recovery }))
     }
 
     /// Appends an event and returns its segment once the record is on disk.
@@ -173,7 +173,7 @@ impl Spool {
         self.max_bytes
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Segments> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -181,7 +181,7 @@ impl Spool {
 struct Writer {
     dir: PathBuf,
     file: File,
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<Segments>>,
     segment_bytes: u64,
 }
 
@@ -448,7 +448,7 @@ mod tests {
         assert!(segments.last() > segments.first(), "small segments rotate");
         spool.confirmed(segments[0]);
         drop(spool);
-        let (spool, Replay { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 300).unwrap();
+        let (spool, Backlog { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 300).unwrap();
         let payloads: Vec<_> = replayed.iter().map(|(m, _)| m.payload.clone()).collect();
         assert_eq!(payloads.len(), 6, "a confirm is only final once the whole segment is confirmed");
         assert_eq!(payloads[5], Bytes::from("{\"n\":5}"));
@@ -477,7 +477,7 @@ mod tests {
         data[second] ^= 0xff;
         data.truncate(data.len() - records[3].len() / 2);
         fs::write(segment_path(&dir, 7), &data).unwrap();
-        let (_spool, Replay { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let (_spool, Backlog { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
         let payloads: Vec<_> = replayed.iter().map(|(m, _)| m.payload.clone()).collect();
         assert_eq!(payloads, [Bytes::from("{\"n\":0}"), Bytes::from("{\"n\":2}")]);
         assert_eq!(recovery.corrupt, 2);

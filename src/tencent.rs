@@ -239,7 +239,7 @@ pub struct Body {
 
 /// Why a body was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Invalid {
+pub enum BodyError {
     NotObject,
     NotUtf8,
     NotJson,
@@ -247,21 +247,21 @@ pub enum Invalid {
     TooDeep,
 }
 
-impl Invalid {
+impl BodyError {
     /// The `reason` label of `hookbus_rejections_total`.
     pub fn label(self) -> &'static str {
         match self {
-            Invalid::TooDeep => "too_deep",
+            BodyError::TooDeep => "too_deep",
             _ => "not_json_object",
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            Invalid::NotObject => "body is not a JSON object",
-            Invalid::NotUtf8 => "body is not valid UTF-8",
-            Invalid::NotJson => "body is not valid JSON",
-            Invalid::TooDeep => "body is nested too deeply",
+            BodyError::NotObject => "body is not a JSON object",
+            BodyError::NotUtf8 => "body is not valid UTF-8",
+            BodyError::NotJson => "body is not valid JSON",
+            BodyError::TooDeep => "body is nested too deeply",
         }
     }
 }
@@ -309,7 +309,7 @@ struct Scan {
 /// An object's key, as far as the gateway reads it: told apart without a copy of the key.
 #[derive(serde::Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(field_identifier)]
-enum Key {
+enum Field {
     CallbackCommand,
     RoomId,
     RoomInfo,
@@ -391,8 +391,8 @@ impl<'de> serde::de::Visitor<'de> for Scan {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
         let inner = self.members()?;
         let mut room_id = None;
-        while let Some(key) = map.next_key::<Key>()? {
-            let keep = self.keep && key == Key::RoomId;
+        while let Some(key) = map.next_key::<Field>()? {
+            let keep = self.keep && key == Field::RoomId;
             let value = map.next_value_seed(inner.keeping(keep))?;
             if keep {
                 room_id = Some(Box::new(value));
@@ -425,10 +425,10 @@ impl<'de> serde::de::Visitor<'de> for Fields {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
         let mut body = Body::default();
         let inner = Scan { depth: 1, max: self.max, keep: false }.members()?;
-        while let Some(key) = map.next_key::<Key>()? {
-            let value = map.next_value_seed(inner.keeping(key != Key::Other))?;
+        while let Some(key) = map.next_key::<Field>()? {
+            let value = map.next_value_seed(inner.keeping(key != Field::Other))?;
             let slot = match key {
-                Key::CallbackCommand => {
+                Field::CallbackCommand => {
                     body.callback_command = match value {
                         Scanned::Text(command) => Some(command),
                         Scanned::Null => None,
@@ -436,13 +436,13 @@ impl<'de> serde::de::Visitor<'de> for Fields {
                     };
                     continue;
                 }
-                Key::RoomId => &mut body.room_id,
-                Key::RoomInfo => &mut body.room_info,
-                Key::GroupId => &mut body.group_id,
-                Key::FromRoomId => &mut body.from_room_id,
-                Key::FromRoomInfo => &mut body.from_room_info,
-                Key::EventInfo => &mut body.event_info,
-                Key::Other => continue,
+                Field::RoomId => &mut body.room_id,
+                Field::RoomInfo => &mut body.room_info,
+                Field::GroupId => &mut body.group_id,
+                Field::FromRoomId => &mut body.from_room_id,
+                Field::FromRoomInfo => &mut body.from_room_info,
+                Field::EventInfo => &mut body.event_info,
+                Field::Other => continue,
             };
             *slot = Some(value);
         }
@@ -453,21 +453,23 @@ impl<'de> serde::de::Visitor<'de> for Fields {
 impl Body {
     /// Parses a body that must be one JSON object, and nothing after it, nested at most
     /// `max_depth` levels (the object itself is level 1).
-    pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Body, Invalid> {
+    pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Body, BodyError> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
-            return Err(Invalid::NotObject);
+            return Err(BodyError::NotObject);
         }
         // UTF-8 first: a consumer must never receive invalid JSON (found by fuzzing).
-        let text = std::str::from_utf8(bytes).map_err(|_| Invalid::NotUtf8)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?;
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let body = serde::de::DeserializeSeed::deserialize(Fields { max: max_depth }, &mut deserializer)
             .and_then(|body| deserializer.end().map(|()| body));
-        body.map_err(|error| if error.to_string().starts_with(TOO_DEEP) { Invalid::TooDeep } else { Invalid::NotJson })
+        body.map_err(
+            |error| if error.to_string().starts_with(TOO_DEEP) { BodyError::TooDeep } else { BodyError::NotJson },
+        )
     }
 
     /// The room the event belongs to: the first of `RoomId`, `RoomInfo.RoomId`, `GroupId`,
-    /// `FromRoomId`, `FromRoomInfo.RoomId`, `EventInfo.RoomId` (the README's "Key").
+    /// `FromRoomId`, `FromRoomInfo.RoomId`, `EventInfo.RoomId` (the README's "Field").
     pub fn room_key(&self) -> Option<String> {
         let id = |value: &Option<Scanned>| value.as_ref().and_then(Scanned::id);
         let room = |value: &Option<Scanned>| value.as_ref().and_then(Scanned::room_id);
@@ -514,13 +516,13 @@ pub(crate) mod tests {
     fn depth_is_counted_from_the_body_itself() {
         let nested = |levels: usize| format!("{}{}", "{\"a\":".repeat(levels - 1) + "{}", "}".repeat(levels - 1));
         assert!(Body::parse(nested(3).as_bytes(), 3).is_ok());
-        assert_eq!(Body::parse(nested(4).as_bytes(), 3).err(), Some(Invalid::TooDeep));
+        assert_eq!(Body::parse(nested(4).as_bytes(), 3).err(), Some(BodyError::TooDeep));
         assert!(Body::parse(br#"{"a":[1]}"#, 2).is_ok());
-        assert_eq!(Body::parse(br#"{"a":[[1]]}"#, 2).err(), Some(Invalid::TooDeep));
-        assert_eq!(Body::parse(br#"{"RoomInfo":{"RoomId":[[1]]}}"#, 3).err(), Some(Invalid::TooDeep));
+        assert_eq!(Body::parse(br#"{"a":[[1]]}"#, 2).err(), Some(BodyError::TooDeep));
+        assert_eq!(Body::parse(br#"{"RoomInfo":{"RoomId":[[1]]}}"#, 3).err(), Some(BodyError::TooDeep));
         let bomb = format!("{{\"a\":{}{}}}", "[".repeat(20_000), "]".repeat(20_000));
-        assert_eq!(Body::parse(bomb.as_bytes(), MAX_DEPTH).err(), Some(Invalid::TooDeep));
-        assert_eq!(Body::parse(br#"{"a":[1,}"#, MAX_DEPTH).err(), Some(Invalid::NotJson));
+        assert_eq!(Body::parse(bomb.as_bytes(), MAX_DEPTH).err(), Some(BodyError::TooDeep));
+        assert_eq!(Body::parse(br#"{"a":[1,}"#, MAX_DEPTH).err(), Some(BodyError::NotJson));
     }
 
     #[test]

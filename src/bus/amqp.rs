@@ -34,7 +34,7 @@ const UNROUTED_HEADER: &str = "hookbus-unrouted";
 
 /// Where the broker is and where events go.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct AmqpOptions {
     pub url: String,
     /// The durable topic exchange, declared at start when it does not exist.
     pub exchange: String,
@@ -55,10 +55,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 #[derive(Clone)]
 pub struct Amqp {
-    inner: Arc<Inner>,
+    inner: Arc<AmqpInner>,
 }
 
-struct Inner {
+struct AmqpInner {
     url: String,
     exchange: String,
     unrouted_queue: Option<String>,
@@ -88,8 +88,8 @@ impl Amqp {
     /// Connects, declares the exchanges, and starts the link supervisor. A broker that cannot
     /// be reached is left to the supervisor; refused credentials, an unknown vhost or a
     /// declaration the broker rejects fail.
-    pub async fn connect(options: Options) -> Result<Amqp, BusError> {
-        let inner = Arc::new(Inner {
+    pub async fn connect(options: AmqpOptions) -> Result<Amqp, BusError> {
+        let inner = Arc::new(AmqpInner {
             url: options.url,
             exchange: options.exchange,
             unrouted_queue: options.unrouted_queue,
@@ -280,9 +280,9 @@ impl Amqp {
 }
 
 /// Opens a connection, the two channels, the exchange and the reply consumer.
-async fn open(inner: &Arc<Inner>) -> Result<Link, BusError> {
+async fn open(inner: &Arc<AmqpInner>) -> Result<Link, BusError> {
     let mut uri: lapin::uri::AMQPUri =
-        inner.url.parse().map_err(|error| BusError::Refused { what: format!("AMQP URL: {error}"), cause: None })?;
+        inner.url.parse().map_err(|error| BusError::Fatal { what: format!("AMQP URL: {error}"), cause: None })?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     let connection = Connection::connect_uri(uri, ConnectionProperties::default())
         .await
@@ -312,7 +312,7 @@ async fn open(inner: &Arc<Inner>) -> Result<Link, BusError> {
 /// Declares the event exchange unless it exists and, when unrouted events are kept, the
 /// alternate exchange `{exchange}.unrouted` (headers, durable) with the durable queue bound to
 /// it for events only: requests nobody is bound for must still come back at once.
-async fn declare(connection: &Connection, events: &Channel, inner: &Inner) -> Result<(), BusError> {
+async fn declare(connection: &Connection, events: &Channel, inner: &AmqpInner) -> Result<(), BusError> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     let mut arguments = FieldTable::default();
     if let Some(queue) = &inner.unrouted_queue {
@@ -353,7 +353,7 @@ async fn declare(connection: &Connection, events: &Channel, inner: &Inner) -> Re
 
 /// Keeps the link up while no traffic would notice it broke, so `/readyz` recovers by itself;
 /// while the broker is away, attempts are spaced by the capped backoff.
-async fn supervise(inner: Weak<Inner>) {
+async fn supervise(inner: Weak<AmqpInner>) {
     let mut failures = 0;
     let mut wait = SUPERVISE_EVERY;
     loop {
@@ -418,7 +418,7 @@ fn link_error(what: &str, error: lapin::Error) -> BusError {
         _ => false,
     };
     if refused {
-        BusError::refused(format!("RabbitMQ refused: {what}"), error)
+        BusError::fatal(format!("RabbitMQ refused: {what}"), error)
     } else {
         unavailable(what, error)
     }

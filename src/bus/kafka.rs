@@ -34,7 +34,7 @@ const RECONNECT_BACKOFF_MAX_MS: &str = "2000";
 
 /// How the gateway uses the cluster.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct KafkaOptions {
     pub brokers: String,
     pub create_topics: bool,
     pub partitions: i32,
@@ -43,11 +43,11 @@ pub struct Options {
 
 #[derive(Clone)]
 pub struct Kafka {
-    inner: Arc<Inner>,
+    inner: Arc<KafkaInner>,
 }
 
-struct Inner {
-    options: Options,
+struct KafkaInner {
+    options: KafkaOptions,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     /// Topics known to exist: checked (and created) once, before their first publish.
@@ -65,7 +65,7 @@ impl Kafka {
     /// Builds the producer, makes sure the reply topic exists, and starts reading it. A
     /// cluster that cannot be reached yet is not an error: the reply topic is then set up in
     /// the background once it can be, and events wait in the outbox meanwhile.
-    pub async fn connect(options: Options) -> Result<Kafka, BusError> {
+    pub async fn connect(options: KafkaOptions) -> Result<Kafka, BusError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &options.brokers)
             .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
@@ -80,7 +80,7 @@ impl Kafka {
             .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
             .create()
             .map_err(|error| BusError::connect("Kafka admin client", error))?;
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(KafkaInner {
             options,
             producer,
             admin,
@@ -324,7 +324,7 @@ impl Kafka {
 }
 
 /// Hands each reply to the request waiting for its correlation id; counts the rest as late.
-async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<Inner>) {
+async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<KafkaInner>) {
     loop {
         let reply = match consumer.recv().await {
             Ok(reply) => reply,
@@ -347,7 +347,7 @@ async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<Inner>) {
 
 /// Sets up the reply topic of a gateway that started without its cluster, with the capped
 /// backoff between attempts.
-async fn start_replies_later(inner: Weak<Inner>) {
+async fn start_replies_later(inner: Weak<KafkaInner>) {
     let mut failures = 0;
     loop {
         failures += 1;
@@ -364,7 +364,7 @@ async fn start_replies_later(inner: Weak<Inner>) {
 
 /// Tracks whether a broker answers, for `/readyz`; a probe while the cluster is away counts
 /// as an attempt to reach it (librdkafka reconnects by itself).
-async fn supervise(inner: Weak<Inner>) {
+async fn supervise(inner: Weak<KafkaInner>) {
     loop {
         tokio::time::sleep(SUPERVISE_EVERY).await;
         let Some(inner) = inner.upgrade() else { return };

@@ -205,7 +205,7 @@ pub enum BusError {
     /// A failure no retry can fix: credentials refused, a malformed address, a configuration
     /// the broker rejects. Start-up stops on it.
     #[error("{what}")]
-    Refused {
+    Fatal {
         what: String,
         #[source]
         cause: Option<Cause>,
@@ -229,13 +229,13 @@ impl BusError {
     }
 
     /// A failure no retry can fix, caused by `cause`.
-    pub fn refused(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> BusError {
-        BusError::Refused { what: what.into(), cause: Some(Arc::new(cause)) }
+    pub fn fatal(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> BusError {
+        BusError::Fatal { what: what.into(), cause: Some(Arc::new(cause)) }
     }
 
     /// Whether a retry may succeed; `false` stops start-up.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, BusError::Refused { .. })
+        !matches!(self, BusError::Fatal { .. })
     }
 
     /// The bus could not do `what` because of `cause`; worth a retry.

@@ -21,9 +21,9 @@ pub use message::{valid_name, Answer, BusError, Cause, Message, Origin, Ready, R
 pub enum Options {
     /// The process's stdout.
     Stdout,
-    Nats(nats::Options),
-    Amqp(amqp::Options),
-    Kafka(kafka::Options),
+    Nats(nats::NatsOptions),
+    Amqp(amqp::AmqpOptions),
+    Kafka(kafka::KafkaOptions),
 }
 
 #[derive(Clone)]
@@ -37,7 +37,7 @@ pub enum Bus {
 impl Bus {
     /// Connects to the bus `options` name; the stdout bus writes to the process's stdout. A
     /// broker that cannot be reached yet is not an error: the bus starts disconnected and keeps
-    /// trying in the background. Only what no retry can fix ([`BusError::Refused`]) fails.
+    /// trying in the background. Only what no retry can fix ([`BusError::Fatal`]) fails.
     pub async fn connect(options: Options) -> Result<Bus, BusError> {
         Ok(match options {
             Options::Stdout => Bus::Stdout(stdout::Stdout::new(Box::new(std::io::stdout()))),

@@ -22,7 +22,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to reach the server and what to check there.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct NatsOptions {
     pub url: String,
     /// Publish through JetStream and wait for the stream's PubAck.
     pub jetstream: bool,
@@ -64,13 +64,13 @@ impl Nats {
     /// then buffers subscriptions until it is up); refused credentials or a malformed URL fail.
     /// With JetStream, checks that a stream covers `{prefix}.>` (creating one when asked to)
     /// once connected: at once when the server is up, else when it comes.
-    pub async fn connect(options: Options) -> Result<Nats, BusError> {
+    pub async fn connect(options: NatsOptions) -> Result<Nats, BusError> {
         let reconnects = Arc::new(Reconnects::default());
         reconnects.attempted();
         let client = match client_options(&options, &reconnects).connect(&options.url).await {
             Ok(client) => client,
             Err(error) if is_permanent(error.kind()) => {
-                return Err(BusError::refused(format!("NATS at {}", options.url), error));
+                return Err(BusError::fatal(format!("NATS at {}", options.url), error));
             }
             Err(error) => {
                 tracing::warn!(
@@ -82,7 +82,7 @@ impl Nats {
                     .retry_on_initial_connect()
                     .connect(&options.url)
                     .await
-                    .map_err(|error| BusError::refused(format!("NATS at {}", options.url), error))?
+                    .map_err(|error| BusError::fatal(format!("NATS at {}", options.url), error))?
             }
         };
         let jetstream = if options.jetstream {
@@ -252,7 +252,7 @@ async fn send_reply(client: &Client, reply_to: Subject, reply: Bytes) {
 
 /// The client settings: no request timeout (our deadline is the only one), reconnecting
 /// forever with the shared capped backoff, connection events logged.
-fn client_options(options: &Options, reconnects: &Arc<Reconnects>) -> ConnectOptions {
+fn client_options(options: &NatsOptions, reconnects: &Arc<Reconnects>) -> ConnectOptions {
     let reconnects = reconnects.clone();
     ConnectOptions::new()
         .name(format!("hookbus {}", options.name))
@@ -286,7 +286,7 @@ fn is_up(client: &Client) -> bool {
 
 /// The JetStream check of a gateway that started without its server: done once it connects;
 /// a missing stream is then an error in the log, and events wait in the outbox.
-async fn ensure_stream_once_connected(client: Client, context: jetstream::Context, options: Options) {
+async fn ensure_stream_once_connected(client: Client, context: jetstream::Context, options: NatsOptions) {
     while !is_up(&client) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -380,11 +380,11 @@ async fn ensure_stream(context: &jetstream::Context, prefix: &str, create: Optio
                 context
                     .get_or_create_stream(config)
                     .await
-                    .map_err(|error| BusError::refused(format!("cannot create JetStream stream {name}"), error))?;
+                    .map_err(|error| BusError::fatal(format!("cannot create JetStream stream {name}"), error))?;
                 tracing::info!(stream = name, subjects = %format!("{prefix}.>"), "JetStream stream created");
                 Ok(())
             }
-            None => Err(BusError::refused(
+            None => Err(BusError::fatal(
                 format!(
                     "no JetStream stream covers {probe}: create one over '{prefix}.>' \
                      (nats stream add EVENTS --subjects '{prefix}.>') or pass --nats-create-stream NAME"

@@ -17,12 +17,12 @@ use tokio::sync::oneshot;
 use super::message::{BusError, Message};
 
 /// Text to write, and where to say how it went (handing the buffer back for reuse).
-type Write_ = (Vec<u8>, oneshot::Sender<(std::io::Result<()>, Vec<u8>)>);
+type Pending = (Vec<u8>, oneshot::Sender<(std::io::Result<()>, Vec<u8>)>);
 
 #[derive(Clone)]
 pub struct Stdout {
     /// To the writer thread, which owns the writer: it may be a pipe that blocks.
-    writes: mpsc::Sender<Write_>,
+    writes: mpsc::Sender<Pending>,
     /// The text buffer, reused from batch to batch: a fresh one each time, freed on the writer
     /// thread, cost tens of megabytes of RSS under load.
     spare: Arc<Mutex<Vec<u8>>>,
@@ -30,7 +30,7 @@ pub struct Stdout {
 
 impl Stdout {
     pub fn new(mut out: Box<dyn Write + Send>) -> Stdout {
-        let (writes, receiver) = mpsc::channel::<Write_>();
+        let (writes, receiver) = mpsc::channel::<Pending>();
         std::thread::Builder::new()
             .name("hookbus-stdout".into())
             .spawn(move || {
@@ -141,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_payload_that_is_not_json_becomes_a_string_not_a_panic() {
-        let shared = Shared::default();
+        let shared = Captured::default();
         let bus = Stdout::new(Box::new(shared.clone()));
         let origin = super::super::message::Origin::default();
         let message = Message::new("t", "X", None, origin, Bytes::from_static(b"{\"x\":\"\xff\"}"));
@@ -152,9 +152,9 @@ mod tests {
     }
 
     #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    struct Captured(Arc<Mutex<Vec<u8>>>);
 
-    impl Write for Shared {
+    impl Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().write(buf)
         }
@@ -165,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_line_per_event() {
-        let shared = Shared::default();
+        let shared = Captured::default();
         let bus = Stdout::new(Box::new(shared.clone()));
         let origin = super::super::message::Origin { sdk_app_id: "1400".into(), ..Default::default() };
         let message = Message::new(
