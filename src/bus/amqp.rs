@@ -21,8 +21,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-use super::message::{attribute_names, Answer, BusError, Message, Ready, Reconnects};
+use super::message::{attribute_names, Message};
 use super::replies::Replies;
+use super::{Answer, BusError, Ready, Reconnects};
 
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// A connect or a confirm that takes longer than this counts as failed.

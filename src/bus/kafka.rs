@@ -20,8 +20,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::message::{attribute_names, Answer, BusError, Message, Ready, Reconnects};
+use super::message::{attribute_names, Message};
 use super::replies::Replies;
+use super::{Answer, BusError, Ready, Reconnects};
 
 pub const REPLY_TOPIC: &str = "kafka_replyTopic";
 pub const CORRELATION_ID: &str = "kafka_correlationId";

@@ -1,11 +1,7 @@
-//! What every backend shares: the [`Message`] they carry, the [`BusError`] they report, and
-//! how requests are served ([`Answer`], [`Ready`]).
+//! The [`Message`] every backend carries: an accepted callback's attributes, computed once,
+//! the CloudEvents header names each backend gives them, and the destination-name check.
 
 use std::borrow::Cow;
-use std::error::Error;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -188,101 +184,6 @@ pub fn valid_name(text: &str) -> bool {
         && !text.ends_with('.')
         && !text.contains("..")
 }
-
-/// The cause of a bus failure, shared so that one failure can stand for a whole batch.
-pub type Cause = Arc<dyn Error + Send + Sync>;
-
-/// What went wrong on the bus, in words the rest of the gateway understands. The broker
-/// client's own error is kept as the source, so a log shows the whole chain.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BusError {
-    #[error("cannot connect: {what}")]
-    Connect {
-        what: String,
-        #[source]
-        cause: Option<Cause>,
-    },
-    /// A failure no retry can fix: credentials refused, a malformed address, a configuration
-    /// the broker rejects. Start-up stops on it.
-    #[error("{what}")]
-    Fatal {
-        what: String,
-        #[source]
-        cause: Option<Cause>,
-    },
-    #[error("{what}")]
-    Unavailable {
-        what: String,
-        #[source]
-        cause: Option<Cause>,
-    },
-    #[error("no responders for {0}")]
-    NoResponders(String),
-    #[error("unroutable: {0}")]
-    Unroutable(String),
-}
-
-impl BusError {
-    /// A failure to connect, caused by `cause`.
-    pub fn connect(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> BusError {
-        BusError::Connect { what: what.into(), cause: Some(Arc::new(cause)) }
-    }
-
-    /// A failure no retry can fix, caused by `cause`.
-    pub fn fatal(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> BusError {
-        BusError::Fatal { what: what.into(), cause: Some(Arc::new(cause)) }
-    }
-
-    /// Whether a retry may succeed; `false` stops start-up.
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, BusError::Fatal { .. })
-    }
-
-    /// The bus could not do `what` because of `cause`; worth a retry.
-    pub fn unavailable(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> BusError {
-        BusError::Unavailable { what: what.into(), cause: Some(Arc::new(cause)) }
-    }
-
-    /// The bus could not do `what`, with no error of a client library behind it.
-    pub fn unavailable_because(what: impl Into<String>) -> BusError {
-        BusError::Unavailable { what: what.into(), cause: None }
-    }
-}
-
-/// First and longest wait between attempts to reach a broker that is away.
-const RECONNECT_FIRST: Duration = Duration::from_millis(250);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
-
-/// Attempts to (re)connect to a broker: counted for `/metrics`, each logged once, spaced by a
-/// capped exponential backoff.
-#[derive(Debug, Default)]
-pub struct Reconnects {
-    attempts: std::sync::atomic::AtomicU64,
-}
-
-impl Reconnects {
-    /// Counts one attempt to connect.
-    pub fn attempted(&self) {
-        self.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Logs that the `failures`-th attempt in a row is coming; returns how long to wait first.
-    pub fn next(&self, broker: &str, failures: u32) -> Duration {
-        let delay = RECONNECT_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(8)).min(RECONNECT_MAX);
-        tracing::warn!(broker, attempt = failures, retry_in = ?delay, "broker unreachable; connecting again");
-        delay
-    }
-
-    pub fn attempts(&self) -> u64 {
-        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// Fired by `serve_requests` once its subscriptions are live.
-pub type Ready = tokio::sync::oneshot::Sender<()>;
-
-/// How `serve_requests` answers: given a request's destination and body, the reply body.
-pub type Answer = Arc<dyn Fn(&str, Bytes) -> Pin<Box<dyn Future<Output = Bytes> + Send>> + Send + Sync>;
 
 #[cfg(test)]
 mod tests {

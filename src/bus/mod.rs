@@ -1,20 +1,36 @@
 //! The message bus: one enum of concrete clients, chosen at start-up. Every backend has the
 //! same verbs (`connect`, `publish`, `request`, `serve_requests`, `is_connected`, `close`);
-//! this file only dispatches; `message` holds what they all share: the [`Message`] they
-//! carry, the [`BusError`] they report and the [`Answer`] they serve requests with. Each backend file is the
-//! only place that names its client library's types and errors. Nothing here knows which
+//! this file only dispatches, and names how requests are served ([`Answer`], [`Ready`]).
+//! What they all share has a file each: `message` the [`Message`] they carry, `error` the
+//! [`BusError`] they report, `reconnects` the backoff towards a broker that is away, `replies`
+//! the requests waiting for their reply. Each backend file is the only place that names its
+//! client library's types and errors. Nothing here knows which
 //! callbacks exist or what a reply means: that is the caller's business.
 
 pub mod amqp;
+mod error;
 pub mod kafka;
 mod message;
 pub mod nats;
+mod reconnects;
 mod replies;
 pub mod stdout;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
-pub use message::{valid_name, Answer, BusError, Cause, Message, Origin, Ready, Reconnects};
+pub use error::{BusError, Cause};
+pub use message::{valid_name, Message, Origin};
+pub use reconnects::Reconnects;
+
+/// Fired by `serve_requests` once its subscriptions are live.
+pub type Ready = tokio::sync::oneshot::Sender<()>;
+
+/// How `serve_requests` answers: given a request's destination and body, the reply body.
+pub type Answer = Arc<dyn Fn(&str, Bytes) -> Pin<Box<dyn Future<Output = Bytes> + Send>> + Send + Sync>;
 
 /// Which bus to connect to, and how: plain data, filled from flags by `config`.
 #[derive(Debug, Clone)]

@@ -14,8 +14,9 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::message::{attribute_names, Answer, BusError, Message, Ready, Reconnects};
+use super::message::{attribute_names, Message};
 use super::replies::Replies;
+use super::{Answer, BusError, Ready, Reconnects};
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
