@@ -276,62 +276,112 @@ impl Metrics {
         let _ = writeln!(out, "hookbus_decision_seconds_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "hookbus_decision_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "hookbus_decision_seconds_count {count}");
-        let values = [
-            ("outbox_depth", "Events accepted and not yet confirmed by the bus.", gauges.outbox_depth as u64),
-            ("outbox_capacity", "Events the outbox holds before answering 503.", gauges.outbox_capacity as u64),
-            ("bus_connected", "1 while the bus link is up.", u64::from(gauges.bus_connected)),
+        // Every scalar family, one row each: a row whose value is `None` is not shown (a
+        // bound without a spool, spans without an exporter).
+        let (bytes, max_bytes) = gauges.outbox_bytes;
+        let (spool_bytes, spool_max) = (gauges.spool.map(|(bytes, _)| bytes), gauges.spool.map(|(_, max)| max));
+        let load = |counter: &AtomicU64| Some(counter.load(Relaxed));
+        let scalars: [(&str, &str, &str, Option<u64>); 19] = [
+            (
+                "outbox_depth",
+                "gauge",
+                "Events accepted and not yet confirmed by the bus.",
+                Some(gauges.outbox_depth as u64),
+            ),
+            (
+                "outbox_capacity",
+                "gauge",
+                "Events the outbox holds before answering 503.",
+                Some(gauges.outbox_capacity as u64),
+            ),
+            ("bus_connected", "gauge", "1 while the bus link is up.", Some(u64::from(gauges.bus_connected))),
             (
                 "replay_cache_entries",
+                "gauge",
                 "Signed requests remembered to answer replays.",
-                gauges.replay_cache_entries as u64,
+                Some(gauges.replay_cache_entries as u64),
             ),
-        ];
-        let (bytes, max_bytes) = gauges.outbox_bytes;
-        let memory = [
-            Some(("outbox_bytes", "Memory the outbox's events hold, as counted against its bound.", bytes as u64)),
-            max_bytes.map(|max| ("outbox_max_bytes", "Memory the outbox holds before answering 503.", max as u64)),
-        ];
-        for (name, help, value) in values.into_iter().chain(memory.into_iter().flatten()) {
-            family(&mut out, name, "gauge", help);
-            let _ = writeln!(out, "hookbus_{name} {value}");
-        }
-        let counters = [
-            ("publishes_confirmed_total", "Events the bus confirmed.", &self.published),
-            ("publishes_retried_total", "Publish attempts that failed and will be retried.", &self.retried),
+            (
+                "outbox_bytes",
+                "gauge",
+                "Memory the outbox's events hold, as counted against its bound.",
+                Some(bytes as u64),
+            ),
+            (
+                "outbox_max_bytes",
+                "gauge",
+                "Memory the outbox holds before answering 503.",
+                max_bytes.map(|max| max as u64),
+            ),
+            ("publishes_confirmed_total", "counter", "Events the bus confirmed.", load(&self.published)),
+            (
+                "publishes_retried_total",
+                "counter",
+                "Publish attempts that failed and will be retried.",
+                load(&self.retried),
+            ),
             (
                 "publishes_unroutable_total",
+                "counter",
                 "Events the broker returned as unroutable: logged, not retried.",
-                &self.unroutable,
+                load(&self.unroutable),
             ),
-            ("replays_total", "Signed requests seen again inside their window, answered as before.", &self.replays),
-            ("audit_refused_total", "Decision audit events the outbox could not take.", &self.audit_refused),
-            ("spool_recovered_events_total", "Events read back from the spool at start.", &self.spool_recovered),
-            ("spool_corrupt_records_total", "Damaged spool regions skipped at start.", &self.spool_corrupt),
-            ("spool_truncated_bytes_total", "Bytes of torn spool tails cut at start.", &self.spool_truncated_bytes),
+            (
+                "replays_total",
+                "counter",
+                "Signed requests seen again inside their window, answered as before.",
+                load(&self.replays),
+            ),
+            (
+                "audit_refused_total",
+                "counter",
+                "Decision audit events the outbox could not take.",
+                load(&self.audit_refused),
+            ),
+            (
+                "spool_recovered_events_total",
+                "counter",
+                "Events read back from the spool at start.",
+                load(&self.spool_recovered),
+            ),
+            (
+                "spool_corrupt_records_total",
+                "counter",
+                "Damaged spool regions skipped at start.",
+                load(&self.spool_corrupt),
+            ),
+            (
+                "spool_truncated_bytes_total",
+                "counter",
+                "Bytes of torn spool tails cut at start.",
+                load(&self.spool_truncated_bytes),
+            ),
+            ("spool_bytes", "gauge", "Bytes of unconfirmed events in the spool.", spool_bytes),
+            ("spool_max_bytes", "gauge", "Bytes the spool holds before callbacks are answered 503.", spool_max),
+            (
+                "bus_connect_attempts_total",
+                "counter",
+                "Attempts to reach the broker, the first one included.",
+                Some(gauges.connect_attempts),
+            ),
+            (
+                "spans_dropped_total",
+                "counter",
+                "Spans not exported: queue full or collector away.",
+                gauges.spans_dropped,
+            ),
+            (
+                "late_replies_total",
+                "counter",
+                "Decision replies that arrived after the deadline.",
+                Some(gauges.late_replies),
+            ),
         ];
-        for (name, help, counter) in counters {
-            family(&mut out, name, "counter", help);
-            let _ = writeln!(out, "hookbus_{name} {}", counter.load(Relaxed));
+        for (name, kind, help, value) in scalars {
+            let Some(value) = value else { continue };
+            family(&mut out, name, kind, help);
+            let _ = writeln!(out, "hookbus_{name} {value}");
         }
-        if let Some((bytes, max)) = gauges.spool {
-            family(&mut out, "spool_bytes", "gauge", "Bytes of unconfirmed events in the spool.");
-            let _ = writeln!(out, "hookbus_spool_bytes {bytes}");
-            family(&mut out, "spool_max_bytes", "gauge", "Bytes the spool holds before callbacks are answered 503.");
-            let _ = writeln!(out, "hookbus_spool_max_bytes {max}");
-        }
-        family(
-            &mut out,
-            "bus_connect_attempts_total",
-            "counter",
-            "Attempts to reach the broker, the first one included.",
-        );
-        let _ = writeln!(out, "hookbus_bus_connect_attempts_total {}", gauges.connect_attempts);
-        if let Some(dropped) = gauges.spans_dropped {
-            family(&mut out, "spans_dropped_total", "counter", "Spans not exported: queue full or collector away.");
-            let _ = writeln!(out, "hookbus_spans_dropped_total {dropped}");
-        }
-        family(&mut out, "late_replies_total", "counter", "Decision replies that arrived after the deadline.");
-        let _ = writeln!(out, "hookbus_late_replies_total {}", gauges.late_replies);
         out
     }
 }
