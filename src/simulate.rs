@@ -12,58 +12,38 @@ use tokio::net::TcpStream;
 
 use crate::tencent;
 
+/// `(command, body)` for each named sample file, embedded at compile time.
+macro_rules! samples {
+    ($($command:literal),* $(,)?) => {
+        &[$(($command, include_bytes!(concat!("../tests/fixtures/samples/", $command, ".json")))),*]
+    };
+}
+
 /// Every documented sample body, by command.
-pub const SAMPLES: &[(&str, &[u8])] = &[
-    ("C2C.CallbackBeforeSendMsg", include_bytes!("../tests/fixtures/samples/C2C.CallbackBeforeSendMsg.json")),
-    ("Follow.CallbackAfterFollowAdd", include_bytes!("../tests/fixtures/samples/Follow.CallbackAfterFollowAdd.json")),
-    (
-        "Follow.CallbackAfterFollowDelete",
-        include_bytes!("../tests/fixtures/samples/Follow.CallbackAfterFollowDelete.json"),
-    ),
-    ("Group.CallbackAfterSendMsg", include_bytes!("../tests/fixtures/samples/Group.CallbackAfterSendMsg.json")),
-    (
-        "Group.CallbackBeforeApplyJoinGroup",
-        include_bytes!("../tests/fixtures/samples/Group.CallbackBeforeApplyJoinGroup.json"),
-    ),
-    (
-        "Group.CallbackBeforeCreateGroup",
-        include_bytes!("../tests/fixtures/samples/Group.CallbackBeforeCreateGroup.json"),
-    ),
-    (
-        "Group.CallbackBeforeInviteJoinGroup",
-        include_bytes!("../tests/fixtures/samples/Group.CallbackBeforeInviteJoinGroup.json"),
-    ),
-    ("Group.CallbackBeforeSendMsg", include_bytes!("../tests/fixtures/samples/Group.CallbackBeforeSendMsg.json")),
-    ("Live.CallbackAfterChangeOwner", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterChangeOwner.json")),
-    (
-        "Live.CallbackAfterCloudRecordingChanged",
-        include_bytes!("../tests/fixtures/samples/Live.CallbackAfterCloudRecordingChanged.json"),
-    ),
-    ("Live.CallbackAfterCreateBattle", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterCreateBattle.json")),
-    ("Live.CallbackAfterCreateRoom", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterCreateRoom.json")),
-    (
-        "Live.CallbackAfterCreateRoomReachingThreshold",
-        include_bytes!("../tests/fixtures/samples/Live.CallbackAfterCreateRoomReachingThreshold.json"),
-    ),
-    ("Live.CallbackAfterDelMetadata", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterDelMetadata.json")),
-    ("Live.CallbackAfterDestroyRoom", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterDestroyRoom.json")),
-    ("Live.CallbackAfterEndBattle", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterEndBattle.json")),
-    (
-        "Live.CallbackAfterMemberStateChanged",
-        include_bytes!("../tests/fixtures/samples/Live.CallbackAfterMemberStateChanged.json"),
-    ),
-    ("Live.CallbackAfterModifyAdmin", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterModifyAdmin.json")),
-    ("Live.CallbackAfterSetMetadata", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterSetMetadata.json")),
-    ("Live.CallbackAfterStartBattle", include_bytes!("../tests/fixtures/samples/Live.CallbackAfterStartBattle.json")),
-    (
-        "Live.CallbackAfterUpdateRoomInfo",
-        include_bytes!("../tests/fixtures/samples/Live.CallbackAfterUpdateRoomInfo.json"),
-    ),
-    ("Live.CallbackBeforeSendGift", include_bytes!("../tests/fixtures/samples/Live.CallbackBeforeSendGift.json")),
-    (
-        "Mic.CallbackAfterSeatInfoChanged",
-        include_bytes!("../tests/fixtures/samples/Mic.CallbackAfterSeatInfoChanged.json"),
-    ),
+pub const SAMPLES: &[(&str, &[u8])] = samples![
+    "C2C.CallbackBeforeSendMsg",
+    "Follow.CallbackAfterFollowAdd",
+    "Follow.CallbackAfterFollowDelete",
+    "Group.CallbackAfterSendMsg",
+    "Group.CallbackBeforeApplyJoinGroup",
+    "Group.CallbackBeforeCreateGroup",
+    "Group.CallbackBeforeInviteJoinGroup",
+    "Group.CallbackBeforeSendMsg",
+    "Live.CallbackAfterChangeOwner",
+    "Live.CallbackAfterCloudRecordingChanged",
+    "Live.CallbackAfterCreateBattle",
+    "Live.CallbackAfterCreateRoom",
+    "Live.CallbackAfterCreateRoomReachingThreshold",
+    "Live.CallbackAfterDelMetadata",
+    "Live.CallbackAfterDestroyRoom",
+    "Live.CallbackAfterEndBattle",
+    "Live.CallbackAfterMemberStateChanged",
+    "Live.CallbackAfterModifyAdmin",
+    "Live.CallbackAfterSetMetadata",
+    "Live.CallbackAfterStartBattle",
+    "Live.CallbackAfterUpdateRoomInfo",
+    "Live.CallbackBeforeSendGift",
+    "Mic.CallbackAfterSeatInfoChanged",
 ];
 
 /// One callback's answer as the gateway gave it.
@@ -139,4 +119,21 @@ pub fn query(sdk_app_id: &str, command: &str, token: Option<&str>) -> String {
         query.append_pair("Sign", &tencent::sign(token, &now)).append_pair("RequestTime", &now);
     }
     query.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The list embeds every file of the samples directory, and nothing else.
+    #[test]
+    fn the_samples_are_the_directory() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/samples");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("the samples directory")
+            .map(|entry| entry.expect("an entry").file_name().to_string_lossy().trim_end_matches(".json").to_owned())
+            .collect();
+        files.sort();
+        let mut listed: Vec<&str> = super::SAMPLES.iter().map(|(command, _)| *command).collect();
+        listed.sort();
+        assert_eq!(files, listed);
+    }
 }
