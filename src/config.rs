@@ -1,25 +1,18 @@
 //! Command-line flags and their `HOOKBUS_*` environment variables: the only module that reads
-//! either, and the only one that names clap. Also the composition root: [`BusArgs::options`]
-//! gives the plain [`bus::Options`] to connect with, and [`ServeArgs::build`] turns the flags
-//! and a connected bus into a [`Gateway`] (reading the token file, opening the spool, loading
-//! TLS). Nothing below sees the flags themselves.
+//! either, and the only one that names clap. Each flag's parser checks what it can alone;
+//! turning the flags into built parts is `assembly`'s business.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::bus::{self, Bus};
-use crate::decision::{Decisions, Fallback, Fallbacks};
-use crate::http::Connections;
-use crate::respond::Responder;
-use crate::routes::{Limits, RESERVED_PATHS};
-use crate::spool::{self, Spool};
-use crate::{apps, asyncapi, outbox, rules};
-use crate::{tencent, Gateway};
+use crate::bus;
+use crate::decision::Fallback;
+use crate::routes::RESERVED_PATHS;
+use crate::tencent;
 
 #[derive(Debug, Parser)]
 #[command(name = "hookbus", version, about = "Tencent Cloud Live and Chat callbacks onto Kafka, NATS or RabbitMQ")]
@@ -54,36 +47,6 @@ pub struct AsyncapiArgs {
     /// Output format.
     #[arg(long, env = "HOOKBUS_ASYNCAPI_FORMAT", value_enum, default_value = "yaml")]
     pub format: Format,
-}
-
-impl AsyncapiArgs {
-    /// The contract these bus flags describe.
-    pub fn contract(&self) -> asyncapi::Contract {
-        let bus = &self.bus;
-        // host:port of a URL such as nats://user:pass@host:4222 or amqp://host:5672/%2f
-        let host = |url: &str| {
-            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-            let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
-            rest.split('/').next().unwrap_or(rest).to_owned()
-        };
-        let (protocol, host) = match bus.bus {
-            BusKind::Stdout => ("stdout", String::new()),
-            BusKind::Nats => ("nats", host(&bus.nats_url)),
-            BusKind::Amqp => ("amqp", host(&bus.amqp_url)),
-            BusKind::Kafka => ("kafka", bus.kafka_brokers.split(',').next().unwrap_or_default().trim().to_owned()),
-        };
-        let reply_topic = match bus.options() {
-            bus::Options::Kafka(kafka) => kafka.reply_topic,
-            _ => String::new(),
-        };
-        asyncapi::Contract {
-            protocol,
-            host,
-            prefix: bus.prefix.clone(),
-            exchange: bus.amqp_exchange.clone(),
-            reply_topic,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -300,174 +263,12 @@ pub struct RespondArgs {
     pub threads: Option<u16>,
 }
 
-impl RespondArgs {
-    /// The responder these flags describe, its rules read and checked.
-    pub fn responder(&self) -> Result<Responder, rules::Invalid> {
-        let rules = match &self.rules {
-            // A command the gateway does not document is checked generically, as --blocking does.
-            Some(path) => rules::Rules::parse(&path.display().to_string(), &read_rules(path)?, |command, code| {
-                Some(tencent::Blocking::of(command).is_none_or(|blocking| blocking.valid_code(code)))
-            })?,
-            None => rules::Rules::default(),
-        };
-        Ok(Responder { code: self.decision, delay: self.delay, rules: Arc::new(rules) })
-    }
-}
-
-fn read_rules(path: &std::path::Path) -> Result<String, rules::Invalid> {
-    std::fs::read_to_string(path)
-        .map_err(|error| rules::Invalid::new(format!("cannot read --rules {}: {error}", path.display())))
-}
-
 /// `hookbus serve` with `flags`, parsed as the binary parses them (for tests and embedders).
 pub fn serve_flags(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
     let argv = ["hookbus", "serve"].into_iter().chain(flags.iter().copied());
     match Cli::try_parse_from(argv)?.command {
         Command::Serve(args) => Ok(args),
         _ => unreachable!("parsed as serve"),
-    }
-}
-
-impl ServeArgs {
-    /// What the flags say about apps and tokens: [`apps::load`] reads the files, at start and
-    /// again on SIGHUP.
-    pub fn apps(&self) -> apps::Spec {
-        apps::Spec {
-            tokens: self.token.clone(),
-            token_files: self.token_file.clone(),
-            sdk_app_ids: self.sdk_app_ids.clone(),
-            apps: self.apps.clone(),
-            apps_file: self.apps_file.clone(),
-            prefix: self.bus.prefix.clone(),
-            fallbacks: self.fallbacks(),
-        }
-    }
-
-    /// The fallbacks the flags set: gifts and room messages, and those given with --blocking.
-    fn fallbacks(&self) -> Fallbacks {
-        let mut fallbacks = Fallbacks::default();
-        fallbacks.set(tencent::GIFT, self.gift_fallback);
-        fallbacks.set(tencent::MESSAGE, self.message_fallback);
-        for (command, fallback) in &self.blocking {
-            if let Some(fallback) = fallback {
-                fallbacks.set(command.clone(), *fallback);
-            }
-        }
-        fallbacks
-    }
-
-    /// How blocking callbacks are decided: the deadline, the commands made blocking, the rules
-    /// file read and checked against them.
-    pub fn decisions(&self) -> anyhow::Result<Decisions> {
-        let mut decisions = Decisions {
-            timeout: self.decision_timeout,
-            generic: self
-                .blocking
-                .iter()
-                .filter(|(command, _)| tencent::Blocking::of(command).is_none())
-                .map(|(command, _)| command.clone())
-                .collect(),
-            ..Decisions::default()
-        };
-        if let Some(path) = &self.rules {
-            let text = read_rules(path)?;
-            let valid_code = |command: &str, code| decisions.kind(command).map(|kind| kind.valid_code(code));
-            decisions.rules = Arc::new(rules::Rules::parse(&path.display().to_string(), &text, valid_code)?);
-        }
-        Ok(decisions)
-    }
-
-    /// The request-handling limits these flags describe.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_clock_skew: self.max_clock_skew,
-            max_body_bytes: self.max_body_bytes,
-            max_json_depth: self.max_json_depth as usize,
-            replay_cache_entries: self.replay_cache_entries,
-            body_read_timeout: self.body_read_timeout,
-        }
-    }
-
-    /// The gateway these flags describe, on an already connected bus: reads the token file,
-    /// opens the spool and loads the TLS files.
-    pub fn build(&self, bus: Bus) -> anyhow::Result<Gateway> {
-        let spool = match &self.spool_dir {
-            Some(dir) => Some(
-                Spool::open(dir, self.spool_max_bytes, spool::SEGMENT_BYTES)
-                    .map_err(|error| anyhow::anyhow!("cannot open --spool-dir {}: {error}", dir.display()))?,
-            ),
-            None => None,
-        };
-        Ok(Gateway {
-            spool,
-            path: self.path.clone(),
-            limits: self.limits(),
-            apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),
-            decisions: self.decisions()?,
-            audit: self.audit,
-            tracer: self.otlp_endpoint.as_deref().map(crate::traces::Tracer::start).transpose()?,
-            bus,
-            outbox: outbox::Bounds {
-                capacity: self.outbox_capacity as usize,
-                max_bytes: self.outbox_max_bytes,
-                wait: self.outbox_wait,
-            },
-            connections: Connections {
-                header_read_timeout: self.header_read_timeout,
-                max_connections: self.max_connections as usize,
-                tls: match (&self.tls_cert, &self.tls_key) {
-                    (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
-                    _ => None,
-                },
-            },
-            shutdown_grace: self.shutdown_grace,
-        })
-    }
-}
-
-impl BusArgs {
-    /// What to connect to, as the bus takes it.
-    pub fn options(&self) -> bus::Options {
-        match self.bus {
-            BusKind::Stdout => bus::Options::Stdout,
-            BusKind::Nats => bus::Options::Nats(bus::nats::NatsOptions {
-                url: self.nats_url.clone(),
-                jetstream: self.nats_jetstream,
-                create_stream: self.nats_create_stream.clone(),
-                prefix: self.prefix.clone(),
-                name: self.instance_id(),
-            }),
-            BusKind::Amqp => bus::Options::Amqp(bus::amqp::AmqpOptions {
-                url: self.amqp_url.clone(),
-                exchange: self.amqp_exchange.clone(),
-                unrouted_queue: match self.amqp_unrouted {
-                    Unrouted::Keep => Some(format!("{}.unrouted", self.prefix)),
-                    Unrouted::Drop => None,
-                },
-            }),
-            BusKind::Kafka => bus::Options::Kafka(bus::kafka::KafkaOptions {
-                brokers: self.kafka_brokers.clone(),
-                create_topics: self.kafka_create_topics,
-                partitions: self.kafka_partitions,
-                reply_topic: self
-                    .kafka_reply_topic
-                    .clone()
-                    .unwrap_or_else(|| format!("{}.replies.{}", self.prefix, self.instance_id())),
-            }),
-        }
-    }
-
-    /// The instance id: the same across restarts of one instance, so that its Kafka reply
-    /// topic and consumer group are reused rather than left behind.
-    fn instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            std::env::var("HOSTNAME")
-                .ok()
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                .map(|host| host.trim().to_owned())
-                .filter(|host| bus::valid_name(host))
-                .unwrap_or_else(|| "hookbus".to_owned())
-        })
     }
 }
 

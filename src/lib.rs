@@ -5,9 +5,10 @@
 //! # Layout
 //!
 //! - [`config`]: flags and `HOOKBUS_*` environment variables, the only module that reads them
-//!   (and the only one that names clap); also the composition root: it turns flags into the
-//!   bus [`bus::Options`] and, given a connected bus, the built [`Gateway`] (token file read,
-//!   spool opened, TLS loaded). `main` parses, sets up logging, connects, builds and runs.
+//!   (and the only one that names clap).
+//! - [`assembly`]: the composition root: turns flags into the bus [`bus::Options`] and, given a
+//!   connected bus, the built [`Gateway`] (token files read, spool opened, TLS loaded). `main`
+//!   parses, sets up logging, connects, builds and runs.
 //! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
 //! - [`routes`]: what each endpoint does; the checks of a callback in order.
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
@@ -25,11 +26,12 @@
 //! - [`asyncapi`]: the AsyncAPI contract of what a gateway publishes.
 //! - [`traces`]: spans over OTLP/HTTP (`--otlp-endpoint`).
 //!
-//! No module imports one that imports it back: `config` → everything it builds; `routes` →
+//! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `metrics`, `bus`;
 //! `bus` → `traces` (the trace context a message carries) and nothing else of the gateway's.
 
 pub mod apps;
+pub mod assembly;
 pub mod asyncapi;
 pub mod bus;
 pub mod config;
