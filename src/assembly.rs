@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::bus::{self, Bus};
 use crate::config::{AsyncapiArgs, BusArgs, BusKind, RespondArgs, ServeArgs, Unrouted};
+use crate::dead_letters::DeadLetters;
 use crate::decision::{Decisions, Fallbacks};
 use crate::http::Connections;
 use crate::respond::Responder;
@@ -134,8 +135,14 @@ impl ServeArgs {
             ),
             None => None,
         };
+        let dead_letters = match &self.spool_dir {
+            Some(dir) => DeadLetters::open(dir, self.dead_letter_max_bytes, self.dead_letter_after)
+                .map_err(|error| anyhow::anyhow!("cannot read the dead letters in {}: {error}", dir.display()))?,
+            None => DeadLetters::in_memory(self.dead_letter_max_bytes, self.dead_letter_after),
+        };
         Ok(Gateway {
             spool,
+            dead_letters,
             path: self.path.clone(),
             limits: self.limits(),
             apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),

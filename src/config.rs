@@ -32,6 +32,68 @@ pub enum Command {
     Respond(RespondArgs),
     /// Print the AsyncAPI 3.0 document of what `serve` with these bus flags publishes.
     Asyncapi(AsyncapiArgs),
+    /// Look into a spool directory (a gateway may be running on it) and requeue dead letters.
+    Spool(SpoolArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SpoolArgs {
+    /// The spool directory: the gateway's --spool-dir.
+    #[arg(long, env = "HOOKBUS_SPOOL_DIR")]
+    pub spool_dir: PathBuf,
+    #[command(subcommand)]
+    pub action: SpoolAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SpoolAction {
+    /// Segments, bytes, events, the oldest event's age, dead letters.
+    Stat,
+    /// One line per event (or per dead letter).
+    Ls {
+        #[command(flatten)]
+        select: Select,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The attributes and body of one event or dead letter.
+    Show { id: String },
+    /// The events (or dead letters) as CloudEvents JSON lines, on stdout.
+    Export {
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Puts dead letters back into the outbox, with their ids: the running gateway's (through
+    /// its admin socket), or the spool's for the next start.
+    Requeue {
+        /// The dead letters to requeue.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Dead letters are what requeue takes; accepted for symmetry with `ls --dead`.
+        #[arg(long)]
+        dead: bool,
+    },
+}
+
+/// Which events `spool ls` and `spool export` take.
+#[derive(Debug, Clone, Args)]
+pub struct Select {
+    /// Dead letters instead of the events in the segments.
+    #[arg(long)]
+    pub dead: bool,
+    /// Only this CallbackCommand.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Only this room (the event's key).
+    #[arg(long)]
+    pub room: Option<String>,
+    /// Only events received since this time (RFC 3339) or this long ago (`10m`).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -199,6 +261,15 @@ pub struct ServeArgs {
     /// Largest spool on disk before callbacks are answered 503.
     #[arg(long, env = "HOOKBUS_SPOOL_MAX_BYTES", default_value_t = 256 << 20)]
     pub spool_max_bytes: u64,
+    /// Take an event the broker has not confirmed after this many attempts for a dead letter,
+    /// so that it holds back nothing (off: retry until confirmed). Events the broker refuses
+    /// for good are dead letters at once whatever this says.
+    #[arg(long, env = "HOOKBUS_DEAD_LETTER_AFTER", value_parser = clap::value_parser!(u32).range(1..))]
+    pub dead_letter_after: Option<u32>,
+    /// Bytes of dead letters kept (in memory, and with --spool-dir in its dead-letter log);
+    /// past it a dead letter is logged and counted as dropped.
+    #[arg(long, env = "HOOKBUS_DEAD_LETTER_MAX_BYTES", default_value_t = 16 << 20)]
+    pub dead_letter_max_bytes: usize,
     /// Events the in-memory outbox holds before callbacks are answered 503.
     #[arg(long, env = "HOOKBUS_OUTBOX_CAPACITY", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub outbox_capacity: u32,
@@ -272,7 +343,16 @@ pub fn serve_flags(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
     }
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(time);
+    }
+    let ago =
+        humantime::parse_duration(text).map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration"))?;
+    Ok(std::time::SystemTime::now() - ago)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (write e.g. 1500ms or 2s)"))
 }
 

@@ -19,6 +19,9 @@
 //! - [`rules`]: local decision rules (`--rules`), matched on the body.
 //! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
+//! - [`dead_letters`]: events the broker will never take, kept (with a spool, on disk).
+//! - [`spool_command`]: `hookbus spool`, the operator's look into a spool directory.
+//! - [`admin`]: the running gateway's admin socket in the spool directory (requeue).
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
 //! - [`metrics`]: what `/metrics` shows, as one method per thing that happens.
 //! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
@@ -27,14 +30,16 @@
 //! - [`traces`]: spans over OTLP/HTTP (`--otlp-endpoint`).
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
-//! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `metrics`, `bus`;
+//! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `dead_letters`, `metrics`, `bus`;
 //! `bus` → `traces` (the trace context a message carries) and nothing else of the gateway's.
 
+pub mod admin;
 pub mod apps;
 pub mod assembly;
 pub mod asyncapi;
 pub mod bus;
 pub mod config;
+pub mod dead_letters;
 pub mod decision;
 pub mod http;
 pub mod metrics;
@@ -45,6 +50,7 @@ pub mod routes;
 pub mod rules;
 pub mod simulate;
 pub mod spool;
+pub mod spool_command;
 pub mod tencent;
 pub mod tls;
 pub mod traces;
@@ -57,6 +63,7 @@ use tokio::net::TcpListener;
 
 use crate::apps::Current;
 use crate::bus::Bus;
+use crate::dead_letters::DeadLetters;
 use crate::decision::Decisions;
 use crate::http::Connections;
 use crate::metrics::Metrics;
@@ -85,6 +92,8 @@ pub struct Gateway {
     pub shutdown_grace: Duration,
     /// With `--spool-dir`: the opened spool and what it replayed.
     pub spool: Option<(Spool, Backlog)>,
+    /// Where events the broker will not take are kept.
+    pub dead_letters: DeadLetters,
 }
 
 /// What a finished run left behind.
@@ -105,7 +114,9 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     if let Some((_, replay)) = &gateway.spool {
         metrics.spool_read_back(&replay.recovery);
     }
-    let outbox = Arc::new(Outbox::new(gateway.outbox, gateway.spool));
+    let admin = gateway.spool.as_ref().map(|(spool, _)| spool.dir().to_owned());
+    let outbox = Arc::new(Outbox::new(gateway.outbox, gateway.spool, Arc::new(gateway.dead_letters)));
+    let admin = admin.and_then(|dir| admin::serve(&dir, outbox.clone()));
     let mut publisher =
         tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone(), gateway.tracer.clone()));
     let shared = Arc::new(Shared {
@@ -139,6 +150,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         }
         Report { lost: unconfirmed, spooled: 0 }
     };
+    drop(admin);
     // A broker that is away can hold a close forever; the grace period bounds it too.
     if tokio::time::timeout_at(deadline, gateway.bus.close()).await.is_err() {
         tracing::warn!("the bus did not close within the grace period");

@@ -57,6 +57,11 @@ fn main() -> ExitCode {
             Command::Simulate(args) => simulate(args).await,
             Command::Respond(args) => respond(args).await,
             Command::Asyncapi(args) => asyncapi(args),
+            Command::Spool(args) => {
+                hookbus::spool_command::run(&args.spool_dir, &args.action, &mut std::io::stdout().lock())
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
         }
     });
     match result {

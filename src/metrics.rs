@@ -38,6 +38,8 @@ pub struct Metrics {
     spool_recovered: AtomicU64,
     spool_corrupt: AtomicU64,
     spool_truncated_bytes: AtomicU64,
+    /// Dead letters by destination and reason.
+    dead_letters: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 #[derive(Default, Clone)]
@@ -76,6 +78,8 @@ pub struct Gauges {
     pub spans_dropped: Option<u64>,
     /// Bytes in the spool and its bound, when there is one.
     pub spool: Option<(u64, u64)>,
+    /// Dead letters held, their bytes, and how many were dropped for lack of room.
+    pub dead_letters: (usize, usize, u64),
 }
 
 impl Metrics {
@@ -203,6 +207,17 @@ impl Metrics {
         tracing::error!(id = %message.id, destination = %message.destination, reason, "event unroutable, dropped by the broker");
     }
 
+    /// An event became a dead letter (logged by the store, which says whether it kept it).
+    pub fn dead_lettered(&self, destination: &str, reason: &str) {
+        let mut dead_letters = lock(&self.dead_letters);
+        let destination = if dead_letters.len() < MAX_COMMANDS || dead_letters.keys().any(|(d, _)| d == destination) {
+            destination
+        } else {
+            "other"
+        };
+        *dead_letters.entry((destination.to_owned(), reason.to_owned())).or_default() += 1;
+    }
+
     /// The spool was read back at start.
     pub fn spool_read_back(&self, recovery: &Recovery) {
         self.spool_recovered.store(recovery.events as u64, Relaxed);
@@ -276,12 +291,27 @@ impl Metrics {
         let _ = writeln!(out, "hookbus_decision_seconds_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "hookbus_decision_seconds_sum {}", self.latency_sum_us.load(Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "hookbus_decision_seconds_count {count}");
+        family(
+            &mut out,
+            "dead_letters_total",
+            "counter",
+            "Events the broker will not take, by destination and reason.",
+        );
+        for ((destination, reason), count) in lock(&self.dead_letters).iter() {
+            let _ = writeln!(
+                out,
+                "hookbus_dead_letters_total{{destination=\"{}\",reason=\"{}\"}} {count}",
+                label(destination),
+                label(reason)
+            );
+        }
         // Every scalar family, one row each: a row whose value is `None` is not shown (a
         // bound without a spool, spans without an exporter).
         let (bytes, max_bytes) = gauges.outbox_bytes;
         let (spool_bytes, spool_max) = (gauges.spool.map(|(bytes, _)| bytes), gauges.spool.map(|(_, max)| max));
         let load = |counter: &AtomicU64| Some(counter.load(Relaxed));
-        let scalars: [(&str, &str, &str, Option<u64>); 19] = [
+        let (dead_letters, dead_letter_bytes, dead_letters_dropped) = gauges.dead_letters;
+        let scalars: [(&str, &str, &str, Option<u64>); 22] = [
             (
                 "outbox_depth",
                 "gauge",
@@ -357,6 +387,14 @@ impl Metrics {
                 load(&self.spool_truncated_bytes),
             ),
             ("spool_bytes", "gauge", "Bytes of unconfirmed events in the spool.", spool_bytes),
+            ("dead_letters", "gauge", "Dead letters held, to requeue with `hookbus spool`.", Some(dead_letters as u64)),
+            ("dead_letter_bytes", "gauge", "Bytes the dead letters held take.", Some(dead_letter_bytes as u64)),
+            (
+                "dead_letters_dropped_total",
+                "counter",
+                "Dead letters not kept: the store was at --dead-letter-max-bytes (each is logged).",
+                Some(dead_letters_dropped),
+            ),
             ("spool_max_bytes", "gauge", "Bytes the spool holds before callbacks are answered 503.", spool_max),
             (
                 "bus_connect_attempts_total",
@@ -414,6 +452,7 @@ mod tests {
             replay_cache_entries: 0,
             spans_dropped: None,
             spool: None,
+            dead_letters: (0, 0, 0),
         }
     }
 
@@ -462,6 +501,7 @@ mod tests {
             replay_cache_entries: 0,
             spans_dropped: Some(3),
             spool: Some((9, 100)),
+            dead_letters: (1, 500, 0),
         });
         assert!(text.contains(
             "hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\",rule=\"\"} 1"

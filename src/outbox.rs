@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::bus::{Bus, BusError, Message};
+use crate::dead_letters::{DeadLetter, DeadLetters, NACKS};
 use crate::metrics::Metrics;
 use crate::spool::{Backlog, Spool, SpoolError};
 use crate::traces::{self, Span, Tracer};
@@ -65,6 +66,7 @@ pub struct Outbox {
     room: Notify,
     bounds: Bounds,
     spool: Option<Spool>,
+    dead_letters: Arc<DeadLetters>,
 }
 
 /// What the outbox keeps beside an event: its spool segment, and the memory counted for it
@@ -91,8 +93,9 @@ struct Queue {
 }
 
 impl Outbox {
-    /// An outbox within `bounds`; with a spool, starting with what it replayed.
-    pub fn new(mut bounds: Bounds, spool: Option<(Spool, Backlog)>) -> Outbox {
+    /// An outbox within `bounds`; with a spool, starting with what it replayed. Events the
+    /// broker will not take go to `dead_letters`.
+    pub fn new(mut bounds: Bounds, spool: Option<(Spool, Backlog)>, dead_letters: Arc<DeadLetters>) -> Outbox {
         let mut state = Queue::default();
         let spool = spool.map(|(spool, replay)| {
             state.queue.extend(replay.events.into_iter().map(|(message, segment)| {
@@ -107,7 +110,7 @@ impl Outbox {
         if spool.is_some() {
             bounds.max_bytes = usize::MAX;
         }
-        Outbox { state: Mutex::new(state), ready: Notify::new(), room: Notify::new(), bounds, spool }
+        Outbox { state: Mutex::new(state), ready: Notify::new(), room: Notify::new(), bounds, spool, dead_letters }
     }
 
     /// Accepts an event once it is held (and, with a spool, durable). When the outbox is full,
@@ -257,36 +260,93 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    /// Puts dead letters back (those with `ids`, or all of them) as accepted events with their
+    /// ids, and removes them from the dead letters once they are held again. Returns how many.
+    pub async fn requeue(&self, ids: Option<&[String]>) -> Result<usize, PushError> {
+        let letters = self.dead_letters.take(ids);
+        let mut requeued = Vec::with_capacity(letters.len());
+        let mut result = Ok(());
+        for letter in letters {
+            let id = letter.message.id.clone();
+            if let Err(error) = self.push(letter.message).await {
+                result = Err(error);
+                break;
+            }
+            requeued.push(id);
+        }
+        let dead_letters = self.dead_letters.clone();
+        let n = requeued.len();
+        let forgotten = tokio::task::spawn_blocking(move || dead_letters.forget(&requeued)).await;
+        match forgotten {
+            Ok(Err(error)) => {
+                tracing::error!(%error, "requeued dead letters could not be removed from the log; they may be requeued twice")
+            }
+            Err(error) => tracing::error!(%error, "requeued dead letters could not be removed from the log"),
+            Ok(Ok(())) => tracing::info!(requeued = n, "dead letters requeued with their ids"),
+        }
+        result.map(|()| n)
+    }
+
     /// Drains the outbox through the bus until it is closed and empty. A batch is settled in
-    /// order up to its first unconfirmed event; that event and everything after it are
+    /// order up to its first event still worth a retry; that event and everything after it are
     /// published again before any later batch, so the last copy of each event arrives in
     /// per-room order (earlier copies may not: duplicates carry the same id).
-    /// Events the broker refused for good (unroutable) are logged and counted, not retried.
+    /// An event the broker will never take is settled too, so that it holds back nothing:
+    /// unroutable ones are logged and counted, refused ones become dead letters (as do events
+    /// nacked [`NACKS`] times while the broker confirmed others, and, with
+    /// `--dead-letter-after N`, events unconfirmed after N attempts).
     /// While the bus is disconnected nothing is tried: the bus reconnects by itself, and
     /// publishing resumes as soon as it is back.
     pub async fn publish(self: Arc<Self>, bus: Bus, metrics: Arc<Metrics>, tracer: Option<Tracer>) {
         while let Some((mut messages, mut held)) = self.take().await {
             let mut backoff = FIRST_BACKOFF;
+            let mut tries = vec![Tries::default(); messages.len()];
+            let first_attempt = std::time::SystemTime::now();
             loop {
                 while !bus.is_connected() {
                     tokio::time::sleep(RECONNECT_POLL).await;
                 }
                 let results = bus.publish(&messages).await;
-                let failure = results.iter().position(|r| matches!(r, Err(e) if !matches!(e, BusError::Unroutable(_))));
-                let settled = failure.unwrap_or(messages.len());
-                for (message, result) in messages.iter().zip(&results).take(settled) {
+                let others_confirmed = results.iter().any(Result::is_ok);
+                for (tries, result) in tries.iter_mut().zip(&results) {
+                    tries.attempts += 1;
+                    tries.nacks += u32::from(matches!(result, Err(BusError::Nacked(_))));
+                }
+                let dead = |result: &Result<(), BusError>, tries: &Tries| match result {
+                    Ok(()) | Err(BusError::Unroutable(_)) => false,
+                    Err(BusError::Rejected { .. }) => true,
+                    Err(BusError::Nacked(_)) if tries.nacks >= NACKS && others_confirmed => true,
+                    Err(_) => self.dead_letters.after.is_some_and(|after| tries.attempts >= after),
+                };
+                let retry = results.iter().zip(&tries).position(|(result, tries)| {
+                    result.is_err() && !matches!(result, Err(BusError::Unroutable(_))) && !dead(result, tries)
+                });
+                let settled = retry.unwrap_or(messages.len());
+                let mut letters = Vec::new();
+                for ((message, result), tries) in messages.iter().zip(&results).zip(&tries).take(settled) {
                     match result {
+                        Ok(()) => metrics.confirmed(1),
                         Err(BusError::Unroutable(reason)) => metrics.unroutable(message, reason),
-                        _ => metrics.confirmed(1),
+                        Err(error) => {
+                            letters.push(DeadLetter::new(message.clone(), error, tries.attempts, first_attempt))
+                        }
                     }
                     if let Some(tracer) = &tracer {
                         tracer.record(publish_span(message));
                     }
                 }
+                if !letters.is_empty() {
+                    self.bury(letters, &metrics).await;
+                }
                 messages.drain(..settled);
+                tries.drain(..settled);
                 self.confirmed(held.drain(..settled));
-                let Some(failure) = failure else { break };
-                if let Err(error) = &results[failure] {
+                let Some(retry) = retry else { break };
+                if let Err(error) = &results[retry] {
                     metrics.retrying(messages.len(), error, backoff);
                 }
                 if bus.is_connected() {
@@ -296,6 +356,29 @@ impl Outbox {
             }
         }
     }
+
+    /// Keeps dead letters (durably before their events leave the spool) and counts them.
+    async fn bury(&self, letters: Vec<DeadLetter>, metrics: &Metrics) {
+        for letter in &letters {
+            metrics.dead_lettered(&letter.message.destination, &letter.reason);
+        }
+        let dead_letters = self.dead_letters.clone();
+        match tokio::task::spawn_blocking(move || dead_letters.keep(letters)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "dead letters could not be written to the spool directory; they are kept in memory only")
+            }
+            Err(error) => tracing::error!(%error, "dead letters could not be written"),
+        }
+    }
+}
+
+/// What the publisher tried for one event of a batch.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tries {
+    attempts: u32,
+    /// Of those, the broker nacked this many.
+    nacks: u32,
 }
 
 /// How many of the first events of `queue` make a batch (none of an empty queue), and whether
@@ -344,25 +427,29 @@ mod tests {
         Bounds { capacity, max_bytes, wait: Duration::ZERO }
     }
 
+    fn memory() -> Arc<DeadLetters> {
+        Arc::new(DeadLetters::in_memory(1 << 20, None))
+    }
+
     fn message() -> Message {
         Message::new("t", "C", None, Origin::default(), Bytes::from_static(b"{}"))
     }
 
     #[tokio::test]
     async fn full_outbox_refuses() {
-        let outbox = Outbox::new(bounds(2, 1 << 20), None);
+        let outbox = Outbox::new(bounds(2, 1 << 20), None, memory());
         outbox.push(message()).await.unwrap();
         outbox.push(message()).await.unwrap();
         assert!(outbox.is_full());
         assert!(matches!(outbox.push(message()).await, Err(PushError::Full(2))));
         assert_eq!(outbox.depth(), 2);
-        let small = Outbox::new(bounds(100, 2 * size(&message())), None);
+        let small = Outbox::new(bounds(100, 2 * size(&message())), None, memory());
         small.push(message()).await.unwrap();
         small.push(message()).await.unwrap();
         assert!(small.is_full());
         assert!(matches!(small.push(message()).await, Err(PushError::FullBytes(_))));
         // Room left, but not enough for the event that came: still full until room is freed.
-        let roomy = Outbox::new(bounds(100, 2 * size(&message()) + 1), None);
+        let roomy = Outbox::new(bounds(100, 2 * size(&message()) + 1), None, memory());
         roomy.push(message()).await.unwrap();
         roomy.push(message()).await.unwrap();
         assert!(roomy.push(message()).await.is_err());
@@ -374,7 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn taken_events_still_count_until_confirmed() {
-        let outbox = Outbox::new(bounds(2, 1 << 20), None);
+        let outbox = Outbox::new(bounds(2, 1 << 20), None, memory());
         outbox.push(message()).await.unwrap();
         outbox.push(message()).await.unwrap();
         let (batch, held) = outbox.take().await.unwrap();
@@ -388,7 +475,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_outbox_takes_an_event_once_room_is_made_within_the_wait() {
-        let outbox = Arc::new(Outbox::new(Bounds { wait: Duration::from_millis(250), ..bounds(1, 1 << 20) }, None));
+        let outbox =
+            Arc::new(Outbox::new(Bounds { wait: Duration::from_millis(250), ..bounds(1, 1 << 20) }, None, memory()));
         outbox.push(message()).await.unwrap();
         let waiting = tokio::spawn({
             let outbox = outbox.clone();

@@ -147,6 +147,7 @@ where
                 replay_cache_entries: shared.replays.len(),
                 spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
                 spool: shared.outbox.spool_bytes(),
+                dead_letters: shared.outbox.dead_letters().held(),
             });
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -502,6 +503,7 @@ mod tests {
             outbox: Arc::new(Outbox::new(
                 outbox::Bounds { capacity: outbox_capacity, max_bytes: 1 << 20, wait: Duration::ZERO },
                 None,
+                Arc::new(crate::dead_letters::DeadLetters::in_memory(1 << 20, None)),
             )),
             metrics: Arc::new(Metrics::default()),
             replays: Replays::new(100),

@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -164,6 +164,10 @@ impl Spool {
         }
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Bytes on disk (and being written).
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
@@ -175,6 +179,41 @@ impl Spool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Segments> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a spool directory holds, read without changing anything (a gateway may be writing it).
+pub struct Contents {
+    pub segments: usize,
+    pub bytes: u64,
+    /// The events of every segment, in order: waiting ones, and confirmed ones whose segment
+    /// is not deleted yet (a segment goes once every event in it is confirmed).
+    pub events: Vec<Message>,
+}
+
+/// Reads the segments of the spool directory `dir` as they are.
+pub fn inspect(dir: &Path) -> io::Result<Contents> {
+    let mut contents = Contents { segments: 0, bytes: 0, events: Vec::new() };
+    for (_, path) in segment_files(dir)? {
+        let data = fs::read(&path)?;
+        contents.segments += 1;
+        contents.bytes += data.len() as u64;
+        contents.events.extend(read_records(&data).bodies.into_iter().filter_map(decode));
+    }
+    Ok(contents)
+}
+
+/// Whether a gateway holds the spool directory `dir`.
+pub fn is_held(dir: &Path) -> io::Result<bool> {
+    let lock = match File::open(dir.join("LOCK")) {
+        Ok(lock) => lock,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    match lock.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(error)) => Err(error),
     }
 }
 
@@ -268,38 +307,65 @@ fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// Reads every intact record of a segment, skipping damaged regions and cutting a torn tail.
 fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<Message>> {
     let data = fs::read(path)?;
-    let mut messages = Vec::new();
-    let mut offset = 0;
-    while offset < data.len() {
-        if let Some((message, next)) = decode_at(&data, offset) {
-            messages.push(message);
-            offset = next;
-            continue;
-        }
-        recovery.corrupt += 1;
-        let resume =
-            (offset + 1..data.len()).find(|&at| data[at..].starts_with(&MAGIC) && decode_at(&data, at).is_some());
-        match resume {
-            Some(at) => {
-                tracing::warn!(file = %path.display(), offset, skipped = at - offset, "corrupt spool record skipped");
-                offset = at;
-            }
-            None => {
-                let cut = (data.len() - offset) as u64;
-                tracing::warn!(file = %path.display(), offset, bytes = cut, "torn spool tail truncated");
-                OpenOptions::new().write(true).open(path)?.set_len(offset as u64)?;
-                recovery.truncated += cut;
-                break;
-            }
-        }
+    let records = read_records(&data);
+    for &(offset, skipped) in &records.skipped {
+        tracing::warn!(file = %path.display(), offset, skipped, "corrupt spool record skipped");
+    }
+    let messages: Vec<Message> = records.bodies.iter().filter_map(|body| decode(body)).collect();
+    // A whole record whose body does not decode (written by another version?) is damaged too.
+    recovery.corrupt += records.skipped.len() + records.bodies.len() - messages.len();
+    if let Some(offset) = records.torn_at {
+        let cut = (data.len() - offset) as u64;
+        tracing::warn!(file = %path.display(), offset, bytes = cut, "torn spool tail truncated");
+        OpenOptions::new().write(true).open(path)?.set_len(offset as u64)?;
+        recovery.truncated += cut;
     }
     Ok(messages)
 }
 
+/// What a log of records holds: the bodies of the intact records in order, the damaged
+/// regions skipped (offset, length), and where a torn tail starts.
+pub(crate) struct Records<'a> {
+    pub bodies: Vec<&'a [u8]>,
+    pub skipped: Vec<(usize, usize)>,
+    pub torn_at: Option<usize>,
+}
+
+/// Reads the records of `data` without changing anything: the reader resynchronises on the
+/// next magic after a damaged record. The spool and the dead-letter log share this format.
+pub(crate) fn read_records(data: &[u8]) -> Records<'_> {
+    let mut records = Records { bodies: Vec::new(), skipped: Vec::new(), torn_at: None };
+    let mut offset = 0;
+    while offset < data.len() {
+        if let Some((body, next)) = body_at(data, offset) {
+            records.bodies.push(body);
+            offset = next;
+            continue;
+        }
+        let resume = (offset + 1..data.len()).find(|&at| data[at..].starts_with(&MAGIC) && body_at(data, at).is_some());
+        match resume {
+            Some(at) => {
+                records.skipped.push((offset, at - offset));
+                offset = at;
+            }
+            None => {
+                records.torn_at = Some(offset);
+                break;
+            }
+        }
+    }
+    records
+}
+
 fn encode(message: &Message) -> Vec<u8> {
     let mut body = Vec::with_capacity(message.payload.len() + 256);
-    let ms = message.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    body.extend_from_slice(&ms.to_le_bytes());
+    put_message(&mut body, message);
+    frame(&body)
+}
+
+/// Appends the fields of `message` to a record's body.
+pub(crate) fn put_message(body: &mut Vec<u8>, message: &Message) {
+    body.extend_from_slice(&millis(message.time).to_le_bytes());
     for field in [
         &message.id,
         &message.command,
@@ -308,44 +374,53 @@ fn encode(message: &Message) -> Vec<u8> {
         &message.client_ip,
         &message.opt_platform,
     ] {
-        put(&mut body, field.as_bytes());
+        put(body, field.as_bytes());
     }
     match &message.key {
         Some(key) => {
             body.push(1);
-            put(&mut body, key.as_bytes());
+            put(body, key.as_bytes());
         }
         None => body.push(0),
     }
-    put(&mut body, &message.payload);
+    put(body, &message.payload);
     // Added after the payload, so that records written before them still read back.
-    put(&mut body, message.trace.header().as_bytes());
+    put(body, message.trace.header().as_bytes());
     match &message.tracestate {
         Some(state) => {
             body.push(1);
-            put(&mut body, state.as_bytes());
+            put(body, state.as_bytes());
         }
         None => body.push(0),
     }
+}
+
+/// A record: `magic, length, crc32(length ++ body), body`.
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
     let length = (body.len() as u32).to_le_bytes();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&length);
-    hasher.update(&body);
+    hasher.update(body);
     let mut record = Vec::with_capacity(HEADER + body.len());
     record.extend_from_slice(&MAGIC);
     record.extend_from_slice(&length);
     record.extend_from_slice(&hasher.finalize().to_le_bytes());
-    record.extend_from_slice(&body);
+    record.extend_from_slice(body);
     record
 }
 
-fn put(body: &mut Vec<u8>, field: &[u8]) {
+pub(crate) fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+pub(crate) fn put(body: &mut Vec<u8>, field: &[u8]) {
     body.extend_from_slice(&(field.len() as u32).to_le_bytes());
     body.extend_from_slice(field);
 }
 
-/// The record at `offset` and the offset after it, if it is whole and its checksum holds.
-fn decode_at(data: &[u8], offset: usize) -> Option<(Message, usize)> {
+/// The body of the record at `offset` and the offset after it, if it is whole and its
+/// checksum holds.
+fn body_at(data: &[u8], offset: usize) -> Option<(&[u8], usize)> {
     let header = data.get(offset..offset + HEADER)?;
     if header[..4] != MAGIC {
         return None;
@@ -361,10 +436,11 @@ fn decode_at(data: &[u8], offset: usize) -> Option<(Message, usize)> {
     if hasher.finalize() != u32::from_le_bytes(header[8..12].try_into().ok()?) {
         return None;
     }
-    Some((decode(body)?, offset + HEADER + length))
+    Some((body, offset + HEADER + length))
 }
 
-fn decode(body: &[u8]) -> Option<Message> {
+/// The message of a record's body.
+pub(crate) fn decode(body: &[u8]) -> Option<Message> {
     let mut rest = body;
     let ms = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
     let mut text = || -> Option<String> {
@@ -390,12 +466,12 @@ fn decode(body: &[u8]) -> Option<Message> {
     Some(Message::restore(id, time, command, destination, key, origin, payload))
 }
 
-fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+pub(crate) fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let length = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?) as usize;
     take(rest, length)
 }
 
-fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+pub(crate) fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     if rest.len() < n {
         return None;
     }
@@ -425,15 +501,16 @@ mod tests {
     fn records_round_trip() {
         let original = message(2);
         let record = encode(&original);
-        let (decoded, next) = decode_at(&record, 0).unwrap();
+        let (body, next) = body_at(&record, 0).unwrap();
         assert_eq!(next, record.len());
+        let decoded = decode(body).unwrap();
         assert_eq!(decoded.id, original.id);
         assert_eq!(decoded.destination, original.destination);
         assert_eq!(decoded.key, original.key);
         assert_eq!(decoded.time_text, original.time_text);
         assert_eq!(decoded.payload, original.payload);
         assert_eq!(decoded.opt_platform, "Web");
-        assert_eq!(decode_at(&encode(&message(1)), 0).unwrap().0.key, None);
+        assert_eq!(decode(body_at(&encode(&message(1)), 0).unwrap().0).unwrap().key, None);
     }
 
     #[tokio::test]

@@ -152,7 +152,7 @@ impl Amqp {
                     .await,
             );
         }
-        let confirms = join_all(sent.into_iter().map(|sent| async move {
+        let confirms = join_all(sent.into_iter().zip(batch).map(|(sent, message)| async move {
             let confirm = sent.map_err(|error| unavailable("publish", error))?;
             match confirm.await.map_err(|error| unavailable("confirm", error))? {
                 Confirmation::Ack(None) => Ok(()),
@@ -160,7 +160,7 @@ impl Amqp {
                     "{} {} (no queue bound to the routing key, and the exchange has no alternate exchange)",
                     returned.reply_code, returned.reply_text
                 ))),
-                Confirmation::Nack(_) => Err(BusError::unavailable_because("AMQP confirm: nacked by the broker")),
+                Confirmation::Nack(_) => Err(BusError::Nacked(format!("AMQP confirm for {}", message.destination))),
                 Confirmation::NotRequested => Err(BusError::unavailable_because("AMQP confirm: confirms not enabled")),
             }
         }));

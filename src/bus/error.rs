@@ -35,6 +35,21 @@ pub enum BusError {
     NoResponders(String),
     #[error("unroutable: {0}")]
     Unroutable(String),
+    /// The broker refused this one event for good (too large, invalid, not authorised): a
+    /// retry would be refused again, so it becomes a dead letter and the events after it go on.
+    #[error("{what}")]
+    Rejected {
+        what: String,
+        /// Why, as a metric label: `too_large`, `invalid` or `not_authorized`.
+        reason: &'static str,
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// The broker nacked this event. Transient when the broker nacks everything (a queue
+    /// leader moving); when it keeps nacking this one while confirming others, the outbox
+    /// takes it for a refusal of this event after a few attempts.
+    #[error("nacked by the broker: {0}")]
+    Nacked(String),
 }
 
 impl BusError {
@@ -46,6 +61,15 @@ impl BusError {
     /// A failure no retry can fix, caused by `cause`.
     pub fn fatal(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> BusError {
         BusError::Fatal { what: what.into(), cause: Some(Arc::new(cause)) }
+    }
+
+    /// The broker refused this one event for good (`reason`: a metric label), because of `cause`.
+    pub fn rejected(
+        what: impl Into<String>,
+        reason: &'static str,
+        cause: impl Error + Send + Sync + 'static,
+    ) -> BusError {
+        BusError::Rejected { what: what.into(), reason, cause: Some(Arc::new(cause)) }
     }
 
     /// Whether a retry may succeed; `false` stops start-up.

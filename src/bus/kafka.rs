@@ -191,7 +191,7 @@ impl Kafka {
                     Ok(_) => tracing::info!(topic, partitions, "Kafka topic created"),
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((_, code)) => {
-                        return Err(unavailable(&format!("create topic {topic}"), KafkaError::AdminOp(code)))
+                        return Err(classified(&format!("create topic {topic}"), KafkaError::AdminOp(code)))
                     }
                 }
             }
@@ -216,12 +216,12 @@ impl Kafka {
                 self.inner
                     .producer
                     .send_result(record(message, headers(message)))
-                    .map_err(|(error, _)| unavailable("produce", error))
+                    .map_err(|(error, _)| classified("produce", error))
             })
             .collect();
         join_all(deliveries.into_iter().map(|sent| async move {
             let delivered = sent?.await.map_err(|_| BusError::unavailable_because("Kafka delivery report dropped"))?;
-            delivered.map(drop).map_err(|(error, _)| unavailable("delivery", error))
+            delivered.map(drop).map_err(|(error, _)| classified("delivery", error))
         }))
         .await
     }
@@ -402,4 +402,18 @@ fn headers(message: &Message) -> OwnedHeaders {
 
 fn unavailable(what: &str, error: KafkaError) -> BusError {
     BusError::unavailable(format!("Kafka {what}"), error)
+}
+
+/// A produce or topic error as the outbox sees it: what the broker refuses for this record or
+/// topic whatever the retry (too large, invalid, not authorised) is refused for good; anything
+/// else (a leader moving, a timeout, the broker away) is worth a retry.
+fn classified(what: &str, error: KafkaError) -> BusError {
+    use RDKafkaErrorCode::*;
+    let reason = match error.rdkafka_error_code() {
+        Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize) => "too_large",
+        Some(InvalidRecord | InvalidTopic | InvalidPartitions | InvalidReplicationFactor) => "invalid",
+        Some(TopicAuthorizationFailed | ClusterAuthorizationFailed) => "not_authorized",
+        _ => return unavailable(what, error),
+    };
+    BusError::rejected(format!("Kafka {what}"), reason, error)
 }

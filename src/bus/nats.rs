@@ -114,32 +114,49 @@ impl Nats {
     pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
         match &self.jetstream {
             Some(context) => self.publish_jetstream(context, batch).await,
-            None => {
-                let result = tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_core(batch))
-                    .await
-                    .unwrap_or_else(|_| Err(BusError::unavailable_because("NATS confirm timed out")));
-                vec![result; batch.len()]
-            }
+            None => tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_core(batch))
+                .await
+                .unwrap_or_else(|_| vec![Err(BusError::unavailable_because("NATS confirm timed out")); batch.len()]),
         }
     }
 
-    async fn publish_core(&self, batch: &[Message]) -> Result<(), BusError> {
+    /// Core publishes, confirmed by one round trip after them. A message larger than the
+    /// server's `max_payload` is refused for good on its own; the others go on.
+    async fn publish_core(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
         if !self.is_connected() {
-            return Err(BusError::unavailable_because("NATS disconnected"));
+            return vec![Err(BusError::unavailable_because("NATS disconnected")); batch.len()];
         }
         let connects = self.client.statistics().connects.load(Relaxed);
+        let mut results = Vec::with_capacity(batch.len());
         for message in batch {
-            self.client
+            let sent = self
+                .client
                 .publish_with_headers(message.destination.clone(), headers(message), message.payload.clone())
-                .await
-                .map_err(|error| BusError::unavailable("NATS publish", error))?;
+                .await;
+            match sent {
+                Ok(()) => results.push(Ok(())),
+                Err(error) if error.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    results.push(Err(BusError::rejected("NATS publish", "too_large", error)));
+                }
+                Err(error) => {
+                    results.resize(batch.len(), Err(BusError::unavailable("NATS publish", error)));
+                    return results;
+                }
+            }
         }
-        self.round_trip().await?;
-        // A reconnect between the publishes and the round trip may have lost some of them.
-        if self.client.statistics().connects.load(Relaxed) != connects {
-            return Err(BusError::unavailable_because("NATS reconnected during the batch"));
+        let confirmed = match self.round_trip().await {
+            // A reconnect between the publishes and the round trip may have lost some of them.
+            Ok(()) if self.client.statistics().connects.load(Relaxed) != connects => {
+                Err(BusError::unavailable_because("NATS reconnected during the batch"))
+            }
+            confirmed => confirmed,
+        };
+        if let Err(error) = confirmed {
+            for result in results.iter_mut().filter(|result| result.is_ok()) {
+                *result = Err(error.clone());
+            }
         }
-        Ok(())
+        results
     }
 
     /// Returns once the server has processed everything this connection sent before: a
@@ -165,8 +182,8 @@ impl Nats {
             );
         }
         join_all(acks.into_iter().map(|sent| async move {
-            let ack = sent.map_err(|error| BusError::unavailable("JetStream publish", error))?;
-            ack.await.map(drop).map_err(|error| BusError::unavailable("JetStream PubAck", error))
+            let ack = sent.map_err(|error| jetstream_error("JetStream publish", error))?;
+            ack.await.map(drop).map_err(|error| jetstream_error("JetStream PubAck", error))
         }))
         .await
     }
@@ -393,6 +410,24 @@ async fn ensure_stream(context: &jetstream::Context, prefix: &str, create: Optio
                 error,
             )),
         },
+    }
+}
+
+/// A JetStream publish error as the outbox sees it: the message too large for the server or
+/// the stream is refused for good; anything else (no stream leader yet, a PubAck that did not
+/// come, a full stream) is worth a retry under the same `Nats-Msg-Id`.
+fn jetstream_error(what: &str, error: jetstream::context::PublishError) -> BusError {
+    use jetstream::context::PublishErrorKind;
+    use jetstream::ErrorCode;
+    let code = std::error::Error::source(&error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .map(jetstream::Error::error_code);
+    let too_large =
+        matches!(code, Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM));
+    if error.kind() == PublishErrorKind::MaxPayloadExceeded || too_large {
+        BusError::rejected(what, "too_large", error)
+    } else {
+        BusError::unavailable(what, error)
     }
 }
 

@@ -72,7 +72,8 @@ impl Stdout {
     }
 }
 
-fn write_line(text: &mut Vec<u8>, message: &Message) {
+/// Appends `message` to `text` as one CloudEvents line (structured mode, JSON format).
+pub fn write_line(text: &mut Vec<u8>, message: &Message) {
     let compact = compact_json(&message.payload);
     // The payload was checked to be one JSON object when it was accepted; should that ever not
     // hold, the line carries the body as a string rather than stopping the publisher.

@@ -13,6 +13,7 @@
 //! - `contract`: the AsyncAPI document, read by the official parser and a JSON Schema validator.
 //! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
 //! - `tls`: HTTPS with a certificate made at test time.
+//! - `dead_letters`: an event the broker refuses for good holds back nothing; `hookbus spool`.
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 
@@ -21,6 +22,7 @@ mod apps;
 mod brokers;
 mod cli;
 mod contract;
+mod dead_letters;
 mod deploy;
 mod every_bus;
 mod faults;

@@ -1,0 +1,270 @@
+//! Events the broker will never take, kept rather than dropped: refused for good (too large,
+//! invalid, not authorised, nacked while other events were confirmed), or, with
+//! `--dead-letter-after N`, still unconfirmed after N attempts. The store is bounded
+//! (`--dead-letter-max-bytes`); with `--spool-dir` it is also a log in the spool directory
+//! (`dead-letters.log`, the spool's record format: magic, length, CRC, body), fsynced before
+//! the event leaves the spool, so dead letters survive a crash. Requeued dead letters go back to
+//! the outbox with their ids; the log is then rewritten without them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::bus::{BusError, Message};
+use crate::spool::{self, field, frame, millis, put, take};
+
+/// The dead-letter log's file name in a spool directory.
+pub const LOG: &str = "dead-letters.log";
+/// Nacks of one event, while the broker confirmed other events, before it is a dead letter.
+pub const NACKS: u32 = 3;
+
+/// One dead event and what the broker said about it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message: Message,
+    /// Why, as a metric label: `too_large`, `invalid`, `not_authorized`, `nacked`, `attempts`.
+    pub reason: String,
+    /// The broker's answer, in words.
+    pub error: String,
+    pub attempts: u32,
+    pub first_attempt: SystemTime,
+    pub dead_at: SystemTime,
+}
+
+impl DeadLetter {
+    /// A dead letter for `message`, after `attempts` from `first_attempt`, because of `error`.
+    pub fn new(message: Message, error: &BusError, attempts: u32, first_attempt: SystemTime) -> DeadLetter {
+        let reason = match error {
+            BusError::Rejected { reason, .. } => reason,
+            BusError::Nacked(_) => "nacked",
+            _ => "attempts",
+        };
+        DeadLetter {
+            message,
+            reason: reason.to_owned(),
+            error: chain(error),
+            attempts,
+            first_attempt,
+            dead_at: SystemTime::now(),
+        }
+    }
+
+    /// Memory and disk it takes, as counted against the bound.
+    fn bytes(&self) -> usize {
+        self.message.footprint() + self.error.len() + 64
+    }
+
+    fn record(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.message.payload.len() + 512);
+        body.extend_from_slice(&millis(self.dead_at).to_le_bytes());
+        body.extend_from_slice(&millis(self.first_attempt).to_le_bytes());
+        body.extend_from_slice(&self.attempts.to_le_bytes());
+        put(&mut body, self.reason.as_bytes());
+        put(&mut body, self.error.as_bytes());
+        spool::put_message(&mut body, &self.message);
+        frame(&body)
+    }
+
+    fn decode(body: &[u8]) -> Option<DeadLetter> {
+        let mut rest = body;
+        let time = |bytes: &[u8]| Some(UNIX_EPOCH + Duration::from_millis(u64::from_le_bytes(bytes.try_into().ok()?)));
+        let dead_at = time(take(&mut rest, 8)?)?;
+        let first_attempt = time(take(&mut rest, 8)?)?;
+        let attempts = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
+        let reason = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
+        let error = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
+        let message = spool::decode(rest)?;
+        Some(DeadLetter { message, reason, error, attempts, first_attempt, dead_at })
+    }
+}
+
+/// The error and its sources, as one line (a source some client already prints in its own
+/// text is not repeated).
+fn chain(error: &BusError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// When an event becomes a dead letter, and where dead letters are kept.
+pub struct DeadLetters {
+    /// Unconfirmed attempts after which any event is a dead letter (`--dead-letter-after`).
+    pub after: Option<u32>,
+    max_bytes: usize,
+    /// The log in the spool directory, when there is one.
+    log: Option<PathBuf>,
+    state: Mutex<Letters>,
+}
+
+#[derive(Default)]
+struct Letters {
+    letters: Vec<DeadLetter>,
+    bytes: usize,
+    /// Dead letters not kept because the store was full.
+    dropped: u64,
+}
+
+/// What [`DeadLetters::keep`] did with a group of dead letters.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub kept: usize,
+    pub dropped: usize,
+}
+
+impl DeadLetters {
+    /// A store in memory only.
+    pub fn in_memory(max_bytes: usize, after: Option<u32>) -> DeadLetters {
+        DeadLetters { after, max_bytes, log: None, state: Mutex::default() }
+    }
+
+    /// A store backed by the log in the spool directory `dir`, with what earlier runs left in
+    /// it (a torn tail, from a crash while writing, is cut; damaged records are skipped).
+    pub fn open(dir: &Path, max_bytes: usize, after: Option<u32>) -> io::Result<DeadLetters> {
+        let path = dir.join(LOG);
+        let letters = match fs::read(&path) {
+            Ok(data) => {
+                let records = spool::read_records(&data);
+                if let Some(offset) = records.torn_at {
+                    tracing::warn!(file = %path.display(), offset, "torn dead-letter tail truncated");
+                    OpenOptions::new().write(true).open(&path)?.set_len(offset as u64)?;
+                }
+                if !records.skipped.is_empty() {
+                    tracing::warn!(file = %path.display(), regions = records.skipped.len(), "corrupt dead letters skipped");
+                }
+                records.bodies.iter().filter_map(|body| DeadLetter::decode(body)).collect()
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        let bytes = letters.iter().map(DeadLetter::bytes).sum();
+        let state = Mutex::new(Letters { letters, bytes, dropped: 0 });
+        Ok(DeadLetters { after, max_bytes, log: Some(path), state })
+    }
+
+    /// Keeps `letters` (durably, with a log) as far as the bound allows; the rest are counted
+    /// as dropped. Each is logged with its id, destination and reason.
+    pub fn keep(&self, letters: Vec<DeadLetter>) -> io::Result<Kept> {
+        let mut state = self.lock();
+        let mut outcome = Kept::default();
+        let mut records = Vec::new();
+        for letter in letters {
+            let message = &letter.message;
+            if state.bytes + letter.bytes() > self.max_bytes {
+                tracing::error!(id = %message.id, destination = %message.destination, reason = %letter.reason, error = %letter.error, body = %String::from_utf8_lossy(&message.payload), "dead-letter store full: the event is dropped, logged here only");
+                state.dropped += 1;
+                outcome.dropped += 1;
+                continue;
+            }
+            tracing::error!(id = %message.id, destination = %message.destination, key = message.key.as_deref().unwrap_or(""), reason = %letter.reason, attempts = letter.attempts, error = %letter.error, "dead letter: the broker will not take this event; later events go on");
+            if self.log.is_some() {
+                records.extend_from_slice(&letter.record());
+            }
+            state.bytes += letter.bytes();
+            state.letters.push(letter);
+            outcome.kept += 1;
+        }
+        if let (Some(path), false) = (&self.log, records.is_empty()) {
+            let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+            file.write_all(&records)?;
+            file.sync_data()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Takes the dead letters with the given ids (all of them with `None`) out of the store,
+    /// for the caller to publish again. [`DeadLetters::forget`] then drops them from the log.
+    pub fn take(&self, ids: Option<&[String]>) -> Vec<DeadLetter> {
+        let state = self.lock();
+        state.letters.iter().filter(|letter| ids.is_none_or(|ids| ids.contains(&letter.message.id))).cloned().collect()
+    }
+
+    /// Removes the dead letters with these ids, and rewrites the log without them (a new file
+    /// renamed over the old one, so a crash leaves one or the other).
+    pub fn forget(&self, ids: &[String]) -> io::Result<()> {
+        let mut state = self.lock();
+        state.letters.retain(|letter| !ids.contains(&letter.message.id));
+        state.bytes = state.letters.iter().map(DeadLetter::bytes).sum();
+        let Some(path) = &self.log else { return Ok(()) };
+        let records: Vec<u8> = state.letters.iter().flat_map(DeadLetter::record).collect();
+        let new = path.with_extension("log.new");
+        let mut file = File::create(&new)?;
+        file.write_all(&records)?;
+        file.sync_all()?;
+        fs::rename(&new, path)?;
+        File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    }
+
+    /// Dead letters held, their bytes, and how many were dropped for lack of room.
+    pub fn held(&self) -> (usize, usize, u64) {
+        let state = self.lock();
+        (state.letters.len(), state.bytes, state.dropped)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Letters> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The dead letters of the spool directory `dir`, read without changing anything (a gateway
+/// may be writing them): for `hookbus spool`.
+pub fn read(dir: &Path) -> io::Result<Vec<DeadLetter>> {
+    match fs::read(dir.join(LOG)) {
+        Ok(data) => Ok(spool::read_records(&data).bodies.iter().filter_map(|body| DeadLetter::decode(body)).collect()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Origin;
+    use bytes::Bytes;
+
+    fn letter(n: usize) -> DeadLetter {
+        let message = Message::new("t", "Live.X", Some(format!("room-{n}")), Origin::default(), Bytes::from("{}"));
+        let error = BusError::Rejected { what: format!("too large {n}"), reason: "too_large", cause: None };
+        DeadLetter::new(message, &error, 1, SystemTime::now())
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hookbus-dead-{}", uuid::Uuid::now_v7().simple()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn dead_letters_survive_a_reopen_and_forgotten_ones_leave_the_log() {
+        let dir = tempdir();
+        let store = DeadLetters::open(&dir, 1 << 20, None).unwrap();
+        let letters: Vec<_> = (0..3).map(letter).collect();
+        let ids: Vec<String> = letters.iter().map(|l| l.message.id.clone()).collect();
+        assert_eq!(store.keep(letters).unwrap(), Kept { kept: 3, dropped: 0 });
+        let reopened = DeadLetters::open(&dir, 1 << 20, None).unwrap();
+        let read = reopened.take(None);
+        assert_eq!(read.iter().map(|l| &l.message.id).collect::<Vec<_>>(), ids.iter().collect::<Vec<_>>());
+        assert_eq!((read[1].reason.as_str(), read[1].error.as_str()), ("too_large", "too large 1"));
+        assert_eq!(read[2].message.key.as_deref(), Some("room-2"));
+        reopened.forget(&ids[..1]).unwrap();
+        let left: Vec<_> = super::read(&dir).unwrap().into_iter().map(|l| l.message.id).collect();
+        assert_eq!(left, ids[1..]);
+    }
+
+    #[test]
+    fn a_full_store_drops_and_counts() {
+        let one = letter(0).bytes();
+        let store = DeadLetters::in_memory(2 * one + 1, None);
+        assert_eq!(store.keep((0..3).map(letter).collect()).unwrap(), Kept { kept: 2, dropped: 1 });
+        assert_eq!(store.held(), (2, 2 * one, 1));
+    }
+}

@@ -1,0 +1,212 @@
+//! One event the broker will never take holds back nothing: it becomes a dead letter, kept in
+//! the spool directory, listed, shown and requeued with `hookbus spool`, and the events after
+//! it (of every room, its own included) go on.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hyper::Method;
+
+use crate::support::*;
+
+/// A nats-server of the test's own on `port` with `max_payload` (and JetStream when asked).
+struct Server(Child);
+
+impl Server {
+    fn start(port: u16, max_payload: usize, jetstream: Option<&Path>) -> Server {
+        let dir = tempdir("nats-conf");
+        let mut conf = format!("listen: 127.0.0.1:{port}\nmax_payload: {max_payload}\n");
+        if let Some(store) = jetstream {
+            conf.push_str(&format!("jetstream {{ store_dir: \"{}\" }}\n", store.display()));
+        }
+        std::fs::write(dir.join("nats.conf"), conf).unwrap();
+        let child = Command::new("nats-server")
+            .args(["-c", dir.join("nats.conf").to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/services.sh)");
+        let up = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(up.elapsed() < Duration::from_secs(10), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `hookbus spool ARGS --spool-dir DIR`: its stdout, asserting it succeeded.
+fn spool(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_hookbus"))
+        .arg("spool")
+        .args(["--spool-dir", dir.to_str().unwrap()])
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "hookbus spool {args:?}: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn body(room: &str, seq: usize, pad: usize) -> Vec<u8> {
+    format!(r#"{{"RoomId":"{room}","Seq":{seq},"Pad":"{}"}}"#, "x".repeat(pad)).into_bytes()
+}
+
+const COMMAND: &str = "Live.CallbackAfterEnterRoom";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_nats_is_a_dead_letter_and_the_others_go_on() {
+    let port = free_port();
+    let server = Server::start(port, 1024, None);
+    let url = format!("nats://127.0.0.1:{port}");
+    let dir = tempdir("dead-spool");
+    let prefix = unique("dl");
+    let flags = ["--bus", "nats", "--nats-url", &url, "--prefix", &prefix, "--spool-dir", dir.to_str().unwrap()];
+    let consumer = async_nats::connect(&url).await.unwrap();
+    let mut events = consumer.subscribe(format!("{prefix}.>")).await.unwrap();
+    consumer.flush().await.unwrap();
+    let (mut gateway, addr) = spawn_binary(&flags);
+    let mut client = Client::connect(addr).await;
+
+    // Room "ordered": events 1..5, the third too large. Then 200 small events of 50 rooms.
+    let started = Instant::now();
+    for seq in 1..=5 {
+        let pad = if seq == 3 { 3000 } else { 10 };
+        assert_eq!(client.post(COMMAND, &body("ordered", seq, pad)).await.0, 200, "accepted");
+    }
+    for n in 0..200 {
+        assert_eq!(client.post(COMMAND, &body(&format!("room-{}", n % 50), n, 10)).await.0, 200);
+    }
+    let mut ordered = Vec::new();
+    let mut others = 0;
+    let mut first_after_poison = None;
+    while others < 200 || ordered.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("every small event is delivered within seconds")
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        if value["RoomId"] == "ordered" {
+            let seq = value["Seq"].as_u64().unwrap();
+            if seq > 3 && first_after_poison.is_none() {
+                first_after_poison = Some(started.elapsed());
+            }
+            // A retry may deliver a copy again; the last copies are in order.
+            ordered.retain(|&earlier| earlier != seq);
+            ordered.push(seq);
+        } else {
+            others += 1;
+        }
+    }
+    assert_eq!(ordered, [1, 2, 4, 5], "the room's later events go on, in order");
+    println!("NATS core: from the poison event's post to the next event of its room: {first_after_poison:?}");
+
+    let text = metrics(addr).await;
+    let counted = format!("hookbus_dead_letters_total{{destination=\"{prefix}.{COMMAND}\",reason=\"too_large\"}} 1");
+    assert!(text.contains(&counted), "{text}");
+    assert_eq!(metric(&text, "hookbus_dead_letters"), 1);
+    assert_eq!(metric(&text, "hookbus_outbox_depth"), 0, "nothing is stuck");
+
+    // The operator's view, while the gateway runs.
+    let listed = spool(&dir, &["ls", "--dead", "--json"]);
+    let letter: serde_json::Value = serde_json::from_str(listed.lines().next().expect("one dead letter")).unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let id = letter["id"].as_str().unwrap().to_owned();
+    assert_eq!((letter["room"].as_str(), letter["reason"].as_str()), (Some("ordered"), Some("too_large")));
+    assert!(letter["error"].as_str().unwrap().contains("max payload size exceeded"), "the broker's words: {letter}");
+    let shown = spool(&dir, &["show", &id]);
+    assert!(shown.contains(&format!("id: {id}")) && shown.contains(r#""Seq":3"#), "{shown}");
+    assert!(spool(&dir, &["stat"]).contains("dead letters: 1 ("), "stat counts it");
+    assert!(spool(&dir, &["ls", "--dead", "--room", "elsewhere"]).is_empty(), "filters apply");
+
+    // The admin path is not on the callback listener.
+    for path in ["/admin", "/admin.sock", "/requeue", "/dead-letters"] {
+        let (status, _) = request(addr, Method::POST, path, b"requeue all").await;
+        assert!(status == 404 || status == 400, "{path}: {status}");
+    }
+
+    // A crash keeps the dead letter.
+    signal(&gateway, "KILL");
+    gateway.wait().unwrap();
+    assert!(spool(&dir, &["ls", "--dead"]).contains(&id), "still there after SIGKILL");
+
+    // The limit raised (a restarted server), the gateway back: requeued, delivered with its id.
+    drop(server);
+    let _server = Server::start(port, 1 << 20, None);
+    let consumer = async_nats::connect(&url).await.unwrap();
+    let mut events = consumer.subscribe(format!("{prefix}.>")).await.unwrap();
+    consumer.flush().await.unwrap();
+    let (mut gateway, _addr) = spawn_binary(&flags);
+    let answer = spool(&dir, &["requeue", &id]);
+    assert_eq!(answer.trim(), "requeued 1", "through the running gateway's admin socket");
+    let event = loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("requeued").unwrap();
+        if event.headers.as_ref().and_then(|h| h.get("ce-id")).map(|v| v.as_str()) == Some(id.as_str()) {
+            break event;
+        }
+    };
+    assert!(String::from_utf8_lossy(&event.payload).contains(r#""Seq":3"#));
+    assert!(spool(&dir, &["ls", "--dead"]).is_empty(), "no longer a dead letter");
+    signal(&gateway, "TERM");
+    gateway.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_export_as_cloudevents_and_requeue_into_a_stopped_gateways_spool() {
+    let port = free_port();
+    let _server = Server::start(port, 1024, None);
+    let url = format!("nats://127.0.0.1:{port}");
+    let dir = tempdir("dead-export");
+    let prefix = unique("dx");
+    let flags = ["--bus", "nats", "--nats-url", &url, "--prefix", &prefix, "--spool-dir", dir.to_str().unwrap()];
+    let (mut gateway, addr) = spawn_binary(&flags);
+    let mut client = Client::connect(addr).await;
+    for room in ["a", "b"] {
+        assert_eq!(client.post(COMMAND, &body(room, 1, 2000)).await.0, 200);
+    }
+    eventually("two dead letters", Duration::from_secs(10), || async {
+        metric(&metrics(addr).await, "hookbus_dead_letters") == 2
+    })
+    .await;
+    signal(&gateway, "TERM");
+    gateway.wait().unwrap();
+
+    let exported = spool(&dir, &["export", "--dead"]);
+    let path = dir.join("export.jsonl");
+    std::fs::write(&path, &exported).unwrap();
+    // A third party reads them: the CloudEvents Python SDK.
+    let script = r#"
+import sys
+from cloudevents.core.formats.json import JSONFormat
+for line in open(sys.argv[1], "rb"):
+    event = JSONFormat().read(None, line)
+    print(event.get_id(), event.get_type(), event.get_data()["RoomId"])
+"#;
+    let output = Command::new("python3").args(["-c", script, path.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let read = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(read.lines().count(), 2, "{read}");
+    assert!(read.lines().all(|line| line.contains(COMMAND)), "{read}");
+
+    // No gateway holds the spool: requeued into it, for the next start.
+    let answer = spool(&dir, &["requeue", "--all"]);
+    assert!(answer.starts_with("requeued 2"), "{answer}");
+    assert!(spool(&dir, &["ls", "--dead"]).is_empty());
+    let waiting = spool(&dir, &["ls", "--json"]);
+    for line in read.lines() {
+        let id = line.split(' ').next().unwrap();
+        assert!(waiting.contains(id), "requeued with its id {id}: {waiting}");
+    }
+}
