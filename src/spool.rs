@@ -313,7 +313,9 @@ fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<Message>
     }
     let messages: Vec<Message> = records.bodies.iter().filter_map(|body| decode(body)).collect();
     // A whole record whose body does not decode (written by another version?) is damaged too.
-    recovery.corrupt += records.skipped.len() + records.bodies.len() - messages.len();
+    // A torn tail is a damaged region too.
+    recovery.corrupt += records.skipped.len() + usize::from(records.torn_at.is_some());
+    recovery.corrupt += records.bodies.len() - messages.len();
     if let Some(offset) = records.torn_at {
         let cut = (data.len() - offset) as u64;
         tracing::warn!(file = %path.display(), offset, bytes = cut, "torn spool tail truncated");
