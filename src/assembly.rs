@@ -192,6 +192,7 @@ impl BusArgs {
                 brokers: self.kafka_brokers.clone(),
                 create_topics: self.kafka_create_topics,
                 partitions: self.kafka_partitions,
+                message_max_bytes: self.kafka_message_max_bytes,
                 reply_topic: self
                     .kafka_reply_topic
                     .clone()

@@ -171,6 +171,11 @@ pub struct BusArgs {
     /// Partitions of topics the gateway creates.
     #[arg(long, env = "HOOKBUS_KAFKA_PARTITIONS", default_value_t = 6)]
     pub kafka_partitions: i32,
+    /// Largest record the producer sends (librdkafka's `message.max.bytes`): set it to the
+    /// topics' `max.message.bytes`, and a larger event is a dead letter at once rather than a
+    /// round trip to a broker that refuses it.
+    #[arg(long, env = "HOOKBUS_KAFKA_MESSAGE_MAX_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1000..=1_000_000_000))]
+    pub kafka_message_max_bytes: u32,
     /// Name of this instance: its Kafka reply topic and consumer group, its NATS connection
     /// name [default: the host name, which is the pod name in Kubernetes].
     #[arg(long, env = "HOOKBUS_INSTANCE_ID", value_parser = parse_instance_id)]

@@ -297,7 +297,7 @@ impl Outbox {
     /// per-room order (earlier copies may not: duplicates carry the same id).
     /// An event the broker will never take is settled too, so that it holds back nothing:
     /// unroutable ones are logged and counted, refused ones become dead letters (as do events
-    /// nacked [`NACKS`] times while the broker confirmed others, and, with
+    /// nacked [`NACKS`] times while the broker confirmed others of their batch, and, with
     /// `--dead-letter-after N`, events unconfirmed after N attempts).
     /// While the bus is disconnected nothing is tried: the bus reconnects by itself, and
     /// publishing resumes as soon as it is back.
@@ -306,12 +306,15 @@ impl Outbox {
             let mut backoff = FIRST_BACKOFF;
             let mut tries = vec![Tries::default(); messages.len()];
             let first_attempt = std::time::SystemTime::now();
+            // The broker confirmed some event of this batch: a nack that goes on is about the
+            // event, not the channel.
+            let mut others_confirmed = false;
             loop {
                 while !bus.is_connected() {
                     tokio::time::sleep(RECONNECT_POLL).await;
                 }
                 let results = bus.publish(&messages).await;
-                let others_confirmed = results.iter().any(Result::is_ok);
+                others_confirmed |= results.iter().any(Result::is_ok);
                 for (tries, result) in tries.iter_mut().zip(&results) {
                     tries.attempts += 1;
                     tries.nacks += u32::from(matches!(result, Err(BusError::Nacked(_))));

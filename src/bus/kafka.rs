@@ -40,6 +40,8 @@ pub struct KafkaOptions {
     pub create_topics: bool,
     pub partitions: i32,
     pub reply_topic: String,
+    /// librdkafka's `message.max.bytes`.
+    pub message_max_bytes: u32,
 }
 
 #[derive(Clone)]
@@ -73,6 +75,7 @@ impl Kafka {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
+            .set("message.max.bytes", options.message_max_bytes.to_string())
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
             .create()
             .map_err(|error| BusError::connect("Kafka producer", error))?;

@@ -210,3 +210,107 @@ for line in open(sys.argv[1], "rb"):
         assert!(waiting.contains(id), "requeued with its id {id}: {waiting}");
     }
 }
+
+/// Posts one event of `poison_room` too large for the broker's limit, then `n` small ones of
+/// other rooms; waits until the gateway has one dead letter of `reason` and none waiting.
+async fn one_poison_then(gateway: &Running, poison: &[u8], n: usize, reason: &str) {
+    let mut client = Client::connect(gateway.addr).await;
+    assert_eq!(client.post(COMMAND, poison).await.0, 200);
+    for i in 0..n {
+        assert_eq!(client.post(COMMAND, &body(&format!("room-{i}"), i, 10)).await.0, 200);
+    }
+    eventually("one dead letter, nothing waiting", Duration::from_secs(15), || async {
+        let text = metrics(gateway.addr).await;
+        metric(&text, "hookbus_dead_letters") == 1 && metric(&text, "hookbus_outbox_depth") == 0
+    })
+    .await;
+    let text = metrics(gateway.addr).await;
+    assert!(text.contains(&format!("reason=\"{reason}\"}} 1")), "{text}");
+}
+
+#[tokio::test]
+async fn a_message_over_the_jetstream_streams_limit_is_a_dead_letter() {
+    use async_nats::jetstream;
+    let prefix = unique("t");
+    let name = unique("S");
+    let context = jetstream::new(async_nats::connect(crate::brokers::nats_url()).await.unwrap());
+    let config = jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        max_message_size: 1024,
+        ..Default::default()
+    };
+    context.create_stream(config).await.unwrap();
+    let gateway = crate::brokers::Backend::Nats.gateway(&prefix, None, &["--nats-jetstream"]).await;
+    let started = Instant::now();
+    one_poison_then(&gateway, &body("big", 0, 3000), 50, "too_large").await;
+    println!("JetStream: 50 events after a poison one stored within {:?}", started.elapsed());
+    let stored = context.get_stream(&name).await.unwrap().info().await.unwrap().state.messages;
+    assert_eq!(stored, 50, "every small event is stored, once");
+    gateway.stop().await;
+    context.delete_stream(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_a_full_rabbitmq_queue_keeps_nacking_is_a_dead_letter() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let prefix = unique("t");
+    let connection = lapin::Connection::connect(&crate::brokers::amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    // Holds no message (a consumer would make room) and refuses more: a nack for each event
+    // routed to it, while the events of other commands are confirmed.
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    arguments.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    let queue = format!("{prefix}.full");
+    channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments).await.unwrap();
+    let key = format!("{prefix}.Live.CallbackAfterDismissRoom");
+    let bind = QueueBindOptions::default();
+    channel.queue_bind(queue.as_str().into(), "tencent".into(), key.into(), bind, FieldTable::default()).await.unwrap();
+    let mut watcher = crate::brokers::Backend::Amqp.watch(&prefix).await;
+    let gateway = crate::brokers::Backend::Amqp.gateway(&prefix, None, &[]).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let started = Instant::now();
+    assert_eq!(client.post("Live.CallbackAfterDismissRoom", &body("gone", 0, 10)).await.0, 200);
+    for i in 0..50 {
+        assert_eq!(client.post(COMMAND, &body(&format!("room-{i}"), i, 10)).await.0, 200);
+    }
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < 50 {
+        let event = watcher.next(Duration::from_secs(15)).await;
+        let value: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        if value["RoomId"] != "gone" {
+            delivered.insert(value["Seq"].as_u64().unwrap());
+        }
+    }
+    println!("RabbitMQ: 50 events after a nacked one delivered within {:?}", started.elapsed());
+    eventually("the nacked event is a dead letter", Duration::from_secs(15), || async {
+        let text = metrics(gateway.addr).await;
+        text.contains("reason=\"nacked\"} 1") && metric(&text, "hookbus_outbox_depth") == 0
+    })
+    .await;
+    gateway.stop().await;
+    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
+
+/// The test broker (tansu) does not enforce a topic's `max.message.bytes`; the producer's own
+/// limit, set to match it, refuses the record with the same code a broker would.
+#[tokio::test]
+async fn a_record_over_the_kafka_limit_is_a_dead_letter() {
+    let prefix = unique("t");
+    let flags = ["--kafka-message-max-bytes", "2000"];
+    let gateway = crate::brokers::Backend::Kafka.gateway(&prefix, None, &flags).await;
+    let mut watcher = crate::brokers::Backend::Kafka.watch(&prefix).await;
+    let started = Instant::now();
+    one_poison_then(&gateway, &body("big", 0, 3000), 50, "too_large").await;
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < 50 {
+        let event = watcher.next(Duration::from_secs(30)).await;
+        let value: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+        assert_ne!(value["RoomId"], "big");
+        delivered.insert(value["Seq"].as_u64().unwrap());
+    }
+    println!("Kafka: 50 events after a poison one delivered within {:?}", started.elapsed());
+    gateway.stop().await;
+}
