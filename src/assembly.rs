@@ -135,11 +135,12 @@ impl ServeArgs {
             ),
             None => None,
         };
-        let dead_letters = match &self.spool_dir {
+        let mut dead_letters = match &self.spool_dir {
             Some(dir) => DeadLetters::open(dir, self.dead_letter_max_bytes, self.dead_letter_after)
                 .map_err(|error| anyhow::anyhow!("cannot read the dead letters in {}: {error}", dir.display()))?,
             None => DeadLetters::in_memory(self.dead_letter_max_bytes, self.dead_letter_after),
         };
+        dead_letters.notices = self.dead_letter_destination;
         Ok(Gateway {
             spool,
             dead_letters,

@@ -275,6 +275,10 @@ pub struct ServeArgs {
     /// past it a dead letter is logged and counted as dropped.
     #[arg(long, env = "HOOKBUS_DEAD_LETTER_MAX_BYTES", default_value_t = 16 << 20)]
     pub dead_letter_max_bytes: usize,
+    /// Also publish a notice of each dead letter to `{prefix}.deadletter` (type
+    /// hookbus.deadletter): which event, where to, why, and its body unless too large.
+    #[arg(long, env = "HOOKBUS_DEAD_LETTER_DESTINATION")]
+    pub dead_letter_destination: bool,
     /// Events the in-memory outbox holds before callbacks are answered 503.
     #[arg(long, env = "HOOKBUS_OUTBOX_CAPACITY", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub outbox_capacity: u32,

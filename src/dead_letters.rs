@@ -17,6 +17,8 @@ use crate::spool::{self, field, frame, millis, put, take};
 
 /// The dead-letter log's file name in a spool directory.
 pub const LOG: &str = "dead-letters.log";
+/// The CloudEvents type of a dead letter's notice on the bus.
+pub const NOTICE_TYPE: &str = "hookbus.deadletter";
 /// Nacks of one event, while the broker confirmed other events, before it is a dead letter.
 pub const NACKS: u32 = 3;
 
@@ -49,6 +51,54 @@ impl DeadLetter {
             first_attempt,
             dead_at: SystemTime::now(),
         }
+    }
+
+    /// Its notice on the bus (`--dead-letter-destination`): an event of type
+    /// [`NOTICE_TYPE`] to `{prefix}.deadletter`, keyed by the same room, whose body says which
+    /// event died, where it was going and why, and carries the event's body unless the body is
+    /// what the broker refused (`too_large`): so the notice itself fits.
+    pub fn notice(&self) -> Message {
+        #[derive(serde::Serialize)]
+        struct Notice<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            command: &'a str,
+            destination: &'a str,
+            reason: &'a str,
+            error: &'a str,
+            attempts: u32,
+            time: &'a str,
+            dead_at: String,
+            body: Option<&'a serde_json::value::RawValue>,
+        }
+        let message = &self.message;
+        let body = match self.reason.as_str() {
+            "too_large" => None,
+            _ => serde_json::from_slice(&message.payload).ok(),
+        };
+        let notice = Notice {
+            id: &message.id,
+            command: &message.command,
+            destination: &message.destination,
+            reason: &self.reason,
+            error: &self.error,
+            attempts: self.attempts,
+            time: &message.time_text,
+            dead_at: humantime::format_rfc3339_millis(self.dead_at).to_string(),
+            body,
+        };
+        let payload = bytes::Bytes::from(serde_json::to_vec(&notice).expect("a notice serialises"));
+        let prefix = message.destination.strip_suffix(&message.command).unwrap_or("hookbus.");
+        let origin = crate::bus::Origin {
+            sdk_app_id: message.sdk_app_id.clone(),
+            client_ip: message.client_ip.clone(),
+            opt_platform: message.opt_platform.clone(),
+            traceparent: message.trace.header().to_owned(),
+            tracestate: message.tracestate.clone(),
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let destination = [prefix, "deadletter"].concat();
+        Message::restore(id, SystemTime::now(), NOTICE_TYPE.into(), destination, message.key.clone(), origin, payload)
     }
 
     /// Memory and disk it takes, as counted against the bound.
@@ -100,6 +150,8 @@ fn chain(error: &BusError) -> String {
 pub struct DeadLetters {
     /// Unconfirmed attempts after which any event is a dead letter (`--dead-letter-after`).
     pub after: Option<u32>,
+    /// Publish a notice of each dead letter (`--dead-letter-destination`).
+    pub notices: bool,
     max_bytes: usize,
     /// The log in the spool directory, when there is one.
     log: Option<PathBuf>,
@@ -124,7 +176,7 @@ pub struct Kept {
 impl DeadLetters {
     /// A store in memory only.
     pub fn in_memory(max_bytes: usize, after: Option<u32>) -> DeadLetters {
-        DeadLetters { after, max_bytes, log: None, state: Mutex::default() }
+        DeadLetters { after, notices: false, max_bytes, log: None, state: Mutex::default() }
     }
 
     /// A store backed by the log in the spool directory `dir`, with what earlier runs left in
@@ -148,7 +200,7 @@ impl DeadLetters {
         };
         let bytes = letters.iter().map(DeadLetter::bytes).sum();
         let state = Mutex::new(Letters { letters, bytes, dropped: 0 });
-        Ok(DeadLetters { after, max_bytes, log: Some(path), state })
+        Ok(DeadLetters { after, notices: false, max_bytes, log: Some(path), state })
     }
 
     /// Keeps `letters` (durably, with a log) as far as the bound allows; the rest are counted

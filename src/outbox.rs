@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::bus::{Bus, BusError, Message};
-use crate::dead_letters::{DeadLetter, DeadLetters, NACKS};
+use crate::dead_letters::{DeadLetter, DeadLetters, NACKS, NOTICE_TYPE};
 use crate::metrics::Metrics;
 use crate::spool::{Backlog, Spool, SpoolError};
 use crate::traces::{self, Span, Tracer};
@@ -360,10 +360,20 @@ impl Outbox {
         }
     }
 
-    /// Keeps dead letters (durably before their events leave the spool) and counts them.
-    async fn bury(&self, letters: Vec<DeadLetter>, metrics: &Metrics) {
+    /// Keeps dead letters (durably before their events leave the spool) and counts them; with
+    /// `--dead-letter-destination`, publishes a notice of each (never of a notice), pushed from
+    /// a task of its own so that the publisher never waits for room it has to make itself.
+    async fn bury(self: &Arc<Self>, letters: Vec<DeadLetter>, metrics: &Metrics) {
         for letter in &letters {
             metrics.dead_lettered(&letter.message.destination, &letter.reason);
+            if self.dead_letters.notices && letter.message.command != NOTICE_TYPE {
+                let (outbox, notice) = (self.clone(), letter.notice());
+                tokio::spawn(async move {
+                    if let Err(error) = outbox.push(notice).await {
+                        tracing::warn!(%error, "dead-letter notice not published: the dead letter is in the store only");
+                    }
+                });
+            }
         }
         let dead_letters = self.dead_letters.clone();
         match tokio::task::spawn_blocking(move || dead_letters.keep(letters)).await {

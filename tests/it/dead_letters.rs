@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hyper::Method;
 
+use crate::brokers::Backend;
 use crate::support::*;
 
 /// A nats-server of the test's own on `port` with `max_payload` (and JetStream when asked).
@@ -73,11 +74,12 @@ async fn an_event_too_large_for_nats_is_a_dead_letter_and_the_others_go_on() {
     let url = format!("nats://127.0.0.1:{port}");
     let dir = tempdir("dead-spool");
     let prefix = unique("dl");
-    let flags = ["--bus", "nats", "--nats-url", &url, "--prefix", &prefix, "--spool-dir", dir.to_str().unwrap()];
+    let spool_dir = dir.to_str().unwrap();
+    let flags = ["--bus", "nats", "--nats-url", &url, "--prefix", &prefix, "--spool-dir", spool_dir];
     let consumer = async_nats::connect(&url).await.unwrap();
     let mut events = consumer.subscribe(format!("{prefix}.>")).await.unwrap();
     consumer.flush().await.unwrap();
-    let (mut gateway, addr) = spawn_binary(&flags);
+    let (mut gateway, addr) = spawn_binary(&[&flags[..], &["--dead-letter-destination"]].concat());
     let mut client = Client::connect(addr).await;
 
     // Room "ordered": events 1..5, the third too large. Then 200 small events of 50 rooms.
@@ -92,13 +94,16 @@ async fn an_event_too_large_for_nats_is_a_dead_letter_and_the_others_go_on() {
     let mut ordered = Vec::new();
     let mut others = 0;
     let mut first_after_poison = None;
-    while others < 200 || ordered.len() < 4 {
+    let mut notice = None;
+    while others < 200 || ordered.len() < 4 || notice.is_none() {
         let event = tokio::time::timeout(Duration::from_secs(10), events.next())
             .await
             .expect("every small event is delivered within seconds")
             .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
-        if value["RoomId"] == "ordered" {
+        if event.subject.as_str() == format!("{prefix}.deadletter") {
+            notice = Some(value);
+        } else if value["RoomId"] == "ordered" {
             let seq = value["Seq"].as_u64().unwrap();
             if seq > 3 && first_after_poison.is_none() {
                 first_after_poison = Some(started.elapsed());
@@ -124,6 +129,9 @@ async fn an_event_too_large_for_nats_is_a_dead_letter_and_the_others_go_on() {
     let letter: serde_json::Value = serde_json::from_str(listed.lines().next().expect("one dead letter")).unwrap();
     assert_eq!(listed.lines().count(), 1, "{listed}");
     let id = letter["id"].as_str().unwrap().to_owned();
+    let notice = notice.unwrap();
+    assert_eq!((notice["id"].as_str(), notice["reason"].as_str()), (Some(id.as_str()), Some("too_large")), "{notice}");
+    assert_eq!(notice["body"], serde_json::Value::Null, "the body that did not fit is not in the notice");
     assert_eq!((letter["room"].as_str(), letter["reason"].as_str()), (Some("ordered"), Some("too_large")));
     assert!(letter["error"].as_str().unwrap().contains("max payload size exceeded"), "the broker's words: {letter}");
     let shown = spool(&dir, &["show", &id]);
@@ -211,14 +219,38 @@ for line in open(sys.argv[1], "rb"):
     }
 }
 
-/// Posts one event of `poison_room` too large for the broker's limit, then `n` small ones of
-/// other rooms; waits until the gateway has one dead letter of `reason` and none waiting.
-async fn one_poison_then(gateway: &Running, poison: &[u8], n: usize, reason: &str) {
+/// Posts `poison` (of `command`, which the broker will refuse), then `n` small events of other
+/// rooms; waits until every small one is delivered and the gateway has one dead letter of
+/// `reason` and nothing waiting. Returns the time from the poison's post to the delivery of the
+/// next event.
+async fn poison_then(
+    backend: Backend,
+    prefix: &str,
+    gateway: &Running,
+    poison: (&str, &[u8]),
+    n: usize,
+    reason: &str,
+) -> Duration {
+    let mut watcher = backend.watch(prefix).await;
+    let delivered = tokio::spawn(async move {
+        let mut seen = std::collections::HashMap::new();
+        while seen.len() < n {
+            let event = watcher.next(Duration::from_secs(30)).await;
+            let value: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+            if let Some(seq) = value["Seq"].as_u64().filter(|_| value["RoomId"] != "poison") {
+                seen.entry(seq).or_insert_with(Instant::now);
+            }
+        }
+        seen
+    });
     let mut client = Client::connect(gateway.addr).await;
-    assert_eq!(client.post(COMMAND, poison).await.0, 200);
+    let posted = Instant::now();
+    assert_eq!(client.post(poison.0, poison.1).await.0, 200);
     for i in 0..n {
         assert_eq!(client.post(COMMAND, &body(&format!("room-{i}"), i, 10)).await.0, 200);
     }
+    let seen =
+        tokio::time::timeout(Duration::from_secs(30), delivered).await.expect("every small event delivered").unwrap();
     eventually("one dead letter, nothing waiting", Duration::from_secs(15), || async {
         let text = metrics(gateway.addr).await;
         metric(&text, "hookbus_dead_letters") == 1 && metric(&text, "hookbus_outbox_depth") == 0
@@ -226,6 +258,7 @@ async fn one_poison_then(gateway: &Running, poison: &[u8], n: usize, reason: &st
     .await;
     let text = metrics(gateway.addr).await;
     assert!(text.contains(&format!("reason=\"{reason}\"}} 1")), "{text}");
+    seen[&0].duration_since(posted)
 }
 
 #[tokio::test]
@@ -241,10 +274,10 @@ async fn a_message_over_the_jetstream_streams_limit_is_a_dead_letter() {
         ..Default::default()
     };
     context.create_stream(config).await.unwrap();
-    let gateway = crate::brokers::Backend::Nats.gateway(&prefix, None, &["--nats-jetstream"]).await;
-    let started = Instant::now();
-    one_poison_then(&gateway, &body("big", 0, 3000), 50, "too_large").await;
-    println!("JetStream: 50 events after a poison one stored within {:?}", started.elapsed());
+    let gateway = Backend::Nats.gateway(&prefix, None, &["--nats-jetstream"]).await;
+    let took =
+        poison_then(Backend::Nats, &prefix, &gateway, (COMMAND, &body("poison", 0, 3000)), 50, "too_large").await;
+    println!("JetStream: from a poison event's post to the next event's delivery: {took:?}");
     let stored = context.get_stream(&name).await.unwrap().info().await.unwrap().state.messages;
     assert_eq!(stored, 50, "every small event is stored, once");
     gateway.stop().await;
@@ -268,28 +301,10 @@ async fn an_event_a_full_rabbitmq_queue_keeps_nacking_is_a_dead_letter() {
     let key = format!("{prefix}.Live.CallbackAfterDismissRoom");
     let bind = QueueBindOptions::default();
     channel.queue_bind(queue.as_str().into(), "tencent".into(), key.into(), bind, FieldTable::default()).await.unwrap();
-    let mut watcher = crate::brokers::Backend::Amqp.watch(&prefix).await;
-    let gateway = crate::brokers::Backend::Amqp.gateway(&prefix, None, &[]).await;
-    let mut client = Client::connect(gateway.addr).await;
-    let started = Instant::now();
-    assert_eq!(client.post("Live.CallbackAfterDismissRoom", &body("gone", 0, 10)).await.0, 200);
-    for i in 0..50 {
-        assert_eq!(client.post(COMMAND, &body(&format!("room-{i}"), i, 10)).await.0, 200);
-    }
-    let mut delivered = std::collections::HashSet::new();
-    while delivered.len() < 50 {
-        let event = watcher.next(Duration::from_secs(15)).await;
-        let value: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
-        if value["RoomId"] != "gone" {
-            delivered.insert(value["Seq"].as_u64().unwrap());
-        }
-    }
-    println!("RabbitMQ: 50 events after a nacked one delivered within {:?}", started.elapsed());
-    eventually("the nacked event is a dead letter", Duration::from_secs(15), || async {
-        let text = metrics(gateway.addr).await;
-        text.contains("reason=\"nacked\"} 1") && metric(&text, "hookbus_outbox_depth") == 0
-    })
-    .await;
+    let gateway = Backend::Amqp.gateway(&prefix, None, &[]).await;
+    let poison = ("Live.CallbackAfterDismissRoom", &body("poison", 0, 10)[..]);
+    let took = poison_then(Backend::Amqp, &prefix, &gateway, poison, 50, "nacked").await;
+    println!("RabbitMQ: from a poison event's post to the next event's delivery: {took:?}");
     gateway.stop().await;
     channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
 }
@@ -300,17 +315,9 @@ async fn an_event_a_full_rabbitmq_queue_keeps_nacking_is_a_dead_letter() {
 async fn a_record_over_the_kafka_limit_is_a_dead_letter() {
     let prefix = unique("t");
     let flags = ["--kafka-message-max-bytes", "2000"];
-    let gateway = crate::brokers::Backend::Kafka.gateway(&prefix, None, &flags).await;
-    let mut watcher = crate::brokers::Backend::Kafka.watch(&prefix).await;
-    let started = Instant::now();
-    one_poison_then(&gateway, &body("big", 0, 3000), 50, "too_large").await;
-    let mut delivered = std::collections::HashSet::new();
-    while delivered.len() < 50 {
-        let event = watcher.next(Duration::from_secs(30)).await;
-        let value: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
-        assert_ne!(value["RoomId"], "big");
-        delivered.insert(value["Seq"].as_u64().unwrap());
-    }
-    println!("Kafka: 50 events after a poison one delivered within {:?}", started.elapsed());
+    let gateway = Backend::Kafka.gateway(&prefix, None, &flags).await;
+    let took =
+        poison_then(Backend::Kafka, &prefix, &gateway, (COMMAND, &body("poison", 0, 3000)), 50, "too_large").await;
+    println!("Kafka: from a poison event's post to the next event's delivery: {took:?}");
     gateway.stop().await;
 }
