@@ -79,13 +79,13 @@ impl Message {
             id,
             command,
             destination,
-            key,
+            key: key.map(header_safe),
             time,
             time_text: humantime::format_rfc3339_millis(time).to_string(),
             source: ["/tencent/", &origin.sdk_app_id].concat(),
             sdk_app_id: origin.sdk_app_id,
-            client_ip: origin.client_ip,
-            opt_platform: origin.opt_platform,
+            client_ip: header_safe(origin.client_ip),
+            opt_platform: header_safe(origin.opt_platform),
             deadline_ms: None,
             payload,
         }
@@ -173,6 +173,32 @@ pub(crate) use attribute_names;
 /// The attributes' own names.
 pub const ATTRIBUTES: [&str; 13] = attribute_names!("");
 
+/// Longest attribute taken from a request (the room, `OptPlatform`, the client address).
+pub const MAX_ATTRIBUTE_BYTES: usize = 256;
+
+/// `text` as every bus's headers and keys take it: control characters (CR and LF would break a
+/// NATS header, and the NATS client panics on them) percent-escaped byte by byte, the whole cut
+/// at a character boundary to [`MAX_ATTRIBUTE_BYTES`]. The same room always gives the same key.
+pub fn header_safe(text: String) -> String {
+    if text.len() <= MAX_ATTRIBUTE_BYTES && !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut safe = String::with_capacity(MAX_ATTRIBUTE_BYTES);
+    for c in text.chars() {
+        let mut buffer = [0; 4];
+        let piece = if c.is_control() {
+            c.encode_utf8(&mut buffer).bytes().map(|byte| format!("%{byte:02X}")).collect()
+        } else {
+            c.to_string()
+        };
+        if safe.len() + piece.len() > MAX_ATTRIBUTE_BYTES {
+            break;
+        }
+        safe.push_str(&piece);
+    }
+    safe
+}
+
 /// Whether `text` can stand in a destination name on every bus (Kafka topics are the
 /// strictest): letters, digits, `.`, `_` and `-`, no empty part between dots, at most 128 bytes.
 /// Prefixes and commands are both checked with it.
@@ -188,6 +214,15 @@ pub fn valid_name(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attributes_from_requests_fit_every_header() {
+        assert_eq!(header_safe("房间-1".into()), "房间-1", "kept as it is");
+        assert_eq!(header_safe("a\r\nNats-Msg-Id: x".into()), "a%0D%0ANats-Msg-Id: x");
+        assert_eq!(header_safe("t\u{0}\u{85}".into()), "t%00%C2%85");
+        let long = header_safe("é".repeat(200));
+        assert_eq!((long.len(), long.chars().count()), (256, 128), "cut at a character boundary");
+    }
 
     #[test]
     fn names_must_fit_every_bus() {

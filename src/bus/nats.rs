@@ -359,7 +359,11 @@ fn headers(message: &Message) -> HeaderMap {
     const NAMES: [&str; 13] = attribute_names!("ce-");
     let mut headers = HeaderMap::new();
     for (name, value) in message.attributes_named(&NAMES) {
-        headers.insert(HeaderName::from_static(name), value.as_ref());
+        // Every attribute is header-safe by construction (`header_safe`); should one ever not
+        // be, it is left out rather than panic the publisher.
+        if let Ok(value) = value.parse::<async_nats::HeaderValue>() {
+            headers.insert(HeaderName::from_static(name), value);
+        }
     }
     headers
 }

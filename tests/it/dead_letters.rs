@@ -321,3 +321,42 @@ async fn a_record_over_the_kafka_limit_is_a_dead_letter() {
     println!("Kafka: from a poison event's post to the next event's delivery: {took:?}");
     gateway.stop().await;
 }
+
+/// Rooms a body may name that a broker's headers or keys may not take as they are (CR and LF
+/// panicked the NATS client, which stopped every publish): each event is delivered with a
+/// header-safe key, and so is the event after them.
+#[tokio::test]
+async fn hostile_room_ids_never_stall_a_bus() {
+    let hostile = [
+        "a\r\nNats-Msg-Id: forged".to_owned(),
+        "房间-1".to_owned(),
+        "x".repeat(60_000),
+        "tab\there\u{0}nul".to_owned(),
+    ];
+    for backend in [Backend::Nats, Backend::Amqp, Backend::Kafka] {
+        let prefix = unique("t");
+        let gateway = backend.gateway(&prefix, None, &[]).await;
+        let mut watcher = backend.watch(&prefix).await;
+        let mut client = Client::connect(gateway.addr).await;
+        for (n, room) in hostile.iter().enumerate() {
+            let body = serde_json::json!({"RoomId": room, "Seq": n}).to_string();
+            assert_eq!(client.post(COMMAND, body.as_bytes()).await.0, 200, "{backend:?}");
+        }
+        assert_eq!(client.post(COMMAND, &body("after", 99, 10)).await.0, 200);
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < hostile.len() + 1 {
+            let event = watcher.next(Duration::from_secs(20)).await;
+            let value: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+            seen.insert(value["Seq"].as_u64().unwrap());
+            if let Some(key) = event.attributes.get("partitionkey") {
+                assert!(key.len() <= 256 && !key.contains(['\r', '\n']), "{backend:?}: {key:?}");
+            }
+        }
+        eventually("nothing waiting", Duration::from_secs(15), || async {
+            metric(&metrics(gateway.addr).await, "hookbus_outbox_depth") == 0
+        })
+        .await;
+        assert_eq!(metric(&metrics(gateway.addr).await, "hookbus_dead_letters"), 0, "{backend:?}: all delivered");
+        gateway.stop().await;
+    }
+}
