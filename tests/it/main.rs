@@ -14,6 +14,7 @@
 //! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
 //! - `tls`: HTTPS with a certificate made at test time.
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
+//! - `trtc`: TRTC room and media callbacks beside Live and Chat ones, signed by Python's `hmac`.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 
 mod amqp;
@@ -31,3 +32,4 @@ mod outages;
 mod protocol;
 mod support;
 mod tls;
+mod trtc;
