@@ -15,7 +15,11 @@ use crate::routes::RESERVED_PATHS;
 use crate::tencent;
 
 #[derive(Debug, Parser)]
-#[command(name = "hookbus", version, about = "Tencent Cloud Live and Chat callbacks onto Kafka, NATS or RabbitMQ")]
+#[command(
+    name = "hookbus",
+    version,
+    about = "Tencent Cloud Live, Chat and TRTC callbacks onto Kafka, NATS or RabbitMQ"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -1,4 +1,4 @@
-//! hookbus receives Tencent Cloud Live and Chat callbacks over HTTP and puts them on a
+//! hookbus receives Tencent Cloud Live, Chat and TRTC callbacks over HTTP and puts them on a
 //! message bus: informational callbacks go through an outbox with broker confirms, blocking
 //! callbacks (gifts, room messages) are decided by a responder over request-reply.
 //!

@@ -504,7 +504,7 @@ mod tests {
     use crate::outbox;
     use std::time::Duration;
 
-    fn shared(outbox_capacity: usize) -> Shared {
+    pub(super) fn shared(outbox_capacity: usize) -> Shared {
         let token = apps::Token { name: "t".into(), secret: "tok".into() };
         let tencent = apps::App {
             tokens: vec![token],

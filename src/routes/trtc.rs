@@ -81,3 +81,54 @@ where
         trtc_id: Some(event.id()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use http_body_util::Full;
+
+    use super::*;
+    use crate::apps::Token;
+
+    /// Each request fails every check from one row of the README's TRTC table on: the first
+    /// failing check is the one answered, so the checks run in the documented order.
+    #[tokio::test]
+    async fn checks_run_in_the_documented_order() {
+        let shared = crate::routes::tests::shared(1);
+        let mut apps = (*shared.apps.get()).clone();
+        let key = Token { name: "k".into(), secret: "key".into() };
+        apps.listed.get_mut("1400").expect("the test app").trtc_keys.push(key);
+        shared.apps.replace(apps);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+        let event = |ts: u128| format!(r#"{{"EventGroupId":1,"EventType":103,"CallbackTs":{ts},"EventInfo":{{}}}}"#);
+        let (fresh, stale) = (event(now), event(now - 200_000));
+        let big = " ".repeat(70_000);
+        let bad = protocol::sign("other", b"");
+        let rows: [(Method, &[(&str, &str)], &str, u16); 8] = [
+            (Method::GET, &[("SdkAppId", "999"), ("Sign", &bad), ("Sign", &bad)], &big, 405),
+            (Method::POST, &[("SdkAppId", "999"), ("Sign", &bad), ("Sign", &bad)], &big, 400),
+            (Method::POST, &[("SdkAppId", "999"), ("Sign", &bad)], &big, 403),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &bad)], &big, 413),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &bad)], "{}", 401),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &protocol::sign("key", b"{}"))], "{}", 400),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &protocol::sign("key", stale.as_bytes()))], &stale, 401),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &protocol::sign("key", fresh.as_bytes()))], &fresh, 200),
+        ];
+        for (method, headers, body, expected) in rows {
+            let mut request = Request::builder().method(method.clone()).uri("/");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+            let status = crate::routes::handle(&shared, request).await.status().as_u16();
+            assert_eq!(status, expected, "{method} {headers:?}");
+        }
+        // The one accepted event fills the outbox (capacity 1): the last check answers 503.
+        let other = event(now + 1).replace("{}", r#"{"UserId":"u2"}"#);
+        let sign = protocol::sign("key", other.as_bytes());
+        let request = Request::post("/").header("SdkAppId", "1400").header("Sign", sign);
+        let request = request.body(Full::new(Bytes::from(other))).unwrap();
+        assert_eq!(crate::routes::handle(&shared, request).await.status().as_u16(), 503);
+    }
+}
