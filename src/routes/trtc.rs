@@ -91,6 +91,9 @@ mod tests {
     use super::*;
     use crate::apps::Token;
 
+    /// A request's headers, as names and values.
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+
     /// Each request fails every check from one row of the README's TRTC table on: the first
     /// failing check is the one answered, so the checks run in the documented order.
     #[tokio::test]
@@ -105,7 +108,7 @@ mod tests {
         let (fresh, stale) = (event(now), event(now - 200_000));
         let big = " ".repeat(70_000);
         let bad = protocol::sign("other", b"");
-        let rows: [(Method, &[(&str, &str)], &str, u16); 8] = [
+        let rows: [(Method, Headers, &str, u16); 8] = [
             (Method::GET, &[("SdkAppId", "999"), ("Sign", &bad), ("Sign", &bad)], &big, 405),
             (Method::POST, &[("SdkAppId", "999"), ("Sign", &bad), ("Sign", &bad)], &big, 400),
             (Method::POST, &[("SdkAppId", "999"), ("Sign", &bad)], &big, 403),
