@@ -1,7 +1,7 @@
 //! What each endpoint does: the callback path (the checks of the README's "What Tencent sees",
-//! in order; a TRTC callback's in `trtc`), `/healthz`, `/readyz` and `/metrics`. Generic over the request body so that the
-//! unit tests below call [`handle`] without a socket; sockets, connections and shutdown
-//! belong to `http`.
+//! in order; a TRTC callback's in `trtc`), `/healthz`, `/readyz` and `/metrics`. Generic over
+//! the request body so that the unit tests below call [`handle`] without a socket; sockets,
+//! connections and shutdown belong to `http`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};

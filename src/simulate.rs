@@ -105,24 +105,22 @@ pub async fn simulate(
 
     let mut answers = Vec::with_capacity(chosen.len());
     for (command, body) in chosen {
-        let request = if command.starts_with("trtc.") {
+        let (request, body) = if command.starts_with("trtc.") {
             // TRTC names the app and signs the body in headers, and has no query.
             let body = trtc_now(body);
             let mut request = Request::post(uri.path()).header(trtc::SDK_APP_ID, sdk_app_id);
             if let Some(key) = trtc_key {
                 request = request.header(trtc::SIGN, trtc::sign(key, &body));
             }
-            request
-                .header("host", format!("{host}:{port}"))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))?
+            (request, Bytes::from(body))
         } else {
             let target = format!("{}?{}", uri.path(), query(sdk_app_id, command, token));
-            Request::post(target)
-                .header("host", format!("{host}:{port}"))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from_static(body)))?
+            (Request::post(target), Bytes::from_static(body))
         };
+        let request = request
+            .header("host", format!("{host}:{port}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
         sender.ready().await?;
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
