@@ -291,6 +291,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = Event::parse("1400", &bytes);
+        }
+
+        /// Whatever else the body holds, sending it again at another time is the same event, and
+        /// changing anything else is another.
+        #[test]
+        fn the_id_is_the_body_but_its_time_of_sending(
+            value in crate::tencent::tests::json_object(),
+            group in 0u64..10,
+            sent in 0u64..u64::MAX / 2,
+            later in 1u64..100_000,
+        ) {
+            let mut fields = value.as_object().cloned().unwrap_or_default();
+            fields.insert("EventGroupId".into(), group.into());
+            fields.insert("EventType".into(), 101.into());
+            let body = |fields: &serde_json::Map<String, serde_json::Value>, sent: u64| {
+                let mut fields = fields.clone();
+                fields.insert("CallbackTs".into(), sent.into());
+                serde_json::to_vec(&fields).unwrap()
+            };
+            let first = Event::parse("1400", &body(&fields, sent)).unwrap();
+            let retry = Event::parse("1400", &body(&fields, sent + later)).unwrap();
+            proptest::prop_assert_eq!(first.id(), retry.id());
+            fields.insert("EventType".into(), 102.into());
+            proptest::prop_assert_ne!(Event::parse("1400", &body(&fields, sent)).unwrap().id(), first.id());
+        }
+    }
+
     #[test]
     fn retries_are_accepted_for_tencents_window_only() {
         let event = Event::parse("1400", BODY).unwrap();
