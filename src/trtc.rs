@@ -222,6 +222,15 @@ mod tests {
     const BODY: &[u8] = b"{\n\t\"EventGroupId\":\t1,\n\t\"EventType\":\t103,\n\t\"CallbackTs\":\t1615554923704,\n\t\"EventInfo\":\t{\n\t\t\"RoomId\":\t12345,\n\t\t\"EventTs\":\t1608441737,\n\t\t\"UserId\":\t\"test\",\n\t\t\"UniqueId\":\t1615554922656,\n\t\t\"Role\":\t20,\n\t\t\"Reason\":\t1\n\t}\n}";
 
     #[test]
+    fn the_readme_names_every_documented_type_as_this_table_does() {
+        let readme = include_str!("../README.md");
+        for documented in DOCUMENTED {
+            let row = format!("| `{}` | {} | {} |", documented.command(), documented.alias, documented.summary);
+            assert!(readme.contains(&row), "{row}");
+        }
+    }
+
+    #[test]
     fn sign_matches_an_independent_hmac() {
         // python3 -c 'import hmac,hashlib,base64; print(base64.b64encode(hmac.new(b"k", b"b", hashlib.sha256).digest()))'
         assert_eq!(sign("k", b"b"), "L7OYmM9rXK294jd9FNvHMxyq8IJdWRBtCQ3ut4Wqo4k=");
