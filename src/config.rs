@@ -156,7 +156,8 @@ pub struct ServeArgs {
     /// trtc_key_files, prefix, gift_fallback, message_fallback); re-read on SIGHUP.
     #[arg(long = "apps", env = "HOOKBUS_APPS")]
     pub apps_file: Option<PathBuf>,
-    /// Largest accepted difference between RequestTime and now.
+    /// Largest accepted difference between RequestTime and now (for a signed TRTC callback,
+    /// between CallbackTs and now, beyond the 70 s of Tencent's retries).
     #[arg(long, env = "HOOKBUS_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
     /// Largest accepted callback body.
