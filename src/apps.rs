@@ -1,6 +1,6 @@
-//! The Tencent apps a gateway serves: for each SdkAppid its callback tokens (named, so that
-//! metrics and logs can say which one matched without showing it), its destination prefix and
-//! its fallbacks. [`load`] builds them from a [`Spec`] (what the flags say: inline tokens,
+//! The Tencent apps a gateway serves: for each SdkAppid its callback tokens and TRTC keys
+//! (named, so that metrics and logs can say which one matched without showing it), its
+//! destination prefix and its fallbacks. [`load`] builds them from a [`Spec`] (what the flags say: inline tokens,
 //! token files, `--app` entries, an apps file) and is run again on SIGHUP, which replaces the
 //! whole set, so a request always sees one consistent set.
 
@@ -15,7 +15,7 @@ use crate::bus;
 use crate::decision::Fallbacks;
 use crate::tencent::{GIFT, MESSAGE};
 
-/// A callback token and the name it is known by (never the token itself).
+/// A secret (a callback token or a TRTC key) and the name it is known by (never the secret).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
     pub name: String,
@@ -33,6 +33,9 @@ impl std::fmt::Debug for Token {
 pub struct App {
     /// A request must be signed with one of these; none: signatures are not checked.
     pub tokens: Vec<Token>,
+    /// A TRTC callback must be signed with one of these; with none, TRTC callbacks are
+    /// accepted unsigned only when `tokens` is empty too.
+    pub trtc_keys: Vec<Token>,
     pub prefix: String,
     pub fallbacks: Fallbacks,
 }
@@ -84,20 +87,8 @@ impl Apps {
 
 impl App {
     fn changes(&self, new: &App) -> Vec<String> {
-        let mut changes = Vec::new();
-        let names = |app: &App| app.tokens.iter().map(|t| t.name.clone()).collect::<BTreeSet<_>>();
-        let (old_names, new_names) = (names(self), names(new));
-        for name in new_names.difference(&old_names) {
-            changes.push(format!("token {name} added"));
-        }
-        for name in old_names.difference(&new_names) {
-            changes.push(format!("token {name} removed"));
-        }
-        for token in &new.tokens {
-            if self.tokens.iter().any(|old| old.name == token.name && old.secret != token.secret) {
-                changes.push(format!("token {} changed", token.name));
-            }
-        }
+        let mut changes = secret_changes("token", &self.tokens, &new.tokens);
+        changes.extend(secret_changes("trtc key", &self.trtc_keys, &new.trtc_keys));
         if self.prefix != new.prefix {
             changes.push(format!("prefix {} -> {}", self.prefix, new.prefix));
         }
@@ -108,6 +99,25 @@ impl App {
     }
 }
 
+/// The secrets of one kind (`what`) added, removed or changed from `old` to `new`, by name.
+fn secret_changes(what: &str, old: &[Token], new: &[Token]) -> Vec<String> {
+    let mut changes = Vec::new();
+    let names = |secrets: &[Token]| secrets.iter().map(|t| t.name.clone()).collect::<BTreeSet<_>>();
+    let (old_names, new_names) = (names(old), names(new));
+    for name in new_names.difference(&old_names) {
+        changes.push(format!("{what} {name} added"));
+    }
+    for name in old_names.difference(&new_names) {
+        changes.push(format!("{what} {name} removed"));
+    }
+    for secret in new {
+        if old.iter().any(|old| old.name == secret.name && old.secret != secret.secret) {
+            changes.push(format!("{what} {} changed", secret.name));
+        }
+    }
+    changes
+}
+
 /// What the flags say about apps and tokens; [`load`] reads the files it names.
 #[derive(Debug, Clone, Default)]
 pub struct Spec {
@@ -116,6 +126,10 @@ pub struct Spec {
     /// `--token-file [NAME=]PATH`: one token per line; named NAME (default: the file name),
     /// further lines NAME.2, NAME.3…
     pub token_files: Vec<String>,
+    /// `--trtc-key`: inline TRTC keys, named `trtc-key-1`, `trtc-key-2`… by position.
+    pub trtc_keys: Vec<String>,
+    /// `--trtc-key-file [NAME=]PATH`: as `token_files`, for TRTC keys.
+    pub trtc_key_files: Vec<String>,
     /// `--sdk-app-id`: apps with the shared settings.
     pub sdk_app_ids: Vec<String>,
     /// `--app SDKAPPID[:key=value,…]`.
@@ -135,6 +149,10 @@ struct Entry {
     tokens: Vec<String>,
     #[serde(default)]
     token_files: Vec<String>,
+    #[serde(default)]
+    trtc_keys: Vec<String>,
+    #[serde(default)]
+    trtc_key_files: Vec<String>,
     prefix: Option<String>,
     gift_fallback: Option<String>,
     message_fallback: Option<String>,
@@ -151,7 +169,8 @@ struct AppsFile {
 /// own without tokens, prefix or fallbacks takes the shared ones.
 pub fn load(spec: &Spec) -> anyhow::Result<Apps> {
     let shared = App {
-        tokens: tokens(&spec.tokens, &spec.token_files, "token")?,
+        tokens: secrets(&spec.tokens, &spec.token_files, "token", TOKEN_FILE)?,
+        trtc_keys: secrets(&spec.trtc_keys, &spec.trtc_key_files, "trtc-key", TRTC_KEY_FILE)?,
         prefix: spec.prefix.clone(),
         fallbacks: spec.fallbacks.clone(),
     };
@@ -194,17 +213,24 @@ fn parse_app(text: &str) -> anyhow::Result<Entry> {
         match key.replace('-', "_").as_str() {
             "token" => entry.tokens.push(value.to_owned()),
             "token_file" => entry.token_files.push(value.to_owned()),
+            "trtc_key" => entry.trtc_keys.push(value.to_owned()),
+            "trtc_key_file" => entry.trtc_key_files.push(value.to_owned()),
             "prefix" => entry.prefix = Some(value.to_owned()),
             "gift_fallback" => entry.gift_fallback = Some(value.to_owned()),
             "message_fallback" => entry.message_fallback = Some(value.to_owned()),
-            other => bail!("unknown setting {other} (token, token-file, prefix, gift-fallback, message-fallback)"),
+            other => bail!(
+                "unknown setting {other} (token, token-file, trtc-key, trtc-key-file, prefix, gift-fallback, \
+                 message-fallback)"
+            ),
         }
     }
     Ok(entry)
 }
 
 fn app(entry: Entry, shared: &App) -> anyhow::Result<App> {
-    let tokens = tokens(&entry.tokens, &entry.token_files, &format!("{}/token", entry.sdk_app_id))?;
+    let tokens = secrets(&entry.tokens, &entry.token_files, &format!("{}/token", entry.sdk_app_id), TOKEN_FILE)?;
+    let trtc_keys =
+        secrets(&entry.trtc_keys, &entry.trtc_key_files, &format!("{}/trtc-key", entry.sdk_app_id), TRTC_KEY_FILE)?;
     let prefix = entry.prefix.unwrap_or_else(|| shared.prefix.clone());
     if !bus::valid_name(&prefix) {
         bail!("prefix {prefix}: use letters, digits, '.', '_' and '-'");
@@ -215,15 +241,24 @@ fn app(entry: Entry, shared: &App) -> anyhow::Result<App> {
             fallbacks.set(command, text.parse().map_err(|error: String| anyhow!("{text}: {error}"))?);
         }
     }
-    Ok(App { tokens: if tokens.is_empty() { shared.tokens.clone() } else { tokens }, prefix, fallbacks })
+    let inherit = |own: Vec<Token>, shared: &[Token]| if own.is_empty() { shared.to_vec() } else { own };
+    Ok(App {
+        tokens: inherit(tokens, &shared.tokens),
+        trtc_keys: inherit(trtc_keys, &shared.trtc_keys),
+        prefix,
+        fallbacks,
+    })
 }
 
-/// Inline tokens named `{inline_name}-1`…, then each file's lines.
-fn tokens(inline: &[String], files: &[String], inline_name: &str) -> anyhow::Result<Vec<Token>> {
+const TOKEN_FILE: &str = "--token-file";
+const TRTC_KEY_FILE: &str = "--trtc-key-file";
+
+/// Inline secrets named `{inline_name}-1`…, then the lines of each file (of the flag `file_flag`).
+fn secrets(inline: &[String], files: &[String], inline_name: &str, file_flag: &str) -> anyhow::Result<Vec<Token>> {
     let mut tokens = Vec::new();
     for (position, secret) in inline.iter().enumerate() {
         if secret.trim().is_empty() {
-            bail!("the callback token is empty");
+            bail!("a {inline_name} is empty");
         }
         tokens.push(Token { name: format!("{inline_name}-{}", position + 1), secret: secret.clone() });
     }
@@ -236,10 +271,10 @@ fn tokens(inline: &[String], files: &[String], inline_name: &str) -> anyhow::Res
             }
         };
         let text = std::fs::read_to_string(path)
-            .map_err(|error| anyhow!("cannot read --token-file {}: {error}", path.display()))?;
+            .map_err(|error| anyhow!("cannot read {file_flag} {}: {error}", path.display()))?;
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
         if lines.is_empty() {
-            bail!("the callback token is empty (--token-file {})", path.display());
+            bail!("the file is empty ({file_flag} {})", path.display());
         }
         for (line, secret) in lines.into_iter().enumerate() {
             let name = if line == 0 { name.clone() } else { format!("{name}.{}", line + 1) };
@@ -287,6 +322,7 @@ mod tests {
                 .iter()
                 .map(|(name, secret)| Token { name: (*name).into(), secret: (*secret).into() })
                 .collect(),
+            trtc_keys: Vec::new(),
             prefix: prefix.into(),
             fallbacks: Fallbacks::default(),
         }
@@ -340,6 +376,33 @@ mod tests {
         assert!(load(&spec).unwrap_err().to_string().contains("empty"));
         std::fs::remove_file(&live).unwrap();
         assert!(load(&spec).unwrap_err().to_string().contains("cannot read --token-file"));
+    }
+
+    #[test]
+    fn trtc_keys_are_per_app_inherited_and_their_changes_named() {
+        let keys = file("trtc", "s3cret-room\n");
+        let apps_file = file("apps", "[[app]]\nsdk_app_id = \"1400000002\"\ntrtc_keys = [\"own\"]\n");
+        let spec = Spec {
+            trtc_keys: vec!["shared".into()],
+            trtc_key_files: vec![format!("room={}", keys.display())],
+            apps: vec!["1400000001:trtc-key=inline".into(), "1400000003:token=t".into()],
+            apps_file: Some(apps_file.clone()),
+            prefix: "tencent".into(),
+            ..Spec::default()
+        };
+        let apps = load(&spec).unwrap();
+        let names = |id: &str| apps.get(id).unwrap().trtc_keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names("1400000001"), ["1400000001/trtc-key-1"]);
+        assert_eq!(names("1400000002"), ["1400000002/trtc-key-1"]);
+        assert_eq!(names("1400000003"), ["trtc-key-1", "room"], "inherited");
+        assert!(apps.get("1400000001").unwrap().tokens.is_empty(), "tokens and keys are apart");
+        std::fs::write(&keys, "s3cret-room\ns3cret-next\n").unwrap();
+        let changes = apps.changes(&load(&spec).unwrap()).join("\n");
+        assert!(changes.contains("app 1400000003: trtc key room.2 added"), "{changes}");
+        assert!(!changes.contains("s3cret"), "{changes}");
+        std::fs::remove_file(&keys).unwrap();
+        assert!(format!("{:#}", load(&spec).unwrap_err()).contains("cannot read --trtc-key-file"));
+        std::fs::remove_file(&apps_file).unwrap();
     }
 
     #[test]

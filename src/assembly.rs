@@ -72,6 +72,8 @@ impl ServeArgs {
         apps::Spec {
             tokens: self.token.clone(),
             token_files: self.token_file.clone(),
+            trtc_keys: self.trtc_key.clone(),
+            trtc_key_files: self.trtc_key_file.clone(),
             sdk_app_ids: self.sdk_app_ids.clone(),
             apps: self.apps.clone(),
             apps_file: self.apps_file.clone(),

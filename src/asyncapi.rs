@@ -1,13 +1,14 @@
 //! `hookbus asyncapi`: the AsyncAPI 3.0 contract of what a gateway with these flags puts on its
-//! bus. One channel per documented command (address = its destination), each message with the
-//! CloudEvents headers as that bus carries them and a JSON Schema of the body derived from the
-//! documented sample; `send` operations for informational events, and for blocking callbacks a
-//! `send` with a `reply` (the decision the responder sends back).
+//! bus. One channel per documented command and TRTC event type (address = its destination),
+//! each message with the CloudEvents headers as that bus carries them and a JSON Schema of the
+//! body derived from the documented sample; `send` operations for informational events, and for
+//! blocking callbacks a `send` with a `reply` (the decision the responder sends back).
 
 use serde_json::{json, Map, Value};
 
-use crate::simulate::SAMPLES;
+use crate::simulate::{sample, SAMPLES};
 use crate::tencent::Blocking;
+use crate::trtc::DOCUMENTED;
 
 /// The bus the contract describes, as the flags name it.
 #[derive(Debug, Clone)]
@@ -23,10 +24,24 @@ pub struct Contract {
     pub reply_topic: String,
 }
 
+/// The fields every TRTC body carries.
+const TRTC_REQUIRED: [&str; 4] = ["EventGroupId", "EventType", "CallbackTs", "EventInfo"];
+
+/// What one channel carries: the message's name and title, the sample, and for a blocking
+/// callback what it blocks.
+struct Channel<'a> {
+    command: &'a str,
+    title: String,
+    summary: String,
+    sample: &'a [u8],
+    blocking: Option<&'static Blocking>,
+    required: &'a [&'a str],
+}
+
 /// The CloudEvents attributes every event carries, and what they hold.
 const ATTRIBUTES: [(&str, &str); 12] = [
-    ("id", "UUIDv7, the same on every retry: deduplicate on it"),
-    ("type", "the CallbackCommand"),
+    ("id", "UUIDv7 (TRTC: derived from the body), the same on every retry: deduplicate on it"),
+    ("type", "the CallbackCommand, or trtc.{EventGroupId}.{EventType}"),
     ("source", "/tencent/{SdkAppid}"),
     ("specversion", "1.0"),
     ("time", "receive time, RFC 3339"),
@@ -42,44 +57,69 @@ const ATTRIBUTES: [(&str, &str); 12] = [
 impl Contract {
     /// The document, as JSON (YAML is the same tree).
     pub fn document(&self) -> Value {
-        let mut channels = Map::new();
-        let mut operations = Map::new();
-        let mut messages = Map::new();
-        for (command, sample) in SAMPLES {
-            let id = command.replace('.', "_");
-            let body: Value = serde_json::from_slice(sample).expect("the samples are JSON");
+        let (mut channels, mut operations, mut messages) = (Map::new(), Map::new(), Map::new());
+        let live = SAMPLES.iter().map(|(command, sample)| {
             let blocking = Blocking::of(command);
-            messages.insert(
-                id.clone(),
-                json!({
-                    "name": command,
-                    "title": command,
-                    "contentType": "application/json",
-                    "headers": self.headers(blocking.is_some()),
-                    "payload": schema(&body),
-                    "examples": [{ "name": "documented sample", "payload": body }],
-                }),
-            );
-            let destination = format!("{}.{command}", self.prefix);
-            let mut channel = json!({
-                "address": destination,
-                "messages": { id.clone(): { "$ref": format!("#/components/messages/{id}") } },
-            });
-            if let Some(bindings) = self.channel_bindings(&destination) {
-                channel["bindings"] = bindings;
-            }
-            channels.insert(id.clone(), channel);
-            let mut operation = json!({
-                "action": "send",
-                "channel": { "$ref": format!("#/channels/{id}") },
-                "summary": if blocking.is_some() {
+            Channel {
+                command,
+                title: command.to_string(),
+                summary: if blocking.is_some() {
                     format!("{command}: a request; the responder's reply decides what Tencent is answered")
                 } else {
                     format!("{command}: an informational event, published with broker confirms")
                 },
+                sample,
+                blocking,
+                required: &[],
+            }
+        });
+        let commands: Vec<String> = DOCUMENTED.iter().map(|documented| documented.command()).collect();
+        let trtc = DOCUMENTED.iter().zip(&commands).map(|(documented, command)| Channel {
+            command,
+            title: format!("{command} ({})", documented.alias),
+            summary: format!(
+                "{command}: TRTC: {}; an informational event, published with broker confirms",
+                documented.summary
+            ),
+            sample: sample(command).expect("each documented TRTC type has a sample"),
+            blocking: None,
+            required: &TRTC_REQUIRED,
+        });
+        for channel in live.chain(trtc) {
+            let command = channel.command;
+            let id = command.replace('.', "_");
+            let body: Value = serde_json::from_slice(channel.sample).expect("the samples are JSON");
+            let mut payload = schema(&body);
+            if !channel.required.is_empty() {
+                payload["required"] = json!(channel.required);
+            }
+            messages.insert(
+                id.clone(),
+                json!({
+                    "name": command,
+                    "title": channel.title,
+                    "contentType": "application/json",
+                    "headers": self.headers(channel.blocking.is_some()),
+                    "payload": payload,
+                    "examples": [{ "name": "documented sample", "payload": body }],
+                }),
+            );
+            let destination = format!("{}.{command}", self.prefix);
+            let mut address = json!({
+                "address": destination,
+                "messages": { id.clone(): { "$ref": format!("#/components/messages/{id}") } },
+            });
+            if let Some(bindings) = self.channel_bindings(&destination) {
+                address["bindings"] = bindings;
+            }
+            channels.insert(id.clone(), address);
+            let mut operation = json!({
+                "action": "send",
+                "channel": { "$ref": format!("#/channels/{id}") },
+                "summary": channel.summary,
                 "messages": [{ "$ref": format!("#/channels/{id}/messages/{id}") }],
             });
-            if let Some(blocking) = blocking {
+            if let Some(blocking) = channel.blocking {
                 let reply = format!("{id}_reply");
                 messages.insert(reply.clone(), reply_message(blocking));
                 channels.insert(reply.clone(), self.reply_channel(&reply));
@@ -95,8 +135,8 @@ impl Contract {
             "info": {
                 "title": "hookbus",
                 "version": env!("CARGO_PKG_VERSION"),
-                "description": "Tencent Cloud Live and Chat callbacks as hookbus publishes them: informational \
-                    callbacks as events, blocking callbacks as requests whose reply decides.",
+                "description": "Tencent Cloud Live, Chat and TRTC callbacks as hookbus publishes them: \
+                    informational callbacks as events, blocking callbacks as requests whose reply decides.",
             },
             "defaultContentType": "application/json",
             "channels": channels,
@@ -232,5 +272,25 @@ mod tests {
         assert!(headers["ce_deadline"].is_object() && headers["kafka_replyTopic"].is_object());
         assert_eq!(kafka["channels"]["Live_CallbackBeforeSendGift_reply"]["address"], "tencent.replies.a");
         assert!(contract("stdout").document().get("servers").is_none());
+    }
+
+    #[test]
+    fn a_channel_per_documented_trtc_type() {
+        let document = contract("amqp").document();
+        let channel = &document["channels"]["trtc_1_103"];
+        assert_eq!(channel["address"], "tencent.trtc.1.103");
+        assert_eq!(channel["bindings"]["amqp"]["exchange"]["name"], "tencent");
+        let message = &document["components"]["messages"]["trtc_1_103"];
+        assert_eq!(message["title"], "trtc.1.103 (room.entered)");
+        assert_eq!(message["payload"]["required"], json!(TRTC_REQUIRED));
+        assert_eq!(
+            message["payload"]["properties"]["EventInfo"]["properties"]["RoomId"]["type"],
+            json!(["number", "string"])
+        );
+        assert!(message["headers"]["properties"]["cloudEvents:deadline"].is_null(), "never a request");
+        for documented in DOCUMENTED {
+            let id = documented.command().replace('.', "_");
+            assert!(document["operations"][format!("send_{id}")]["reply"].is_null(), "{id}");
+        }
     }
 }

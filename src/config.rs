@@ -15,7 +15,11 @@ use crate::routes::RESERVED_PATHS;
 use crate::tencent;
 
 #[derive(Debug, Parser)]
-#[command(name = "hookbus", version, about = "Tencent Cloud Live and Chat callbacks onto Kafka, NATS or RabbitMQ")]
+#[command(
+    name = "hookbus",
+    version,
+    about = "Tencent Cloud Live, Chat and TRTC callbacks onto Kafka, NATS or RabbitMQ"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -202,15 +206,25 @@ pub struct ServeArgs {
     /// the environment); re-read on SIGHUP. NAME (default: the file name) labels the metrics.
     #[arg(long, env = "HOOKBUS_TOKEN_FILE", value_delimiter = ',')]
     pub token_file: Vec<String>,
-    /// An app of its own: `SDKAPPID[:key=value,…]` with token, token-file, prefix,
-    /// gift-fallback, message-fallback (repeatable; `;`-separated in the environment).
+    /// TRTC room and media callback key (repeatable; comma-separated in the environment): when
+    /// any is set, a TRTC callback's `Sign` header must be the body signed with one of them.
+    #[arg(long, env = "HOOKBUS_TRTC_KEY", hide_env_values = true, value_delimiter = ',')]
+    pub trtc_key: Vec<String>,
+    /// `[NAME=]PATH` of a file of TRTC keys, one per line (repeatable; comma-separated in the
+    /// environment); re-read on SIGHUP. NAME (default: the file name) labels the metrics.
+    #[arg(long, env = "HOOKBUS_TRTC_KEY_FILE", value_delimiter = ',')]
+    pub trtc_key_file: Vec<String>,
+    /// An app of its own: `SDKAPPID[:key=value,…]` with token, token-file, trtc-key,
+    /// trtc-key-file, prefix, gift-fallback, message-fallback (repeatable; `;`-separated in the
+    /// environment).
     #[arg(long = "app", env = "HOOKBUS_APP", value_delimiter = ';')]
     pub apps: Vec<String>,
-    /// A TOML file of apps (`[[app]]` with sdk_app_id, tokens, token_files, prefix,
-    /// gift_fallback, message_fallback); re-read on SIGHUP.
+    /// A TOML file of apps (`[[app]]` with sdk_app_id, tokens, token_files, trtc_keys,
+    /// trtc_key_files, prefix, gift_fallback, message_fallback); re-read on SIGHUP.
     #[arg(long = "apps", env = "HOOKBUS_APPS")]
     pub apps_file: Option<PathBuf>,
-    /// Largest accepted difference between RequestTime and now.
+    /// Largest accepted difference between RequestTime and now (for a signed TRTC callback,
+    /// between CallbackTs and now, beyond the 70 s of Tencent's retries).
     #[arg(long, env = "HOOKBUS_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
     /// Largest accepted callback body.
@@ -320,7 +334,11 @@ pub struct SimulateArgs {
     /// Token to sign with (no Sign is sent without one).
     #[arg(long, env = "HOOKBUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Commands to send [default: every documented sample].
+    /// TRTC key to sign the TRTC samples with (no Sign header is sent without one).
+    #[arg(long, env = "HOOKBUS_TRTC_KEY", hide_env_values = true)]
+    pub trtc_key: Option<String>,
+    /// Commands (and TRTC events, `trtc.{EventGroupId}.{EventType}`) to send [default: every
+    /// documented sample].
     pub commands: Vec<String>,
 }
 

@@ -1,4 +1,4 @@
-//! hookbus receives Tencent Cloud Live and Chat callbacks over HTTP and puts them on a
+//! hookbus receives Tencent Cloud Live, Chat and TRTC callbacks over HTTP and puts them on a
 //! message bus: informational callbacks go through an outbox with broker confirms, blocking
 //! callbacks (gifts, room messages) are decided by a responder over request-reply.
 //!
@@ -12,6 +12,7 @@
 //! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
 //! - [`routes`]: what each endpoint does; the checks of a callback in order.
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
+//! - [`trtc`]: the TRTC room and media callback protocol: its signature, event and event id.
 //! - [`apps`]: the SdkAppids served, each with its tokens, prefix and fallbacks; reloadable.
 //! - [`tls`]: the HTTPS configuration from PEM files.
 //! - [`replay`]: signed requests already answered, so that a replay is not published again.
@@ -30,7 +31,7 @@
 //! - [`traces`]: spans over OTLP/HTTP (`--otlp-endpoint`).
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
-//! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `dead_letters`, `metrics`, `bus`;
+//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `bus`; `outbox` → `spool`, `dead_letters`, `metrics`, `bus`;
 //! `bus` → `traces` (the trace context a message carries) and nothing else of the gateway's.
 
 pub mod admin;
@@ -54,6 +55,7 @@ pub mod spool_command;
 pub mod tencent;
 pub mod tls;
 pub mod traces;
+pub mod trtc;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -93,8 +93,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    let answers =
-        hookbus::simulate::simulate(&args.url, &args.sdk_app_id, args.token.as_deref(), &args.commands).await?;
+    let answers = hookbus::simulate::simulate(
+        &args.url,
+        &args.sdk_app_id,
+        args.token.as_deref(),
+        args.trtc_key.as_deref(),
+        &args.commands,
+    )
+    .await?;
     let mut all_ok = true;
     for answer in answers {
         all_ok &= answer.status == 200;

@@ -62,6 +62,14 @@ impl Key {
     }
 }
 
+/// A key from a digest made elsewhere: a TRTC event's fingerprint, the same for each of
+/// Tencent's retries of it.
+impl From<[u8; 16]> for Key {
+    fn from(digest: [u8; 16]) -> Key {
+        Key(digest)
+    }
+}
+
 /// What a request was answered the first time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answered {

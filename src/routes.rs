@@ -1,7 +1,7 @@
 //! What each endpoint does: the callback path (the checks of the README's "What Tencent sees",
-//! in order), `/healthz`, `/readyz` and `/metrics`. Generic over the request body so that the
-//! unit tests below call [`handle`] without a socket; sockets, connections and shutdown
-//! belong to `http`.
+//! in order; a TRTC callback's in `trtc`), `/healthz`, `/readyz` and `/metrics`. Generic over
+//! the request body so that the unit tests below call [`handle`] without a socket; sockets,
+//! connections and shutdown belong to `http`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -20,6 +20,8 @@ use crate::replay::{self, Answered, Replays};
 use crate::spool::SpoolError;
 use crate::tencent::{self, Body, Query, SignError};
 use crate::traces::{self, Context, Span, Tracer};
+
+mod trtc;
 
 /// Paths the gateway serves itself; the callback path cannot be one of them.
 pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -65,6 +67,8 @@ pub enum Rejection {
     Forbidden,
     #[error("{}", .0.reason())]
     Unauthorized(SignError),
+    #[error("{}", .0.reason())]
+    TrtcUnauthorized(crate::trtc::SignError),
     #[error("body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("body not received in time")]
@@ -84,7 +88,7 @@ impl Rejection {
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::Forbidden => StatusCode::FORBIDDEN,
-            Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Unauthorized(_) | Rejection::TrtcUnauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -102,6 +106,7 @@ impl Rejection {
             Rejection::Unauthorized(SignError::BadTime) => "sign_bad_time",
             Rejection::Unauthorized(SignError::Stale) => "sign_stale",
             Rejection::Unauthorized(SignError::Mismatch) => "sign_mismatch",
+            Rejection::TrtcUnauthorized(error) => error.label(),
             Rejection::PayloadTooLarge(_) => "too_large",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::BadRequest { label, .. } => label,
@@ -167,7 +172,9 @@ where
 {
     let started = Instant::now();
     let query = Query::parse(request.uri().query().unwrap_or(""));
-    let command = query.command.clone().unwrap_or_default();
+    let is_trtc = trtc::addressed(&query, request.headers());
+    // A refusal is counted under the command, or the surface when that is all that is known.
+    let command = if is_trtc { "trtc".to_owned() } else { query.command.clone().unwrap_or_default() };
     // The caller's request id when it sends one; else the event id, or a fresh one for a refusal.
     let request_id = request
         .headers()
@@ -175,7 +182,7 @@ where
         .and_then(|value| value.to_str().ok())
         .filter(|id| id.len() <= 128)
         .map(str::to_owned);
-    match accept(shared, request, query).await {
+    match accept(shared, request, query, is_trtc).await {
         Ok(Accepted { command, id, trace, answer }) => {
             shared.metrics.answered(&command, 200);
             let request_id = request_id.as_deref().unwrap_or(&id);
@@ -221,20 +228,26 @@ struct Checked {
     replay: Option<(replay::Key, u64)>,
     origin: Origin,
     received: SystemTime,
+    /// TRTC callbacks only: the event id their body determines. They are never blocking.
+    trtc_id: Option<String>,
 }
 
 /// The checks, then the event decided or enqueued; a replay is answered as before.
-async fn accept<B>(shared: &Shared, request: Request<B>, query: Query) -> Result<Accepted, Rejection>
+async fn accept<B>(shared: &Shared, request: Request<B>, query: Query, is_trtc: bool) -> Result<Accepted, Rejection>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let checked = check(shared, request, query).await?;
+    let (checked, ok) = if is_trtc {
+        (trtc::check(shared, request).await?, trtc::OK)
+    } else {
+        (check(shared, request, query).await?, OK)
+    };
     let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     if let Some(answered) = checked.replay.and_then(|(key, _)| shared.replays.answered(key, now)) {
         shared.metrics.replayed(&checked.command);
         let answer = match answered {
-            Answered::Event => Bytes::from_static(OK),
+            Answered::Event => Bytes::from_static(ok),
             Answered::Decision(answer) => answer,
         };
         return Ok(Accepted { command: checked.command, id: "replay".into(), trace: None, answer });
@@ -242,16 +255,21 @@ where
     let app = checked.settings.get(&checked.sdk_app_id).expect("checked: the app is served");
     // Only exporting spans needs to know whether the trace context came from the caller.
     let incoming = shared.tracer.as_ref().map(|_| checked.origin.traceparent.clone());
-    let mut message = Message::new(&app.prefix, &checked.command, checked.body_room, checked.origin, checked.payload);
+    let (prefix, room, origin, payload) = (&app.prefix, checked.body_room, checked.origin, checked.payload);
+    let mut message = match checked.trtc_id {
+        Some(id) => Message::identified(id, prefix, &checked.command, room, origin, payload),
+        None => Message::new(prefix, &checked.command, room, origin, payload),
+    };
     let from_caller = incoming.is_some_and(|incoming| incoming == message.trace.header());
     let receive = Receive::start(shared.tracer.as_ref(), &mut message, checked.received, from_caller);
     let (command, id) = (checked.command, message.id.clone());
-    let (trace, answered, answer) = match shared.decisions.kind(&command) {
+    let kind = if is_trtc { None } else { shared.decisions.kind(&command) };
+    let (trace, answered, answer) = match kind {
         Some(kind) => {
             let (trace, answer) = decide(shared, kind, message, receive, app).await;
             (trace, Answered::Decision(answer.clone()), answer)
         }
-        None => (enqueue(shared, message, receive).await?, Answered::Event, Bytes::from_static(OK)),
+        None => (enqueue(shared, message, receive).await?, Answered::Event, Bytes::from_static(ok)),
     };
     if let Some((key, expires)) = checked.replay {
         shared.replays.remember(key, expires, answered);
@@ -315,7 +333,7 @@ where
         tracestate,
     };
     let body_room = body.room_key();
-    Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received })
+    Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received, trtc_id: None })
 }
 
 /// The body, whole, within the size and time limits.
@@ -487,9 +505,14 @@ mod tests {
     use crate::outbox;
     use std::time::Duration;
 
-    fn shared(outbox_capacity: usize) -> Shared {
+    pub(super) fn shared(outbox_capacity: usize) -> Shared {
         let token = apps::Token { name: "t".into(), secret: "tok".into() };
-        let tencent = apps::App { tokens: vec![token], prefix: "tencent".into(), fallbacks: Default::default() };
+        let tencent = apps::App {
+            tokens: vec![token],
+            trtc_keys: Vec::new(),
+            prefix: "tencent".into(),
+            fallbacks: Default::default(),
+        };
         let mut listed = apps::Apps::single(tencent.clone());
         listed.listed.insert("1400".into(), tencent);
         Shared {

@@ -1,5 +1,6 @@
 //! A stand-in for Tencent: posts the documented sample callbacks (embedded from
-//! `tests/fixtures/samples/`), signed when a token is given, and returns each answer.
+//! `tests/fixtures/samples/`, and the TRTC ones from `tests/fixtures/trtc/`), signed when a
+//! token or TRTC key is given, and returns each answer.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,17 +11,17 @@ use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::tencent;
+use crate::{tencent, trtc};
 
-/// `(command, body)` for each named sample file, embedded at compile time.
+/// `(command, body)` for each named sample file of `tests/fixtures/{dir}`, embedded at compile time.
 macro_rules! samples {
-    ($($command:literal),* $(,)?) => {
-        &[$(($command, include_bytes!(concat!("../tests/fixtures/samples/", $command, ".json")))),*]
+    ($dir:literal: $($command:literal),* $(,)?) => {
+        &[$(($command, include_bytes!(concat!("../tests/fixtures/", $dir, "/", $command, ".json")))),*]
     };
 }
 
 /// Every documented sample body, by command.
-pub const SAMPLES: &[(&str, &[u8])] = samples![
+pub const SAMPLES: &[(&str, &[u8])] = samples!["samples":
     "C2C.CallbackBeforeSendMsg",
     "Follow.CallbackAfterFollowAdd",
     "Follow.CallbackAfterFollowDelete",
@@ -46,6 +47,21 @@ pub const SAMPLES: &[(&str, &[u8])] = samples![
     "Mic.CallbackAfterSeatInfoChanged",
 ];
 
+/// A sample of each documented TRTC event type, by `trtc.{EventGroupId}.{EventType}`.
+pub const TRTC_SAMPLES: &[(&str, &[u8])] = samples!["trtc":
+    "trtc.1.101",
+    "trtc.1.102",
+    "trtc.1.103",
+    "trtc.1.104",
+    "trtc.1.105",
+    "trtc.2.201",
+    "trtc.2.202",
+    "trtc.2.203",
+    "trtc.2.204",
+    "trtc.2.205",
+    "trtc.2.206",
+];
+
 /// One callback's answer as the gateway gave it.
 #[derive(Debug)]
 pub struct Response {
@@ -54,20 +70,22 @@ pub struct Response {
     pub body: String,
 }
 
-/// The sample body of `command`, if one is documented.
+/// The sample body of `command` (or of a TRTC event type), if one is documented.
 pub fn sample(command: &str) -> Option<&'static [u8]> {
-    SAMPLES.iter().find(|(name, _)| *name == command).map(|(_, body)| *body)
+    SAMPLES.iter().chain(TRTC_SAMPLES).find(|(name, _)| *name == command).map(|(_, body)| *body)
 }
 
-/// Posts the samples of `commands` (all when empty) to `url` over one connection, in order.
+/// Posts the samples of `commands` (all when empty, the TRTC ones last) to `url` over one
+/// connection, in order: Live and Chat ones signed with `token`, TRTC ones with `trtc_key`.
 pub async fn simulate(
     url: &str,
     sdk_app_id: &str,
     token: Option<&str>,
+    trtc_key: Option<&str>,
     commands: &[String],
 ) -> anyhow::Result<Vec<Response>> {
     let chosen: Vec<(&str, &[u8])> = if commands.is_empty() {
-        SAMPLES.to_vec()
+        SAMPLES.iter().chain(TRTC_SAMPLES).copied().collect()
     } else {
         commands
             .iter()
@@ -87,11 +105,22 @@ pub async fn simulate(
 
     let mut answers = Vec::with_capacity(chosen.len());
     for (command, body) in chosen {
-        let target = format!("{}?{}", uri.path(), query(sdk_app_id, command, token));
-        let request = Request::post(target)
+        let (request, body) = if command.starts_with("trtc.") {
+            // TRTC names the app and signs the body in headers, and has no query.
+            let body = trtc_now(body);
+            let mut request = Request::post(uri.path()).header(trtc::SDK_APP_ID, sdk_app_id);
+            if let Some(key) = trtc_key {
+                request = request.header(trtc::SIGN, trtc::sign(key, &body));
+            }
+            (request, Bytes::from(body))
+        } else {
+            let target = format!("{}?{}", uri.path(), query(sdk_app_id, command, token));
+            (Request::post(target), Bytes::from_static(body))
+        };
+        let request = request
             .header("host", format!("{host}:{port}"))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(body)))?;
+            .body(Full::new(body))?;
         sender.ready().await?;
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
@@ -121,19 +150,48 @@ pub fn query(sdk_app_id: &str, command: &str, token: Option<&str>) -> String {
     query.finish()
 }
 
+/// A TRTC sample as Tencent would send it now: the same bytes, with `CallbackTs` (the time of
+/// sending) set to now.
+pub fn trtc_now(sample: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(sample).expect("the samples are UTF-8");
+    let field = "\"CallbackTs\":";
+    let start = text.find(field).expect("a TRTC sample has CallbackTs") + field.len();
+    let digits = text[start..].find(|c: char| !c.is_ascii_digit()).map_or(text.len(), |end| start + end);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    [&text[..start], &now.to_string(), &text[digits..]].concat().into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
-    /// The list embeds every file of the samples directory, and nothing else.
+    /// Each list embeds every file of its directory, and nothing else.
     #[test]
     fn the_samples_are_the_directory() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/samples");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .expect("the samples directory")
-            .map(|entry| entry.expect("an entry").file_name().to_string_lossy().trim_end_matches(".json").to_owned())
-            .collect();
-        files.sort();
-        let mut listed: Vec<&str> = super::SAMPLES.iter().map(|(command, _)| *command).collect();
-        listed.sort();
-        assert_eq!(files, listed);
+        for (dir, samples) in [("samples", super::SAMPLES), ("trtc", super::TRTC_SAMPLES)] {
+            let dir = format!("{}/tests/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let mut files: Vec<String> = std::fs::read_dir(dir)
+                .expect("the samples directory")
+                .map(|entry| {
+                    entry.expect("an entry").file_name().to_string_lossy().trim_end_matches(".json").to_owned()
+                })
+                .collect();
+            files.sort();
+            let mut listed: Vec<&str> = samples.iter().map(|(command, _)| *command).collect();
+            listed.sort();
+            assert_eq!(files, listed);
+        }
+    }
+
+    /// Every documented TRTC type has its sample, and each sample is the event it is named after.
+    #[test]
+    fn each_documented_trtc_type_has_its_sample() {
+        let named: Vec<String> = crate::trtc::DOCUMENTED.iter().map(|documented| documented.command()).collect();
+        let listed: Vec<&str> = super::TRTC_SAMPLES.iter().map(|(command, _)| *command).collect();
+        assert_eq!(named, listed);
+        for (command, body) in super::TRTC_SAMPLES {
+            let event = crate::trtc::Event::parse("1400000000", body).expect("a TRTC event");
+            assert_eq!(event.command(), *command);
+            let stamped = crate::trtc::Event::parse("1400000000", &super::trtc_now(body)).expect("still one");
+            assert_eq!(stamped.id(), event.id(), "sent again: the same event");
+        }
     }
 }

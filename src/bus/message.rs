@@ -11,9 +11,9 @@ use crate::traces::Context;
 /// One accepted callback as it travels to the bus, attributes computed once per request.
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// CloudEvents `id`: a UUIDv7, the same on every retry.
+    /// CloudEvents `id`: a UUIDv7 (TRTC: one derived from the body), the same on every retry.
     pub id: String,
-    /// CloudEvents `type`: the CallbackCommand.
+    /// CloudEvents `type`: the CallbackCommand, or `trtc.{EventGroupId}.{EventType}`.
     pub command: String,
     /// `{prefix}.{command}`: Kafka topic, NATS subject, AMQP routing key.
     pub destination: String,
@@ -53,6 +53,19 @@ impl Message {
     /// A new event received now, with a fresh id, destined for `{prefix}.{command}`.
     pub fn new(prefix: &str, command: &str, key: Option<String>, origin: Origin, payload: Bytes) -> Message {
         let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned();
+        Message::identified(id, prefix, command, key, origin, payload)
+    }
+
+    /// A new event received now with the id `id` (one its callback determines), destined for
+    /// `{prefix}.{command}`.
+    pub fn identified(
+        id: String,
+        prefix: &str,
+        command: &str,
+        key: Option<String>,
+        origin: Origin,
+        payload: Bytes,
+    ) -> Message {
         let destination = [prefix, ".", command].concat();
         Message::restore(id, SystemTime::now(), command.to_owned(), destination, key, origin, payload)
     }

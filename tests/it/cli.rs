@@ -11,15 +11,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_hookbus");
 
 #[test]
 fn serve_simulate_and_sigterm() {
-    let (mut child, addr) = spawn_binary(&["--token", "t0k", "--sdk-app-id", "1400000000"]);
+    let (mut child, addr) = spawn_binary(&["--token", "t0k", "--trtc-key", "k3y", "--sdk-app-id", "1400000000"]);
     let output = Command::new(BIN)
-        .args(["simulate", "--url", &format!("http://{addr}/"), "--token", "t0k"])
+        .args(["simulate", "--url", &format!("http://{addr}/"), "--token", "t0k", "--trtc-key", "k3y"])
         .output()
         .expect("simulate runs");
     let printed = String::from_utf8(output.stdout).unwrap();
     assert!(output.status.success(), "{printed}");
     let answers: Vec<&str> = printed.lines().collect();
-    assert_eq!(answers.len(), hookbus::simulate::SAMPLES.len());
+    let (samples, trtc) = (hookbus::simulate::SAMPLES, hookbus::simulate::TRTC_SAMPLES);
+    assert_eq!(answers.len(), samples.len() + trtc.len());
     assert!(answers.iter().all(|line| line.contains(" 200 ")), "{printed}");
     let gift = answers.iter().find(|l| l.starts_with("Live.CallbackBeforeSendGift")).unwrap();
     assert!(gift.contains(r#""ErrorCode":1"#), "{gift}");
@@ -39,8 +40,12 @@ fn serve_simulate_and_sigterm() {
     let mut events = String::new();
     child.stdout.take().unwrap().read_to_string(&mut events).unwrap();
     let events: Vec<serde_json::Value> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let informational = hookbus::simulate::SAMPLES.iter().filter(|(c, _)| hookbus::tencent::Blocking::of(c).is_none());
-    assert_eq!(events.len(), informational.count(), "every informational sample, once");
+    let informational = samples.iter().filter(|(c, _)| hookbus::tencent::Blocking::of(c).is_none());
+    assert_eq!(events.len(), informational.count() + trtc.len(), "every informational sample, once");
+    assert_eq!(
+        events.iter().filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("trtc."))).count(),
+        trtc.len()
+    );
     assert!(events.iter().all(|e| e["source"] == "/tencent/1400000000"));
 }
 

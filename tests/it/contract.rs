@@ -60,17 +60,23 @@ for path in sorted(pathlib.Path(sys.argv[2]).glob("*.json")):
     jsonschema.validate(json.load(open(path)), schema, cls=jsonschema.Draft202012Validator)
     checked += 1
 # And a body of the wrong shape is refused: the schemas say something.
-schema = messages["Live_CallbackAfterCreateRoom"]["payload"]
-try:
-    jsonschema.validate({"CallbackCommand": "Live.CallbackAfterCreateRoom", "RoomInfo": "not an object"}, schema)
-    sys.exit("a wrong body validated")
-except jsonschema.ValidationError:
-    pass
+for message, wrong in [
+    ("Live_CallbackAfterCreateRoom", {"CallbackCommand": "Live.CallbackAfterCreateRoom", "RoomInfo": "not an object"}),
+    ("trtc_1_103", {"EventType": 103, "CallbackTs": 1, "EventInfo": {}}),
+]:
+    try:
+        jsonschema.validate(wrong, messages[message]["payload"])
+        sys.exit(f"a wrong body validated as {message}")
+    except jsonschema.ValidationError:
+        pass
 print(checked)
 "#;
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/samples");
-    let output = Command::new("python3").args(["-c", script, document.to_str().unwrap(), fixtures]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let checked: usize = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
-    assert_eq!(checked, samples().len(), "every fixture has a message");
+    for (dir, count) in [("samples", samples().len()), ("trtc", hookbus::simulate::TRTC_SAMPLES.len())] {
+        let fixtures = format!("{}/tests/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let output =
+            Command::new("python3").args(["-c", script, document.to_str().unwrap(), &fixtures]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let checked: usize = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+        assert_eq!(checked, count, "every fixture of {dir} has a message");
+    }
 }

@@ -15,6 +15,7 @@
 //! - `tls`: HTTPS with a certificate made at test time.
 //! - `dead_letters`: an event the broker refuses for good holds back nothing; `hookbus spool`.
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
+//! - `trtc`: TRTC room and media callbacks beside Live and Chat ones, signed by Python's `hmac`.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 
 mod amqp;
@@ -33,3 +34,4 @@ mod outages;
 mod protocol;
 mod support;
 mod tls;
+mod trtc;
