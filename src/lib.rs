@@ -25,10 +25,12 @@
 //! - [`respond`]: a reference responder for blocking callbacks.
 //! - [`asyncapi`]: the AsyncAPI contract of what a gateway publishes.
 //! - [`traces`]: spans over OTLP/HTTP (`--otlp-endpoint`).
+//! - [`logs`]: log fields that carry outside bytes (escaped, cut), lines rate-limited.
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
-//! `decision`, `outbox`, `metrics`, `tencent`, `bus`; `outbox` → `spool`, `metrics`, `bus`;
-//! `bus` → `traces` (the trace context a message carries) and nothing else of the gateway's.
+//! `decision`, `outbox`, `metrics`, `tencent`, `bus`, `logs`; `outbox` → `spool`, `metrics`, `bus`;
+//! `bus` → `traces` (the trace context a message carries) and `logs`, nothing else of the
+//! gateway's; `logs` imports nothing of it.
 
 pub mod apps;
 pub mod assembly;
@@ -37,6 +39,7 @@ pub mod bus;
 pub mod config;
 pub mod decision;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod replay;
