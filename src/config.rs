@@ -389,6 +389,14 @@ mod tests {
     }
 
     #[test]
+    fn replies_are_bounded_unless_told_otherwise() {
+        assert_eq!(serve(&[]).unwrap().max_reply_bytes, decision::MAX_REPLY_BYTES);
+        assert_eq!(serve(&["--max-reply-bytes", "4096"]).unwrap().max_reply_bytes, 4096);
+        assert_eq!(serve(&["--max-reply-bytes", "63"]).unwrap_err().exit_code(), 2);
+        assert!(serve(&["--max-reply-bytes", "4k"]).is_err());
+    }
+
+    #[test]
     fn bad_durations_and_paths_are_refused() {
         assert!(serve(&["--shutdown-grace", "ten"]).is_err());
         assert!(serve(&["--path", "callback"]).is_err());

@@ -477,6 +477,24 @@ mod tests {
     }
 
     #[test]
+    fn every_flawed_reply_is_counted_under_its_reason() {
+        let metrics = Metrics::default();
+        let zero = metrics.render(idle());
+        for flaw in Flaw::ALL {
+            assert!(zero.contains(&format!("hookbus_bad_replies_total{{reason=\"{}\"}} 0\n", flaw.label())));
+            let flawed = Flawed { flaw, bytes: 3, reply: "abc".into() };
+            for _ in 0..=(flaw as usize) {
+                metrics.flawed_reply("id", "Live.CallbackBeforeSendGift", &flawed);
+            }
+        }
+        let text = metrics.render(idle());
+        for (n, flaw) in Flaw::ALL.iter().enumerate() {
+            let line = format!("hookbus_bad_replies_total{{reason=\"{}\"}} {}\n", flaw.label(), n + 1);
+            assert!(text.contains(&line), "{line}");
+        }
+    }
+
+    #[test]
     fn decisions_fill_the_histogram() {
         let metrics = Metrics::new(["Live.CallbackBeforeSendGift"], ["small gifts"]);
         metrics.decided("Live.CallbackBeforeSendGift", Outcome::Timeout, None, Duration::from_millis(1500));
