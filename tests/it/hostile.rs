@@ -59,17 +59,15 @@ hostile_tests!(kafka, Backend::Kafka);
 enum Script {
     /// Reply with these bytes.
     Reply(Vec<u8>),
-    /// Send [`FLOOD`] replies to fresh ids on the request's reply address, and nothing to the
-    /// request itself.
-    Flood,
+    /// Send this many replies of about this many bytes to fresh ids on the request's reply
+    /// address, and nothing to the request itself.
+    Flood(usize, usize),
 }
 
 /// A reply the gateway can never have asked for: a fresh id, and some bytes.
-fn flood_reply() -> (String, Vec<u8>) {
-    (
-        uuid::Uuid::now_v7().to_string(),
-        format!(r#"{{"ErrorCode":0,"ErrorInfo":"{}"}}"#, "f".repeat(FLOOD_REPLY_BYTES)).into_bytes(),
-    )
+fn flood_reply(bytes: usize) -> (String, Vec<u8>) {
+    let reply = format!(r#"{{"ErrorCode":0,"ErrorInfo":"{}"}}"#, "f".repeat(bytes));
+    (uuid::Uuid::now_v7().to_string(), reply.into_bytes())
 }
 
 /// Answers the gift requests under `prefix` by the scripts sent to it, on `backend`'s broker;
@@ -92,11 +90,11 @@ async fn nats_responder(subject: String, mut scripts: mpsc::UnboundedReceiver<Sc
             let reply_to = request.reply.unwrap();
             match scripts.recv().await.unwrap() {
                 Script::Reply(reply) => client.publish(reply_to, reply.into()).await.unwrap(),
-                Script::Flood => {
+                Script::Flood(replies, bytes) => {
                     // Replies arrive on `{inbox}.{event id}`: the same inbox, ids never asked.
                     let inbox = reply_to.rsplit_once('.').unwrap().0.to_owned();
-                    for _ in 0..FLOOD {
-                        let (id, reply) = flood_reply();
+                    for _ in 0..replies {
+                        let (id, reply) = flood_reply(bytes);
                         client.publish(format!("{inbox}.{id}"), reply.into()).await.unwrap();
                     }
                 }
@@ -131,9 +129,9 @@ async fn amqp_responder(key: String, mut scripts: mpsc::UnboundedReceiver<Script
             };
             match scripts.recv().await.unwrap() {
                 Script::Reply(reply) => publish(id.to_string(), reply).await,
-                Script::Flood => {
-                    for _ in 0..FLOOD {
-                        let (id, reply) = flood_reply();
+                Script::Flood(replies, bytes) => {
+                    for _ in 0..replies {
+                        let (id, reply) = flood_reply(bytes);
                         publish(id, reply).await;
                     }
                 }
@@ -181,9 +179,9 @@ async fn kafka_responder(topic: String, mut scripts: mpsc::UnboundedReceiver<Scr
             };
             match scripts.recv().await.unwrap() {
                 Script::Reply(reply) => send(id, reply).await,
-                Script::Flood => {
-                    join_all((0..FLOOD).map(|_| {
-                        let (id, reply) = flood_reply();
+                Script::Flood(replies, bytes) => {
+                    join_all((0..replies).map(|_| {
+                        let (id, reply) = flood_reply(bytes);
                         send(id, reply)
                     }))
                     .await;
@@ -272,7 +270,7 @@ async fn hostile_replies(backend: Backend) {
     let mut resident = vec![rss(child.id())];
     for flood in 1..=2u64 {
         let _ = lines(&logs, Duration::from_millis(100));
-        script(Script::Flood);
+        script(Script::Flood(FLOOD, FLOOD_REPLY_BYTES));
         let started = Instant::now();
         let (answer, took) = gift(addr).await;
         assert_eq!(answer, deny("hookbus fallback: decision timeout"), "the request itself was not answered");
@@ -351,6 +349,43 @@ async fn in_json_logs_a_hostile_reply_is_a_json_string() {
     assert_eq!(entry["reply"], forged, "the reply, JSON-escaped: {line}");
     assert_eq!(entry["label"], "not_a_reply");
     assert_eq!(logged.iter().filter(|line| line.contains("forged")).count(), 1, "{logged:#?}");
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
+/// A flood faster than the gateway reads it overflows the NATS client's buffer of a
+/// subscription (65,536 messages): the client drops what does not fit, an event each, and
+/// those are logged at most once a second too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_flood_past_the_client_buffer_is_logged_a_line_a_second() {
+    let prefix = unique("t");
+    let (scripts, scripted) = mpsc::unbounded_channel();
+    responder(Backend::Nats, &prefix, scripted).await;
+    let (mut child, addr, logs) = gateway(Backend::Nats, &prefix, &[]);
+    let flood = 300_000;
+    scripts.send(Script::Flood(flood, 8)).unwrap();
+    let started = Instant::now();
+    let (answer, _) = gift(addr).await;
+    assert_eq!(answer["ErrorInfo"], "hookbus fallback: decision timeout");
+    // Until the flood has been read: the count stops growing. The client drops what does not
+    // fit in its buffer, so not every reply is counted.
+    let (mut counted, mut logged) = (0, Vec::new());
+    loop {
+        logged.extend(lines(&logs, Duration::from_millis(300)));
+        let now = metric(&metrics(addr).await, "hookbus_late_replies_total");
+        if now == counted {
+            break;
+        }
+        counted = now;
+    }
+    let took = started.elapsed();
+    let about = |what: &str| logged.iter().filter(|line| line.contains(what)).count();
+    let (dropped, unknown) = (about("slow consumer"), about("reply for no waiting request"));
+    eprintln!("{flood} replies in {took:?}: {counted} counted, {dropped} lines on drops, {unknown} on unknown ids");
+    for lines in [dropped, unknown] {
+        assert!(lines <= took.as_secs() as usize + 2, "{lines} lines in {took:?}: {logged:#?}");
+    }
+    assert!(counted > 0 && about("slow consumers for subscription") == 0, "{logged:#?}");
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
 }
