@@ -100,6 +100,7 @@ impl ServeArgs {
     pub fn decisions(&self) -> anyhow::Result<Decisions> {
         let mut decisions = Decisions {
             timeout: self.decision_timeout,
+            max_reply_bytes: self.max_reply_bytes,
             generic: self
                 .blocking
                 .iter()

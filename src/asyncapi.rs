@@ -6,8 +6,9 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::decision::MAX_ERROR_INFO_BYTES;
 use crate::simulate::{sample, SAMPLES};
-use crate::tencent::Blocking;
+use crate::tencent::{Blocking, Bound, MAX_MESSAGE_BYTES, MAX_USER_ID_BYTES};
 use crate::trtc::DOCUMENTED;
 
 /// The bus the contract describes, as the flags name it.
@@ -207,11 +208,19 @@ impl Contract {
 fn reply_message(blocking: &Blocking) -> Value {
     let mut properties = json!({
         "ErrorCode": { "type": "integer", "description": "0 allows, 1 rejects; see the README for the command's other codes" },
-        "ErrorInfo": { "type": "string" },
+        "ErrorInfo": {
+            "type": "string",
+            "description": format!("at most {MAX_ERROR_INFO_BYTES} bytes: a longer one is cut at a character boundary"),
+        },
     });
     for rewrite in blocking.rewrites {
         let kind = if rewrite.starts_with == b'[' { "array" } else { "string" };
-        properties[rewrite.field] = json!({ "type": kind, "description": "with ErrorCode 0: passed to Tencent" });
+        let bound = match rewrite.bound {
+            Bound::Message => format!("the JSON of the message fields together at most {MAX_MESSAGE_BYTES} bytes"),
+            Bound::UserIds => format!("UserIDs of at most {MAX_USER_ID_BYTES} bytes each"),
+        };
+        let description = format!("with ErrorCode 0: passed to Tencent; {bound}, else the reply is invalid");
+        properties[rewrite.field] = json!({ "type": kind, "description": description });
     }
     json!({
         "name": format!("{} reply", blocking.command),

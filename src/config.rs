@@ -10,7 +10,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bus;
-use crate::decision::Fallback;
+use crate::decision::{self, Fallback};
 use crate::routes::RESERVED_PATHS;
 use crate::tencent;
 
@@ -253,6 +253,9 @@ pub struct ServeArgs {
     /// How long a blocking callback waits for a decision (must be under 2s).
     #[arg(long, env = "HOOKBUS_DECISION_TIMEOUT", default_value = "1500ms", value_parser = parse_decision_timeout)]
     pub decision_timeout: Duration,
+    /// Largest decision reply read; a larger one is invalid and the fallback is answered.
+    #[arg(long, env = "HOOKBUS_MAX_REPLY_BYTES", default_value_t = decision::MAX_REPLY_BYTES, value_parser = parse_max_reply_bytes)]
+    pub max_reply_bytes: usize,
     /// Answer for a gift when no valid decision arrives in time.
     #[arg(long, env = "HOOKBUS_GIFT_FALLBACK", default_value = "deny", value_parser = fallback())]
     pub gift_fallback: Fallback,
@@ -394,6 +397,14 @@ fn parse_decision_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+fn parse_max_reply_bytes(text: &str) -> Result<usize, String> {
+    const SMALLEST: usize = 64;
+    match text.parse::<usize>() {
+        Ok(bytes) if bytes >= SMALLEST => Ok(bytes),
+        _ => Err(format!("write a number of bytes, at least {SMALLEST} (a reply with a short ErrorInfo)")),
+    }
+}
+
 fn parse_path(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err("must start with /".into());
@@ -482,6 +493,14 @@ mod tests {
         assert_eq!(error.exit_code(), 2);
         assert!(error.to_string().contains("under 2s"), "{error}");
         assert!(serve(&["--decision-timeout", "1999ms"]).is_ok());
+    }
+
+    #[test]
+    fn replies_are_bounded_unless_told_otherwise() {
+        assert_eq!(serve(&[]).unwrap().max_reply_bytes, decision::MAX_REPLY_BYTES);
+        assert_eq!(serve(&["--max-reply-bytes", "4096"]).unwrap().max_reply_bytes, 4096);
+        assert_eq!(serve(&["--max-reply-bytes", "63"]).unwrap_err().exit_code(), 2);
+        assert!(serve(&["--max-reply-bytes", "4k"]).is_err());
     }
 
     #[test]

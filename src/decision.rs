@@ -13,7 +13,16 @@ use serde_json::value::RawValue;
 
 use crate::bus::{Bus, BusError, Message};
 use crate::rules::{Rule, Rules, When};
-use crate::tencent::{Blocking, Rewrite};
+use crate::tencent::{Blocking, Bound, Rewrite, MAX_MESSAGE_BYTES, MAX_USER_ID_BYTES};
+
+/// The default of `--max-reply-bytes`: room for a message rewritten to the largest one Chat
+/// accepts (12 KB, [`MAX_MESSAGE_BYTES`]) and the codes around it. Every other reply Tencent
+/// documents is a code and a short phrase.
+pub const MAX_REPLY_BYTES: usize = 16 * 1024;
+
+/// The longest `ErrorInfo` passed to Tencent; a longer one is cut at a character boundary, so
+/// that the responder's decision stands (a refused message stays refused) without a long text.
+pub const MAX_ERROR_INFO_BYTES: usize = 256;
 
 /// What to answer when no valid decision arrives in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,12 +90,96 @@ impl Fallbacks {
 }
 
 /// How blocking callbacks are decided.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Decisions {
     pub timeout: Duration,
     /// Commands made blocking with `--blocking`.
     pub generic: BTreeSet<String>,
     pub rules: Arc<Rules>,
+    /// A larger reply is invalid, unread (`--max-reply-bytes`).
+    pub max_reply_bytes: usize,
+}
+
+impl Default for Decisions {
+    fn default() -> Decisions {
+        Decisions {
+            timeout: Duration::default(),
+            generic: BTreeSet::new(),
+            rules: Arc::default(),
+            max_reply_bytes: MAX_REPLY_BYTES,
+        }
+    }
+}
+
+/// What was wrong with a responder's reply; a metric label each. Every flaw but
+/// [`Flaw::ErrorInfoCut`] makes the reply invalid: the fallback is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    TooLarge,
+    NotAReply,
+    ErrorInfoType,
+    Code,
+    RewriteType,
+    RewriteTooLarge,
+    /// `ErrorInfo` was longer than [`MAX_ERROR_INFO_BYTES`]: cut, the decision kept.
+    ErrorInfoCut,
+}
+
+impl Flaw {
+    pub const ALL: [Flaw; 7] = [
+        Flaw::TooLarge,
+        Flaw::NotAReply,
+        Flaw::ErrorInfoType,
+        Flaw::Code,
+        Flaw::RewriteType,
+        Flaw::RewriteTooLarge,
+        Flaw::ErrorInfoCut,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Flaw::TooLarge => "too_large",
+            Flaw::NotAReply => "not_a_reply",
+            Flaw::ErrorInfoType => "error_info_type",
+            Flaw::Code => "code",
+            Flaw::RewriteType => "rewrite_type",
+            Flaw::RewriteTooLarge => "rewrite_too_large",
+            Flaw::ErrorInfoCut => "error_info_cut",
+        }
+    }
+
+    /// Why, in words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Flaw::TooLarge => "larger than --max-reply-bytes",
+            Flaw::NotAReply => "not a JSON object with an integer ErrorCode",
+            Flaw::ErrorInfoType => "ErrorInfo is not a string",
+            Flaw::Code => "ErrorCode is not valid for this command",
+            Flaw::RewriteType => "a rewritten field is not of its type",
+            Flaw::RewriteTooLarge => "a rewritten field is larger than Tencent accepts",
+            Flaw::ErrorInfoCut => "ErrorInfo cut to 256 bytes",
+        }
+    }
+
+    /// Whether the reply was refused for it, and the fallback answered.
+    pub fn is_invalid(self) -> bool {
+        self != Flaw::ErrorInfoCut
+    }
+}
+
+/// A flawed reply as it is logged: the flaw, the reply's size and the reply as a log field.
+#[derive(Debug, Clone)]
+pub struct Flawed {
+    pub flaw: Flaw,
+    pub bytes: usize,
+    /// Cut and escaped by [`crate::logs::field`].
+    pub reply: String,
+}
+
+impl Flawed {
+    fn of(flaw: Flaw, reply: &[u8]) -> Flawed {
+        Flawed { flaw, bytes: reply.len(), reply: crate::logs::field(reply) }
+    }
 }
 
 /// How a decision came about; a metric label each.
@@ -136,6 +229,8 @@ pub struct Decided {
     pub info: String,
     /// The body to answer Tencent with.
     pub answer: Bytes,
+    /// What was wrong with the responder's reply, when something was.
+    pub flawed: Option<Flawed>,
 }
 
 /// The CloudEvents type of an audit event.
@@ -204,16 +299,17 @@ impl Decisions {
         if let Some(rule) =
             body(When::Always).flatten().and_then(|body| self.rules.first(&command, When::Always, &body).cloned())
         {
-            return by_rule(Outcome::Rule, &rule);
+            return by_rule(Outcome::Rule, &rule, None);
         }
+        let mut flawed = None;
         let outcome = if bus.is_connected() {
             let deadline = SystemTime::now() + self.timeout;
             message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
             match tokio::time::timeout(self.timeout, bus.request(&message)).await {
-                Ok(Ok(reply)) => match answer_reply(kind, &reply) {
+                Ok(Ok(reply)) => match answer_reply(kind, &reply, self.max_reply_bytes) {
                     Ok(decided) => return decided,
-                    Err(reason) => {
-                        tracing::warn!(id = %message.id, reason, reply = %String::from_utf8_lossy(&reply), "invalid decision reply");
+                    Err(flaw) => {
+                        flawed = Some(Flawed::of(flaw, &reply));
                         Outcome::Invalid
                     }
                 },
@@ -230,13 +326,13 @@ impl Decisions {
         if let Some(rule) =
             body(When::Fallback).flatten().and_then(|body| self.rules.first(&command, When::Fallback, &body).cloned())
         {
-            return by_rule(outcome, &rule);
+            return by_rule(outcome, &rule, flawed);
         }
         let (code, info) = match fallbacks.of(&command, kind) {
             Fallback::Allow => (0, String::new()),
             Fallback::Deny => (1, format!("hookbus fallback: {}", reason(outcome))),
         };
-        Decided { outcome, rule: None, answer: encode(code, &info, &[]), code, info }
+        Decided { outcome, rule: None, answer: encode(code, &info, &[]), code, info, flawed }
     }
 }
 
@@ -251,39 +347,59 @@ fn reason(outcome: Outcome) -> &'static str {
     }
 }
 
-fn by_rule(outcome: Outcome, rule: &Rule) -> Decided {
+fn by_rule(outcome: Outcome, rule: &Rule, flawed: Option<Flawed>) -> Decided {
     let info = if rule.code == 0 { String::new() } else { format!("hookbus rule: {}", rule.name) };
-    Decided { outcome, rule: Some(rule.name.clone()), answer: encode(rule.code, &info, &[]), code: rule.code, info }
+    let (answer, code) = (encode(rule.code, &info, &[]), rule.code);
+    Decided { outcome, rule: Some(rule.name.clone()), answer, code, info, flawed }
 }
 
-/// Checks a reply and turns it into the decision; `Err` names what is wrong with it.
-fn answer_reply(kind: Kind, reply: &[u8]) -> Result<Decided, &'static str> {
-    const NOT_A_REPLY: &str = "not a JSON object with an integer ErrorCode";
-    let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(reply).map_err(|_| NOT_A_REPLY)?;
+/// Checks a reply of at most `max_bytes` and turns it into the decision; `Err` names what is
+/// wrong with it. An `ErrorInfo` past [`MAX_ERROR_INFO_BYTES`] is cut, and the cut noted.
+fn answer_reply(kind: Kind, reply: &[u8], max_bytes: usize) -> Result<Decided, Flaw> {
+    if reply.len() > max_bytes {
+        return Err(Flaw::TooLarge);
+    }
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(reply).map_err(|_| Flaw::NotAReply)?;
     let code: i64 =
-        fields.get("ErrorCode").and_then(|code| serde_json::from_str(code.get()).ok()).ok_or(NOT_A_REPLY)?;
-    let info: String = match fields.get("ErrorInfo") {
-        Some(info) => serde_json::from_str(info.get()).map_err(|_| "ErrorInfo is not a string")?,
+        fields.get("ErrorCode").and_then(|code| serde_json::from_str(code.get()).ok()).ok_or(Flaw::NotAReply)?;
+    let mut info: String = match fields.get("ErrorInfo") {
+        Some(info) => serde_json::from_str(info.get()).map_err(|_| Flaw::ErrorInfoType)?,
         None => String::new(),
     };
     if !kind.valid_code(code) {
-        return Err("ErrorCode is not valid for this command");
+        return Err(Flaw::Code);
     }
     // Only the command's own fields, and only when allowed (ErrorCode 0).
-    let mut rewrites = Vec::new();
+    let (mut rewrites, mut message_bytes) = (Vec::new(), 0);
     for rewrite in kind.rewrites().iter().filter(|_| code == 0) {
-        if let Some(value) = fields.get(rewrite.field) {
-            if value.get().as_bytes().first() != Some(&rewrite.starts_with) {
-                return Err(if rewrite.starts_with == b'[' {
-                    "a rewritten field is not an array"
-                } else {
-                    "a rewritten field is not a string"
-                });
-            }
-            rewrites.push((rewrite.field, *value));
+        let Some(value) = fields.get(rewrite.field) else { continue };
+        if value.get().as_bytes().first() != Some(&rewrite.starts_with) {
+            return Err(Flaw::RewriteType);
         }
+        match rewrite.bound {
+            Bound::Message => message_bytes += value.get().len(),
+            Bound::UserIds => {
+                let ids: Vec<String> = serde_json::from_str(value.get()).map_err(|_| Flaw::RewriteType)?;
+                if ids.iter().any(|id| id.len() > MAX_USER_ID_BYTES) {
+                    return Err(Flaw::RewriteTooLarge);
+                }
+            }
+        }
+        rewrites.push((rewrite.field, *value));
     }
-    Ok(Decided { outcome: Outcome::Reply, rule: None, answer: encode(code, &info, &rewrites), code, info })
+    if message_bytes > MAX_MESSAGE_BYTES {
+        return Err(Flaw::RewriteTooLarge);
+    }
+    let flawed = (info.len() > MAX_ERROR_INFO_BYTES).then(|| {
+        let mut end = MAX_ERROR_INFO_BYTES;
+        while !info.is_char_boundary(end) {
+            end -= 1;
+        }
+        info.truncate(end);
+        Flawed::of(Flaw::ErrorInfoCut, reply)
+    });
+    let answer = encode(code, &info, &rewrites);
+    Ok(Decided { outcome: Outcome::Reply, rule: None, answer, code, info, flawed })
 }
 
 /// Tencent's answer: `{"ActionStatus":"OK","ErrorCode":…,"ErrorInfo":…}` and the rewrites.
@@ -314,8 +430,8 @@ mod tests {
         Kind::Documented(Blocking::of(command).unwrap())
     }
 
-    fn answer(command: &str, reply: &[u8]) -> Result<serde_json::Value, &'static str> {
-        answer_reply(kind(command), reply).map(|decided| json(&decided.answer))
+    fn answer(command: &str, reply: &[u8]) -> Result<serde_json::Value, Flaw> {
+        answer_reply(kind(command), reply, MAX_REPLY_BYTES).map(|decided| json(&decided.answer))
     }
 
     #[test]
@@ -324,7 +440,8 @@ mod tests {
         assert_eq!(answer, serde_json::json!({"ActionStatus":"OK","ErrorCode":102150,"ErrorInfo":"too many"}));
         let answer = super::tests::answer(GIFT, br#"{"ErrorCode":0}"#).unwrap();
         assert_eq!(answer, serde_json::json!({"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}));
-        let generic = answer_reply(Kind::Generic, br#"{"ErrorCode":777,"ErrorInfo":"x","MsgBody":[]}"#).unwrap();
+        let generic =
+            answer_reply(Kind::Generic, br#"{"ErrorCode":777,"ErrorInfo":"x","MsgBody":[]}"#, MAX_REPLY_BYTES).unwrap();
         assert_eq!(json(&generic.answer), serde_json::json!({"ActionStatus":"OK","ErrorCode":777,"ErrorInfo":"x"}));
     }
 
@@ -364,7 +481,46 @@ mod tests {
         assert!(answer("C2C.CallbackBeforeSendMsg", br#"{"ErrorCode":10150}"#).is_err());
         assert!(answer(MESSAGE, br#"{"ErrorCode":0,"MsgBody":"x"}"#).is_err());
         assert!(answer(MESSAGE, br#"{"ErrorCode":0,"CloudCustomData":1}"#).is_err());
-        assert!(answer_reply(Kind::Generic, br#"{"ErrorCode":1.5}"#).is_err());
+        assert!(answer_reply(Kind::Generic, br#"{"ErrorCode":1.5}"#, MAX_REPLY_BYTES).is_err());
+    }
+
+    #[test]
+    fn replies_and_their_fields_are_bounded() {
+        let padded = format!(r#"{{"ErrorCode":0,"ErrorInfo":"{}"}}"#, "x".repeat(MAX_REPLY_BYTES));
+        assert_eq!(answer(GIFT, padded.as_bytes()).unwrap_err(), Flaw::TooLarge);
+        let small = answer_reply(kind(GIFT), br#"{"ErrorCode":0}"#, 14);
+        assert_eq!(small.unwrap_err(), Flaw::TooLarge, "--max-reply-bytes is the bound");
+
+        let text =
+            |bytes: usize| format!(r#"[{{"MsgType":"TIMTextElem","MsgContent":{{"Text":"{}"}}}}]"#, "y".repeat(bytes));
+        let body = |msg: String, custom: usize| {
+            format!(r#"{{"ErrorCode":0,"MsgBody":{msg},"CloudCustomData":"{}"}}"#, "z".repeat(custom))
+        };
+        let overhead = text(0).len() + 2;
+        assert!(answer(MESSAGE, body(text(MAX_MESSAGE_BYTES - overhead - 100), 100).as_bytes()).is_ok());
+        let over = body(text(MAX_MESSAGE_BYTES - overhead - 100), 101);
+        assert_eq!(answer(MESSAGE, over.as_bytes()).unwrap_err(), Flaw::RewriteTooLarge, "the two fields together");
+
+        let invite = "Group.CallbackBeforeInviteJoinGroup";
+        let members = |id: &str| format!(r#"{{"ErrorCode":0,"RefusedMembers_Account":["u1","{id}"]}}"#);
+        assert!(answer(invite, members(&"u".repeat(MAX_USER_ID_BYTES)).as_bytes()).is_ok());
+        let long = members(&"u".repeat(MAX_USER_ID_BYTES + 1));
+        assert_eq!(answer(invite, long.as_bytes()).unwrap_err(), Flaw::RewriteTooLarge);
+        let numbers = br#"{"ErrorCode":0,"RefusedMembers_Account":[1]}"#;
+        assert_eq!(answer(invite, numbers).unwrap_err(), Flaw::RewriteType);
+    }
+
+    #[test]
+    fn a_long_error_info_is_cut_at_a_character_boundary_and_the_decision_kept() {
+        let reply = format!(r#"{{"ErrorCode":1,"ErrorInfo":"a{}"}}"#, "é".repeat(5000));
+        let decided = answer_reply(kind(MESSAGE), reply.as_bytes(), MAX_REPLY_BYTES).unwrap();
+        assert_eq!(decided.code, 1, "a refused message stays refused");
+        assert_eq!(decided.info, format!("a{}", "é".repeat((MAX_ERROR_INFO_BYTES - 2) / 2)));
+        assert_eq!(json(&decided.answer)["ErrorInfo"], decided.info);
+        let flawed = decided.flawed.unwrap();
+        assert_eq!((flawed.flaw, flawed.bytes), (Flaw::ErrorInfoCut, reply.len()));
+        let exact = format!(r#"{{"ErrorCode":1,"ErrorInfo":"{}"}}"#, "b".repeat(MAX_ERROR_INFO_BYTES));
+        assert!(answer_reply(kind(MESSAGE), exact.as_bytes(), MAX_REPLY_BYTES).unwrap().flawed.is_none());
     }
 
     #[test]

@@ -29,10 +29,12 @@
 //! - [`respond`]: a reference responder for blocking callbacks.
 //! - [`asyncapi`]: the AsyncAPI contract of what a gateway publishes.
 //! - [`traces`]: spans over OTLP/HTTP (`--otlp-endpoint`).
+//! - [`logs`]: log fields that carry outside bytes (escaped, cut), lines rate-limited.
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
-//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `bus`; `outbox` → `spool`, `dead_letters`, `metrics`, `bus`;
-//! `bus` → `traces` (the trace context a message carries) and nothing else of the gateway's.
+//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `bus`, `logs`; `outbox` → `spool`,
+//! `dead_letters`, `metrics`, `bus`; `bus` → `traces` (the trace context a message carries) and
+//! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
 
 pub mod admin;
 pub mod apps;
@@ -43,6 +45,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod decision;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod outbox;
 pub mod replay;

@@ -28,7 +28,12 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // async-nats logs every connection event at info, one per message it drops in a flood of
+    // replies; the bus logs those events itself, the drops at most once a second.
+    if !std::env::var("RUST_LOG").is_ok_and(|directives| directives.contains("async_nats")) {
+        filter = filter.add_directive("async_nats=warn".parse().expect("a valid directive"));
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {

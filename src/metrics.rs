@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::bus::{BusError, Message};
-use crate::decision::Outcome;
+use crate::decision::{Flaw, Flawed, Outcome};
+use crate::logs::{self, Limiter};
 use crate::spool::Recovery;
 
 const MAX_COMMANDS: usize = 64;
@@ -26,6 +27,8 @@ pub struct Metrics {
     decisions: Mutex<BTreeMap<(String, &'static str, String), u64>>,
     /// Decisions made by each rule, every rule starting at zero.
     rules: Mutex<BTreeMap<String, u64>>,
+    /// Flawed decision replies, by flaw (in the order of `Flaw::ALL`), each logged at most once a second.
+    bad_replies: Mutex<[(u64, Limiter); Flaw::ALL.len()]>,
     /// Audit events the outbox could not take.
     audit_refused: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
@@ -45,9 +48,7 @@ pub struct Metrics {
 #[derive(Default, Clone)]
 struct Rejections {
     count: u64,
-    /// Second of the last logged rejection, and how many were not logged since.
-    logged_at: u64,
-    unlogged: u64,
+    logged: Limiter,
 }
 
 /// A refused callback, as counted and logged.
@@ -114,21 +115,16 @@ impl Metrics {
     /// the number of refusals not logged since (so an overload cannot flood the log).
     pub fn rejected(&self, refusal: Rejected) {
         self.answered(refusal.command, refusal.status);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let suppressed = {
             let mut rejections = lock(&self.rejections);
             let entry = rejections.entry(refusal.label).or_default();
             entry.count += 1;
-            if entry.logged_at == now {
-                entry.unlogged += 1;
-                return;
-            }
-            entry.logged_at = now;
-            std::mem::take(&mut entry.unlogged)
+            let Some(suppressed) = entry.logged.allow() else { return };
+            suppressed
         };
         tracing::warn!(
-            request_id = refusal.request_id,
-            command = refusal.command,
+            request_id = logs::field(refusal.request_id),
+            command = logs::field(refusal.command),
             status = refusal.status,
             reason = %refusal.reason,
             label = refusal.label,
@@ -171,6 +167,30 @@ impl Metrics {
         }
         self.latency_sum_us.fetch_add(elapsed.as_micros() as u64, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    /// A responder's reply to the decision request `id` of `command` was flawed: counted, and
+    /// logged at most once per flaw and second with the number not logged since.
+    pub fn flawed_reply(&self, id: &str, command: &str, flawed: &Flawed) {
+        let suppressed = {
+            let mut bad_replies = lock(&self.bad_replies);
+            let (count, logged) = &mut bad_replies[flawed.flaw as usize];
+            *count += 1;
+            let Some(suppressed) = logged.allow() else { return };
+            suppressed
+        };
+        let answered = if flawed.flaw.is_invalid() { "the fallback" } else { "the reply, ErrorInfo cut" };
+        tracing::warn!(
+            id,
+            command,
+            reason = flawed.flaw.reason(),
+            label = flawed.flaw.label(),
+            answered,
+            bytes = flawed.bytes,
+            reply = flawed.reply.as_str(),
+            suppressed,
+            "flawed decision reply"
+        );
     }
 
     /// A signed request came again inside its window: answered as before, not published again.
@@ -273,6 +293,15 @@ impl Metrics {
                 "hookbus_decisions_total{{command=\"{command}\",outcome=\"{outcome}\",rule=\"{}\"}} {count}",
                 label(rule)
             );
+        }
+        family(
+            &mut out,
+            "bad_replies_total",
+            "counter",
+            "Decision replies refused (the fallback answered) or, for error_info_cut, cut, by reason.",
+        );
+        for (flaw, (count, _)) in Flaw::ALL.iter().zip(lock(&self.bad_replies).iter()) {
+            let _ = writeln!(out, "hookbus_bad_replies_total{{reason=\"{}\"}} {count}", flaw.label());
         }
         family(&mut out, "rule_decisions_total", "counter", "Blocking callbacks decided by each local rule.");
         for (rule, count) in lock(&self.rules).iter() {
@@ -411,7 +440,7 @@ impl Metrics {
             (
                 "late_replies_total",
                 "counter",
-                "Decision replies that arrived after the deadline.",
+                "Decision replies no request waits for: late, a second one, or for an id never asked.",
                 Some(gauges.late_replies),
             ),
         ];
@@ -484,6 +513,24 @@ mod tests {
         assert!(text.contains("hookbus_rejections_total{reason=\"outbox_full\"} 101"));
         assert!(text.contains("hookbus_rejections_total{reason=\"sign_stale\"} 1"));
         assert!(text.contains("hookbus_requests_total{command=\"unknown\",status=\"503\"} 102"));
+    }
+
+    #[test]
+    fn every_flawed_reply_is_counted_under_its_reason() {
+        let metrics = Metrics::default();
+        let zero = metrics.render(idle());
+        for flaw in Flaw::ALL {
+            assert!(zero.contains(&format!("hookbus_bad_replies_total{{reason=\"{}\"}} 0\n", flaw.label())));
+            let flawed = Flawed { flaw, bytes: 3, reply: "abc".into() };
+            for _ in 0..=(flaw as usize) {
+                metrics.flawed_reply("id", "Live.CallbackBeforeSendGift", &flawed);
+            }
+        }
+        let text = metrics.render(idle());
+        for (n, flaw) in Flaw::ALL.iter().enumerate() {
+            let line = format!("hookbus_bad_replies_total{{reason=\"{}\"}} {}\n", flaw.label(), n + 1);
+            assert!(text.contains(&line), "{line}");
+        }
     }
 
     #[test]

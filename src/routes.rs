@@ -189,7 +189,7 @@ where
             let traceparent = trace.as_ref().map_or("", Context::header);
             // Fields are evaluated only when the line is logged: no clock read otherwise.
             tracing::debug!(
-                request_id,
+                request_id = crate::logs::field(request_id),
                 id,
                 command,
                 traceparent,
@@ -425,6 +425,9 @@ async fn decide(shared: &Shared, kind: Kind, message: Message, receive: Receive,
     let request = shared.audit.then(|| message.clone());
     let decided = shared.decisions.decide(&shared.bus, kind, message, &app.fallbacks).await;
     let elapsed = started.elapsed();
+    if let Some(flawed) = &decided.flawed {
+        shared.metrics.flawed_reply(&id, &command, flawed);
+    }
     shared.metrics.decided(&command, decided.outcome, decided.rule.as_deref(), elapsed);
     let (outcome, rule) = (decided.outcome.label(), decided.rule.as_deref().unwrap_or_default());
     tracing::debug!(id, command, outcome, rule, ?elapsed, "decided");

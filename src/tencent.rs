@@ -144,18 +144,34 @@ pub struct Signed {
     pub request_time: u64,
 }
 
-/// A reply field a responder may return with ErrorCode 0 to change what Tencent does, and the
-/// JSON type it must have.
+/// A reply field a responder may return with ErrorCode 0 to change what Tencent does, the
+/// JSON type it must have, and what bounds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewrite {
     pub field: &'static str,
     /// `[` for an array, `"` for a string: the first byte of its JSON.
     pub starts_with: u8,
+    pub bound: Bound,
 }
 
-const MSG_BODY: Rewrite = Rewrite { field: "MsgBody", starts_with: b'[' };
-const CLOUD_CUSTOM_DATA: Rewrite = Rewrite { field: "CloudCustomData", starts_with: b'"' };
-const REFUSED_MEMBERS: Rewrite = Rewrite { field: "RefusedMembers_Account", starts_with: b'[' };
+/// What Tencent accepts for a rewritten field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Part of the message: the JSON of all such fields together at most [`MAX_MESSAGE_BYTES`].
+    Message,
+    /// An array of UserIDs, each a string of at most [`MAX_USER_ID_BYTES`].
+    UserIds,
+}
+
+/// Chat's bound on a one-to-one or group message: "no longer than 12KB"
+/// (tencentcloud.com/document/product/1047/34381, Use Limits).
+pub const MAX_MESSAGE_BYTES: usize = 12 * 1024;
+/// Chat's bound on a UserID: 32 bytes (the same page).
+pub const MAX_USER_ID_BYTES: usize = 32;
+
+const MSG_BODY: Rewrite = Rewrite { field: "MsgBody", starts_with: b'[', bound: Bound::Message };
+const CLOUD_CUSTOM_DATA: Rewrite = Rewrite { field: "CloudCustomData", starts_with: b'"', bound: Bound::Message };
+const REFUSED_MEMBERS: Rewrite = Rewrite { field: "RefusedMembers_Account", starts_with: b'[', bound: Bound::UserIds };
 
 /// A blocking callback Tencent documents: the reply codes it takes, the fields a reply may
 /// rewrite, and what Tencent itself does when no answer comes in time (`allow` or not), which

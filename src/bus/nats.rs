@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::message::{attribute_names, Message};
 use super::replies::Replies;
 use super::{Answer, BusError, Ready, Reconnects};
+use crate::logs::Limiter;
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -269,9 +270,12 @@ async fn send_reply(client: &Client, reply_to: Subject, reply: Bytes) {
 }
 
 /// The client settings: no request timeout (our deadline is the only one), reconnecting
-/// forever with the shared capped backoff, connection events logged.
+/// forever with the shared capped backoff, connection events logged. A flood of replies faster
+/// than the inbox is read makes the client drop messages, an event each: those are logged at
+/// most once a second.
 fn client_options(options: &NatsOptions, reconnects: &Arc<Reconnects>) -> ConnectOptions {
     let reconnects = reconnects.clone();
+    let dropping = Arc::new(std::sync::Mutex::new(Limiter::default()));
     ConnectOptions::new()
         .name(format!("hookbus {}", options.name))
         .request_timeout(None)
@@ -284,7 +288,21 @@ fn client_options(options: &NatsOptions, reconnects: &Arc<Reconnects>) -> Connec
                 attempt => reconnects.next("NATS", attempt as u32 - 1),
             }
         })
-        .event_callback(|event| async move { tracing::info!(%event, "nats connection event") })
+        .event_callback(move |event| {
+            let dropping = dropping.clone();
+            async move {
+                if !matches!(event, async_nats::Event::SlowConsumer(_)) {
+                    return tracing::info!(%event, "nats connection event");
+                }
+                let allowed = dropping.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
+                if let Some(suppressed) = allowed {
+                    tracing::warn!(
+                        suppressed,
+                        "NATS client dropped messages it could not hand over in time (slow consumer)"
+                    );
+                }
+            }
+        })
 }
 
 /// Failures a retry cannot fix: credentials, the URL, TLS set-up.

@@ -1,7 +1,9 @@
 //! Decision requests waiting for their reply, by correlation id, for the backends that read
 //! replies from one shared subscription (a NATS inbox, AMQP direct reply-to, a Kafka reply
 //! topic). A request registers before it is sent and is removed by a guard when it is done
-//! or dropped at its deadline (cancel-safe); a reply nobody waits for is counted as late.
+//! or dropped at its deadline (cancel-safe). A reply nobody waits for (late, a second one, or
+//! for an id never asked: a responder on the wrong inbox, a flood) is dropped at once, keeping
+//! nothing of it: counted as late, and logged at most once a second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -9,14 +11,17 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
+use crate::logs::{self, Limiter};
+
 pub struct Replies<T> {
     waiting: Mutex<HashMap<String, oneshot::Sender<T>>>,
     late: AtomicU64,
+    logged: Mutex<Limiter>,
 }
 
 impl<T> Default for Replies<T> {
     fn default() -> Self {
-        Replies { waiting: Mutex::default(), late: AtomicU64::new(0) }
+        Replies { waiting: Mutex::default(), late: AtomicU64::new(0), logged: Mutex::default() }
     }
 }
 
@@ -49,7 +54,15 @@ impl<T> Replies<T> {
             Some(sender) => drop(sender.send(reply)),
             None => {
                 self.late.fetch_add(1, Relaxed);
-                tracing::debug!(correlation_id = id, "late or unknown reply dropped");
+                let allowed = self.logged.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
+                if let Some(suppressed) = allowed {
+                    let correlation_id = logs::field(id);
+                    tracing::warn!(
+                        correlation_id,
+                        suppressed,
+                        "reply for no waiting request dropped (late, or never asked)"
+                    );
+                }
             }
         }
     }

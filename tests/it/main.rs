@@ -10,6 +10,8 @@
 //! - `faults`: crashes, overload, damaged spools and SIGTERM: nothing acknowledged is lost.
 //! - `outages`: a broker away at start-up, during a restart, or refusing credentials.
 //! - `hardening`: slow and hostile clients, connection caps, JSON logs.
+//! - `hostile`: careless and hostile responders on every bus: bounded replies, escaped log
+//!   lines, floods of replies to ids never asked.
 //! - `contract`: the AsyncAPI document, read by the official parser and a JSON Schema validator.
 //! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
 //! - `tls`: HTTPS with a certificate made at test time.
@@ -28,6 +30,7 @@ mod deploy;
 mod every_bus;
 mod faults;
 mod hardening;
+mod hostile;
 mod kafka;
 mod nats;
 mod outages;
