@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::bus::{BusError, Message};
+use crate::logs;
 use crate::spool::{self, field, frame, millis, put, take};
 
 /// The dead-letter log's file name in a spool directory.
@@ -212,12 +213,12 @@ impl DeadLetters {
         for letter in letters {
             let message = &letter.message;
             if state.bytes + letter.bytes() > self.max_bytes {
-                tracing::error!(id = %message.id, destination = %message.destination, reason = %letter.reason, error = %letter.error, body = %String::from_utf8_lossy(&message.payload), "dead-letter store full: the event is dropped, logged here only");
+                tracing::error!(id = %message.id, destination = %message.destination, reason = %letter.reason, error = logs::field(&letter.error), body = logs::field(&message.payload), "dead-letter store full: the event is dropped, logged here only");
                 state.dropped += 1;
                 outcome.dropped += 1;
                 continue;
             }
-            tracing::error!(id = %message.id, destination = %message.destination, key = message.key.as_deref().unwrap_or(""), reason = %letter.reason, attempts = letter.attempts, error = %letter.error, "dead letter: the broker will not take this event; later events go on");
+            tracing::error!(id = %message.id, destination = %message.destination, key = message.key.as_deref().unwrap_or(""), reason = %letter.reason, attempts = letter.attempts, error = logs::field(&letter.error), "dead letter: the broker will not take this event; later events go on");
             if self.log.is_some() {
                 records.extend_from_slice(&letter.record());
             }

@@ -115,6 +115,7 @@ impl Backend {
             Backend::Amqp => {
                 let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
                 let channel = connection.create_channel().await.unwrap();
+                declare_exchange(&connection).await;
                 let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
                 let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
                 let name = queue.name().clone();
@@ -167,6 +168,21 @@ impl Backend {
         tokio::time::timeout(Duration::from_secs(10), subscribed).await.unwrap().expect("the responder subscribes");
         task
     }
+}
+
+/// Declares the gateway's exchange `tencent` when it is missing, as the gateway would (on a
+/// fresh broker a watcher may bind before any gateway has run).
+async fn declare_exchange(connection: &lapin::Connection) {
+    use lapin::options::ExchangeDeclareOptions;
+    let probe = connection.create_channel().await.unwrap();
+    let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
+    let kind = lapin::ExchangeKind::Topic;
+    if probe.exchange_declare("tencent".into(), kind.clone(), passive, FieldTable::default()).await.is_ok() {
+        return;
+    }
+    let channel = connection.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare("tencent".into(), kind, durable, FieldTable::default()).await.unwrap();
 }
 
 impl Watcher {
