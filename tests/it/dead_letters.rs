@@ -360,3 +360,90 @@ async fn hostile_room_ids_never_stall_a_bus() {
         gateway.stop().await;
     }
 }
+
+/// A JetStream stream full with `discard: new` refuses every event: a retry, logged and counted,
+/// until `--dead-letter-after` takes the events that cannot get in for dead letters.
+#[tokio::test]
+async fn a_full_jetstream_stream_is_retried_then_dead_lettered_after_n_attempts() {
+    use async_nats::jetstream;
+    let prefix = unique("t");
+    let name = unique("S");
+    let context = jetstream::new(async_nats::connect(crate::brokers::nats_url()).await.unwrap());
+    let config = jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        max_messages: 5,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    context.create_stream(config).await.unwrap();
+    let flags = ["--nats-jetstream", "--dead-letter-after", "3"];
+    let gateway = Backend::Nats.gateway(&prefix, None, &flags).await;
+    let mut client = Client::connect(gateway.addr).await;
+    for n in 0..8 {
+        assert_eq!(client.post(COMMAND, &body(&format!("room-{n}"), n, 10)).await.0, 200);
+    }
+    eventually("the three that do not fit are dead letters", Duration::from_secs(20), || async {
+        let text = metrics(gateway.addr).await;
+        metric(&text, "hookbus_dead_letters") == 3 && metric(&text, "hookbus_outbox_depth") == 0
+    })
+    .await;
+    let text = metrics(gateway.addr).await;
+    assert!(text.contains("reason=\"attempts\"} 3"), "{text}");
+    assert!(metric(&text, "hookbus_publishes_retried_total") >= 2, "retried before: {text}");
+    let stored = context.get_stream(&name).await.unwrap().info().await.unwrap().state.messages;
+    assert_eq!(stored, 5);
+    gateway.stop().await;
+    context.delete_stream(&name).await.unwrap();
+}
+
+/// The exchange deleted under a running gateway: the link is re-established and the exchange
+/// declared again; the events meanwhile are settled (unroutable: nothing is bound to the new
+/// exchange yet), nothing stalls, and once a queue is bound again it gets the next event.
+#[tokio::test]
+async fn a_rabbitmq_exchange_deleted_while_running_is_declared_again() {
+    use lapin::options::ExchangeDeleteOptions;
+    let prefix = unique("t");
+    let exchange = unique("x");
+    let connection = lapin::Connection::connect(&crate::brokers::amqp_url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let gateway = Backend::Amqp.gateway(&prefix, None, &["--amqp-exchange", &exchange]).await;
+    let mut client = Client::connect(gateway.addr).await;
+    let mut consumer = bound(&channel, &exchange, &prefix).await;
+    assert_eq!(client.post(COMMAND, &body("first", 0, 10)).await.0, 200);
+    let first =
+        tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.expect("delivered").unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first.data).contains("first"));
+
+    channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
+    for n in 1..=5 {
+        assert_eq!(client.post(COMMAND, &body(&format!("room-{n}"), n, 10)).await.0, 200);
+    }
+    eventually("the events after the deletion are settled", Duration::from_secs(20), || async {
+        let text = metrics(gateway.addr).await;
+        let settled =
+            metric(&text, "hookbus_publishes_confirmed_total") + metric(&text, "hookbus_publishes_unroutable_total");
+        metric(&text, "hookbus_outbox_depth") == 0 && settled >= 6
+    })
+    .await;
+    let mut consumer = bound(&channel, &exchange, &prefix).await;
+    assert_eq!(client.post(COMMAND, &body("after", 9, 10)).await.0, 200);
+    let after =
+        tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.expect("delivered").unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&after.data).contains("after"));
+    gateway.stop().await;
+    channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.unwrap();
+}
+
+/// A consumer of a fresh queue bound to everything under `prefix` on `exchange`.
+async fn bound(channel: &lapin::Channel, exchange: &str, prefix: &str) -> lapin::Consumer {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
+    let key = format!("{prefix}.#");
+    let bind = QueueBindOptions::default();
+    channel.queue_bind(queue.name().clone(), exchange.into(), key.into(), bind, FieldTable::default()).await.unwrap();
+    let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    channel.basic_consume(queue.name().clone(), "".into(), consume, FieldTable::default()).await.unwrap()
+}
