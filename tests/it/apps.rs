@@ -5,12 +5,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hookbus::bus::stdout::Stdout;
-use hookbus::bus::Bus;
 use hyper::Method;
 
 use crate::brokers::Backend;
-use crate::support::{metrics, request, signal, signed_as, spawn_binary_with_logs, tempdir, unique, Captured, Running};
+use crate::support::{metrics, request, signal, signed_as, spawn_binary_with_logs, tempdir, unique, Running};
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -26,9 +24,8 @@ async fn post(addr: std::net::SocketAddr, app: &str, token: &str, room: &str) ->
 
 #[tokio::test]
 async fn a_request_signed_with_any_of_the_tokens_is_accepted() {
-    let captured = Captured::default();
     let flags = ["--token", "live-token", "--token", "chat-token"];
-    let gateway = Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
+    let (gateway, captured) = Running::stdout(&flags).await;
     assert_eq!(post(gateway.addr, "1", "live-token", "a").await, 200);
     assert_eq!(post(gateway.addr, "1", "chat-token", "b").await, 200);
     assert_eq!(post(gateway.addr, "1", "other-token", "c").await, 401);

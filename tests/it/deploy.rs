@@ -151,14 +151,13 @@ fn the_alerts_pass_promtool() {
 /// Every metric the dashboard and the alerts use is one a running gateway exposes.
 #[tokio::test]
 async fn the_dashboard_and_the_alerts_use_metrics_that_exist() {
-    use crate::support::{metrics, tempdir, Captured, Running, APP, TOKEN};
-    use hookbus::bus::{stdout::Stdout, Bus};
+    use crate::support::{metrics, tempdir, Running, APP, TOKEN};
     // With a spool (its gauges) and without (the memory outbox's bound).
     let spool = tempdir("spool");
     let mut scrape = String::new();
     for extra in [&["--spool-dir", spool.to_str().unwrap()][..], &[]] {
         let flags = [&["--sdk-app-id", APP, "--token", TOKEN][..], extra].concat();
-        let gateway = Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await;
+        let (gateway, _) = Running::stdout(&flags).await;
         gateway.post("Live.CallbackAfterCreateRoom", br#"{"RoomId":"r"}"#).await;
         gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
         scrape += &metrics(gateway.addr).await;

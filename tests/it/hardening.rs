@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use hookbus::bus::stdout::Stdout;
-use hookbus::bus::Bus;
 use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,7 +17,7 @@ use crate::support::{
 };
 
 async fn gateway(flags: &[&str]) -> Running {
-    Running::start(flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await
+    Running::stdout(flags).await.0
 }
 
 #[tokio::test]
@@ -143,9 +141,7 @@ async fn json_logs_carry_request_id_status_reason_and_latency() {
 
 /// A stdout gateway that checks SdkAppid and signatures, and what it published.
 async fn secured() -> (Running, Captured) {
-    let captured = Captured::default();
-    let flags = ["--sdk-app-id", APP, "--token", TOKEN];
-    (Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await, captured)
+    Running::stdout(&["--sdk-app-id", APP, "--token", TOKEN]).await
 }
 
 #[tokio::test]
@@ -201,7 +197,7 @@ async fn bodies_nested_past_the_limit_are_refused() {
 }
 
 async fn gateway_with(flags: &[&str]) -> Running {
-    Running::start(flags, Bus::Stdout(Stdout::new(Box::new(Captured::default())))).await
+    Running::stdout(flags).await.0
 }
 
 #[tokio::test]

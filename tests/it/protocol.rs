@@ -14,9 +14,7 @@ use crate::support::{eventually, metrics, request, samples, signed_as, Captured,
 const SECURED: &[&str] = &["--sdk-app-id", APP, "--token", TOKEN];
 
 async fn secured() -> (Running, Captured) {
-    let captured = Captured::default();
-    let bus = Bus::Stdout(Stdout::new(Box::new(captured.clone())));
-    (Running::start(SECURED, bus).await, captured)
+    Running::stdout(SECURED).await
 }
 
 fn ok() -> serde_json::Value {
@@ -178,8 +176,7 @@ async fn query_is_case_insensitive_and_command_may_come_from_the_body() {
 
 #[tokio::test]
 async fn without_token_or_app_list_anything_signed_or_not_is_accepted() {
-    let captured = Captured::default();
-    let gateway = Running::start(&[], Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
+    let (gateway, captured) = Running::stdout(&[]).await;
     let (status, _) = raw(&gateway, Method::POST, "/?SdkAppid=1&CallbackCommand=Live.X", b"{}").await;
     assert_eq!(status, 200);
     gateway.stop().await;
@@ -314,10 +311,9 @@ async fn collector() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<V
 #[tokio::test]
 async fn spans_are_exported_over_otlp_and_the_bus_carries_the_gateways_span() {
     let (addr, received) = collector().await;
-    let captured = Captured::default();
     let endpoint = format!("http://{addr}");
     let flags = ["--sdk-app-id", APP, "--token", TOKEN, "--otlp-endpoint", &endpoint];
-    let gateway = Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
+    let (gateway, captured) = Running::stdout(&flags).await;
     let (trace, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let parent = format!("00-{trace}-{caller}-01");
     for (command, body) in [

@@ -42,6 +42,14 @@ impl Running {
         Running { addr, shutdown: Some(shutdown), handle }
     }
 
+    /// Starts a gateway with `flags` on the stdout bus, writing its events where the test
+    /// reads them back.
+    pub async fn stdout(flags: &[&str]) -> (Running, Captured) {
+        let captured = Captured::default();
+        let bus = Bus::Stdout(hookbus::bus::stdout::Stdout::new(Box::new(captured.clone())));
+        (Running::start(flags, bus).await, captured)
+    }
+
     /// Connects to the bus the flags name, then starts a gateway.
     pub async fn connect(flags: &[&str]) -> Running {
         let options = serve_flags(flags).expect("valid flags").bus.options();

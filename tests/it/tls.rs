@@ -3,15 +3,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hookbus::bus::stdout::Stdout;
-use hookbus::bus::Bus;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::support::{tempdir, Captured, Running, APP, TOKEN};
+use crate::support::{tempdir, Running, APP, TOKEN};
 
 fn connector(cert: CertificateDer<'static>, alpn: &[u8]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -41,7 +39,6 @@ async fn https_serves_http1_and_http2() {
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, generated.cert.pem()).unwrap();
     std::fs::write(&key_path, generated.key_pair.serialize_pem()).unwrap();
-    let captured = Captured::default();
     let flags = [
         "--tls-cert",
         cert_path.to_str().unwrap(),
@@ -52,7 +49,7 @@ async fn https_serves_http1_and_http2() {
         "--token",
         TOKEN,
     ];
-    let gateway = Running::start(&flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
+    let (gateway, captured) = Running::stdout(&flags).await;
     let cert = generated.cert.der().clone();
     let name = ServerName::try_from("localhost").unwrap();
 

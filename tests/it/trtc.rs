@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use hookbus::bus::stdout::Stdout;
-use hookbus::bus::Bus;
 use hookbus::trtc::Event;
 use hyper::Method;
 use serde_json::Value;
@@ -84,9 +82,7 @@ async fn post(addr: std::net::SocketAddr, app: &str, sign: Option<&str>, body: &
 
 /// A gateway on the stdout bus, writing its events where the test reads them.
 async fn captured(flags: &[&str]) -> (Running, Captured) {
-    let captured = Captured::default();
-    let gateway = Running::start(flags, Bus::Stdout(Stdout::new(Box::new(captured.clone())))).await;
-    (gateway, captured)
+    Running::stdout(flags).await
 }
 
 async fn each_group_reaches(backend: Backend) {
