@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper::Method;
 
 use crate::brokers::Backend;
-use crate::support::{metrics, request, signal, signed_as, spawn_binary_with_logs, tempdir, unique, Running};
+use crate::support::{
+    eventually, metrics, request, signal, signed_as, spawn_binary_with_logs, tempdir, unique, Running,
+};
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -94,17 +96,29 @@ async fn tokens_rotate_on_sighup_without_refusing_a_valid_request() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Waits for `n` more callbacks sent, rather than for a time that stands for them.
+    let more = |n: usize| {
+        let sent = sent.clone();
+        async move {
+            let start = sent.lock().unwrap().len();
+            eventually("callbacks sent", Duration::from_secs(10), || {
+                let sent = sent.clone();
+                async move { sent.lock().unwrap().len() >= start + n }
+            })
+            .await;
+        }
+    };
+    more(20).await;
     // The rotation: the new token next to the old one, switch the sender, then the old one out.
     std::fs::write(&file, "old-token\nnew-token\n").unwrap();
     signal(&child, "HUP");
     logged(&logs, "token live.2 added");
     *current.lock().unwrap() = "new-token".to_owned();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    more(20).await;
     std::fs::write(&file, "new-token\n").unwrap();
     signal(&child, "HUP");
     logged(&logs, "token live changed");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    more(20).await;
     stream.abort();
     let sent = sent.lock().unwrap().clone();
     let refused: Vec<_> = sent.iter().filter(|(_, status)| *status != 200).collect();

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 
 use crate::brokers::{collect, nats_url, Backend, Watcher};
-use crate::support::{burst, metrics, request, signal, spawn_binary, tempdir, unique, Proxy, APP, TOKEN};
+use crate::support::{
+    burst, eventually, metric, metrics, request, signal, spawn_binary, tempdir, unique, Proxy, APP, TOKEN,
+};
 
 fn flags<'a>(prefix: &'a str, url: &'a str, spool: &'a str) -> Vec<&'a str> {
     vec![
@@ -49,9 +51,15 @@ async fn burst_with_the_broker_going_away(extra: &[&str]) -> Burst {
     flags.extend_from_slice(extra);
     let (child, addr) = spawn_binary(&flags);
     let burst = tokio::spawn(burst(addr, 0..20_000, 8));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("events confirmed before the broker goes", Duration::from_secs(10), || async {
+        metric(&metrics(addr).await, "hookbus_publishes_confirmed_total") > 0
+    })
+    .await;
     proxy.set_down(true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("events waiting while the broker is away", Duration::from_secs(10), || async {
+        metric(&metrics(addr).await, "hookbus_outbox_depth") > 100
+    })
+    .await;
     Burst { prefix, spool, watcher, child, burst, _proxy: proxy }
 }
 

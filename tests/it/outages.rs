@@ -64,7 +64,11 @@ async fn start_without_broker(backend: Backend, spooled: bool) {
     assert!(metric(&metrics(gateway.addr).await, "hookbus_bus_connected") == 0);
 
     let mut watcher = backend.watch(&prefix).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // a few reconnect attempts fail first
+    let attempts = metric(&metrics(gateway.addr).await, "hookbus_bus_connect_attempts_total");
+    eventually("a few more reconnect attempts fail first", Duration::from_secs(15), || async {
+        metric(&metrics(gateway.addr).await, "hookbus_bus_connect_attempts_total") >= attempts + 2
+    })
+    .await;
     let back = Instant::now();
     proxy.set_down(false);
     let first = watcher.next(Duration::from_secs(30)).await;
