@@ -3,7 +3,7 @@
 //! it (of every room, its own included) go on.
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -12,36 +12,9 @@ use hyper::Method;
 use crate::brokers::Backend;
 use crate::support::*;
 
-/// A nats-server of the test's own on `port` with `max_payload` (and JetStream when asked).
-struct Server(Child);
-
-impl Server {
-    fn start(port: u16, max_payload: usize, jetstream: Option<&Path>) -> Server {
-        let dir = tempdir("nats-conf");
-        let mut conf = format!("listen: 127.0.0.1:{port}\nmax_payload: {max_payload}\n");
-        if let Some(store) = jetstream {
-            conf.push_str(&format!("jetstream {{ store_dir: \"{}\" }}\n", store.display()));
-        }
-        std::fs::write(dir.join("nats.conf"), conf).unwrap();
-        let child = Command::new("nats-server")
-            .args(["-c", dir.join("nats.conf").to_str().unwrap()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (scripts/services.sh)");
-        let up = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(up.elapsed() < Duration::from_secs(10), "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A nats-server of the test's own on `port` with `max_payload`.
+fn nats_server(port: u16, max_payload: usize) -> NatsServer {
+    NatsServer::start(port, &format!("max_payload: {max_payload}\n"))
 }
 
 fn free_port() -> u16 {
@@ -70,7 +43,7 @@ const COMMAND: &str = "Live.CallbackAfterEnterRoom";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_too_large_for_nats_is_a_dead_letter_and_the_others_go_on() {
     let port = free_port();
-    let server = Server::start(port, 1024, None);
+    let server = nats_server(port, 1024);
     let url = format!("nats://127.0.0.1:{port}");
     let dir = tempdir("dead-spool");
     let prefix = unique("dl");
@@ -152,7 +125,7 @@ async fn an_event_too_large_for_nats_is_a_dead_letter_and_the_others_go_on() {
 
     // The limit raised (a restarted server), the gateway back: requeued, delivered with its id.
     drop(server);
-    let _server = Server::start(port, 1 << 20, None);
+    let _server = nats_server(port, 1 << 20);
     let consumer = async_nats::connect(&url).await.unwrap();
     let mut events = consumer.subscribe(format!("{prefix}.>")).await.unwrap();
     consumer.flush().await.unwrap();
@@ -174,7 +147,7 @@ async fn an_event_too_large_for_nats_is_a_dead_letter_and_the_others_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_export_as_cloudevents_and_requeue_into_a_stopped_gateways_spool() {
     let port = free_port();
-    let _server = Server::start(port, 1024, None);
+    let _server = nats_server(port, 1024);
     let url = format!("nats://127.0.0.1:{port}");
     let dir = tempdir("dead-export");
     let prefix = unique("dx");
@@ -261,19 +234,29 @@ async fn poison_then(
     seen[&0].duration_since(posted)
 }
 
-#[tokio::test]
-async fn a_message_over_the_jetstream_streams_limit_is_a_dead_letter() {
+/// A JetStream stream `name` over everything under `prefix` on the test server, as `limit` sets it.
+async fn stream(
+    name: &str,
+    prefix: &str,
+    limit: impl FnOnce(&mut async_nats::jetstream::stream::Config),
+) -> async_nats::jetstream::Context {
     use async_nats::jetstream;
-    let prefix = unique("t");
-    let name = unique("S");
     let context = jetstream::new(async_nats::connect(crate::brokers::nats_url()).await.unwrap());
-    let config = jetstream::stream::Config {
-        name: name.clone(),
+    let mut config = jetstream::stream::Config {
+        name: name.to_owned(),
         subjects: vec![format!("{prefix}.>")],
-        max_message_size: 1024,
         ..Default::default()
     };
+    limit(&mut config);
     context.create_stream(config).await.unwrap();
+    context
+}
+
+#[tokio::test]
+async fn a_message_over_the_jetstream_streams_limit_is_a_dead_letter() {
+    let prefix = unique("t");
+    let name = unique("S");
+    let context = stream(&name, &prefix, |config| config.max_message_size = 1024).await;
     let gateway = Backend::Nats.gateway(&prefix, None, &["--nats-jetstream"]).await;
     let took =
         poison_then(Backend::Nats, &prefix, &gateway, (COMMAND, &body("poison", 0, 3000)), 50, "too_large").await;
@@ -368,15 +351,11 @@ async fn a_full_jetstream_stream_is_retried_then_dead_lettered_after_n_attempts(
     use async_nats::jetstream;
     let prefix = unique("t");
     let name = unique("S");
-    let context = jetstream::new(async_nats::connect(crate::brokers::nats_url()).await.unwrap());
-    let config = jetstream::stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("{prefix}.>")],
-        max_messages: 5,
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    context.create_stream(config).await.unwrap();
+    let context = stream(&name, &prefix, |config| {
+        config.max_messages = 5;
+        config.discard = jetstream::stream::DiscardPolicy::New;
+    })
+    .await;
     let flags = ["--nats-jetstream", "--dead-letter-after", "3"];
     let gateway = Backend::Nats.gateway(&prefix, None, &flags).await;
     let mut client = Client::connect(gateway.addr).await;

@@ -10,8 +10,8 @@ use hyper::Method;
 
 use crate::brokers::{collect, Backend};
 use crate::support::{
-    burst, eventually, metric, metrics, request, signal, spawn_binary, spawn_binary_with_logs, tempdir, unique, Proxy,
-    APP, TOKEN,
+    burst, eventually, metric, metrics, request, signal, spawn_binary, spawn_binary_with_logs, tempdir, unique,
+    NatsServer, Proxy, APP, TOKEN,
 };
 
 macro_rules! outage_tests {
@@ -170,20 +170,10 @@ fn refused_credentials_stop_start_up_with_the_cause() {
 
     // A NATS server of its own that wants a user and password.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = std::process::Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--user", "hookbus", "--pass", "right"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nats-server is installed (scripts/services.sh)");
-    let up = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(up.elapsed() < Duration::from_secs(10), "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = NatsServer::start(port, "authorization { user: hookbus, password: right }\n");
     let nats = format!("nats://hookbus:wrong@127.0.0.1:{port}");
     let (code, took, logs) = run_to_exit(&["--bus", "nats", "--nats-url", &nats]);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
     assert_eq!(code, Some(1), "{logs}");
     assert!(logs.contains("authorization violation"), "{logs}");
     println!("NATS wrong password: exit {code:?} after {took:?}");

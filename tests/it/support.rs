@@ -361,6 +361,35 @@ fn spawn_gateway(
     (child, addr, logs)
 }
 
+/// A nats-server of the test's own on `port`, configured by `conf` (the server's config file
+/// format; `listen` is added), stopped when dropped.
+pub struct NatsServer(std::process::Child);
+
+impl NatsServer {
+    pub fn start(port: u16, conf: &str) -> NatsServer {
+        let path = tempdir("nats-conf").join("nats.conf");
+        std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{conf}")).unwrap();
+        let child = std::process::Command::new("nats-server")
+            .args(["-c", path.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/services.sh)");
+        let up = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(up.elapsed() < Duration::from_secs(10), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer(child)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sends `signal` (e.g. "TERM", "KILL") to a child process.
 pub fn signal(child: &std::process::Child, signal: &str) {
     let status =
