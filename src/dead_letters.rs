@@ -90,16 +90,7 @@ impl DeadLetter {
         };
         let payload = bytes::Bytes::from(serde_json::to_vec(&notice).expect("a notice serialises"));
         let prefix = message.destination.strip_suffix(&message.command).unwrap_or("hookbus.");
-        let origin = crate::bus::Origin {
-            sdk_app_id: message.sdk_app_id.clone(),
-            client_ip: message.client_ip.clone(),
-            opt_platform: message.opt_platform.clone(),
-            traceparent: message.trace.header().to_owned(),
-            tracestate: message.tracestate.clone(),
-        };
-        let id = uuid::Uuid::now_v7().to_string();
-        let destination = [prefix, "deadletter"].concat();
-        Message::restore(id, SystemTime::now(), NOTICE_TYPE.into(), destination, message.key.clone(), origin, payload)
+        message.follow_up(NOTICE_TYPE, [prefix, "deadletter"].concat(), payload)
     }
 
     /// Memory and disk it takes, as counted against the bound.

@@ -270,16 +270,7 @@ impl Decided {
             body,
         };
         let payload = Bytes::from(serde_json::to_vec(&audit).expect("an audit event serialises"));
-        let origin = crate::bus::Origin {
-            sdk_app_id: request.sdk_app_id.clone(),
-            client_ip: request.client_ip.clone(),
-            opt_platform: request.opt_platform.clone(),
-            traceparent: request.trace.header().to_owned(),
-            tracestate: request.tracestate.clone(),
-        };
-        let destination = format!("{prefix}.audit.{}", request.command);
-        let id = uuid::Uuid::now_v7().to_string();
-        Message::restore(id, SystemTime::now(), AUDIT_TYPE.into(), destination, request.key.clone(), origin, payload)
+        request.follow_up(AUDIT_TYPE, format!("{prefix}.audit.{}", request.command), payload)
     }
 }
 

@@ -104,6 +104,21 @@ impl Message {
         }
     }
 
+    /// A new event about this one (an audit of its decision, the notice of its death): a fresh
+    /// id, received now, of `event_type` to `destination`, with this one's room, origin and
+    /// trace.
+    pub fn follow_up(&self, event_type: &str, destination: String, payload: Bytes) -> Message {
+        let origin = Origin {
+            sdk_app_id: self.sdk_app_id.clone(),
+            client_ip: self.client_ip.clone(),
+            opt_platform: self.opt_platform.clone(),
+            traceparent: self.trace.header().to_owned(),
+            tracestate: self.tracestate.clone(),
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        Message::restore(id, SystemTime::now(), event_type.into(), destination, self.key.clone(), origin, payload)
+    }
+
     /// CloudEvents attributes in binary mode, unprefixed.
     pub fn attributes(&self) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
         self.attributes_named(&ATTRIBUTES)

@@ -9,7 +9,7 @@ use hyper::Method;
 
 use crate::brokers::Backend;
 use crate::support::{
-    eventually, metrics, request, signal, signed_as, spawn_binary_with_logs, tempdir, unique, Running,
+    eventually, logged, metrics, request, signal, signed_as, spawn_binary_with_logs, tempdir, unique, Running,
 };
 
 fn now() -> u64 {
@@ -61,18 +61,6 @@ async fn each_app_lands_on_its_own_prefix_and_unlisted_apps_are_refused() {
     assert_eq!(event.destination, format!("{production}.{COMMAND}"));
     assert!(staging_events.try_next(Duration::from_millis(300)).await.is_none(), "nothing else");
     gateway.stop().await;
-}
-
-/// Waits for a log line containing `text`, or panics naming it.
-fn logged(logs: &std::sync::mpsc::Receiver<String>, text: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = logs.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {text:?}"));
-        if line.contains(text) {
-            return;
-        }
-    }
 }
 
 // The binary is started and signalled with blocking calls: keep a worker free.

@@ -390,6 +390,19 @@ impl Drop for NatsServer {
     }
 }
 
+/// Waits for a line of `logs` (from [`spawn_binary_with_logs`]) containing `text`, or panics
+/// naming it.
+pub fn logged(logs: &std::sync::mpsc::Receiver<String>, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = logs.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {text:?}"));
+        if line.contains(text) {
+            return;
+        }
+    }
+}
+
 /// Sends `signal` (e.g. "TERM", "KILL") to a child process.
 pub fn signal(child: &std::process::Child, signal: &str) {
     let status =

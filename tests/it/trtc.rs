@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::brokers::Backend;
 use crate::support::{
-    eventually, metrics, request_with, signal, signed_as, spawn_binary_with_logs, tempdir, unique, Captured, Running,
-    APP, TOKEN,
+    eventually, logged, metrics, request_with, signal, signed_as, spawn_binary_with_logs, tempdir, unique, Captured,
+    Running, APP, TOKEN,
 };
 
 const KEY: &str = "trtcKey0123456789";
@@ -267,18 +267,6 @@ async fn tencents_retries_are_one_event() {
     let again = watcher.next(Duration::from_secs(10)).await;
     assert_eq!(again.attributes["id"], first.attributes["id"], "the same event, the same id");
     replica.stop().await;
-}
-
-/// Waits for a log line containing `text`, or panics naming it.
-fn logged(logs: &std::sync::mpsc::Receiver<String>, text: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = logs.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {text:?}"));
-        if line.contains(text) {
-            return;
-        }
-    }
 }
 
 /// Callbacks sent so far, with the key that signed each and the status it got.
