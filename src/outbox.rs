@@ -319,24 +319,24 @@ impl Outbox {
                     tries.attempts += 1;
                     tries.nacks += u32::from(matches!(result, Err(BusError::Nacked(_))));
                 }
-                let dead = |result: &Result<(), BusError>, tries: &Tries| match result {
-                    Ok(()) | Err(BusError::Unroutable(_)) => false,
-                    Err(BusError::Rejected { .. }) => true,
-                    Err(BusError::Nacked(_)) if tries.nacks >= NACKS && others_confirmed => true,
-                    Err(_) => self.dead_letters.after.is_some_and(|after| tries.attempts >= after),
-                };
-                let retry = results.iter().zip(&tries).position(|(result, tries)| {
-                    result.is_err() && !matches!(result, Err(BusError::Unroutable(_))) && !dead(result, tries)
-                });
+                let after = self.dead_letters.after;
+                let verdicts: Vec<Verdict> = results
+                    .iter()
+                    .zip(&tries)
+                    .map(|(result, tries)| Verdict::of(result, tries, others_confirmed, after))
+                    .collect();
+                let retry = verdicts.iter().position(|verdict| *verdict == Verdict::Retry);
                 let settled = retry.unwrap_or(messages.len());
                 let mut letters = Vec::new();
-                for ((message, result), tries) in messages.iter().zip(&results).zip(&tries).take(settled) {
-                    match result {
-                        Ok(()) => metrics.confirmed(1),
-                        Err(BusError::Unroutable(reason)) => metrics.unroutable(message, reason),
-                        Err(error) => {
+                for (((message, result), tries), verdict) in
+                    messages.iter().zip(&results).zip(&tries).zip(&verdicts).take(settled)
+                {
+                    match (result, verdict) {
+                        (Err(BusError::Unroutable(reason)), _) => metrics.unroutable(message, reason),
+                        (Err(error), Verdict::Dead) => {
                             letters.push(DeadLetter::new(message.clone(), error, tries.attempts, first_attempt))
                         }
+                        _ => metrics.confirmed(1),
                     }
                     if let Some(tracer) = &tracer {
                         tracer.record(publish_span(message));
@@ -382,6 +382,34 @@ impl Outbox {
                 tracing::error!(%error, "dead letters could not be written to the spool directory; they are kept in memory only")
             }
             Err(error) => tracing::error!(%error, "dead letters could not be written"),
+        }
+    }
+}
+
+/// What becomes of one event of a batch after a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Confirmed, or refused as unroutable (counted, not retried): settled.
+    Settled,
+    /// The broker will never take it: settled as a dead letter.
+    Dead,
+    Retry,
+}
+
+impl Verdict {
+    /// Refused for good, nacked [`NACKS`] times while the broker confirmed others of its batch,
+    /// or unconfirmed after `after` attempts: dead; any other failure: a retry.
+    fn of(result: &Result<(), BusError>, tries: &Tries, others_confirmed: bool, after: Option<u32>) -> Verdict {
+        let dead = match result {
+            Ok(()) | Err(BusError::Unroutable(_)) => return Verdict::Settled,
+            Err(BusError::Rejected { .. }) => true,
+            Err(BusError::Nacked(_)) if tries.nacks >= NACKS && others_confirmed => true,
+            Err(_) => after.is_some_and(|after| tries.attempts >= after),
+        };
+        if dead {
+            Verdict::Dead
+        } else {
+            Verdict::Retry
         }
     }
 }
@@ -504,6 +532,26 @@ mod tests {
         assert!(matches!(outbox.push(message()).await, Err(PushError::Full(1))), "no room made: refused");
         assert_eq!(started.elapsed(), Duration::from_millis(250), "after the wait");
         assert!(outbox.is_full());
+    }
+
+    #[test]
+    fn refusals_are_dead_letters_and_other_failures_retries() {
+        let tries = |attempts, nacks| Tries { attempts, nacks };
+        let rejected = Err(BusError::Rejected { what: "too large".into(), reason: "too_large", cause: None });
+        let nacked = Err(BusError::Nacked("q".into()));
+        let away = Err(BusError::unavailable_because("away"));
+        assert_eq!(Verdict::of(&Ok(()), &tries(1, 0), false, None), Verdict::Settled);
+        assert_eq!(
+            Verdict::of(&Err(BusError::Unroutable("no queue".into())), &tries(1, 0), false, None),
+            Verdict::Settled
+        );
+        assert_eq!(Verdict::of(&rejected, &tries(1, 0), false, None), Verdict::Dead, "at once");
+        assert_eq!(Verdict::of(&nacked, &tries(2, 2), true, None), Verdict::Retry);
+        assert_eq!(Verdict::of(&nacked, &tries(3, 3), true, None), Verdict::Dead);
+        assert_eq!(Verdict::of(&nacked, &tries(9, 9), false, None), Verdict::Retry, "everything nacked: the channel");
+        assert_eq!(Verdict::of(&away, &tries(99, 0), true, None), Verdict::Retry, "retried until confirmed");
+        assert_eq!(Verdict::of(&away, &tries(2, 0), true, Some(3)), Verdict::Retry);
+        assert_eq!(Verdict::of(&away, &tries(3, 0), true, Some(3)), Verdict::Dead, "--dead-letter-after");
     }
 
     #[test]
