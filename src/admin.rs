@@ -77,6 +77,6 @@ async fn answer(stream: UnixStream, outbox: Arc<Outbox>) {
 async fn requeue(outbox: &Outbox, ids: Option<&[String]>) -> String {
     match outbox.requeue(ids).await {
         Ok(n) => format!("requeued {n}"),
-        Err(error) => format!("error: {error}"),
+        Err((n, error)) => format!("error: requeued {n}, then: {error}"),
     }
 }

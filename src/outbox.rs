@@ -265,8 +265,9 @@ impl Outbox {
     }
 
     /// Puts dead letters back (those with `ids`, or all of them) as accepted events with their
-    /// ids, and removes them from the dead letters once they are held again. Returns how many.
-    pub async fn requeue(&self, ids: Option<&[String]>) -> Result<usize, PushError> {
+    /// ids, and removes them from the dead letters once they are held again. Returns how many,
+    /// or, when the outbox refused one, how many were requeued before it and why.
+    pub async fn requeue(&self, ids: Option<&[String]>) -> Result<usize, (usize, PushError)> {
         let letters = self.dead_letters.take(ids);
         let mut requeued = Vec::with_capacity(letters.len());
         let mut result = Ok(());
@@ -288,7 +289,7 @@ impl Outbox {
             Err(error) => tracing::error!(%error, "requeued dead letters could not be removed from the log"),
             Ok(Ok(())) => tracing::info!(requeued = n, "dead letters requeued with their ids"),
         }
-        result.map(|()| n)
+        result.map(|()| n).map_err(|error| (n, error))
     }
 
     /// Drains the outbox through the bus until it is closed and empty. A batch is settled in
