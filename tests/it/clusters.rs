@@ -249,7 +249,12 @@ async fn amqp_node_and_queue_leader_kills_lose_nothing() {
     drained(addr).await;
     let reopens = metric(&metrics(addr).await, "hookbus_bus_channel_reopens_total");
     let kept = drain_queue(&queue).await;
-    println!("RabbitMQ: {} answered 200, {} in the queue, {reopens} channel reopens", answered.len(), kept.len());
+    let duplicates = kept.len() - kept.iter().map(|(_, room)| room).collect::<HashSet<_>>().len();
+    println!(
+        "RabbitMQ: {} answered 200, {} in the queue, {duplicates} duplicates, {reopens} channel reopens",
+        answered.len(),
+        kept.len()
+    );
     let rooms: HashSet<&String> = kept.iter().map(|(_, room)| room).collect();
     let missing: Vec<&String> = answered.iter().map(|(room, _)| room).filter(|room| !rooms.contains(room)).collect();
     assert!(missing.is_empty(), "answered 200 but not in the queue: {missing:?}");
