@@ -4,6 +4,7 @@
 #   NATS with JetStream, 3 servers hb-n1..hb-n3: clients on 127.0.0.1:4301..4303, routes 6301..6303
 #   RabbitMQ, 3 nodes hb1@localhost..hb3@localhost: AMQP on 127.0.0.1:5701..5703 (guest/guest),
 #   distribution on 25701..25703
+# and installs HAProxy (which the tests start themselves) when missing.
 # Idempotent: `start` starts only what is not running (a node a test killed comes back and
 # rejoins its cluster) and joins nodes 2 and 3 to node 1 once. Pid files, data and logs are in
 # $HOOKBUS_CLUSTERS_DIR (default /tmp/hookbus-clusters): the tests read the pid files to kill.
@@ -138,6 +139,10 @@ stop_pidfile() { # pid file
 
 case ${1:-} in
   start)
+    # The load balancer in front of two gateways in the cluster tests.
+    if ! command -v haproxy >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+    fi
     nats_start
     rabbit_start
     ;;

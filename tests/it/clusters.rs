@@ -454,3 +454,120 @@ async fn drain_queue(queue: &str) -> Vec<(String, String)> {
     }
     kept
 }
+
+/// HAProxy from the Debian package in front of `backends`, on a free port, checking each
+/// backend's `/readyz`; killed when dropped.
+struct Balancer {
+    addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Balancer {
+    fn start(backends: &[SocketAddr]) -> Balancer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(n, addr)| format!("    server g{n} {addr} check inter 200ms fall 1 rise 1\n"))
+            .collect();
+        let config = format!(
+            "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n    \
+             retries 3\n    option redispatch\n\
+             frontend callbacks\n    bind 127.0.0.1:{port}\n    default_backend gateways\n\
+             backend gateways\n    balance roundrobin\n    option httpchk GET /readyz\n{servers}"
+        );
+        let path = tempdir("haproxy").join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy runs (scripts/clusters.sh installs it)");
+        Balancer { addr: SocketAddr::from(([127, 0, 0, 1], port)), child }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two gateways behind HAProxy, sharing the NATS cluster: callbacks through the balancer reach
+/// both; with one gateway killed (its binary, SIGKILL), the other serves every callback.
+#[tokio::test]
+async fn two_gateways_behind_a_load_balancer_survive_one() {
+    let _one_at_a_time = CLUSTERS.lock().await;
+    ensure_clusters().await;
+    let (prefix, stream) = (unique("clb"), unique("CLB"));
+    let urls = NATS.join(",");
+    let flags = [
+        "--bus",
+        "nats",
+        "--nats-url",
+        &urls,
+        "--nats-jetstream",
+        "--nats-create-stream",
+        &stream,
+        "--nats-stream-replicas",
+        "3",
+        "--prefix",
+        &prefix,
+        "--sdk-app-id",
+        APP,
+        "--token",
+        TOKEN,
+    ];
+    let (mut doomed, doomed_addr) = crate::support::spawn_binary(&flags);
+    let survivor = Running::connect(&flags).await;
+    let balancer = Balancer::start(&[doomed_addr, survivor.addr]);
+    let lb = balancer.addr;
+    let post = move |n: usize| {
+        let room = format!("room-{n}");
+        let body = serde_json::json!({"CallbackCommand": COMMAND, "RoomId": room}).to_string();
+        async move { request(lb, Method::POST, &signed(COMMAND), body.as_bytes()).await.0 }
+    };
+    eventually("the balancer listens", Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(lb).await.is_ok()
+    })
+    .await;
+    eventually("the balancer serves", Duration::from_secs(30), || async move { post(0).await == 200 }).await;
+    for n in 1..=20 {
+        assert_eq!(post(n).await, 200);
+    }
+    let survivor_share = metric(&metrics(survivor.addr).await, "hookbus_publishes_confirmed_total");
+    assert!(survivor_share > 0 && survivor_share < 21, "both gateways took callbacks: {survivor_share} of 21");
+    // The same signed callback twice: round robin gives it to each gateway once.
+    let (target, body) =
+        (signed(COMMAND), serde_json::json!({"CallbackCommand": COMMAND, "RoomId": "same"}).to_string());
+    for _ in 0..2 {
+        assert_eq!(request(lb, Method::POST, &target, body.as_bytes()).await.0, 200);
+    }
+    let client = async_nats::connect(NATS.map(String::from).to_vec()).await.unwrap();
+    let stream_name = stream.clone();
+    eventually("both copies confirmed", Duration::from_secs(30), || {
+        let (client, stream) = (client.clone(), stream_name.clone());
+        async move {
+            let context = async_nats::jetstream::new(client);
+            let mut handle = context.get_stream(&stream).await.unwrap();
+            handle.info().await.unwrap().state.messages >= 22
+        }
+    })
+    .await;
+    crate::support::signal(&doomed, "KILL");
+    let _ = doomed.wait();
+    let mut answered = 0;
+    for n in 21..=60 {
+        answered += usize::from(post(n).await == 200);
+    }
+    println!("LB: with one gateway killed, {answered} of 40 callbacks answered 200");
+    assert_eq!(answered, 40, "the other gateway serves every callback (HAProxy retries a dead one)");
+    drained(survivor.addr).await;
+    let kept = stream_contents(&client, &stream).await;
+    let same: Vec<_> = kept.iter().filter(|(_, room)| room == "same").collect();
+    assert_eq!(same.len(), 1, "JetStream kept one copy of the callback both gateways took: {same:?}");
+    assert_eq!(kept.len(), 62, "every other callback once");
+    survivor.stop().await;
+}
