@@ -507,6 +507,15 @@ mod tests {
     }
 
     #[test]
+    fn bus_urls_are_seed_lists() {
+        let args = serve(&["--nats-url", "nats://a:4222,nats://b:4222", "--amqp-url", "amqp://a/%2f,amqp://b/%2f"]);
+        let args = args.unwrap();
+        assert_eq!(args.bus.nats_url, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(args.bus.amqp_url, ["amqp://a/%2f", "amqp://b/%2f"]);
+        assert!(serve(&["--amqp-url", "amqp://a/%2f,http://b"]).is_err(), "each URL is checked");
+    }
+
+    #[test]
     fn defaults_serve_on_stdout() {
         let args = serve(&[]).unwrap();
         assert_eq!(args.bus.bus, BusKind::Stdout);
