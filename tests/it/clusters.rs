@@ -226,6 +226,7 @@ async fn amqp_node_and_queue_leader_kills_lose_nothing() {
     ];
     let gateway = Running::connect(&flags).await;
     let addr = gateway.addr;
+    assert_eq!(queue_info(&format!("{prefix}.unrouted"), "type").await, "quorum", "--amqp-queue-type");
     let stop = Arc::new(AtomicBool::new(false));
     let callbacks = stream_of_callbacks(addr, stop.clone());
     confirmed_after(addr, 0, 20).await;
@@ -415,10 +416,15 @@ async fn quorum_queue(url: &str, exchange: &str, prefix: &str) -> String {
 
 /// The node that leads quorum queue `queue`, asked of a node that is up.
 async fn queue_leader(queue: &str) -> String {
+    queue_info(queue, "leader").await
+}
+
+/// One `rabbitmqctl list_queues` column of `queue`, asked of a node that is up.
+async fn queue_info(queue: &str, column: &str) -> String {
     for n in 1..=3 {
         let base = format!("{}/rabbit/hb{n}", clusters_dir());
         let output = tokio::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
-            .args(["-n", &format!("hb{n}@localhost"), "-q", "list_queues", "name", "leader", "--no-table-headers"])
+            .args(["-n", &format!("hb{n}@localhost"), "-q", "list_queues", "name", column, "--no-table-headers"])
             .env("HOME", format!("{base}/home"))
             .env("RABBITMQ_CONF_ENV_FILE", format!("{base}/rabbitmq-env.conf"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")

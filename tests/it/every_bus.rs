@@ -118,7 +118,7 @@ async fn samples_arrive_exactly(backend: Backend) {
         ]);
         let received_ms = sent.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         assert!(
-            id_ms % 1000 == 0 && id_ms <= received_ms && received_ms - id_ms < 60_000,
+            id_ms.is_multiple_of(1000) && id_ms <= received_ms && received_ms - id_ms < 60_000,
             "{command}: RequestTime in the id"
         );
         assert!(humantime::parse_rfc3339(attribute("time").unwrap()).is_ok());
