@@ -93,7 +93,43 @@ async fn confirmed_after(addr: SocketAddr, before: u64, count: u64) -> Duration 
     started.elapsed()
 }
 
-/// Every message of stream `name`: (event id, RoomId).
+/// `hookbus respond --decision 0` in-process on the NATS cluster; returns once it is subscribed.
+async fn cluster_responder(prefix: &str) -> tokio::task::JoinHandle<()> {
+    use clap::Parser;
+    let urls = NATS.join(",");
+    let argv = ["hookbus", "respond", "--bus", "nats", "--nats-url", &urls, "--prefix", prefix, "--decision", "0"];
+    let hookbus::config::Command::Respond(args) = hookbus::config::Cli::parse_from(argv).command else {
+        unreachable!("parsed as respond")
+    };
+    let responder = args.responder().expect("no rules");
+    let bus = hookbus::bus::Bus::connect(args.bus.options()).await.unwrap();
+    let (ready, subscribed) = tokio::sync::oneshot::channel();
+    let prefix = prefix.to_owned();
+    let task = tokio::spawn(async move {
+        let _ = responder.run(&bus, &prefix, ready).await;
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed).await.unwrap().expect("the responder subscribes");
+    task
+}
+
+/// Waits until a gift is decided by the responder (ErrorCode 0), not by the deny fallback.
+async fn decided_by_the_responder(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let gift = "Live.CallbackBeforeSendGift";
+    let body = crate::support::samples().into_iter().find(|(command, _)| command == gift).expect("a gift sample").1;
+    eventually("a gift decided by the responder", Duration::from_secs(60), || {
+        let body = body.clone();
+        async move {
+            let (status, answer) = request(addr, Method::POST, &signed(gift), &body).await;
+            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            status == 200 && answer["ErrorCode"] == 0
+        }
+    })
+    .await;
+    started.elapsed()
+}
+
+/// Every event (`COMMAND`) in stream `name`: (event id, RoomId).
 async fn stream_contents(client: &async_nats::Client, name: &str) -> Vec<(String, String)> {
     use async_nats::jetstream::consumer::pull;
     let context = async_nats::jetstream::new(client.clone());
@@ -108,8 +144,12 @@ async fn stream_contents(client: &async_nats::Client, name: &str) -> Vec<(String
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
     let mut contents = Vec::new();
-    while contents.len() < total {
+    for _ in 0..total {
         let message = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.unwrap().unwrap().unwrap();
+        // The stream over `{prefix}.>` keeps the decision requests too: only events count.
+        if !message.subject.ends_with(COMMAND) {
+            continue;
+        }
         let id = message.headers.as_ref().and_then(|h| h.get("ce-id")).unwrap().to_string();
         let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
         contents.push((id, body["RoomId"].as_str().unwrap().to_owned()));
@@ -134,7 +174,8 @@ fn assert_all_kept(answered: &[(String, Instant)], kept: &[(String, String)], wh
 
 /// SIGKILL of the server the gateway is on, then (once it is back) of the stream leader, under
 /// a stream of signed callbacks with a spool: every event answered 200 is in the R3 stream,
-/// once. The time from each kill to the next confirmed event is printed.
+/// once, and gifts are decided by the responder again after each kill. The time from each kill
+/// to the next confirmed event is printed.
 #[tokio::test]
 async fn nats_node_and_stream_leader_kills_lose_nothing() {
     let _one_at_a_time = CLUSTERS.lock().await;
@@ -163,6 +204,8 @@ async fn nats_node_and_stream_leader_kills_lose_nothing() {
     ];
     let gateway = Running::connect(&flags).await;
     let addr = gateway.addr;
+    let responder = cluster_responder(&prefix).await;
+    decided_by_the_responder(addr).await;
     let stop = Arc::new(AtomicBool::new(false));
     let callbacks = stream_of_callbacks(addr, stop.clone());
     confirmed_after(addr, 0, 20).await;
@@ -173,6 +216,8 @@ async fn nats_node_and_stream_leader_kills_lose_nothing() {
     kill(&format!("nats/{server}"));
     let gap = confirmed_after(addr, before, 1).await;
     println!("NATS: killed the gateway's server {node}; next confirmed event after {gap:?}");
+    let decided = decided_by_the_responder(addr).await;
+    println!("NATS: decisions answered by the responder again {decided:?} after the next confirmed event");
     ensure_clusters().await;
 
     let client = async_nats::connect(NATS.map(String::from).to_vec()).await.unwrap();
@@ -181,6 +226,7 @@ async fn nats_node_and_stream_leader_kills_lose_nothing() {
     kill(&format!("nats/{}", leader.trim_start_matches("hb-")));
     let gap = confirmed_after(addr, before, 1).await;
     println!("NATS: killed the stream leader {leader}; next confirmed event after {gap:?}");
+    decided_by_the_responder(addr).await;
     confirmed_after(addr, before, 20).await;
 
     stop.store(true, Relaxed);
@@ -194,6 +240,7 @@ async fn nats_node_and_stream_leader_kills_lose_nothing() {
     let duplicates = kept.len() - kept.iter().map(|(_, room)| room).collect::<HashSet<_>>().len();
     println!("NATS: {} answered 200, {} in the stream, {duplicates} duplicates", answered.len(), kept.len());
     assert_all_kept(&answered, &kept, "NATS");
+    responder.abort();
     gateway.stop().await;
 }
 
