@@ -624,3 +624,34 @@ async fn two_gateways_behind_a_load_balancer_survive_one() {
     assert_eq!(kept.len(), 62, "every other callback once");
     survivor.stop().await;
 }
+
+/// `hookbus respond --amqp-queue-type quorum` declares the responders' queue as a quorum queue,
+/// and decisions go through it.
+#[tokio::test]
+async fn amqp_responders_queue_can_be_quorum() {
+    use clap::Parser;
+    let _one_at_a_time = CLUSTERS.lock().await;
+    ensure_clusters().await;
+    let (prefix, exchange) = (unique("cresp"), unique("cx"));
+    let urls = AMQP.join(",");
+    let bus = ["--bus", "amqp", "--amqp-url", &urls, "--amqp-exchange", &exchange, "--amqp-queue-type", "quorum"];
+    let argv = ["hookbus", "respond"].into_iter().chain(bus).chain(["--prefix", &prefix, "--decision", "0"]);
+    let hookbus::config::Command::Respond(args) = hookbus::config::Cli::parse_from(argv).command else {
+        unreachable!("parsed as respond")
+    };
+    let responder = args.responder().expect("no rules");
+    let connected = hookbus::bus::Bus::connect(args.bus.options()).await.unwrap();
+    let (ready, subscribed) = tokio::sync::oneshot::channel();
+    let responder_prefix = prefix.clone();
+    let task = tokio::spawn(async move {
+        let _ = responder.run(&connected, &responder_prefix, ready).await;
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed).await.unwrap().expect("the responder subscribes");
+    assert_eq!(queue_info(&format!("hookbus-responders.{prefix}"), "type").await, "quorum");
+    let flags: Vec<&str> =
+        bus.into_iter().chain(["--prefix", &prefix, "--sdk-app-id", APP, "--token", TOKEN]).collect();
+    let gateway = Running::connect(&flags).await;
+    decided_by_the_responder(gateway.addr).await;
+    gateway.stop().await;
+    task.abort();
+}
