@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: starts the brokers (installing them when missing), then the unit and
-# integration tests against them.
+# Runs every test: starts the brokers (installing them when missing) and the 3-node clusters
+# the cluster tests kill nodes of, then the unit and integration tests against them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+scripts/clusters.sh start
 cargo test --locked "$@"

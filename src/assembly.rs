@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::bus::{self, Bus};
-use crate::config::{AsyncapiArgs, BusArgs, BusKind, RespondArgs, ServeArgs, Unrouted};
+use crate::config::{AsyncapiArgs, BusArgs, BusKind, QueueType, RespondArgs, ServeArgs, Unrouted};
 use crate::dead_letters::DeadLetters;
 use crate::decision::{Decisions, Fallbacks};
 use crate::http::Connections;
@@ -28,8 +28,8 @@ impl AsyncapiArgs {
         };
         let (protocol, host) = match bus.bus {
             BusKind::Stdout => ("stdout", String::new()),
-            BusKind::Nats => ("nats", host(&bus.nats_url)),
-            BusKind::Amqp => ("amqp", host(&bus.amqp_url)),
+            BusKind::Nats => ("nats", host(&bus.nats_url[0])),
+            BusKind::Amqp => ("amqp", host(&bus.amqp_url[0])),
             BusKind::Kafka => ("kafka", bus.kafka_brokers.split(',').next().unwrap_or_default().trim().to_owned()),
         };
         let reply_topic = match bus.options() {
@@ -162,6 +162,7 @@ impl ServeArgs {
             connections: Connections {
                 header_read_timeout: self.header_read_timeout,
                 max_connections: self.max_connections as usize,
+                max_age: Some(self.max_connection_age).filter(|age| !age.is_zero()),
                 tls: match (&self.tls_cert, &self.tls_key) {
                     (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
                     _ => None,
@@ -178,24 +179,30 @@ impl BusArgs {
         match self.bus {
             BusKind::Stdout => bus::Options::Stdout,
             BusKind::Nats => bus::Options::Nats(bus::nats::NatsOptions {
-                url: self.nats_url.clone(),
+                urls: self.nats_url.clone(),
                 jetstream: self.nats_jetstream,
                 create_stream: self.nats_create_stream.clone(),
+                stream_replicas: self.nats_stream_replicas.into(),
                 prefix: self.prefix.clone(),
                 name: self.instance_id(),
             }),
             BusKind::Amqp => bus::Options::Amqp(bus::amqp::AmqpOptions {
-                url: self.amqp_url.clone(),
+                urls: self.amqp_url.clone(),
                 exchange: self.amqp_exchange.clone(),
                 unrouted_queue: match self.amqp_unrouted {
                     Unrouted::Keep => Some(format!("{}.unrouted", self.prefix)),
                     Unrouted::Drop => None,
+                },
+                queue_type: match self.amqp_queue_type {
+                    QueueType::Classic => bus::amqp::QueueType::Classic,
+                    QueueType::Quorum => bus::amqp::QueueType::Quorum,
                 },
             }),
             BusKind::Kafka => bus::Options::Kafka(bus::kafka::KafkaOptions {
                 brokers: self.kafka_brokers.clone(),
                 create_topics: self.kafka_create_topics,
                 partitions: self.kafka_partitions,
+                replication_factor: self.kafka_replication_factor,
                 message_max_bytes: self.kafka_message_max_bytes,
                 reply_topic: self
                     .kafka_reply_topic

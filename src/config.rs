@@ -130,6 +130,12 @@ pub enum Unrouted {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -144,18 +150,28 @@ pub struct BusArgs {
     /// Destination prefix: events go to `{prefix}.{CallbackCommand}`.
     #[arg(long, env = "HOOKBUS_PREFIX", default_value = "tencent", value_parser = parse_prefix)]
     pub prefix: String,
-    /// NATS server URL.
-    #[arg(long, env = "HOOKBUS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS server URLs, comma-separated: the servers of one cluster (a seed list).
+    #[arg(
+        long,
+        env = "HOOKBUS_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        value_delimiter = ',',
+        num_args = 1
+    )]
+    pub nats_url: Vec<String>,
     /// Publish through JetStream and wait for its PubAck (a stream must cover the subjects).
     #[arg(long, env = "HOOKBUS_NATS_JETSTREAM")]
     pub nats_jetstream: bool,
     /// Create a JetStream stream NAME over `{prefix}.>` at start when none covers the subjects.
     #[arg(long, env = "HOOKBUS_NATS_CREATE_STREAM", value_name = "NAME")]
     pub nats_create_stream: Option<String>,
-    /// RabbitMQ URL.
-    #[arg(long, env = "HOOKBUS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = parse_amqp_url)]
-    pub amqp_url: String,
+    /// Replicas of the stream --nats-create-stream creates: 3 on a 3-node cluster.
+    #[arg(long, env = "HOOKBUS_NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_stream_replicas: u8,
+    /// RabbitMQ URLs, comma-separated: the nodes of one cluster, tried in turn from a place of
+    /// each instance's own.
+    #[arg(long, env = "HOOKBUS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", value_parser = parse_amqp_url, value_delimiter = ',', num_args = 1)]
+    pub amqp_url: Vec<String>,
     /// Durable topic exchange that events are published to (declared at start when missing).
     #[arg(long, env = "HOOKBUS_AMQP_EXCHANGE", default_value = "tencent")]
     pub amqp_exchange: String,
@@ -163,6 +179,10 @@ pub struct BusArgs {
     /// alternate exchange `{exchange}.unrouted`, or dropped by the broker (logged and counted).
     #[arg(long, env = "HOOKBUS_AMQP_UNROUTED", value_enum, default_value = "keep", overrides_with = "amqp_unrouted")]
     pub amqp_unrouted: Unrouted,
+    /// Type of the queues the gateway declares (`{prefix}.unrouted`, the responders' queue):
+    /// quorum on a cluster.
+    #[arg(long, env = "HOOKBUS_AMQP_QUEUE_TYPE", value_enum, default_value = "classic")]
+    pub amqp_queue_type: QueueType,
     /// Kafka bootstrap brokers, comma-separated `host:port`.
     #[arg(long, env = "HOOKBUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = parse_brokers)]
     pub kafka_brokers: String,
@@ -175,6 +195,10 @@ pub struct BusArgs {
     /// Partitions of topics the gateway creates.
     #[arg(long, env = "HOOKBUS_KAFKA_PARTITIONS", default_value_t = 6)]
     pub kafka_partitions: i32,
+    /// Replication factor of topics the gateway creates: 3 on a cluster (with the topics'
+    /// `min.insync.replicas` at 2; the producer asks acks=all).
+    #[arg(long, env = "HOOKBUS_KAFKA_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=16))]
+    pub kafka_replication_factor: i32,
     /// Largest record the producer sends (librdkafka's `message.max.bytes`): set it to the
     /// topics' `max.message.bytes`, and a larger event is a dead letter at once rather than a
     /// round trip to a broker that refuses it.
@@ -248,6 +272,11 @@ pub struct ServeArgs {
     /// idle keep-alive connections are closed to make room.
     #[arg(long, env = "HOOKBUS_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Close a connection gracefully (after the response in progress) once it is this old, so
+    /// that a new replica behind a load balancer gets its share of Tencent's keep-alive
+    /// connections; 0 keeps connections for as long as the client does.
+    #[arg(long, env = "HOOKBUS_MAX_CONNECTION_AGE", default_value = "30s", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
     #[command(flatten)]
     pub bus: BusArgs,
     /// How long a blocking callback waits for a decision (must be under 2s).
@@ -475,6 +504,15 @@ mod tests {
 
     fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
         serve_flags(args)
+    }
+
+    #[test]
+    fn bus_urls_are_seed_lists() {
+        let args = serve(&["--nats-url", "nats://a:4222,nats://b:4222", "--amqp-url", "amqp://a/%2f,amqp://b/%2f"]);
+        let args = args.unwrap();
+        assert_eq!(args.bus.nats_url, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(args.bus.amqp_url, ["amqp://a/%2f", "amqp://b/%2f"]);
+        assert!(serve(&["--amqp-url", "amqp://a/%2f,http://b"]).is_err(), "each URL is checked");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! hyper plumbing: the accept loop, one task per connection, a cap on connections, the
-//! header-read (and keep-alive idle) timeout, TLS (HTTP/2 or HTTP/1.1 by ALPN) and graceful
-//! shutdown (stop accepting, let in-flight requests finish within the grace period). What a
+//! header-read (and keep-alive idle) timeout, a bound on a connection's age, TLS (HTTP/2 or
+//! HTTP/1.1 by ALPN) and graceful shutdown (stop accepting, let in-flight requests finish within the grace period). What a
 //! request means is `routes`' business.
 
 use std::convert::Infallible;
@@ -33,6 +33,10 @@ pub struct Connections {
     pub header_read_timeout: Duration,
     /// Served at once; the rest wait in the listen backlog.
     pub max_connections: usize,
+    /// Past this age a connection is closed gracefully: HTTP/1 after the response in progress
+    /// (with `Connection: close`), HTTP/2 with GOAWAY. A client that keeps its connections
+    /// forever would otherwise never reach a replica started after it connected.
+    pub max_age: Option<Duration>,
     /// HTTPS when set.
     pub tls: Option<TlsAcceptor>,
 }
@@ -110,7 +114,8 @@ pub async fn serve(
                 }
             }
         });
-        let signals = Signals { activity, shed: shed.clone(), stopping: stopping.clone() };
+        let signals =
+            Signals { activity, shed: shed.clone(), stopping: stopping.clone(), max_age: connections.max_age };
         let Some(tls) = connections.tls.clone() else {
             let connection = http1.serve_connection(TokioIo::new(stream), service);
             tokio::spawn(async move {
@@ -176,6 +181,8 @@ struct Signals {
     shed: Arc<Notify>,
     /// The gateway is shutting down: finish the request in progress, then close.
     stopping: watch::Receiver<bool>,
+    /// Past this age: finish the request in progress, then close.
+    max_age: Option<Duration>,
 }
 
 impl Signals {
@@ -187,6 +194,13 @@ impl Signals {
     {
         tokio::pin!(connection);
         let mut closing = false;
+        let aged = async {
+            match self.max_age {
+                Some(age) => tokio::time::sleep(age).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(aged);
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -202,6 +216,11 @@ impl Signals {
                     }
                 }
                 _ = self.stopping.wait_for(|stop| *stop), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = &mut aged, if !closing => {
+                    tracing::debug!(%peer, "connection reached --max-connection-age; closing after its response");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }

@@ -72,6 +72,10 @@ pub struct Gauges {
     pub bus_connected: bool,
     /// Attempts to reach the broker so far, the first one included.
     pub connect_attempts: u64,
+    /// The broker node the link is on, when the bus names one.
+    pub bus_node: Option<String>,
+    /// Publishing channels opened again (a nack streak, a confirm timeout).
+    pub channel_reopens: u64,
     pub late_replies: u64,
     /// Signed requests remembered against replays.
     pub replay_cache_entries: usize,
@@ -340,7 +344,11 @@ impl Metrics {
         let (spool_bytes, spool_max) = (gauges.spool.map(|(bytes, _)| bytes), gauges.spool.map(|(_, max)| max));
         let load = |counter: &AtomicU64| Some(counter.load(Relaxed));
         let (dead_letters, dead_letter_bytes, dead_letters_dropped) = gauges.dead_letters;
-        let scalars: [(&str, &str, &str, Option<u64>); 22] = [
+        if let Some(node) = &gauges.bus_node {
+            family(&mut out, "bus_node_info", "gauge", "The broker node the bus link is on, as its label.");
+            let _ = writeln!(out, "hookbus_bus_node_info{{node=\"{}\"}} 1", label(node));
+        }
+        let scalars: [(&str, &str, &str, Option<u64>); 23] = [
             (
                 "outbox_depth",
                 "gauge",
@@ -432,6 +440,12 @@ impl Metrics {
                 Some(gauges.connect_attempts),
             ),
             (
+                "bus_channel_reopens_total",
+                "counter",
+                "Publishing channels closed and opened again: only nacks in a row, or no confirm in time.",
+                Some(gauges.channel_reopens),
+            ),
+            (
                 "spans_dropped_total",
                 "counter",
                 "Spans not exported: queue full or collector away.",
@@ -477,6 +491,8 @@ mod tests {
             outbox_bytes: (0, Some(1)),
             bus_connected: true,
             connect_attempts: 1,
+            bus_node: None,
+            channel_reopens: 0,
             late_replies: 0,
             replay_cache_entries: 0,
             spans_dropped: None,
@@ -544,6 +560,8 @@ mod tests {
             outbox_bytes: (300, Some(1000)),
             bus_connected: false,
             connect_attempts: 4,
+            bus_node: Some("rabbit-2:5672".into()),
+            channel_reopens: 2,
             late_replies: 2,
             replay_cache_entries: 0,
             spans_dropped: Some(3),
@@ -565,6 +583,8 @@ mod tests {
         assert!(text.contains("hookbus_bus_connected 0"));
         assert!(text.contains("hookbus_late_replies_total 2"));
         assert!(text.contains("hookbus_bus_connect_attempts_total 4"));
+        assert!(text.contains("hookbus_bus_node_info{node=\"rabbit-2:5672\"} 1"));
+        assert!(text.contains("hookbus_bus_channel_reopens_total 2"));
         assert!(text.contains("hookbus_spool_bytes 9"));
         assert!(text.contains("hookbus_spool_max_bytes 100"));
         assert!(text.contains("hookbus_spans_dropped_total 3"));

@@ -62,6 +62,14 @@ impl Key {
     }
 }
 
+impl Key {
+    /// The event id of the signed callback this is the key of ([`crate::bus::derived_id`]): the
+    /// same on every instance, its time part `RequestTime` (Unix seconds).
+    pub fn event_id(&self, request_time: u64) -> String {
+        crate::bus::derived_id(Some(request_time.saturating_mul(1000)), self.0)
+    }
+}
+
 /// A key from a digest made elsewhere: a TRTC event's fingerprint, the same for each of
 /// Tencent's retries of it.
 impl From<[u8; 16]> for Key {

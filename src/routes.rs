@@ -148,6 +148,8 @@ where
                 outbox_bytes: shared.outbox.memory(),
                 bus_connected: shared.bus.is_connected(),
                 connect_attempts: shared.bus.connect_attempts(),
+                bus_node: shared.bus.node(),
+                channel_reopens: shared.bus.channel_reopens(),
                 late_replies: shared.bus.late_replies(),
                 replay_cache_entries: shared.replays.len(),
                 spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
@@ -228,8 +230,8 @@ struct Checked {
     replay: Option<(replay::Key, u64)>,
     origin: Origin,
     received: SystemTime,
-    /// TRTC callbacks only: the event id their body determines. They are never blocking.
-    trtc_id: Option<String>,
+    /// The event id the callback determines (signed ones, TRTC ones); else a random one is made.
+    id: Option<String>,
 }
 
 /// The checks, then the event decided or enqueued; a replay is answered as before.
@@ -256,7 +258,7 @@ where
     // Only exporting spans needs to know whether the trace context came from the caller.
     let incoming = shared.tracer.as_ref().map(|_| checked.origin.traceparent.clone());
     let (prefix, room, origin, payload) = (&app.prefix, checked.body_room, checked.origin, checked.payload);
-    let mut message = match checked.trtc_id {
+    let mut message = match checked.id {
         Some(id) => Message::identified(id, prefix, &checked.command, room, origin, payload),
         None => Message::new(prefix, &checked.command, room, origin, payload),
     };
@@ -301,7 +303,7 @@ where
         let signed = tencent::verify(secrets, sign, time, limits.max_clock_skew, SystemTime::now())
             .map_err(Rejection::Unauthorized)?;
         shared.metrics.signed(&sdk_app_id, &app.tokens[signed.token].name);
-        replay_until = Some(signed.request_time + limits.max_clock_skew.as_secs());
+        replay_until = Some((signed.request_time, signed.request_time + limits.max_clock_skew.as_secs()));
     }
     let header =
         |name| request.headers().get(name).and_then(|value: &HeaderValue| value.to_str().ok()).map(str::to_owned);
@@ -321,10 +323,13 @@ where
     if !bus::valid_name(&command) {
         return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
     }
-    let replay = replay_until.map(|expires| {
+    let replay = replay_until.map(|(request_time, expires)| {
         let (sign, time) = (query.sign.as_deref().unwrap_or_default(), query.request_time.as_deref());
-        (replay::Key::of(sign, time.unwrap_or_default(), &sdk_app_id, &command, &payload), expires)
+        (replay::Key::of(sign, time.unwrap_or_default(), &sdk_app_id, &command, &payload), request_time, expires)
     });
+    // One id for the callback on every instance: what makes it a replay makes it the same event.
+    let id = replay.map(|(key, request_time, _)| key.event_id(request_time));
+    let replay = replay.map(|(key, _, expires)| (key, expires));
     let origin = Origin {
         sdk_app_id: sdk_app_id.clone(),
         client_ip: query.client_ip.unwrap_or_default(),
@@ -333,7 +338,7 @@ where
         tracestate,
     };
     let body_room = body.room_key();
-    Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received, trtc_id: None })
+    Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received, id })
 }
 
 /// The body, whole, within the size and time limits.

@@ -192,8 +192,8 @@ impl Event {
     /// The CloudEvents id: a UUID (version 8) made of the digest, so that every retry of the
     /// event, on any instance and after any restart, carries the same id.
     pub fn id(&self) -> String {
-        let bytes: [u8; 16] = self.digest[..16].try_into().expect("16 of 32 bytes");
-        uuid::Builder::from_custom_bytes(bytes).into_uuid().hyphenated().to_string()
+        // No time in it: `CallbackTs` is the time of sending, new on a retry.
+        crate::bus::derived_id(None, self.digest[..16].try_into().expect("16 of 32 bytes"))
     }
 
     /// 128 bits that tell this event from others, for the replay cache.

@@ -3,11 +3,13 @@
 //! correlation id. Events no queue is bound for go to the exchange's alternate exchange and
 //! wait in a durable queue (or, with that off, come back and are reported); requests nobody
 //! is bound for always come back, so a missing responder is known at once. The link
-//! (connection and two channels) is re-established whenever it breaks; a supervisor keeps it
-//! up while idle, with a capped backoff while the broker is away. The only file that names
-//! lapin types.
+//! (connection and two channels) is re-established whenever it breaks, to the next node of the
+//! seed list in turn; a supervisor keeps it up while idle, with a capped backoff while the
+//! broker is away. A publishing channel that only gets nacks (one opened before a quorum
+//! queue's leader moved can stay so for good) or whose confirms do not come is closed and
+//! opened again. The only file that names lapin types.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -32,16 +34,31 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 /// The header that marks events (not requests) for the alternate exchange's queue.
 const UNROUTED_HEADER: &str = "hookbus-unrouted";
+/// Nacks in a row, with no confirm between them, after which the publishing channel is taken
+/// for stale and opened again.
+const NACK_STREAK: u32 = 3;
 
 /// Where the broker is and where events go.
 #[derive(Debug, Clone)]
 pub struct AmqpOptions {
-    pub url: String,
+    /// The nodes of one cluster (a seed list): the first that connects is used until it breaks.
+    pub urls: Vec<String>,
     /// The durable topic exchange, declared at start when it does not exist.
     pub exchange: String,
     /// Keep events no queue is bound for in this durable queue, through the alternate exchange
     /// `{exchange}.unrouted`; `None` lets them come back and be reported.
     pub unrouted_queue: Option<String>,
+    /// The type of the queues the gateway declares (the unrouted one, the responders').
+    pub queue_type: QueueType,
+}
+
+/// The type of a queue the gateway declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// One node's queue (mirrored only by a policy); the responders' queue goes with them.
+    Classic,
+    /// Replicated with Raft over the cluster's nodes: durable, never auto-deleted.
+    Quorum,
 }
 
 /// Largest frame asked of the broker unless the URL sets `frame_max`: the client keeps a read
@@ -60,10 +77,19 @@ pub struct Amqp {
 }
 
 struct AmqpInner {
-    url: String,
+    urls: Vec<String>,
+    /// The seed list's entry in use, or the next to try.
+    current: AtomicUsize,
+    /// `host:port` of the node the link is on.
+    node: std::sync::Mutex<Option<String>>,
     exchange: String,
     unrouted_queue: Option<String>,
+    queue_type: QueueType,
     reconnects: Reconnects,
+    /// Nacks since the last confirm.
+    nacks: AtomicU32,
+    /// Publishing channels closed and opened again (a nack streak, a confirm timeout).
+    reopens: AtomicU64,
     link: tokio::sync::Mutex<Option<Link>>,
     connected: AtomicBool,
     /// Decision requests waiting for their reply, by correlation id (the event id).
@@ -90,11 +116,18 @@ impl Amqp {
     /// be reached is left to the supervisor; refused credentials, an unknown vhost or a
     /// declaration the broker rejects fail.
     pub async fn connect(options: AmqpOptions) -> Result<Amqp, BusError> {
+        // Each instance starts at its own place in the list, so that replicas spread over nodes.
+        let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), ()) as usize;
         let inner = Arc::new(AmqpInner {
-            url: options.url,
+            current: AtomicUsize::new(start % options.urls.len().max(1)),
+            urls: options.urls,
+            node: std::sync::Mutex::new(None),
             exchange: options.exchange,
             unrouted_queue: options.unrouted_queue,
+            queue_type: options.queue_type,
             reconnects: Reconnects::default(),
+            nacks: AtomicU32::new(0),
+            reopens: AtomicU64::new(0),
             link: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
             replies: Replies::default(),
@@ -120,16 +153,76 @@ impl Amqp {
         }
         if slot.take().is_some() {
             self.inner.connected.store(false, Relaxed);
-            tracing::warn!("AMQP link lost; reconnecting");
+            let node = self.inner.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            tracing::warn!(node, "AMQP link lost; reconnecting to the next node");
+            // The node that broke is tried last.
+            self.inner.current.fetch_add(1, Relaxed);
         }
-        self.inner.reconnects.attempted();
-        let link = tokio::time::timeout(TIMEOUT, open(&self.inner))
-            .await
-            .unwrap_or_else(|_| Err(BusError::unavailable_because("AMQP connect timed out")))?;
-        tracing::info!(exchange = self.inner.exchange, "AMQP link up");
+        let link = self.open_any().await?;
         self.inner.connected.store(true, Relaxed);
+        self.inner.nacks.store(0, Relaxed);
         *slot = Some(link.clone());
         Ok(link)
+    }
+
+    /// Opens a link to the first node of the seed list, from the current one on, that takes it.
+    async fn open_any(&self) -> Result<Link, BusError> {
+        let (urls, start) = (&self.inner.urls, self.inner.current.load(Relaxed));
+        let mut failed = None;
+        for index in (start..start + urls.len()).map(|index| index % urls.len()) {
+            self.inner.reconnects.attempted();
+            let url = &urls[index];
+            let opened = tokio::time::timeout(TIMEOUT, open(&self.inner, url))
+                .await
+                .unwrap_or_else(|_| Err(BusError::unavailable_because("AMQP connect timed out")));
+            match opened {
+                Ok(link) => {
+                    let node = node_of(url);
+                    tracing::info!(node, exchange = self.inner.exchange, "AMQP link up");
+                    *self.inner.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(node);
+                    self.inner.current.store(index, Relaxed);
+                    return Ok(link);
+                }
+                Err(error) if !error.is_transient() => return Err(error),
+                Err(error) => {
+                    if urls.len() > 1 {
+                        let node = node_of(url);
+                        tracing::warn!(
+                            node,
+                            error = &error as &dyn std::error::Error,
+                            "AMQP node unreachable; trying the next"
+                        );
+                    }
+                    failed = Some(error);
+                }
+            }
+        }
+        Err(failed.unwrap_or_else(|| BusError::unavailable_because("no AMQP URL")))
+    }
+
+    /// Closes the publishing channel of `stale` and opens another on its connection; when that
+    /// fails, the whole link goes and the next use opens a new one. Counted.
+    async fn reopen_events(&self, stale: &Link, why: &str) {
+        let mut slot = self.inner.link.lock().await;
+        // Another publish may have replaced it already.
+        let Some(link) = slot.as_mut().filter(|link| link.events.id() == stale.events.id()) else { return };
+        self.inner.reopens.fetch_add(1, Relaxed);
+        self.inner.nacks.store(0, Relaxed);
+        tracing::warn!(why, channel = link.events.id(), "AMQP publishing channel reopened");
+        let _ = link.events.close(200, "reopening a stale channel".into()).await;
+        let reopened = match link.connection.create_channel().await {
+            Ok(channel) => channel.confirm_select(ConfirmSelectOptions::default()).await.map(|()| channel),
+            Err(error) => Err(error),
+        };
+        match reopened {
+            Ok(channel) => link.events = channel,
+            Err(error) => {
+                tracing::warn!(error = &error as &dyn std::error::Error, "AMQP channel not reopened; reconnecting");
+                let _ = link.connection.close(200, "reopening".into()).await;
+                *slot = None;
+                self.inner.connected.store(false, Relaxed);
+            }
+        }
     }
 
     /// Publishes the batch with `mandatory` and waits for every confirm together.
@@ -164,10 +257,24 @@ impl Amqp {
                 Confirmation::NotRequested => Err(BusError::unavailable_because("AMQP confirm: confirms not enabled")),
             }
         }));
-        match tokio::time::timeout(TIMEOUT, confirms).await {
+        let results = match tokio::time::timeout(TIMEOUT, confirms).await {
             Ok(results) => results,
-            Err(_) => vec![Err(BusError::unavailable_because("AMQP confirm timed out")); batch.len()],
+            Err(_) => {
+                self.reopen_events(&link, "confirm timed out").await;
+                return vec![Err(BusError::unavailable_because("AMQP confirm timed out")); batch.len()];
+            }
+        };
+        let nacked = results.iter().filter(|result| matches!(result, Err(BusError::Nacked(_)))).count() as u32;
+        let streak = if results.iter().any(Result::is_ok) {
+            self.inner.nacks.store(0, Relaxed);
+            0
+        } else {
+            self.inner.nacks.fetch_add(nacked, Relaxed) + nacked
+        };
+        if streak >= NACK_STREAK {
+            self.reopen_events(&link, "nack streak").await;
         }
+        results
     }
 
     /// Publishes a request with direct reply-to and waits for the reply with its correlation id.
@@ -207,6 +314,16 @@ impl Amqp {
         self.inner.reconnects.attempts()
     }
 
+    /// `host:port` of the node the link is on.
+    pub fn node(&self) -> Option<String> {
+        self.inner.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Publishing channels closed and opened again after a nack streak or a confirm timeout.
+    pub fn channel_reopens(&self) -> u64 {
+        self.inner.reopens.load(Relaxed)
+    }
+
     /// Replies that arrived after their request had given up.
     pub fn late_replies(&self) -> u64 {
         self.inner.replies.late()
@@ -231,9 +348,13 @@ impl Amqp {
     ) -> Result<(), BusError> {
         let link = self.link().await?;
         let channel = link.connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
-        let options = QueueDeclareOptions { auto_delete: true, ..Default::default() };
+        // A quorum queue is durable and stays when its last responder goes; a classic one goes.
+        let options = match self.inner.queue_type {
+            QueueType::Classic => QueueDeclareOptions { auto_delete: true, ..Default::default() },
+            QueueType::Quorum => QueueDeclareOptions { durable: true, ..Default::default() },
+        };
         channel
-            .queue_declare(group.into(), options, FieldTable::default())
+            .queue_declare(group.into(), options, queue_arguments(self.inner.queue_type))
             .await
             .map_err(|error| unavailable("queue declare", error))?;
         for key in destinations {
@@ -281,9 +402,9 @@ impl Amqp {
 }
 
 /// Opens a connection, the two channels, the exchange and the reply consumer.
-async fn open(inner: &Arc<AmqpInner>) -> Result<Link, BusError> {
+async fn open(inner: &Arc<AmqpInner>, url: &str) -> Result<Link, BusError> {
     let mut uri: lapin::uri::AMQPUri =
-        inner.url.parse().map_err(|error| BusError::Fatal { what: format!("AMQP URL: {error}"), cause: None })?;
+        url.parse().map_err(|error| BusError::Fatal { what: format!("AMQP URL: {error}"), cause: None })?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     let connection = Connection::connect_uri(uri, ConnectionProperties::default())
         .await
@@ -324,7 +445,7 @@ async fn declare(connection: &Connection, events: &Channel, inner: &AmqpInner) -
             .map_err(|error| link_error(&format!("declare exchange {alternate}"), error))?;
         let options = QueueDeclareOptions { durable: true, ..Default::default() };
         events
-            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .queue_declare(queue.as_str().into(), options, queue_arguments(inner.queue_type))
             .await
             .map_err(|error| link_error(&format!("declare queue {queue}"), error))?;
         let mut only_events = FieldTable::default();
@@ -350,6 +471,24 @@ async fn declare(connection: &Connection, events: &Channel, inner: &AmqpInner) -
         .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, arguments)
         .await
         .map_err(|error| link_error(&format!("declare exchange {exchange}"), error))
+}
+
+/// The arguments that give a declared queue its type. A classic queue is declared with none,
+/// as before there was a choice, so that one declared earlier still matches.
+fn queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    }
+    arguments
+}
+
+/// `host:port` of an AMQP URL, without its credentials: what the logs and `/metrics` name.
+fn node_of(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => "?".into(),
+    }
 }
 
 /// Keeps the link up while no traffic would notice it broke, so `/readyz` recovers by itself;

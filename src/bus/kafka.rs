@@ -39,6 +39,9 @@ pub struct KafkaOptions {
     pub brokers: String,
     pub create_topics: bool,
     pub partitions: i32,
+    /// Replication factor of the topics created; from 3 on they get `min.insync.replicas=2`, so
+    /// that an `acks=all` confirm means two brokers hold the event.
+    pub replication_factor: i32,
     pub reply_topic: String,
     /// librdkafka's `message.max.bytes`.
     pub message_max_bytes: u32,
@@ -182,7 +185,11 @@ impl Kafka {
                     "Kafka topic {topic} does not exist and topic creation is off"
                 )));
             }
-            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+            let replication = self.inner.options.replication_factor;
+            let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+            if replication >= 3 {
+                new = new.set("min.insync.replicas", "2");
+            }
             let results = self
                 .inner
                 .admin
@@ -191,7 +198,7 @@ impl Kafka {
                 .map_err(|error| unavailable("create topic", error))?;
             for result in results {
                 match result {
-                    Ok(_) => tracing::info!(topic, partitions, "Kafka topic created"),
+                    Ok(_) => tracing::info!(topic, partitions, replication, "Kafka topic created"),
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((_, code)) => {
                         return Err(classified(&format!("create topic {topic}"), KafkaError::AdminOp(code)))

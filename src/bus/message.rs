@@ -11,7 +11,8 @@ use crate::traces::Context;
 /// One accepted callback as it travels to the bus, attributes computed once per request.
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// CloudEvents `id`: a UUIDv7 (TRTC: one derived from the body), the same on every retry.
+    /// CloudEvents `id`: a UUIDv7, or one its callback determines ([`derived_id`]: signed Live
+    /// and Chat callbacks, TRTC); the same on every retry.
     pub id: String,
     /// CloudEvents `type`: the CallbackCommand, or `trtc.{EventGroupId}.{EventType}`.
     pub command: String,
@@ -175,6 +176,19 @@ impl Message {
     }
 }
 
+/// An event id its callback determines, so that every instance and every retry of the same
+/// callback gives the same one: a UUID (version 8) made of 128 bits of a digest of what makes
+/// the callback. With `time_ms` (Unix milliseconds of a time the callback carries and a retry
+/// repeats, such as a signed `RequestTime`), the first 48 bits are that time, as in a UUIDv7, so
+/// that ids still sort by time; the rest come from the digest.
+pub fn derived_id(time_ms: Option<u64>, digest: [u8; 16]) -> String {
+    let mut bytes = digest;
+    if let Some(ms) = time_ms {
+        bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    }
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().hyphenated().to_string()
+}
+
 /// The names of the CloudEvents attributes, in the order [`Message::attributes`] gives them,
 /// each after `$prefix`: the header names of a backend, built at compile time.
 macro_rules! attribute_names {
@@ -250,6 +264,18 @@ mod tests {
         assert_eq!(header_safe("t\u{0}\u{85}".into()), "t%00%C2%85");
         let long = header_safe("é".repeat(200));
         assert_eq!((long.len(), long.chars().count()), (256, 128), "cut at a character boundary");
+    }
+
+    #[test]
+    fn derived_ids_carry_their_time() {
+        let digest = [0xab; 16];
+        let timed = uuid::Uuid::parse_str(&derived_id(Some(1_669_872_112_000), digest)).unwrap();
+        assert_eq!(timed.get_version_num(), 8);
+        assert_eq!(&timed.as_bytes()[..6], &1_669_872_112_000u64.to_be_bytes()[2..], "the time, as in a UUIDv7");
+        assert_eq!(&timed.as_bytes()[9..], &digest[9..], "then the digest");
+        let untimed = uuid::Uuid::parse_str(&derived_id(None, digest)).unwrap();
+        assert_eq!(&untimed.as_bytes()[..6], &digest[..6]);
+        assert_ne!(derived_id(Some(1), digest), derived_id(Some(2), digest));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use error::{BusError, Cause};
-pub use message::{valid_name, Message, Origin};
+pub use message::{derived_id, valid_name, Message, Origin};
 pub use reconnects::Reconnects;
 
 /// Fired by `serve_requests` once its subscriptions are live.
@@ -101,6 +101,23 @@ impl Bus {
             Bus::Nats(bus) => bus.connect_attempts(),
             Bus::Amqp(bus) => bus.connect_attempts(),
             Bus::Kafka(bus) => bus.connect_attempts(),
+        }
+    }
+
+    /// The broker node the link is on (`host:port`), when the bus has one and is connected.
+    pub fn node(&self) -> Option<String> {
+        match self {
+            Bus::Stdout(_) | Bus::Kafka(_) => None,
+            Bus::Nats(bus) => bus.node(),
+            Bus::Amqp(bus) => bus.node(),
+        }
+    }
+
+    /// Publishing channels opened again because the broker only nacked or never confirmed.
+    pub fn channel_reopens(&self) -> u64 {
+        match self {
+            Bus::Amqp(bus) => bus.channel_reopens(),
+            _ => 0,
         }
     }
 

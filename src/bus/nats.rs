@@ -1,6 +1,10 @@
 //! NATS: events as core publishes confirmed by a server round trip, or as JetStream publishes
 //! confirmed by their PubAck (`--nats-jetstream`, with `Nats-Msg-Id` = event id so the stream's
 //! duplicate window drops retried duplicates); decisions as core requests with a reply inbox.
+//! Given several servers (a seed list), the client takes them in a shuffled order and moves to
+//! another when its server goes; a JetStream publish that failed for a reason of the moment (no
+//! responders while a stream leader is elected, a PubAck that did not come, a leader change) is
+//! retried by the outbox under the same `Nats-Msg-Id`, so that a stored one is not stored twice.
 //! The only file that names async-nats types.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,11 +29,14 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How to reach the server and what to check there.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
-    pub url: String,
+    /// The servers of one cluster (a seed list); the client learns the others from them.
+    pub urls: Vec<String>,
     /// Publish through JetStream and wait for the stream's PubAck.
     pub jetstream: bool,
     /// With JetStream: create a stream of this name when none covers `{prefix}.>`.
     pub create_stream: Option<String>,
+    /// Replicas of a stream the gateway creates (1 on a single server, 3 on a cluster).
+    pub stream_replicas: usize,
     /// Every destination starts with `{prefix}.`; a JetStream stream must cover `{prefix}.>`.
     pub prefix: String,
     /// The connection's name, as the server shows it.
@@ -69,28 +76,40 @@ impl Nats {
     pub async fn connect(options: NatsOptions) -> Result<Nats, BusError> {
         let reconnects = Arc::new(Reconnects::default());
         reconnects.attempted();
-        let client = match client_options(&options, &reconnects).connect(&options.url).await {
+        let urls = options.urls.join(",");
+        let servers = options
+            .urls
+            .iter()
+            .map(|url| url.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| BusError::fatal(format!("NATS URL in {urls}"), error))?;
+        let current = Arc::new(std::sync::OnceLock::new());
+        let client = match client_options(&options, &reconnects, &current).connect(servers.clone()).await {
             Ok(client) => client,
             Err(error) if is_permanent(error.kind()) => {
-                return Err(BusError::fatal(format!("NATS at {}", options.url), error));
+                return Err(BusError::fatal(format!("NATS at {urls}"), error));
             }
             Err(error) => {
                 tracing::warn!(
                     error = &error as &dyn std::error::Error,
-                    url = options.url,
+                    urls,
                     "NATS unreachable at start; serving anyway and connecting in the background"
                 );
-                client_options(&options, &reconnects)
+                client_options(&options, &reconnects, &current)
                     .retry_on_initial_connect()
-                    .connect(&options.url)
+                    .connect(servers)
                     .await
-                    .map_err(|error| BusError::fatal(format!("NATS at {}", options.url), error))?
+                    .map_err(|error| BusError::fatal(format!("NATS at {urls}"), error))?
             }
         };
+        let _ = current.set(client.clone());
+        if is_up(&client) {
+            tracing::info!(node = node(&client), "NATS connected");
+        }
         let jetstream = if options.jetstream {
             let context = jetstream::new(client.clone());
             if is_up(&client) {
-                ensure_stream(&context, &options.prefix, options.create_stream.as_deref()).await?;
+                ensure_stream(&context, &options).await?;
             } else {
                 tokio::spawn(ensure_stream_once_connected(client.clone(), context.clone(), options.clone()));
             }
@@ -218,6 +237,11 @@ impl Nats {
         self.reconnects.attempts()
     }
 
+    /// `host:port` (and name) of the server the client is on, while connected.
+    pub fn node(&self) -> Option<String> {
+        is_up(&self.client).then(|| node(&self.client))
+    }
+
     pub async fn close(&self) {
         if let Err(error) = self.client.flush().await {
             tracing::warn!(%error, "NATS flush at close failed");
@@ -273,8 +297,13 @@ async fn send_reply(client: &Client, reply_to: Subject, reply: Bytes) {
 /// forever with the shared capped backoff, connection events logged. A flood of replies faster
 /// than the inbox is read makes the client drop messages, an event each: those are logged at
 /// most once a second.
-fn client_options(options: &NatsOptions, reconnects: &Arc<Reconnects>) -> ConnectOptions {
+fn client_options(
+    options: &NatsOptions,
+    reconnects: &Arc<Reconnects>,
+    current: &Arc<std::sync::OnceLock<Client>>,
+) -> ConnectOptions {
     let reconnects = reconnects.clone();
+    let current = current.clone();
     let dropping = Arc::new(std::sync::Mutex::new(Limiter::default()));
     ConnectOptions::new()
         .name(format!("hookbus {}", options.name))
@@ -290,7 +319,12 @@ fn client_options(options: &NatsOptions, reconnects: &Arc<Reconnects>) -> Connec
         })
         .event_callback(move |event| {
             let dropping = dropping.clone();
+            // The server is known once the client is made; the first connect is logged there.
+            let node = current.get().filter(|_| matches!(event, async_nats::Event::Connected)).map(node);
             async move {
+                if let Some(node) = node {
+                    return tracing::info!(node, "NATS connected");
+                }
                 if !matches!(event, async_nats::Event::SlowConsumer(_)) {
                     return tracing::info!(%event, "nats connection event");
                 }
@@ -316,6 +350,12 @@ fn is_permanent(kind: ConnectErrorKind) -> bool {
     )
 }
 
+/// The server a client is on, as `name host:port` (what the server itself says).
+fn node(client: &Client) -> String {
+    let info = client.server_info();
+    format!("{} {}:{}", info.server_name, info.host, info.port)
+}
+
 fn is_up(client: &Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
@@ -326,7 +366,7 @@ async fn ensure_stream_once_connected(client: Client, context: jetstream::Contex
     while !is_up(&client) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if let Err(error) = ensure_stream(&context, &options.prefix, options.create_stream.as_deref()).await {
+    if let Err(error) = ensure_stream(&context, &options).await {
         tracing::error!(error = &error as &dyn std::error::Error, "JetStream is not ready for events");
     }
 }
@@ -401,7 +441,8 @@ fn is_stream_answer(payload: &[u8]) -> bool {
         .is_ok_and(|answer| answer.code.is_none() && (answer.stream.is_some() || answer.error.is_some()))
 }
 
-async fn ensure_stream(context: &jetstream::Context, prefix: &str, create: Option<&str>) -> Result<(), BusError> {
+async fn ensure_stream(context: &jetstream::Context, options: &NatsOptions) -> Result<(), BusError> {
+    let (prefix, create) = (options.prefix.as_str(), options.create_stream.as_deref());
     // Any subject under the prefix: a stream over `{prefix}.>` covers it.
     let probe = format!("{prefix}.hookbus");
     match context.stream_by_subject(probe.clone()).await {
@@ -415,13 +456,15 @@ async fn ensure_stream(context: &jetstream::Context, prefix: &str, create: Optio
                     name: name.to_owned(),
                     subjects: vec![format!("{prefix}.>")],
                     duplicate_window: Duration::from_secs(120),
+                    num_replicas: options.stream_replicas,
                     ..Default::default()
                 };
                 context
                     .get_or_create_stream(config)
                     .await
                     .map_err(|error| BusError::fatal(format!("cannot create JetStream stream {name}"), error))?;
-                tracing::info!(stream = name, subjects = %format!("{prefix}.>"), "JetStream stream created");
+                let replicas = options.stream_replicas;
+                tracing::info!(stream = name, replicas, subjects = %format!("{prefix}.>"), "JetStream stream created");
                 Ok(())
             }
             None => Err(BusError::fatal(

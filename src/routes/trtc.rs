@@ -78,7 +78,7 @@ where
         replay,
         origin,
         received,
-        trtc_id: Some(event.id()),
+        id: Some(event.id()),
     })
 }
 

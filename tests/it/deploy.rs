@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::Duration;
 
 use clap::CommandFactory;
 use hookbus::config::Cli;
@@ -75,8 +76,8 @@ fn dockerfile_is_multi_stage_and_runs_serve_on_8080() {
 
 #[test]
 fn kubernetes_manifests_agree_with_the_gateway() {
-    let deployment = yaml("deploy/kubernetes/deployment.yaml");
-    assert_eq!(deployment["kind"], "Deployment");
+    let deployment = yaml("deploy/kubernetes/statefulset.yaml");
+    assert_eq!(deployment["kind"], "StatefulSet");
     let pod = &deployment["spec"]["template"];
     let labels = pod["metadata"]["labels"].clone();
     assert_eq!(deployment["spec"]["selector"]["matchLabels"], labels);
@@ -90,7 +91,7 @@ fn kubernetes_manifests_agree_with_the_gateway() {
     }
     let env = container["env"].as_sequence().unwrap();
     let names: Vec<String> = env.iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect();
-    assert_known(names, "deployment.yaml");
+    assert_known(names, "statefulset.yaml");
     let value =
         |name: &str| env.iter().find(|e| e["name"] == name).and_then(|e| e["value"].as_str()).unwrap().to_owned();
     assert_eq!(value("HOOKBUS_LISTEN"), "0.0.0.0:8080");
@@ -99,7 +100,13 @@ fn kubernetes_manifests_agree_with_the_gateway() {
     assert!(termination > grace.as_secs(), "the kubelet waits longer than hookbus's own grace period");
     let spool = value("HOOKBUS_SPOOL_DIR");
     let mounts = container["volumeMounts"].as_sequence().unwrap();
-    assert!(mounts.iter().any(|m| m["mountPath"] == spool.as_str()), "the spool directory is a volume");
+    let mount = mounts.iter().find(|m| m["mountPath"] == spool.as_str()).expect("the spool directory is a volume");
+    let claims = deployment["spec"]["volumeClaimTemplates"].as_sequence().expect("volume claims");
+    assert!(
+        claims.iter().any(|c| c["metadata"]["name"] == mount["name"]),
+        "the spool is a claim that outlives the pod"
+    );
+    assert!(humantime::parse_duration(&value("HOOKBUS_MAX_CONNECTION_AGE")).unwrap() <= Duration::from_secs(60));
 
     let service = yaml("deploy/kubernetes/service.yaml");
     assert_eq!(service["kind"], "Service");
@@ -108,8 +115,9 @@ fn kubernetes_manifests_agree_with_the_gateway() {
 
     let hpa = yaml("deploy/kubernetes/hpa.yaml");
     assert_eq!(hpa["kind"], "HorizontalPodAutoscaler");
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], deployment["kind"]);
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], deployment["metadata"]["name"]);
+    assert_eq!(deployment["spec"]["serviceName"], service["metadata"]["name"], "the StatefulSet names its Service");
     assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
 
     let pdb = yaml("deploy/kubernetes/pdb.yaml");

@@ -102,7 +102,25 @@ async fn samples_arrive_exactly(backend: Backend) {
         assert_eq!(attribute("sdkappid"), Some(APP));
         assert_eq!(attribute("clientip"), Some("127.0.0.1"));
         assert_eq!(attribute("optplatform"), Some("RESTAPI"));
-        assert_eq!(uuid::Uuid::parse_str(attribute("id").unwrap()).unwrap().get_version_num(), 7);
+        // Signed: the id is derived from the callback (version 8), its time part RequestTime.
+        let id = uuid::Uuid::parse_str(attribute("id").unwrap()).unwrap();
+        assert_eq!(id.get_version_num(), 8, "{command}");
+        let sent = humantime::parse_rfc3339(attribute("time").unwrap()).unwrap();
+        let id_ms = u64::from_be_bytes([
+            0,
+            0,
+            id.as_bytes()[0],
+            id.as_bytes()[1],
+            id.as_bytes()[2],
+            id.as_bytes()[3],
+            id.as_bytes()[4],
+            id.as_bytes()[5],
+        ]);
+        let received_ms = sent.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(
+            id_ms.is_multiple_of(1000) && id_ms <= received_ms && received_ms - id_ms < 60_000,
+            "{command}: RequestTime in the id"
+        );
         assert!(humantime::parse_rfc3339(attribute("time").unwrap()).is_ok());
         let body: serde_json::Value = serde_json::from_slice(body).unwrap();
         let room =

@@ -247,3 +247,32 @@ async fn a_replayed_signed_request_is_answered_as_before_and_not_published_again
     gateway.stop().await;
     responder.abort();
 }
+
+/// `--max-connection-age`: a keep-alive connection is closed once it is that old, after the
+/// response it was giving (`Connection: close`), so that a load balancer can send the client's
+/// next connection to another replica; without it the same connection stays open.
+#[tokio::test]
+async fn connections_are_closed_gracefully_at_their_age() {
+    let command = "Live.CallbackAfterCreateRoom";
+    let request = |target: &str| {
+        format!("POST {target} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}")
+    };
+    let aged = gateway(&["--max-connection-age", "1s"]).await;
+    let forever = gateway(&["--max-connection-age", "0"]).await;
+    let mut streams = Vec::new();
+    for gateway in [&aged, &forever] {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        stream.write_all(request(&format!("/?SdkAppid={APP}&CallbackCommand={command}")).as_bytes()).await.unwrap();
+        let mut answer = [0u8; 1024];
+        let read = stream.read(&mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 200"));
+        streams.push(stream);
+    }
+    let started = Instant::now();
+    let mut rest = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), streams[0].read(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed at its age: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let open = tokio::time::timeout(Duration::from_secs(2), streams[1].read(&mut rest)).await;
+    assert!(open.is_err(), "without an age the connection stays open");
+}

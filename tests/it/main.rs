@@ -19,11 +19,14 @@
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
 //! - `trtc`: TRTC room and media callbacks beside Live and Chat ones, signed by Python's `hmac`.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
+//! - `clusters`: 3-node NATS and RabbitMQ clusters (`scripts/clusters.sh`): seed lists, node
+//!   and leader kills, one id per callback across gateways.
 
 mod amqp;
 mod apps;
 mod brokers;
 mod cli;
+mod clusters;
 mod contract;
 mod dead_letters;
 mod deploy;

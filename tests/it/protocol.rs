@@ -55,7 +55,8 @@ async fn every_sample_is_accepted_and_published_exactly() {
         assert_eq!(line["destination"], format!("tencent.{command}"));
         assert_eq!(line["source"], format!("/tencent/{APP}"));
         assert_eq!(line["data"], data, "{command}");
-        assert_eq!(uuid::Uuid::parse_str(line["id"].as_str().unwrap()).unwrap().get_version_num(), 7);
+        // Signed: the id is derived from the callback.
+        assert_eq!(uuid::Uuid::parse_str(line["id"].as_str().unwrap()).unwrap().get_version_num(), 8);
         assert!(humantime::parse_rfc3339(line["time"].as_str().unwrap()).is_ok());
     }
     let key = |command: &str| lines.iter().find(|l| l["type"] == command).unwrap()["subject"].clone();
@@ -177,10 +178,16 @@ async fn query_is_case_insensitive_and_command_may_come_from_the_body() {
 #[tokio::test]
 async fn without_token_or_app_list_anything_signed_or_not_is_accepted() {
     let (gateway, captured) = Running::stdout(&[]).await;
-    let (status, _) = raw(&gateway, Method::POST, "/?SdkAppid=1&CallbackCommand=Live.X", b"{}").await;
-    assert_eq!(status, 200);
+    for _ in 0..2 {
+        let (status, _) = raw(&gateway, Method::POST, "/?SdkAppid=1&CallbackCommand=Live.X", b"{}").await;
+        assert_eq!(status, 200);
+    }
     gateway.stop().await;
-    assert_eq!(captured.lines().len(), 1);
+    // Unsigned, the same callback twice cannot be told from two: each gets a random UUIDv7.
+    let ids: Vec<uuid::Uuid> =
+        captured.lines().iter().map(|line| uuid::Uuid::parse_str(line["id"].as_str().unwrap()).unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|id| id.get_version_num() == 7) && ids[0] != ids[1], "{ids:?}");
 }
 
 #[tokio::test]
