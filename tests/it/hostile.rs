@@ -265,10 +265,11 @@ async fn hostile_replies(backend: Backend) {
 
     // Floods of replies to ids never asked: counted, logged a line a second, nothing kept. The
     // client libraries buffer a flood that comes faster than it is read, and the allocator
-    // keeps that memory for the next one: a second flood must not add to the first.
+    // keeps that memory for the next one: the peak of one flood or two varies from run to run
+    // (40 to 57 MB here), but two more floods must not rise above it: nothing piles up.
     let flooded = (FLOOD * FLOOD_REPLY_BYTES) as u64;
     let mut resident = vec![rss(child.id())];
-    for flood in 1..=2u64 {
+    for flood in 1..=4u64 {
         let _ = lines(&logs, Duration::from_millis(100));
         script(Script::Flood(FLOOD, FLOOD_REPLY_BYTES));
         let started = Instant::now();
@@ -288,9 +289,9 @@ async fn hostile_replies(backend: Backend) {
             "{dropped} lines for {FLOOD} replies in {took:?}"
         );
     }
-    let [before, first, second] = resident[..] else { unreachable!() };
-    assert!(first < before + 4 * flooded, "RSS {before} → {first} bytes after {flooded} bytes of replies");
-    assert!(second < first + flooded / 2, "RSS {resident:?}: the second flood of {flooded} bytes added to the first");
+    let (before, early, later) = (resident[0], resident[1].max(resident[2]), resident[3].max(resident[4]));
+    assert!(early < before + 4 * flooded, "RSS {resident:?} after floods of {flooded} bytes of replies");
+    assert!(later < early + flooded / 2, "RSS {resident:?}: floods 3 and 4 of {flooded} bytes added to the first two");
 
     // A 1 MB reply: invalid unread, the fallback at once.
     let mut huge = br#"{"ErrorCode":0,"ErrorInfo":""#.to_vec();
