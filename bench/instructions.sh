@@ -15,7 +15,8 @@
 # BIN defaults to target/release/hookbus; a bare path means unsigned=PATH.
 # Prints each server's count, its ratio to the ceiling (when one ran) and the target check, then
 # where each gateway's instructions went, grouped by the code that ran them (self cost, so an
-# inlined function counts where it was inlined). The annotated profiles stay in $log.
+# inlined function counts where it was inlined), and each gateway's 25 costliest functions. The
+# profiles stay in $log (callgrind_annotate reads them).
 # Target: unsigned on NATS core ≤ 2.0 × the ceiling, in one run.
 # Usage: [BUS="--bus nats --nats-url URL"] bench/instructions.sh [seconds, 6] [server...]
 #   servers default to: ceiling unsigned signed
@@ -63,8 +64,7 @@ for server in "${@:-ceiling unsigned signed}"; do
     # The dump holds what ran between zero and dump; the file written at exit, the shutdown.
     # (The metrics requests above are counted too: a handful against thousands of callbacks.)
     counted=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.1")
-    callgrind_annotate --inclusive=no --threshold=100 "$out.1" >"$log/callgrind-$n.txt"
-    printf '%s\t%s\t%s\t%s\n' "$server" "$answers" "$counted" "$log/callgrind-$n.txt" >>"$results"
+    printf '%s\t%s\t%s\t%s\n' "$server" "$answers" "$counted" "$out.1" >>"$results"
   done
 done
 
@@ -96,26 +96,43 @@ GROUPS = [
     ("NATS client (async-nats)", r"\basync_nats::|\bnuid::"),
     ("runtime (tokio)", r"\btokio::|\bfutures_(util|core)::"),
     ("allocator (mimalloc)", r"\bmi_|mimalloc|_mi_"),
-    ("copies and strings (libc, core, alloc)", r"\bmem(cpy|move|set|cmp|chr)|\bcore::|\balloc::|\bstd::"),
+    ("hashing, copies and strings (std, libc; most SipHash is async-nats's HeaderMap)", r"\bmem(cpy|move|set|cmp|chr)|\bcore::|\balloc::|\bstd::"),
 ]
-for server, answers, counted, annotated in rows:
+def self_costs(path):
+    """Each function's own instructions in a callgrind profile: the cost lines under its `fn=`,
+    less the lines that follow a `calls=` (those are the callee's inclusive cost)."""
+    names, costs, fn, callee = {}, {}, None, False
+    for line in open(path, errors="replace"):
+        if line.startswith(("fn=", "cfn=")):
+            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+            if m:
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                if line.startswith("fn="):
+                    fn = names.get(m.group(1))
+        elif line.startswith("calls="):
+            callee = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            parts = line.split()
+            if not callee and fn and len(parts) >= 2:
+                costs[fn] = costs.get(fn, 0) + int(parts[1])
+            callee = False
+    return costs
+
+for server, answers, counted, profile in rows:
     if server == "ceiling":
         continue
-    total, sums = int(counted), {name: 0 for name, _ in GROUPS}
-    other = total
-    for line in open(annotated):
-        m = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+(\S.*)", line)
-        if not m or "PROGRAM TOTALS" in line:
-            continue
-        cost, symbol = int(m.group(1).replace(",", "")), m.group(2)
-        for name, pattern in GROUPS:
-            if re.search(pattern, symbol):
-                sums[name] += cost
-                other -= cost
-                break
-    print(f"\nWhere {server}'s instructions went (self cost per callback, {int(answers):,} callbacks):\n")
+    costs, answers = self_costs(profile), int(answers)
+    total, sums = sum(costs.values()), {name: 0 for name, _ in GROUPS + [("everything else", "")]}
+    for symbol, cost in costs.items():
+        group = next((name for name, pattern in GROUPS if re.search(pattern, symbol)), "everything else")
+        sums[group] += cost
+    print(f"\nWhere {server}'s instructions went (self cost per callback, {answers:,} callbacks):\n")
     print("| code | instructions per callback | share |")
     print("|---|---|---|")
-    for name, cost in list(sums.items()) + [("everything else", other)]:
-        print(f"| {name} | {cost / int(answers):,.0f} | {100 * cost / total:.1f} % |")
+    for name, cost in sums.items():
+        print(f"| {name} | {cost / answers:,.0f} | {100 * cost / total:.1f} % |")
+    print(f"\nCostliest functions of {server} (self, per callback):\n")
+    for symbol, cost in sorted(costs.items(), key=lambda item: -item[1])[:25]:
+        print(f"- {cost / answers:,.0f} {symbol[:140]}")
 PY
