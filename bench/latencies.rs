@@ -43,16 +43,20 @@ pub async fn on_schedule(scheduled: Instant) -> Instant {
     }
 }
 
-/// Gathers each task's latencies (µs) and failures and prints one JSON line: answers, errors,
-/// answers per second over `duration`, p50, p99 and p99.9 in milliseconds, and `extra`.
-pub async fn report(
-    tasks: Vec<JoinHandle<(Vec<u64>, u64)>>,
-    duration: Duration,
-    extra: serde_json::Map<String, serde_json::Value>,
-) {
-    let (mut latencies, mut errors) = (Vec::new(), 0);
+/// Each task's latencies (µs) and failures, once all are done.
+pub async fn joined(tasks: Vec<JoinHandle<(Vec<u64>, u64)>>) -> Vec<(Vec<u64>, u64)> {
+    let mut results = Vec::new();
     for task in tasks {
-        let (mut some, failed) = task.await.expect("a load task");
+        results.push(task.await.expect("a load task"));
+    }
+    results
+}
+
+/// Prints one JSON line of the tasks' `results`: answers, errors, answers per second over
+/// `duration`, p50, p99 and p99.9 in milliseconds, and `extra`.
+pub fn report(results: Vec<(Vec<u64>, u64)>, duration: Duration, extra: serde_json::Map<String, serde_json::Value>) {
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for (mut some, failed) in results {
         latencies.append(&mut some);
         errors += failed;
     }

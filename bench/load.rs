@@ -113,11 +113,12 @@ async fn main() {
             (latencies, errors)
         }));
     }
+    let results = latencies::joined(tasks).await;
     let end_to_end = match consumer {
         None => serde_json::Map::new(),
         Some(receipts) => end_to_end(receipts, &origins).await,
     };
-    latencies::report(tasks, args.duration, end_to_end).await;
+    latencies::report(results, args.duration, end_to_end);
 }
 
 /// Starts consuming at `url` what is published to `destination`; each event's latency (µs from
