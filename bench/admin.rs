@@ -158,7 +158,7 @@ async fn requests(url: &str, subject: &str, rate: f64, duration: Duration, body:
             })
         })
         .collect();
-    latencies::report(tasks, duration).await;
+    latencies::report(latencies::joined(tasks).await, duration, serde_json::Map::new());
 }
 
 /// Properties shaped like the gateway's (src/bus/amqp.rs): persistent, with a message id, a

@@ -6,11 +6,12 @@
 # per request); CPU is the server's utime + stime over the run (/proc/PID/stat) divided by every
 # answer wrk counted. Prints the medians over the rounds and their ratios to the ceiling, the
 # target check, and each round's raw figures.
-# Target: on NATS core, CPU per request ≤ 1.5 × the ceiling's and 2xx/s ≥ 0.75 × the ceiling's.
+# Target: on NATS core, CPU per request ≤ 1.3 × the ceiling's, the median of at least 7 rounds
+# (the rate's ratio is printed too; it is no longer a target: it moves with the neighbours).
 # With BASELINE=path/to/another/hookbus, that binary on NATS core is a fourth configuration of
 # every round: a change measured against the gateway before it, side by side.
-# Usage: [BASELINE=binary] bench/cpu.sh [rounds, default 3] [seconds per measurement, default 5]
-rounds=${1:-3}
+# Usage: [BASELINE=binary] bench/cpu.sh [rounds, default 7] [seconds per measurement, default 5]
+rounds=${1:-7}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
 info=Live.CallbackAfterMemberStateChanged
 body=bench/body-230.json
@@ -60,8 +61,9 @@ for name in names:
 nats = names[2]
 cpu_ratio, rps_ratio = ratio(med_cpu[nats], med_cpu[ceiling]), ratio(med_rps[nats], med_rps[ceiling])
 print()
-print(f"Target, {nats}: CPU/req {cpu_ratio:.2f} × ceiling (≤ 1.5: {'holds' if cpu_ratio <= 1.5 else 'misses'}), "
-      f"2xx/s {rps_ratio:.2f} × ceiling (≥ 0.75: {'holds' if rps_ratio >= 0.75 else 'misses'}).")
+rounds_note = "" if len(rps[ceiling]) >= 7 else f"; {len(rps[ceiling])} rounds, the target asks for 7"
+print(f"Target, {nats}: CPU/req {cpu_ratio:.2f} × ceiling (≤ 1.3: {'holds' if cpu_ratio <= 1.3 else 'misses'}{rounds_note}); "
+      f"2xx/s {rps_ratio:.2f} × ceiling.")
 print()
 print("Rounds:")
 for round_ in sorted({r[0] for r in rows}, key=int):

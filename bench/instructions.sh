@@ -1,45 +1,138 @@
 #!/usr/bin/env bash
-# Instructions per callback, counted by valgrind's callgrind: a figure for comparing two builds
-# that does not drift with the speed of a shared machine (the same binary and load give the same
-# count within about 1 %). Each server runs under callgrind, is warmed for 2 s by wrk -t1 -c16
-# posting bench/body-230.json (signed, a Seq field added per request), its counters are zeroed,
-# then it is loaded for $seconds more and the user-space instructions of that stretch are divided
-# by the answers. User space only: the kernel's share (sockets, wake-ups) is not counted.
-# Under valgrind, SHA-256 runs its portable code instead of the CPU's SHA instructions, so the
-# signature and replay digests weigh several times what they do natively: compare builds of the
-# gateway with each other, not with the ceiling.
-# Usage: [BUS="--bus nats --nats-url URL"] bench/instructions.sh [seconds] [binary...]
-#   binaries default to target/release/hookbus; "ceiling" means the bare hyper server.
+# Instructions per callback, counted by valgrind's callgrind: a figure that does not drift with
+# the speed of a shared machine (the same binary and load give the same count within about 1 %).
+# Each server runs under callgrind, is warmed for 2 s by wrk -t1 -c16 posting bench/body-230.json
+# (a Seq field added per request), its counters are zeroed, then it is loaded for $seconds more
+# and the user-space instructions of that stretch (the publisher's included: the script waits
+# for the outbox to drain) are divided by the answers. User space only: the kernel's share
+# (sockets, wake-ups) is not counted; bench/cpu.sh measures it.
+# A server is one of:
+#   ceiling           the bare hyper server answering the same body (bench/ceiling.rs)
+#   unsigned[=BIN]    the gateway with no token: the target's configuration
+#   signed[=BIN]      the gateway checking the signature and remembering replays. Under valgrind,
+#                     SHA-256 runs its portable code instead of the CPU's SHA instructions, so the
+#                     signature and replay digests weigh several times what they do natively.
+# BIN defaults to target/release/hookbus; a bare path means unsigned=PATH.
+# Prints each server's count, its ratio to the ceiling (when one ran) and the target check, then
+# where each gateway's instructions went, grouped by the code that ran them (self cost, so an
+# inlined function counts where it was inlined), and each gateway's 25 costliest functions. The
+# profiles stay in $log (callgrind_annotate reads them).
+# Target: unsigned on NATS core ≤ 2.0 × the ceiling, in one run.
+# Usage: [BUS="--bus nats --nats-url URL"] bench/instructions.sh [seconds, 6] [server...]
+#   servers default to: ceiling unsigned signed
 source "$(dirname "$0")/setup.sh" "${1:-6}"
 shift || true
 command -v valgrind >/dev/null || apt_install valgrind
 bus=${BUS:---bus nats --nats-url $nats}
 callback=$(url Live.CallbackAfterMemberStateChanged)
 post() { BENCH_BODY=bench/body-230.json wrk -t1 -c16 -d"$1" -s bench/post.lua "$callback"; }
+results=$log/instructions.tsv
+: >"$results"
 
-echo "| server | answers counted | instructions per callback |"
-echo "|---|---|---|"
-for server in "${@:-$bin}"; do
-  out=$log/callgrind.out
-  rm -f "$out"*
-  if [[ $server == ceiling ]]; then
-    start callgrind valgrind --tool=callgrind --callgrind-out-file="$out" $ceiling 127.0.0.1:$port
-    wait_ready / >/dev/null
-  else
-    start callgrind valgrind --tool=callgrind --callgrind-out-file="$out" $(bin=$server gateway $bus)
-    wait_ready /readyz >/dev/null
-  fi
-  post 2s >/dev/null
-  callgrind_control --zero "$pid" >/dev/null 2>&1
-  answers=$(post "${seconds}s" | awk '/requests in/ { print $1 }')
-  # Slowed down by valgrind, the publisher may still be working through the outbox.
-  until [[ $server == ceiling ]] || curl -s "http://127.0.0.1:$port/metrics" | grep -q '^hookbus_outbox_depth 0$'; do
-    sleep 0.2
+n=0
+for server in "${@:-ceiling unsigned signed}"; do
+  for server in $server; do
+    n=$((n + 1))
+    out=$log/callgrind-$n.out
+    rm -f "$out"*
+    case $server in
+      ceiling)
+        start callgrind valgrind --tool=callgrind --callgrind-out-file="$out" $ceiling 127.0.0.1:$port
+        ready=/ ;;
+      signed*)
+        start callgrind valgrind --tool=callgrind --callgrind-out-file="$out" \
+          $(bin=${server#signed=}; [[ $bin == signed ]] && bin=target/release/hookbus; gateway $bus)
+        ready=/readyz ;;
+      *)
+        binary=${server#unsigned=}
+        [[ $binary == unsigned ]] && binary=$bin
+        # No --token: the app accepts unsigned callbacks (the URL's Sign is then ignored).
+        start callgrind valgrind --tool=callgrind --callgrind-out-file="$out" \
+          $binary serve --listen 127.0.0.1:$port --sdk-app-id $app --prefix bench $bus
+        ready=/readyz ;;
+    esac
+    wait_ready $ready >/dev/null
+    post 2s >/dev/null
+    callgrind_control --zero "$pid" >/dev/null 2>&1
+    answers=$(post "${seconds}s" | awk '/requests in/ { print $1 }')
+    # Slowed down by valgrind, the publisher may still be working through the outbox.
+    until [[ $server == ceiling ]] || curl -s "http://127.0.0.1:$port/metrics" | grep -q '^hookbus_outbox_depth 0$'; do
+      sleep 0.2
+    done
+    callgrind_control --dump "$pid" >/dev/null 2>&1
+    stop "$pid"
+    # The dump holds what ran between zero and dump; the file written at exit, the shutdown.
+    # (The metrics requests above are counted too: a handful against thousands of callbacks.)
+    counted=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.1")
+    printf '%s\t%s\t%s\t%s\n' "$server" "$answers" "$counted" "$out.1" >>"$results"
   done
-  callgrind_control --dump "$pid" >/dev/null 2>&1
-  stop "$pid"
-  # The dump holds what ran between zero and dump; the file written at exit, the shutdown.
-  # (The metrics requests above are counted too: a handful against thousands of callbacks.)
-  counted=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.1")
-  echo "| $server | $answers | $(( counted / answers )) |"
 done
+
+python3 - "$results" <<'PY'
+import re, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+ceiling = next((int(c) / int(a) for s, a, c, _ in rows if s == "ceiling"), None)
+print("| server | answers counted | instructions per callback | × ceiling |")
+print("|---|---|---|---|")
+for server, answers, counted, _ in rows:
+    per = int(counted) / int(answers)
+    print(f"| {server} | {int(answers):,} | {per:,.0f} | {per / ceiling:.2f} |" if ceiling else
+          f"| {server} | {int(answers):,} | {per:,.0f} | — |")
+unsigned = [(s, int(c) / int(a)) for s, a, c, _ in rows if s.startswith("unsigned")]
+if ceiling and unsigned:
+    server, per = unsigned[0]
+    ratio = per / ceiling
+    print(f"\nTarget, {server}: {ratio:.2f} × the ceiling (≤ 2.0: {'holds' if ratio <= 2.0 else 'misses'}).")
+
+# Self cost by the code that ran it, first match wins (a demangled Rust path names its crate).
+GROUPS = [
+    ("HTTP (hyper, http, httparse)", r"\bhyper(_util)?::|\bhttp::|\bhttparse::|\bhttp_body(_util)?::"),
+    ("checks (query, signature, replay, body, apps)",
+     r"hookbus::(tencent|replay|apps|routes::check|routes::read_body)|\bserde_json::|\bsha2::|\bserde::"),
+    ("message (ids, attributes, trace context)", r"hookbus::(bus::message|traces)|\buuid::|\bhumantime::"),
+    ("routes and metrics", r"hookbus::(routes|metrics|http)"),
+    ("outbox", r"hookbus::outbox"),
+    ("publish (bus::nats)", r"hookbus::bus"),
+    ("NATS client (async-nats)", r"\basync_nats::|\bnuid::"),
+    ("runtime (tokio)", r"\btokio::|\bfutures_(util|core)::"),
+    ("allocator (mimalloc)", r"\bmi_|mimalloc|_mi_"),
+    ("hashing, copies and strings (std, libc; most SipHash is async-nats's HeaderMap)", r"\bmem(cpy|move|set|cmp|chr)|\bcore::|\balloc::|\bstd::"),
+]
+def self_costs(path):
+    """Each function's own instructions in a callgrind profile: the cost lines under its `fn=`,
+    less the lines that follow a `calls=` (those are the callee's inclusive cost)."""
+    names, costs, fn, callee = {}, {}, None, False
+    for line in open(path, errors="replace"):
+        if line.startswith(("fn=", "cfn=")):
+            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+            if m:
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                if line.startswith("fn="):
+                    fn = names.get(m.group(1))
+        elif line.startswith("calls="):
+            callee = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            parts = line.split()
+            if not callee and fn and len(parts) >= 2:
+                costs[fn] = costs.get(fn, 0) + int(parts[1])
+            callee = False
+    return costs
+
+for server, answers, counted, profile in rows:
+    if server == "ceiling":
+        continue
+    costs, answers = self_costs(profile), int(answers)
+    total, sums = sum(costs.values()), {name: 0 for name, _ in GROUPS + [("everything else", "")]}
+    for symbol, cost in costs.items():
+        group = next((name for name, pattern in GROUPS if re.search(pattern, symbol)), "everything else")
+        sums[group] += cost
+    print(f"\nWhere {server}'s instructions went (self cost per callback, {answers:,} callbacks):\n")
+    print("| code | instructions per callback | share |")
+    print("|---|---|---|")
+    for name, cost in sums.items():
+        print(f"| {name} | {cost / answers:,.0f} | {100 * cost / total:.1f} % |")
+    print(f"\nCostliest functions of {server} (self, per callback):\n")
+    for symbol, cost in sorted(costs.items(), key=lambda item: -item[1])[:25]:
+        print(f"- {cost / answers:,.0f} {symbol[:140]}")
+PY

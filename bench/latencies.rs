@@ -43,29 +43,42 @@ pub async fn on_schedule(scheduled: Instant) -> Instant {
     }
 }
 
-/// Gathers each task's latencies (µs) and failures and prints one JSON line: answers, errors,
-/// answers per second over `duration`, p50, p99 and p99.9 in milliseconds.
-pub async fn report(tasks: Vec<JoinHandle<(Vec<u64>, u64)>>, duration: Duration) {
-    let (mut latencies, mut errors) = (Vec::new(), 0);
+/// Each task's latencies (µs) and failures, once all are done.
+pub async fn joined(tasks: Vec<JoinHandle<(Vec<u64>, u64)>>) -> Vec<(Vec<u64>, u64)> {
+    let mut results = Vec::new();
     for task in tasks {
-        let (mut some, failed) = task.await.expect("a load task");
+        results.push(task.await.expect("a load task"));
+    }
+    results
+}
+
+/// Prints one JSON line of the tasks' `results`: answers, errors, answers per second over
+/// `duration`, p50, p99 and p99.9 in milliseconds, and `extra`.
+pub fn report(results: Vec<(Vec<u64>, u64)>, duration: Duration, extra: serde_json::Map<String, serde_json::Value>) {
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for (mut some, failed) in results {
         latencies.append(&mut some);
         errors += failed;
     }
+    let (p50, p99, p999) = quantiles(&mut latencies);
+    let mut line = serde_json::json!({
+        "ok": latencies.len(),
+        "errors": errors,
+        "rate": (latencies.len() as f64 / duration.as_secs_f64()).round(),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p999_ms": p999,
+    });
+    line.as_object_mut().expect("an object").extend(extra);
+    println!("{line}");
+}
+
+/// p50, p99 and p99.9 of `latencies` (µs), in milliseconds (0 of none).
+pub fn quantiles(latencies: &mut [u64]) -> (f64, f64, f64) {
     latencies.sort_unstable();
     let at = |q: f64| {
         let place = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
         latencies.get(place).copied().unwrap_or(0) as f64 / 1000.0
     };
-    println!(
-        "{}",
-        serde_json::json!({
-            "ok": latencies.len(),
-            "errors": errors,
-            "rate": (latencies.len() as f64 / duration.as_secs_f64()).round(),
-            "p50_ms": at(0.50),
-            "p99_ms": at(0.99),
-            "p999_ms": at(0.999),
-        })
-    );
+    (at(0.50), at(0.99), at(0.999))
 }
