@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::apps::{self, Apps, Current};
@@ -180,7 +180,7 @@ where
     // The caller's request id when it sends one; else the event id, or a fresh one for a refusal.
     let request_id = request
         .headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|id| id.len() <= 128)
         .map(str::to_owned);
@@ -305,9 +305,7 @@ where
         shared.metrics.signed(&sdk_app_id, &app.tokens[signed.token].name);
         replay_until = Some((signed.request_time, signed.request_time + limits.max_clock_skew.as_secs()));
     }
-    let header =
-        |name| request.headers().get(name).and_then(|value: &HeaderValue| value.to_str().ok()).map(str::to_owned);
-    let (traceparent, tracestate) = (header("traceparent").unwrap_or_default(), header("tracestate"));
+    let (traceparent, tracestate) = trace_headers(request.headers());
     let received = SystemTime::now();
     let payload = read_body(limits, request).await?;
     let body = Body::parse(&payload, limits.max_json_depth)
@@ -339,6 +337,18 @@ where
     };
     let body_room = body.room_key();
     Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received, id })
+}
+
+/// Request headers read on every callback, named once: a name given as text is parsed again
+/// at each look-up.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The request's W3C trace context as it came: `traceparent` (empty when none) and `tracestate`.
+fn trace_headers(headers: &HeaderMap) -> (String, Option<String>) {
+    let header = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok()).map(str::to_owned);
+    (header(TRACEPARENT).unwrap_or_default(), header(TRACESTATE))
 }
 
 /// The body, whole, within the size and time limits.

@@ -27,7 +27,7 @@ pub struct Query {
     pub repeated: Option<&'static str>,
 }
 
-/// The query parameters Tencent adds, as it spells them.
+/// The query parameters Tencent adds, as it spells them, in the order of [`Query::parse`]'s slots.
 const PROTOCOL_KEYS: [&str; 7] =
     ["SdkAppid", "CallbackCommand", "ClientIP", "OptPlatform", "Sign", "RequestTime", "contenttype"];
 
@@ -37,29 +37,48 @@ impl Query {
     pub fn parse(raw: &str) -> Query {
         let mut query = Query::default();
         let mut content_type = false;
-        for pair in raw.split('&').filter(|pair| !pair.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = form_decoded(key);
-            // Compared in place, in any case: no lower-cased copy of every key.
-            let Some(&name) = PROTOCOL_KEYS.iter().find(|name| key.eq_ignore_ascii_case(name)) else { continue };
-            let slot = match name {
-                "SdkAppid" => &mut query.sdk_app_id,
-                "CallbackCommand" => &mut query.command,
-                "ClientIP" => &mut query.client_ip,
-                "OptPlatform" => &mut query.opt_platform,
-                "Sign" => &mut query.sign,
-                "RequestTime" => &mut query.request_time,
+        let bytes = raw.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            // One pass over a pair, read on every callback: where it ends, where its first '='
+            // is, and whether its key or its value has anything to decode.
+            let (mut end, mut equals, mut encoded) = (start, None, [false; 2]);
+            while end < bytes.len() && bytes[end] != b'&' {
+                match bytes[end] {
+                    b'=' if equals.is_none() => equals = Some(end),
+                    b'%' | b'+' => encoded[usize::from(equals.is_some())] = true,
+                    _ => {}
+                }
+                end += 1;
+            }
+            // '&' and '=' are ASCII: every piece is a str of its own.
+            let key = form_decoded(&raw[start..equals.unwrap_or(end)], encoded[0]);
+            let value = equals.map_or("", |equals| &raw[equals + 1..end]);
+            start = end + 1;
+            // Compared in place, in any case, and only with the names of its length.
+            let Some(at) =
+                PROTOCOL_KEYS.iter().position(|name| name.len() == key.len() && key.eq_ignore_ascii_case(name))
+            else {
+                continue;
+            };
+            let slot = match at {
+                0 => &mut query.sdk_app_id,
+                1 => &mut query.command,
+                2 => &mut query.client_ip,
+                3 => &mut query.opt_platform,
+                4 => &mut query.sign,
+                5 => &mut query.request_time,
                 _ => {
                     if std::mem::replace(&mut content_type, true) {
-                        query.repeated.get_or_insert(name);
+                        query.repeated.get_or_insert(PROTOCOL_KEYS[at]);
                     }
                     continue;
                 }
             };
             if slot.is_none() {
-                *slot = Some(form_decoded(value).into_owned());
+                *slot = Some(form_decoded(value, encoded[1]).into_owned());
             } else {
-                query.repeated.get_or_insert(name);
+                query.repeated.get_or_insert(PROTOCOL_KEYS[at]);
             }
         }
         query
@@ -67,10 +86,10 @@ impl Query {
 }
 
 /// One name or value of an `application/x-www-form-urlencoded` query: `+` is a space, `%XX` a
-/// byte, invalid UTF-8 replaced. Borrowed when there is nothing to decode, as in Tencent's
-/// queries, so that only the values kept are copied.
-fn form_decoded(raw: &str) -> Cow<'_, str> {
-    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+/// byte, invalid UTF-8 replaced. Borrowed when it has nothing to decode (`encoded` false), as in
+/// Tencent's queries, so that only the values kept are copied.
+fn form_decoded(raw: &str, encoded: bool) -> Cow<'_, str> {
+    if !encoded {
         return Cow::Borrowed(raw);
     }
     let spaced = raw.replace('+', " ");

@@ -43,7 +43,15 @@ pub struct Tracer {
 
 /// A new span id: 16 hex digits.
 pub fn span_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()[16..].to_owned()
+    String::from_utf8(new_span_id().to_vec()).expect("hex digits")
+}
+
+/// A new span id's 16 hex digits: the last 8 bytes of a random UUID, never all zero (their
+/// first byte holds the UUID's variant bits), made without a clock read or a format.
+fn new_span_id() -> [u8; 16] {
+    let mut digits = [0; 16];
+    hex::encode_to_slice(&uuid::Uuid::new_v4().as_bytes()[8..], &mut digits).expect("16 digits for 8 bytes");
+    digits
 }
 
 /// A W3C trace context `traceparent` of version 00 with non-zero ids, checked once when it is
@@ -59,17 +67,23 @@ impl Context {
 
     /// A new trace whose id is `event_id` (a UUID, hyphens dropped), with a fresh span.
     pub fn start(event_id: &str) -> Context {
-        let trace_id: String = event_id.chars().filter(|&c| c != '-').collect();
-        Context::of(&trace_id, &span_id())
+        Context::of(event_id.bytes().filter(|&b| b != b'-'))
     }
 
     /// The same trace with a new span, whose parent this one is.
     pub fn child(&self) -> Context {
-        Context::of(self.trace_id(), &span_id())
+        Context::of(self.trace_id().bytes())
     }
 
-    fn of(trace_id: &str, span_id: &str) -> Context {
-        Context(["00-", trace_id, "-", span_id, "-01"].concat())
+    /// `00-{trace_id}-{a new span id}-01`, written into one string.
+    fn of(trace_id: impl Iterator<Item = u8>) -> Context {
+        let mut text = Vec::with_capacity(55);
+        text.extend_from_slice(b"00-");
+        text.extend(trace_id);
+        text.push(b'-');
+        text.extend_from_slice(&new_span_id());
+        text.extend_from_slice(b"-01");
+        Context(String::from_utf8(text).expect("ASCII"))
     }
 
     /// 32 hex digits.

@@ -412,9 +412,11 @@ fn request_id(reply_to: &str) -> &str {
     reply_to.rsplit('.').next().unwrap_or_default()
 }
 
+/// The header names of the CloudEvents attributes: `ce-<attribute>`.
+const NAMES: [&str; 13] = attribute_names!("ce-");
+
 /// CloudEvents binary-mode headers: `ce-<attribute>`.
 fn headers(message: &Message) -> HeaderMap {
-    const NAMES: [&str; 13] = attribute_names!("ce-");
     let mut headers = HeaderMap::new();
     for (name, value) in message.attributes_named(&NAMES) {
         // Every attribute is header-safe by construction (`header_safe`); should one ever not
@@ -506,5 +508,16 @@ mod tests {
         assert!(is_stream_answer(br#"{"error":{"code":503,"description":"x"}}"#));
         assert!(!is_stream_answer(br#"{"ErrorCode":0,"ErrorInfo":""}"#));
         assert!(!is_stream_answer(b"not json"));
+    }
+
+    #[test]
+    fn headers_hold_each_attribute_once() {
+        let origin = super::super::Origin { sdk_app_id: "1400".into(), ..Default::default() };
+        let message = Message::new("t", "C", None, origin, Bytes::new());
+        let headers = headers(&message);
+        assert_eq!(headers.len(), message.attributes().count());
+        assert!(headers.iter().all(|(_, values)| values.len() == 1));
+        assert_eq!(headers.get("ce-id").map(|v| v.as_str()), Some(message.id.as_str()));
+        assert_eq!(headers.get("ce-partitionkey"), None, "no room: not written");
     }
 }

@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, HeaderName};
 use hyper::{Method, Request};
 
 use super::{read_body, Checked, Rejection, Shared};
@@ -19,7 +19,9 @@ pub(super) const OK: &[u8] = protocol::OK;
 
 /// Whether this request is a TRTC callback (see [`protocol::addressed`]).
 pub(super) fn addressed(query: &Query, headers: &HeaderMap) -> bool {
-    protocol::addressed(query, headers.contains_key(protocol::SDK_APP_ID))
+    // Asked of every callback: the name made once, not parsed at each look-up.
+    const SDK_APP_ID: HeaderName = HeaderName::from_static(protocol::SDK_APP_ID);
+    protocol::addressed(query, headers.contains_key(SDK_APP_ID))
 }
 
 pub(super) async fn check<B>(shared: &Shared, request: Request<B>) -> Result<Checked, Rejection>
@@ -39,7 +41,7 @@ where
     }
     let header = |name| headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
     let (sdk_app_id, sign) = (header(protocol::SDK_APP_ID).unwrap_or_default(), header(protocol::SIGN));
-    let (traceparent, tracestate) = (header("traceparent").unwrap_or_default(), header("tracestate"));
+    let (traceparent, tracestate) = super::trace_headers(headers);
     let settings = shared.apps.get();
     let Some(app) = settings.get(&sdk_app_id) else { return Err(Rejection::Forbidden) };
     let received = SystemTime::now();
