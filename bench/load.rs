@@ -48,7 +48,8 @@ struct Args {
     token: Option<String>,
     /// Where the events arrive: `nats://HOST:PORT` subscribes to `--destination` (core and
     /// JetStream publishes alike); `amqp://…` binds a queue of its own to `--destination` on the
-    /// `tencent` exchange.
+    /// `tencent` exchange; `kafka://HOST:PORT` reads topic `--destination` (which must exist)
+    /// from its end, every partition assigned (no group to join).
     #[arg(long, requires = "destination")]
     consume: Option<String>,
     /// The NATS subject or AMQP routing key the events go to: `{prefix}.{command}`.
@@ -140,6 +141,31 @@ async fn consume(url: &str, destination: &str, origins: Origins) -> tokio::sync:
             let _client = client;
             while let Some(message) = futures_util::StreamExt::next(&mut subscription).await {
                 receipt(&message.payload);
+            }
+        });
+    } else if let Some(brokers) = url.strip_prefix("kafka://") {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "hookbus-bench-end-to-end")
+            .set("enable.auto.commit", "false")
+            // An idle partition's fetch returns after this long: a fetch is sent again at once.
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("Kafka consumer");
+        let metadata = consumer.fetch_metadata(Some(destination), Duration::from_secs(10)).expect("Kafka metadata");
+        let mut partitions = TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|topic| topic.partitions()) {
+            partitions.add_partition_offset(destination, partition.id(), Offset::End).expect("partition");
+        }
+        assert!(partitions.count() > 0, "topic {destination} does not exist yet");
+        consumer.assign(&partitions).expect("assign");
+        // Until every partition's end is looked up, a new event could be read past.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::spawn(async move {
+            while let Ok(message) = consumer.recv().await {
+                receipt(rdkafka::Message::payload(&message).unwrap_or_default());
             }
         });
     } else {

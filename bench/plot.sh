@@ -10,12 +10,14 @@ tsv=${1:-bench/latency.tsv}
 png=${2:-latency.png}
 # pngcairo draws dashes and antialiases; the libgd png terminal is the fallback.
 if gnuplot -e 'set terminal' 2>&1 | grep -qw pngcairo; then
-  terminal='pngcairo size 1280,800 font "Sans,11"'
+  terminal='pngcairo size 1280,900 font "Sans,11"'
 else
-  terminal='png size 1280,800'
+  terminal='png size 1280,900'
 fi
 machine=$(sed -n '1s/^# *//p' "$tsv")
-colours=("#1f77b4" "#d62728" "#2ca02c" "#ff7f0e" "#9467bd" "#8c564b" "#e377c2" "#17becf")
+# One colour per configuration: bench/run.sh's rows and bench/endtoend.sh's are 14.
+colours=("#1f77b4" "#d62728" "#2ca02c" "#ff7f0e" "#9467bd" "#8c564b" "#e377c2" "#17becf" "#7f7f7f"
+  "#bcbd22" "#000080" "#800000" "#008080" "#ff00ff" "#556b2f" "#daa520")
 quote() { local text=${1//\\/\\\\}; echo "\"${text//\"/\\\"}\""; }
 
 {
@@ -34,8 +36,8 @@ quote() { local text=${1//\\/\\\\}; echo "\"${text//\"/\\\"}\""; }
   echo 'set xlabel "offered rate (requests/s, log scale)"'
   echo 'set ylabel "latency (ms, log scale)"'
   echo 'set grid xtics ytics lt 1 lc rgb "#d0d0d0" lw 1'
-  echo 'set key outside below center horizontal maxrows 3 box Left reverse'
-  echo 'set bmargin 8'
+  echo 'set key outside below center horizontal maxrows 6 box Left reverse'
+  echo 'set bmargin 12'
   echo 'set border lw 1'
   plots=()
   n=0

@@ -158,6 +158,7 @@ impl ServeArgs {
                 capacity: self.outbox_capacity as usize,
                 max_bytes: self.outbox_max_bytes,
                 wait: self.outbox_wait,
+                linger: self.publish_linger,
             },
             connections: Connections {
                 header_read_timeout: self.header_read_timeout,

@@ -25,11 +25,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often a publisher waiting for the bus to reconnect looks again.
 const RECONNECT_POLL: Duration = Duration::from_millis(50);
 
-/// How long the publisher lets events gather before it sends a batch smaller than the window.
-/// Every batch costs a confirm round trip and its wake-ups: at 2,000 callbacks/s they were
-/// nearly half of the gateway's CPU (`BENCHMARKS.md`). The callback was answered already; only
-/// the publish waits.
-const LINGER: Duration = Duration::from_millis(5);
 /// Largest batch in bytes: what the bus client copies into its buffers at once.
 const WINDOW_BYTES: usize = 1 << 20;
 /// Memory an event holds besides the message itself: its queue slot, the allocator's rounding.
@@ -56,6 +51,11 @@ pub struct Bounds {
     /// A callback that finds the outbox full waits this long for the broker to confirm
     /// enough to make room, before it is refused.
     pub wait: Duration,
+    /// How long the publisher lets events gather before it sends a batch smaller than the
+    /// window (zero: at once). Every batch costs a confirm round trip and its wake-ups: at 2,000
+    /// callbacks/s they were nearly half of the gateway's CPU (`BENCHMARKS.md`); the linger is
+    /// what each event's delivery waits for that (the callback was answered already).
+    pub linger: Duration,
 }
 
 pub struct Outbox {
@@ -210,7 +210,7 @@ impl Outbox {
     }
 
     /// Waits for events and takes a batch: up to [`WINDOW`] events and [`WINDOW_BYTES`] (one
-    /// event at least). A batch that is not full yet waits [`LINGER`] for more first. `None`
+    /// event at least). A batch that is not full yet waits [`Bounds::linger`] for more first. `None`
     /// once closed and empty.
     async fn take(&self) -> Option<(Vec<Message>, Vec<Held>)> {
         let mut lingered = false;
@@ -222,14 +222,14 @@ impl Outbox {
                     return None;
                 }
                 let (n, full) = batch(&state.queue);
-                if n > 0 && (full || lingered || state.closed) {
+                if n > 0 && (full || lingered || state.closed || self.bounds.linger.is_zero()) {
                     state.in_flight += n;
                     return Some(state.queue.drain(..n).unzip());
                 }
                 n > 0
             };
             if linger {
-                tokio::time::sleep(LINGER).await;
+                tokio::time::sleep(self.bounds.linger).await;
                 lingered = true;
             } else {
                 notified.await;
@@ -466,7 +466,7 @@ mod tests {
 
     /// Bounds that refuse at once when full.
     fn bounds(capacity: usize, max_bytes: usize) -> Bounds {
-        Bounds { capacity, max_bytes, wait: Duration::ZERO }
+        Bounds { capacity, max_bytes, wait: Duration::ZERO, linger: Duration::from_millis(5) }
     }
 
     fn memory() -> Arc<DeadLetters> {
@@ -513,6 +513,17 @@ mod tests {
         assert_eq!(outbox.depth(), 0);
         outbox.close();
         assert!(outbox.take().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_event_waits_the_linger_and_none_without_one() {
+        for linger in [Duration::from_millis(5), Duration::ZERO] {
+            let outbox = Outbox::new(Bounds { linger, ..bounds(10, 1 << 20) }, None, memory());
+            outbox.push(message()).await.unwrap();
+            let started = tokio::time::Instant::now();
+            let (batch, _) = outbox.take().await.unwrap();
+            assert_eq!((batch.len(), started.elapsed()), (1, linger));
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -542,7 +542,12 @@ mod tests {
             tracer: None,
             bus: Bus::Stdout(Stdout::new(Box::new(std::io::sink()))),
             outbox: Arc::new(Outbox::new(
-                outbox::Bounds { capacity: outbox_capacity, max_bytes: 1 << 20, wait: Duration::ZERO },
+                outbox::Bounds {
+                    capacity: outbox_capacity,
+                    max_bytes: 1 << 20,
+                    wait: Duration::ZERO,
+                    linger: Duration::ZERO,
+                },
                 None,
                 Arc::new(crate::dead_letters::DeadLetters::in_memory(1 << 20, None)),
             )),
