@@ -83,7 +83,7 @@ impl Context {
         text.push(b'-');
         text.extend_from_slice(&new_span_id());
         text.extend_from_slice(b"-01");
-        Context(String::from_utf8(text).expect("ASCII"))
+        Context(String::from_utf8(text).expect("UTF-8: only ASCII bytes were added or dropped"))
     }
 
     /// 32 hex digits.

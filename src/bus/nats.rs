@@ -412,11 +412,9 @@ fn request_id(reply_to: &str) -> &str {
     reply_to.rsplit('.').next().unwrap_or_default()
 }
 
-/// The header names of the CloudEvents attributes: `ce-<attribute>`.
-const NAMES: [&str; 13] = attribute_names!("ce-");
-
 /// CloudEvents binary-mode headers: `ce-<attribute>`.
 fn headers(message: &Message) -> HeaderMap {
+    const NAMES: [&str; 13] = attribute_names!("ce-");
     let mut headers = HeaderMap::new();
     for (name, value) in message.attributes_named(&NAMES) {
         // Every attribute is header-safe by construction (`header_safe`); should one ever not
