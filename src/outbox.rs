@@ -213,7 +213,8 @@ impl Outbox {
     /// event at least). A batch that is not full yet waits [`Bounds::linger`] for more first. `None`
     /// once closed and empty.
     async fn take(&self) -> Option<(Vec<Message>, Vec<Held>)> {
-        let mut lingered = false;
+        // A zero linger is one already waited.
+        let mut lingered = self.bounds.linger.is_zero();
         loop {
             let notified = self.ready.notified();
             let linger = {
@@ -222,7 +223,7 @@ impl Outbox {
                     return None;
                 }
                 let (n, full) = batch(&state.queue);
-                if n > 0 && (full || lingered || state.closed || self.bounds.linger.is_zero()) {
+                if n > 0 && (full || lingered || state.closed) {
                     state.in_flight += n;
                     return Some(state.queue.drain(..n).unzip());
                 }

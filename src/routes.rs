@@ -347,8 +347,12 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The request's W3C trace context as it came: `traceparent` (empty when none) and `tracestate`.
 fn trace_headers(headers: &HeaderMap) -> (String, Option<String>) {
-    let header = |name| headers.get(name).and_then(|value: &HeaderValue| value.to_str().ok()).map(str::to_owned);
-    (header(TRACEPARENT).unwrap_or_default(), header(TRACESTATE))
+    (header(headers, TRACEPARENT).unwrap_or_default(), header(headers, TRACESTATE))
+}
+
+/// A request header's value as text, when it is present and text.
+fn header(headers: &HeaderMap, name: impl hyper::header::AsHeaderName) -> Option<String> {
+    headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
 }
 
 /// The body, whole, within the size and time limits.

@@ -510,7 +510,7 @@ mod tests {
 
     #[test]
     fn headers_hold_each_attribute_once() {
-        let origin = super::super::Origin { sdk_app_id: "1400".into(), ..Default::default() };
+        let origin = crate::bus::Origin { sdk_app_id: "1400".into(), ..Default::default() };
         let message = Message::new("t", "C", None, origin, Bytes::new());
         let headers = headers(&message);
         assert_eq!(headers.len(), message.attributes().count());

@@ -39,8 +39,8 @@ where
     if [protocol::SDK_APP_ID, protocol::SIGN].iter().any(|name| headers.get_all(*name).iter().count() > 1) {
         return Err(Rejection::bad("param_repeated", "the SdkAppId or Sign header appears more than once"));
     }
-    let header = |name| headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let (sdk_app_id, sign) = (header(protocol::SDK_APP_ID).unwrap_or_default(), header(protocol::SIGN));
+    let (sdk_app_id, sign) =
+        (super::header(headers, protocol::SDK_APP_ID).unwrap_or_default(), super::header(headers, protocol::SIGN));
     let (traceparent, tracestate) = super::trace_headers(headers);
     let settings = shared.apps.get();
     let Some(app) = settings.get(&sdk_app_id) else { return Err(Rejection::Forbidden) };
