@@ -40,6 +40,9 @@ fn main() -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().flatten_event(true).init(),
     }
+    // A panic in a task ends only that task: counted and logged where the operator looks, so
+    // that a gateway that lost one never looks healthy without a trace.
+    std::panic::set_hook(Box::new(hookbus::metrics::panicked));
     // serve: one worker by default: no work stealing and no wake-ups across threads between a
     // request, the outbox and the bus client (tokio's multi-thread scheduler, which, unlike the
     // current-thread one, keeps the publisher's turns frequent under a flood of requests).

@@ -13,6 +13,29 @@ use crate::decision::{Flaw, Flawed, Outcome};
 use crate::logs::{self, Limiter};
 use crate::spool::Recovery;
 
+/// Panics anywhere in the process (`main` installs the hook that counts them): a task that
+/// panicked is gone, and what it did is no longer done.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a panic and logs it at ERROR with where it happened and its message (escaped, cut).
+pub fn panicked(info: &std::panic::PanicHookInfo<'_>) {
+    PANICS.fetch_add(1, Relaxed);
+    let message = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let location = info.location().map(ToString::to_string).unwrap_or_default();
+    let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+    tracing::error!(
+        thread,
+        location,
+        message = logs::field(message.as_bytes()),
+        "panic: the task it happened in is gone"
+    );
+}
+
 const MAX_COMMANDS: usize = 64;
 const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 1500, 2000];
 
@@ -76,6 +99,8 @@ pub struct Gauges {
     pub bus_node: Option<String>,
     /// Publishing channels opened again (a nack streak, a confirm timeout).
     pub channel_reopens: u64,
+    /// Bus clients replaced because their connection task was gone.
+    pub clients_replaced: u64,
     pub late_replies: u64,
     /// Signed requests remembered against replays.
     pub replay_cache_entries: usize,
@@ -348,7 +373,7 @@ impl Metrics {
             family(&mut out, "bus_node_info", "gauge", "The broker node the bus link is on, as its label.");
             let _ = writeln!(out, "hookbus_bus_node_info{{node=\"{}\"}} 1", label(node));
         }
-        let scalars: [(&str, &str, &str, Option<u64>); 23] = [
+        let scalars: [(&str, &str, &str, Option<u64>); 25] = [
             (
                 "outbox_depth",
                 "gauge",
@@ -362,6 +387,18 @@ impl Metrics {
                 Some(gauges.outbox_capacity as u64),
             ),
             ("bus_connected", "gauge", "1 while the bus link is up.", Some(u64::from(gauges.bus_connected))),
+            (
+                "bus_clients_replaced_total",
+                "counter",
+                "Bus clients replaced because their connection task was gone (a failure inside the client).",
+                Some(gauges.clients_replaced),
+            ),
+            (
+                "panics_total",
+                "counter",
+                "Panics in any thread or task of the gateway; each is logged at ERROR with where it happened.",
+                load(&PANICS),
+            ),
             (
                 "replay_cache_entries",
                 "gauge",
@@ -493,6 +530,7 @@ mod tests {
             connect_attempts: 1,
             bus_node: None,
             channel_reopens: 0,
+            clients_replaced: 0,
             late_replies: 0,
             replay_cache_entries: 0,
             spans_dropped: None,
@@ -562,6 +600,7 @@ mod tests {
             connect_attempts: 4,
             bus_node: Some("rabbit-2:5672".into()),
             channel_reopens: 2,
+            clients_replaced: 1,
             late_replies: 2,
             replay_cache_entries: 0,
             spans_dropped: Some(3),

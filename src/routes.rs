@@ -150,6 +150,7 @@ where
                 connect_attempts: shared.bus.connect_attempts(),
                 bus_node: shared.bus.node(),
                 channel_reopens: shared.bus.channel_reopens(),
+                clients_replaced: shared.bus.clients_replaced(),
                 late_replies: shared.bus.late_replies(),
                 replay_cache_entries: shared.replays.len(),
                 spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),

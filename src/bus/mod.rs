@@ -121,6 +121,14 @@ impl Bus {
         }
     }
 
+    /// Clients replaced because their connection task was gone.
+    pub fn clients_replaced(&self) -> u64 {
+        match self {
+            Bus::Nats(bus) => bus.links_replaced(),
+            _ => 0,
+        }
+    }
+
     /// Replies that arrived after their request had given up.
     pub fn late_replies(&self) -> u64 {
         match self {

@@ -7,16 +7,17 @@
 //! retried by the outbox under the same `Nats-Msg-Id`, so that a stored one is not stored twice.
 //! The only file that names async-nats types.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, HeaderName, StatusCode, Subject};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, HeaderName, ServerAddr, StatusCode, Subject};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::message::{attribute_names, Message};
 use super::replies::Replies;
@@ -45,18 +46,33 @@ pub struct NatsOptions {
 
 #[derive(Clone)]
 pub struct Nats {
+    /// The link in use, replaced whole by [`supervise`] when its connection task is gone.
+    link: Arc<RwLock<Arc<Link>>>,
+    replies: Arc<Replies<Result<Bytes, BusError>>>,
+    reconnects: Arc<Reconnects>,
+    /// Set by `close`: a link that ends after it is not replaced.
+    closing: Arc<AtomicBool>,
+    /// Links replaced because their connection task was gone.
+    replaced: Arc<AtomicU64>,
+}
+
+/// One client and what hangs on it: its JetStream context, its reply inbox and the task that
+/// writes its requests. The client reconnects by itself; a link is replaced only when its
+/// connection task is gone (a panic in the client, a drain): then nothing it is handed is
+/// ever sent, and its state still reads "connected".
+struct Link {
     client: Client,
     /// Set with `--nats-jetstream`.
-    jetstream: Option<Box<jetstream::Context>>,
+    jetstream: Option<jetstream::Context>,
     /// No subscriber ever listens here: a request to it comes back "no responders" from the
     /// server itself, after the server processed every earlier publish of this connection.
     probe: String,
     /// Replies to decision requests arrive on `{inbox}.{event id}`.
     inbox: String,
-    replies: Arc<Replies<Result<Bytes, BusError>>>,
     /// Decision requests on their way to the connection, written together by [`write_requests`].
     requests: mpsc::UnboundedSender<Request>,
-    reconnects: Arc<Reconnects>,
+    /// Cleared once the connection task is found gone.
+    alive: AtomicBool,
 }
 
 /// A decision request as it is handed to [`write_requests`].
@@ -71,8 +87,8 @@ struct Request {
 impl Nats {
     /// Connects. A server that cannot be reached yet is retried in the background (the client
     /// then buffers subscriptions until it is up); refused credentials or a malformed URL fail.
-    /// With JetStream, checks that a stream covers `{prefix}.>` (creating one when asked to)
-    /// once connected: at once when the server is up, else when it comes.
+    /// With JetStream, checks that streams cover the gateway's subjects (creating one when
+    /// asked to) once connected: at once when the server is up, else when it comes.
     pub async fn connect(options: NatsOptions) -> Result<Nats, BusError> {
         let reconnects = Arc::new(Reconnects::default());
         reconnects.attempted();
@@ -97,7 +113,7 @@ impl Nats {
                 );
                 client_options(&options, &reconnects, &current)
                     .retry_on_initial_connect()
-                    .connect(servers)
+                    .connect(servers.clone())
                     .await
                     .map_err(|error| BusError::fatal(format!("NATS at {urls}"), error))?
             }
@@ -106,44 +122,180 @@ impl Nats {
         if is_up(&client) {
             tracing::info!(node = node(&client), "NATS connected");
         }
-        let jetstream = if options.jetstream {
+        if options.jetstream {
             let context = jetstream::new(client.clone());
             if is_up(&client) {
                 ensure_stream(&context, &options).await?;
             } else {
-                tokio::spawn(ensure_stream_once_connected(client.clone(), context.clone(), options.clone()));
+                tokio::spawn(ensure_stream_once_connected(client.clone(), context, options.clone()));
             }
-            Some(Box::new(context))
-        } else {
-            None
+        }
+        let replies = Arc::new(Replies::default());
+        let (link, ended) = Link::start(client, options.jetstream, &replies).await?;
+        let nats = Nats {
+            link: Arc::new(RwLock::new(Arc::new(link))),
+            replies,
+            reconnects: reconnects.clone(),
+            closing: Arc::default(),
+            replaced: Arc::default(),
         };
+        tokio::spawn(supervise(nats.downgrade(), ended, options, servers));
+        Ok(nats)
+    }
+
+    /// The link in use.
+    fn link(&self) -> Arc<Link> {
+        self.link.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn downgrade(&self) -> Watched {
+        Watched {
+            link: Arc::downgrade(&self.link),
+            replies: Arc::downgrade(&self.replies),
+            reconnects: self.reconnects.clone(),
+            closing: self.closing.clone(),
+            replaced: self.replaced.clone(),
+        }
+    }
+
+    /// Links replaced because their connection task was gone.
+    pub fn links_replaced(&self) -> u64 {
+        self.replaced.load(Relaxed)
+    }
+
+    /// Ends the current link's connection task the way a panic inside the client would leave
+    /// it (its channels closed, its state still "connected"), so that tests can show the link
+    /// is seen dead and replaced.
+    #[doc(hidden)]
+    pub async fn end_connection_task(&self) {
+        let _ = self.link().client.drain().await;
+    }
+
+    /// Returns, per message, once the server holds it (core) or the stream stored it (JetStream).
+    pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
+        let link = self.link();
+        match &link.jetstream {
+            Some(context) => link.publish_jetstream(context, batch).await,
+            None => tokio::time::timeout(CONFIRM_TIMEOUT, link.publish_core(batch))
+                .await
+                .unwrap_or_else(|_| vec![Err(BusError::unavailable_because("NATS confirm timed out")); batch.len()]),
+        }
+    }
+
+    /// Sends a core request with this connection's reply inbox and returns the reply; the
+    /// server's "no responders" comes back at once as [`BusError::NoResponders`].
+    pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
+        let link = self.link();
+        let mut waiting = self.replies.register(&message.id);
+        let request = Request {
+            destination: message.destination.clone(),
+            reply_to: Subject::from(format!("{}.{}", link.inbox, message.id)),
+            headers: headers(message),
+            payload: message.payload.clone(),
+        };
+        if link.requests.send(request).is_err() {
+            return Err(BusError::unavailable_because("NATS request writer stopped"));
+        }
+        waiting.reply().await.map_err(|_| BusError::unavailable_because("NATS reply inbox closed"))?
+    }
+
+    /// Replies that arrived after their request had given up.
+    pub fn late_replies(&self) -> u64 {
+        self.replies.late()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.link().is_up()
+    }
+
+    pub fn connect_attempts(&self) -> u64 {
+        self.reconnects.attempts()
+    }
+
+    /// `host:port` (and name) of the server the client is on, while connected.
+    pub fn node(&self) -> Option<String> {
+        let link = self.link();
+        link.is_up().then(|| node(&link.client))
+    }
+
+    pub async fn close(&self) {
+        self.closing.store(true, Relaxed);
+        if let Err(error) = self.link().client.flush().await {
+            tracing::warn!(%error, "NATS flush at close failed");
+        }
+    }
+
+    /// Answers requests on `destinations` in the queue group `group`, so that servers share them.
+    pub async fn serve_requests(
+        &self,
+        destinations: &[String],
+        group: &str,
+        answer: Answer,
+        ready: Ready,
+    ) -> Result<(), BusError> {
+        let link = self.link();
+        let mut subscriptions = Vec::new();
+        for subject in destinations {
+            let subscription = link
+                .client
+                .queue_subscribe(subject.clone(), group.to_owned())
+                .await
+                .map_err(|error| BusError::unavailable("NATS subscribe", error))?;
+            tracing::info!(subject, queue = group, "answering requests");
+            subscriptions.push(subscription);
+        }
+        let mut requests = futures_util::stream::select_all(subscriptions);
+        // Ready means the server has the subscriptions, not only that they left the socket
+        // (`flush`): a request from another connection could otherwise find no responders.
+        link.round_trip().await?;
+        let _ = ready.send(());
+        while let Some(request) = requests.next().await {
+            let Some(reply_to) = request.reply else { continue };
+            let mut answering = answer(&request.subject, request.payload);
+            // An answer ready at once is sent from here: a task of its own (and, with more
+            // threads, a hand-over to another) only for one that waits (`respond --delay`).
+            if let std::task::Poll::Ready(reply) = futures_util::poll!(answering.as_mut()) {
+                send_reply(&link.client, reply_to, reply).await;
+                continue;
+            }
+            let client = link.client.clone();
+            tokio::spawn(async move { send_reply(&client, reply_to, answering.await).await });
+        }
+        Err(BusError::unavailable_because("NATS subscription ended"))
+    }
+}
+
+impl Link {
+    /// A link on `client`: its reply inbox read by [`dispatch_replies`] (the returned task,
+    /// which ends when the connection task is gone: the inbox subscription ends with it) and
+    /// its request writer.
+    async fn start(
+        client: Client,
+        jetstream: bool,
+        replies: &Arc<Replies<Result<Bytes, BusError>>>,
+    ) -> Result<(Link, JoinHandle<()>), BusError> {
         let probe = format!("_HOOKBUS.confirm.{}", client.new_inbox().trim_start_matches("_INBOX."));
         let inbox = client.new_inbox();
         let subscription = client
             .subscribe(format!("{inbox}.*"))
             .await
             .map_err(|error| BusError::connect("NATS reply inbox", error))?;
-        let replies = Arc::new(Replies::default());
-        tokio::spawn(dispatch_replies(subscription, Arc::downgrade(&replies)));
+        let ended = tokio::spawn(dispatch_replies(subscription, Arc::downgrade(replies)));
         let (requests, queued) = mpsc::unbounded_channel();
-        tokio::spawn(write_requests(client.clone(), queued, Arc::downgrade(&replies)));
-        Ok(Nats { client, jetstream, probe, inbox, replies, requests, reconnects })
+        tokio::spawn(write_requests(client.clone(), queued, Arc::downgrade(replies)));
+        let jetstream = jetstream.then(|| jetstream::new(client.clone()));
+        Ok((Link { client, jetstream, probe, inbox, requests, alive: AtomicBool::new(true) }, ended))
     }
 
-    /// Returns, per message, once the server holds it (core) or the stream stored it (JetStream).
-    pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
-        match &self.jetstream {
-            Some(context) => self.publish_jetstream(context, batch).await,
-            None => tokio::time::timeout(CONFIRM_TIMEOUT, self.publish_core(batch))
-                .await
-                .unwrap_or_else(|_| vec![Err(BusError::unavailable_because("NATS confirm timed out")); batch.len()]),
-        }
+    /// Connected, with its connection task alive.
+    fn is_up(&self) -> bool {
+        self.alive.load(Relaxed) && is_up(&self.client)
     }
 
     /// Core publishes, confirmed by one round trip after them. A message larger than the
     /// server's `max_payload` is refused for good on its own; the others go on.
     async fn publish_core(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
-        if !self.is_connected() {
+        if !self.is_up() {
             return vec![Err(BusError::unavailable_because("NATS disconnected")); batch.len()];
         }
         let connects = self.client.statistics().connects.load(Relaxed);
@@ -190,7 +342,7 @@ impl Nats {
     }
 
     async fn publish_jetstream(&self, context: &jetstream::Context, batch: &[Message]) -> Vec<Result<(), BusError>> {
-        if !self.is_connected() {
+        if !self.is_up() {
             return vec![Err(BusError::unavailable_because("NATS disconnected")); batch.len()];
         }
         let mut acks = Vec::with_capacity(batch.len());
@@ -207,83 +359,56 @@ impl Nats {
         }))
         .await
     }
+}
 
-    /// Sends a core request with this connection's reply inbox and returns the reply; the
-    /// server's "no responders" comes back at once as [`BusError::NoResponders`].
-    pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
-        let mut waiting = self.replies.register(&message.id);
-        let request = Request {
-            destination: message.destination.clone(),
-            reply_to: Subject::from(format!("{}.{}", self.inbox, message.id)),
-            headers: headers(message),
-            payload: message.payload.clone(),
-        };
-        if self.requests.send(request).is_err() {
-            return Err(BusError::unavailable_because("NATS request writer stopped"));
+/// What [`supervise`] holds of a [`Nats`]: nothing that keeps it alive.
+struct Watched {
+    link: Weak<RwLock<Arc<Link>>>,
+    replies: Weak<Replies<Result<Bytes, BusError>>>,
+    reconnects: Arc<Reconnects>,
+    closing: Arc<AtomicBool>,
+    replaced: Arc<AtomicU64>,
+}
+
+/// Replaces the link whenever its connection task is gone (`ended` returns): the old one is
+/// marked dead at once (`is_connected` false, so `/readyz` and `hookbus_bus_connected` say
+/// so and the outbox waits), the requests waiting on it fall back at once, and a new client
+/// connects in the background. Ends with the [`Nats`] or at `close`.
+async fn supervise(watched: Watched, mut ended: JoinHandle<()>, options: NatsOptions, servers: Vec<ServerAddr>) {
+    loop {
+        let _ = (&mut ended).await;
+        let (Some(link), Some(replies)) = (watched.link.upgrade(), watched.replies.upgrade()) else { return };
+        if watched.closing.load(Relaxed) {
+            return;
         }
-        waiting.reply().await.map_err(|_| BusError::unavailable_because("NATS reply inbox closed"))?
-    }
-
-    /// Replies that arrived after their request had given up.
-    pub fn late_replies(&self) -> u64 {
-        self.replies.late()
-    }
-
-    pub fn is_connected(&self) -> bool {
-        is_up(&self.client)
-    }
-
-    pub fn connect_attempts(&self) -> u64 {
-        self.reconnects.attempts()
-    }
-
-    /// `host:port` (and name) of the server the client is on, while connected.
-    pub fn node(&self) -> Option<String> {
-        is_up(&self.client).then(|| node(&self.client))
-    }
-
-    pub async fn close(&self) {
-        if let Err(error) = self.client.flush().await {
-            tracing::warn!(%error, "NATS flush at close failed");
-        }
-    }
-
-    /// Answers requests on `destinations` in the queue group `group`, so that servers share them.
-    pub async fn serve_requests(
-        &self,
-        destinations: &[String],
-        group: &str,
-        answer: Answer,
-        ready: Ready,
-    ) -> Result<(), BusError> {
-        let mut subscriptions = Vec::new();
-        for subject in destinations {
-            let subscription = self
-                .client
-                .queue_subscribe(subject.clone(), group.to_owned())
-                .await
-                .map_err(|error| BusError::unavailable("NATS subscribe", error))?;
-            tracing::info!(subject, queue = group, "answering requests");
-            subscriptions.push(subscription);
-        }
-        let mut requests = futures_util::stream::select_all(subscriptions);
-        // Ready means the server has the subscriptions, not only that they left the socket
-        // (`flush`): a request from another connection could otherwise find no responders.
-        self.round_trip().await?;
-        let _ = ready.send(());
-        while let Some(request) = requests.next().await {
-            let Some(reply_to) = request.reply else { continue };
-            let mut answering = answer(&request.subject, request.payload);
-            // An answer ready at once is sent from here: a task of its own (and, with more
-            // threads, a hand-over to another) only for one that waits (`respond --delay`).
-            if let std::task::Poll::Ready(reply) = futures_util::poll!(answering.as_mut()) {
-                send_reply(&self.client, reply_to, reply).await;
-                continue;
+        let old = link.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        old.alive.store(false, Relaxed);
+        replies.abandon_all();
+        tracing::error!("NATS connection task is gone (a failure inside the client); starting a new client");
+        let current = Arc::new(std::sync::OnceLock::new());
+        let connected = client_options(&options, &watched.reconnects, &current)
+            .retry_on_initial_connect()
+            .connect(servers.clone())
+            .await;
+        let started = match connected {
+            Ok(client) => {
+                let _ = current.set(client.clone());
+                Link::start(client, options.jetstream, &replies).await
             }
-            let client = self.client.clone();
-            tokio::spawn(async move { send_reply(&client, reply_to, answering.await).await });
+            Err(error) => Err(BusError::unavailable("NATS client", error)),
+        };
+        match started {
+            Ok((new, new_ended)) => {
+                *link.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(new);
+                watched.replaced.fetch_add(1, Relaxed);
+                ended = new_ended;
+            }
+            Err(error) => {
+                tracing::error!(error = &error as &dyn std::error::Error, "new NATS client failed; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                ended = tokio::spawn(async {});
+            }
         }
-        Err(BusError::unavailable_because("NATS subscription ended"))
     }
 }
 

@@ -67,6 +67,12 @@ impl<T> Replies<T> {
         }
     }
 
+    /// Ends every wait at once, as if the reply reader had stopped: for a link that will
+    /// never carry their replies.
+    pub fn abandon_all(&self) {
+        self.lock().clear();
+    }
+
     /// Replies that arrived after their request had given up.
     pub fn late(&self) -> u64 {
         self.late.load(Relaxed)

@@ -198,3 +198,132 @@ async fn each_documented_chat_callback_takes_its_own_codes() {
     responder.await.unwrap();
     gateway.stop().await;
 }
+
+/// A raw NATS connection, as a hostile responder would hold one: whatever it writes reaches
+/// the server as written.
+struct RawNats {
+    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawNats {
+    /// Connected (with headers) and subscribed to `subject`, the subscription live.
+    async fn subscribed(subject: &str) -> RawNats {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let stream = tokio::net::TcpStream::connect(crate::support::socket_of(&url())).await.unwrap();
+        let (read, writer) = stream.into_split();
+        let mut raw = RawNats { reader: tokio::io::BufReader::new(read), writer };
+        let mut info = String::new();
+        raw.reader.read_line(&mut info).await.unwrap();
+        assert!(info.starts_with("INFO "), "{info}");
+        let hello = format!("CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB {subject} 1\r\nPING\r\n");
+        raw.writer.write_all(hello.as_bytes()).await.unwrap();
+        loop {
+            let mut line = String::new();
+            raw.reader.read_line(&mut line).await.unwrap();
+            if line.starts_with("PONG") {
+                return raw;
+            }
+        }
+    }
+
+    /// The reply subject of the next message that has one.
+    async fn next_reply_subject(&mut self) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await.unwrap();
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (reply, size) = match words.as_slice() {
+                ["HMSG", _, _, reply, _, total] => (Some(reply.to_string()), total.parse::<usize>().unwrap()),
+                ["HMSG", _, _, _, total] => (None, total.parse().unwrap()),
+                ["MSG", _, _, reply, size] => (Some(reply.to_string()), size.parse().unwrap()),
+                ["MSG", _, _, size] => (None, size.parse().unwrap()),
+                _ => continue,
+            };
+            let mut data = vec![0; size + 2];
+            self.reader.read_exact(&mut data).await.unwrap();
+            if let Some(reply) = reply {
+                return reply;
+            }
+        }
+    }
+
+    /// Publishes `payload` to `subject` with a header block written byte for byte.
+    async fn hpub(&mut self, subject: &str, header: &[u8], payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let line = format!("HPUB {subject} {} {}\r\n", header.len(), header.len() + payload.len());
+        let frame = [line.as_bytes(), header, payload, b"\r\nPING\r\n"].concat();
+        self.writer.write_all(&frame).await.unwrap();
+    }
+}
+
+/// A responder's reply whose header holds a bare CR (legal on the wire, not in a header value)
+/// used to panic the client's connection task: the link was gone for good while the gateway
+/// still read "connected", and every event after it was answered 200 and never published. Now
+/// the decision is read, and the link carries everything after it.
+#[tokio::test]
+async fn a_reply_with_a_bare_cr_in_a_header_costs_nothing() {
+    let prefix = unique("t");
+    let mut responder = RawNats::subscribed(&format!("{prefix}.>")).await;
+    let mut watcher = Backend::Nats.watch(&prefix).await;
+    let gateway = Backend::Nats.gateway(&prefix, None, &[]).await;
+    let answering = tokio::spawn(async move {
+        let reply_to = responder.next_reply_subject().await;
+        responder.hpub(&reply_to, b"NATS/1.0\r\nX-Evil: a\rb\r\n\r\n", br#"{"ErrorCode":0,"ErrorInfo":"evil"}"#).await;
+        responder
+    });
+    let (status, answer) = gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r0"}"#).await;
+    assert_eq!((status, answer["ErrorInfo"].as_str()), (200, Some("evil")), "the reply is read: {answer}");
+    let _responder = answering.await.unwrap();
+    let expected: std::collections::HashSet<String> = (1..=20).map(|n| format!("room-{n}")).collect();
+    for room in &expected {
+        let body = format!(r#"{{"RoomId":"{room}"}}"#);
+        assert_eq!(gateway.post("Live.CallbackAfterCreateRoom", body.as_bytes()).await.0, 200);
+    }
+    // Panics unless every event after the reply is published.
+    crate::brokers::collect(&mut watcher, &expected, Duration::from_secs(10)).await;
+    let metrics = crate::support::metrics(gateway.addr).await;
+    assert_eq!(crate::support::metric(&metrics, "hookbus_bus_connected"), 1);
+    assert_eq!(crate::support::metric(&metrics, "hookbus_bus_clients_replaced_total"), 0, "the link held");
+    assert_eq!(gateway.stop().await.lost, 0);
+}
+
+/// Whatever ends the client's connection task (a panic inside the client, a drain), the link is
+/// seen dead and replaced by a new client: events accepted around it are all published, and
+/// decisions are made again, without a restart.
+#[tokio::test]
+async fn a_gone_connection_task_is_seen_and_its_client_replaced() {
+    let prefix = unique("t");
+    let _responder = Backend::Nats.responder(&prefix, 102107, Duration::ZERO).await;
+    let mut watcher = Backend::Nats.watch(&prefix).await;
+    let mut flags = Backend::Nats.flags(None);
+    flags.extend(
+        ["--prefix", &prefix, "--sdk-app-id", crate::support::APP, "--token", crate::support::TOKEN].map(String::from),
+    );
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let bus = Bus::connect(serve_flags(&flags).unwrap().bus.options()).await.unwrap();
+    let gateway = crate::support::Running::start(&flags, bus.clone()).await;
+    let Bus::Nats(nats) = &bus else { unreachable!("a NATS gateway") };
+    let mut expected = std::collections::HashSet::new();
+    for n in 0..40 {
+        if n == 10 {
+            nats.end_connection_task().await;
+        }
+        let room = format!("room-{n}");
+        let body = format!(r#"{{"RoomId":"{room}"}}"#);
+        assert_eq!(gateway.post("Live.CallbackAfterCreateRoom", body.as_bytes()).await.0, 200);
+        expected.insert(room);
+    }
+    crate::support::eventually("a new client", Duration::from_secs(10), || async {
+        let metrics = crate::support::metrics(gateway.addr).await;
+        crate::support::metric(&metrics, "hookbus_bus_clients_replaced_total") == 1
+            && crate::support::metric(&metrics, "hookbus_bus_connected") == 1
+    })
+    .await;
+    // Panics unless every event answered 200 is published.
+    crate::brokers::collect(&mut watcher, &expected, Duration::from_secs(15)).await;
+    let (status, answer) = gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
+    assert_eq!((status, answer["ErrorCode"].as_i64()), (200, Some(102107)), "decided again: {answer}");
+    assert_eq!(gateway.stop().await.lost, 0);
+}
