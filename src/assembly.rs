@@ -185,6 +185,7 @@ impl BusArgs {
                 create_stream: self.nats_create_stream.clone(),
                 stream_replicas: self.nats_stream_replicas.into(),
                 prefix: self.prefix.clone(),
+                subjects: self.event_subjects(),
                 name: self.instance_id(),
             }),
             BusKind::Amqp => bus::Options::Amqp(bus::amqp::AmqpOptions {
@@ -211,6 +212,14 @@ impl BusArgs {
                     .unwrap_or_else(|| format!("{}.replies.{}", self.prefix, self.instance_id())),
             }),
         }
+    }
+
+    /// The subjects a JetStream stream must cover: every documented informational callback's
+    /// and the dead-letter notices', under the prefix.
+    fn event_subjects(&self) -> Vec<String> {
+        let documented = crate::simulate::SAMPLES.iter().chain(crate::simulate::TRTC_SAMPLES);
+        let events = documented.map(|(command, _)| *command).filter(|command| tencent::Blocking::of(command).is_none());
+        events.chain(["deadletter"]).map(|command| format!("{}.{command}", self.prefix)).collect()
     }
 
     /// The instance id: the same across restarts of one instance, so that its Kafka reply

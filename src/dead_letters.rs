@@ -89,8 +89,7 @@ impl DeadLetter {
             body,
         };
         let payload = bytes::Bytes::from(serde_json::to_vec(&notice).expect("a notice serialises"));
-        let prefix = message.destination.strip_suffix(&message.command).unwrap_or("hookbus.");
-        message.follow_up(NOTICE_TYPE, [prefix, "deadletter"].concat(), payload)
+        message.follow_up(NOTICE_TYPE, [prefix_of(message), "deadletter"].concat(), payload)
     }
 
     /// Memory and disk it takes, as counted against the bound.
@@ -269,6 +268,20 @@ pub fn read(dir: &Path) -> io::Result<Vec<DeadLetter>> {
     }
 }
 
+/// The `{prefix}.` an event's destination starts with: its destination less its command, or
+/// for an audit event (`{prefix}.audit.{command}`, of type `hookbus.decision`) what comes
+/// before `audit.`.
+fn prefix_of(message: &Message) -> &str {
+    let destination = message.destination.as_str();
+    if let Some(prefix) = destination.strip_suffix(message.command.as_str()).filter(|prefix| prefix.ends_with('.')) {
+        return prefix;
+    }
+    match destination.find(".audit.") {
+        Some(at) => &destination[..=at],
+        None => destination.find('.').map_or("", |at| &destination[..=at]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +298,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hookbus-dead-{}", uuid::Uuid::now_v7().simple()));
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_notice_goes_under_its_events_prefix_audit_events_too() {
+        let event = Message::new("p.q", "Live.X", None, Origin::default(), Bytes::from("{}"));
+        let audit = event.follow_up("hookbus.decision", "p.q.audit.Live.CallbackBeforeSendGift".into(), Bytes::new());
+        let error = BusError::Rejected { what: "refused".into(), reason: "no_stream", cause: None };
+        for message in [event, audit] {
+            let notice = DeadLetter::new(message, &error, 1, SystemTime::now()).notice();
+            assert_eq!(notice.destination, "p.q.deadletter");
+        }
     }
 
     #[test]

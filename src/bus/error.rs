@@ -63,6 +63,11 @@ impl BusError {
         BusError::Fatal { what: what.into(), cause: Some(Arc::new(cause)) }
     }
 
+    /// What no retry can fix, said in words.
+    pub fn fatal_because(what: impl Into<String>) -> BusError {
+        BusError::Fatal { what: what.into(), cause: None }
+    }
+
     /// The broker refused this one event for good (`reason`: a metric label), because of `cause`.
     pub fn rejected(
         what: impl Into<String>,

@@ -7,11 +7,13 @@
 //! retried by the outbox under the same `Nats-Msg-Id`, so that a stored one is not stored twice.
 //! The only file that names async-nats types.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, HeaderMap, HeaderName, ServerAddr, StatusCode, Subject};
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -40,6 +42,9 @@ pub struct NatsOptions {
     pub stream_replicas: usize,
     /// Every destination starts with `{prefix}.`; a JetStream stream must cover `{prefix}.>`.
     pub prefix: String,
+    /// With JetStream: the subjects the start-up check asks the streams about (every
+    /// documented event's, the dead-letter notices', the audit events'), each under the prefix.
+    pub subjects: Vec<String>,
     /// The connection's name, as the server shows it.
     pub name: String,
 }
@@ -353,11 +358,39 @@ impl Link {
                 context.publish_with_headers(message.destination.clone(), headers, message.payload.clone()).await,
             );
         }
-        join_all(acks.into_iter().map(|sent| async move {
-            let ack = sent.map_err(|error| jetstream_error("JetStream publish", error))?;
-            ack.await.map(drop).map_err(|error| jetstream_error("JetStream PubAck", error))
+        let acked = join_all(acks.into_iter().map(|sent| async move {
+            let ack = sent.map_err(|error| ("JetStream publish", error))?;
+            ack.await.map(drop).map_err(|error| ("JetStream PubAck", error))
         }))
-        .await
+        .await;
+        // "No responders" is either a stream leader being elected or no stream at all (and no
+        // PubAck in time is the same when a plain subscriber listens on the subject): the
+        // stream API tells them apart, asked once per subject of the batch.
+        let mut covered: HashMap<&str, bool> = HashMap::new();
+        for ((what, error), message) in
+            acked.iter().zip(batch).filter_map(|(acked, m)| Some((acked.as_ref().err()?, m)))
+        {
+            use jetstream::context::PublishErrorKind::{StreamNotFound, TimedOut};
+            if matches!(error.kind(), StreamNotFound | TimedOut) && !covered.contains_key(message.destination.as_str())
+            {
+                let found = context.stream_by_subject(message.destination.as_str()).await;
+                let uncovered = matches!(&found, Err(error) if error.kind() == GetStreamByNameErrorKind::NotFound);
+                if uncovered {
+                    tracing::debug!(what, subject = message.destination, "no JetStream stream covers the subject");
+                }
+                covered.insert(&message.destination, !uncovered);
+            }
+        }
+        acked
+            .into_iter()
+            .zip(batch)
+            .map(|(acked, message)| {
+                acked.map_err(|(what, error)| match covered.get(message.destination.as_str()) {
+                    Some(false) => BusError::rejected(what, "no_stream", error),
+                    _ => jetstream_error(what, error),
+                })
+            })
+            .collect()
     }
 }
 
@@ -566,41 +599,52 @@ fn is_stream_answer(payload: &[u8]) -> bool {
         .is_ok_and(|answer| answer.code.is_none() && (answer.stream.is_some() || answer.error.is_some()))
 }
 
+/// Asks the streams about every subject of `options.subjects`. None covered: a stream over
+/// `{prefix}.>` is created when asked to, else the gateway cannot start. Some not covered: said
+/// at ERROR, naming them (their events will be dead letters, reason `no_stream`).
 async fn ensure_stream(context: &jetstream::Context, options: &NatsOptions) -> Result<(), BusError> {
     let (prefix, create) = (options.prefix.as_str(), options.create_stream.as_deref());
-    // Any subject under the prefix: a stream over `{prefix}.>` covers it.
-    let probe = format!("{prefix}.hookbus");
-    match context.stream_by_subject(probe.clone()).await {
-        Ok(stream) => {
-            tracing::info!(stream, subjects = %format!("{prefix}.>"), "JetStream stream found");
-            Ok(())
+    let (mut streams, mut uncovered) = (std::collections::BTreeSet::new(), Vec::new());
+    for subject in &options.subjects {
+        match context.stream_by_subject(subject.as_str()).await {
+            Ok(stream) => drop(streams.insert(stream)),
+            Err(error) if error.kind() == GetStreamByNameErrorKind::NotFound => uncovered.push(subject.as_str()),
+            Err(error) => return Err(BusError::fatal("JetStream stream look-up (is JetStream enabled?)", error)),
         }
-        Err(error) => match create {
-            Some(name) => {
-                let config = jetstream::stream::Config {
-                    name: name.to_owned(),
-                    subjects: vec![format!("{prefix}.>")],
-                    duplicate_window: Duration::from_secs(120),
-                    num_replicas: options.stream_replicas,
-                    ..Default::default()
-                };
-                context
-                    .get_or_create_stream(config)
-                    .await
-                    .map_err(|error| BusError::fatal(format!("cannot create JetStream stream {name}"), error))?;
-                let replicas = options.stream_replicas;
-                tracing::info!(stream = name, replicas, subjects = %format!("{prefix}.>"), "JetStream stream created");
-                Ok(())
-            }
-            None => Err(BusError::fatal(
-                format!(
-                    "no JetStream stream covers {probe}: create one over '{prefix}.>' \
-                     (nats stream add EVENTS --subjects '{prefix}.>') or pass --nats-create-stream NAME"
-                ),
-                error,
-            )),
-        },
     }
+    let streams: Vec<String> = streams.into_iter().collect();
+    if !streams.is_empty() {
+        let covered = options.subjects.len() - uncovered.len();
+        tracing::info!(streams = streams.join(","), covered, of = options.subjects.len(), "JetStream streams found");
+        if !uncovered.is_empty() {
+            tracing::error!(
+                uncovered = uncovered.join(","),
+                "no JetStream stream covers these subjects: their events will be dead letters (reason no_stream) \
+                 until a stream covers them"
+            );
+        }
+        return Ok(());
+    }
+    let Some(name) = create else {
+        return Err(BusError::fatal_because(format!(
+            "no JetStream stream covers the subjects under {prefix}: create one over '{prefix}.>' \
+             (nats stream add EVENTS --subjects '{prefix}.>') or pass --nats-create-stream NAME"
+        )));
+    };
+    let config = jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{prefix}.>")],
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: options.stream_replicas,
+        ..Default::default()
+    };
+    context
+        .get_or_create_stream(config)
+        .await
+        .map_err(|error| BusError::fatal(format!("cannot create JetStream stream {name}"), error))?;
+    let replicas = options.stream_replicas;
+    tracing::info!(stream = name, replicas, subjects = %format!("{prefix}.>"), "JetStream stream created");
+    Ok(())
 }
 
 /// A JetStream publish error as the outbox sees it: the message too large for the server or

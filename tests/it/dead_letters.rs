@@ -271,6 +271,78 @@ async fn a_message_over_the_jetstream_streams_limit_is_a_dead_letter() {
     context.delete_stream(&name).await.unwrap();
 }
 
+/// A stream over one command family only: an event of another family is refused for good
+/// ("no stream covers its subject", not the "no responders" of a leader election) and becomes
+/// a dead letter of its own reason, while every event after it is stored. The start-up check
+/// names the subjects no stream covers.
+#[tokio::test]
+async fn an_event_no_jetstream_stream_covers_is_a_dead_letter() {
+    let prefix = unique("t");
+    let name = unique("S");
+    let context = stream(&name, &prefix, |config| config.subjects = vec![format!("{prefix}.Live.>")]).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookbus"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--bus", "nats", "--nats-url", &crate::brokers::nats_url()])
+        .args(["--prefix", &prefix, "--nats-jetstream"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut start_up = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap())) {
+        let line = line.unwrap();
+        start_up.push(line.clone());
+        if line.contains("listen=") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let uncovered = start_up.iter().find(|line| line.contains("no JetStream stream covers these subjects"));
+    let uncovered = uncovered.unwrap_or_else(|| panic!("the uncovered subjects are named: {start_up:#?}"));
+    assert!(uncovered.contains(&format!("{prefix}.Group.CallbackAfterSendMsg")), "{uncovered}");
+    assert!(!uncovered.contains(&format!("{prefix}.Live.")), "{uncovered}");
+    let gateway = Backend::Nats.gateway(&prefix, None, &["--nats-jetstream"]).await;
+    let poison = ("Group.CallbackAfterSendMsg", &body("poison", 0, 10)[..]);
+    poison_then(Backend::Nats, &prefix, &gateway, poison, 50, "no_stream").await;
+    let stored = context.get_stream(&name).await.unwrap().info().await.unwrap().state.messages;
+    assert_eq!(stored, 50, "every Live event is stored, once");
+    gateway.stop().await;
+    context.delete_stream(&name).await.unwrap();
+}
+
+/// An audit event too large for the stream is a dead letter like any event: its notice goes to
+/// `{prefix}.deadletter` (under the prefix, where the stream stores it), and the events after
+/// it are all stored.
+#[tokio::test]
+async fn a_dead_audit_events_notice_goes_under_the_prefix() {
+    let prefix = unique("t");
+    let name = unique("S");
+    let context = stream(&name, &prefix, |config| config.max_message_size = 1500).await;
+    let flags = ["--nats-jetstream", "--audit", "--dead-letter-destination", "--decision-timeout", "200ms"];
+    let gateway = Backend::Nats.gateway(&prefix, None, &flags).await;
+    let gift = format!(r#"{{"RoomId":"gift","Extra":"{}"}}"#, "x".repeat(1200));
+    assert_eq!(gateway.post("Live.CallbackBeforeSendGift", gift.as_bytes()).await.0, 200);
+    let mut client = Client::connect(gateway.addr).await;
+    for i in 0..10 {
+        assert_eq!(client.post(COMMAND, &body(&format!("room-{i}"), i, 10)).await.0, 200);
+    }
+    eventually("one dead letter, nothing waiting", Duration::from_secs(15), || async {
+        let text = metrics(gateway.addr).await;
+        metric(&text, "hookbus_dead_letters") == 1 && metric(&text, "hookbus_outbox_depth") == 0
+    })
+    .await;
+    let stream = context.get_stream(&name).await.unwrap();
+    let notice = stream.get_last_raw_message_by_subject(&format!("{prefix}.deadletter")).await;
+    let notice = notice.expect("the notice is stored under the prefix");
+    let notice: serde_json::Value = serde_json::from_slice(&notice.payload).unwrap();
+    assert_eq!((notice["type"].as_str(), notice["reason"].as_str()), (Some("hookbus.decision"), Some("too_large")));
+    let last = stream.get_last_raw_message_by_subject(&format!("{prefix}.{COMMAND}")).await;
+    let last: serde_json::Value =
+        serde_json::from_slice(&last.expect("the events after it are stored").payload).unwrap();
+    assert_eq!(last["Seq"], 9, "the last event after the dead audit event is stored");
+    gateway.stop().await;
+    context.delete_stream(&name).await.unwrap();
+}
+
 #[tokio::test]
 async fn an_event_a_full_rabbitmq_queue_keeps_nacking_is_a_dead_letter() {
     use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
