@@ -67,6 +67,8 @@ pub struct Outbox {
     bounds: Bounds,
     spool: Option<Spool>,
     dead_letters: Arc<DeadLetters>,
+    /// Spool write failures are logged at most once a second.
+    spool_errors: Mutex<crate::logs::Limiter>,
 }
 
 /// What the outbox keeps beside an event: its spool segment, and the memory counted for it
@@ -89,6 +91,8 @@ struct Queue {
     bytes: usize,
     /// The last event was refused for lack of room, and no room was freed since.
     refusing: bool,
+    /// The last spool write failed (the disk refused it), and none succeeded since.
+    spool_failing: bool,
     closed: bool,
 }
 
@@ -110,7 +114,16 @@ impl Outbox {
         if spool.is_some() {
             bounds.max_bytes = usize::MAX;
         }
-        Outbox { state: Mutex::new(state), ready: Notify::new(), room: Notify::new(), bounds, spool, dead_letters }
+        let spool_errors = Mutex::default();
+        Outbox {
+            state: Mutex::new(state),
+            ready: Notify::new(),
+            room: Notify::new(),
+            bounds,
+            spool,
+            dead_letters,
+            spool_errors,
+        }
     }
 
     /// Accepts an event once it is held (and, with a spool, durable). When the outbox is full,
@@ -136,6 +149,14 @@ impl Outbox {
                     state.reserved -= 1;
                     state.bytes -= bytes;
                     state.refusing |= matches!(error, SpoolError::Full(_));
+                    state.spool_failing |= matches!(error, SpoolError::Io(_));
+                    drop(state);
+                    if let SpoolError::Io(cause) = &error {
+                        let allowed = self.spool_errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
+                        if let Some(suppressed) = allowed {
+                            tracing::error!(error = %cause, suppressed, "spool write failed: callbacks are answered 503");
+                        }
+                    }
                     return Err(error.into());
                 }
             },
@@ -144,6 +165,7 @@ impl Outbox {
         let mut state = self.lock();
         state.reserved -= 1;
         state.refusing = false;
+        state.spool_failing &= segment.is_none();
         let was_empty = state.queue.is_empty();
         state.queue.push_back((message, Held { segment, bytes }));
         drop(state);
@@ -201,6 +223,11 @@ impl Outbox {
             || state.queue.len() + state.in_flight >= self.bounds.capacity
             || state.bytes >= self.bounds.max_bytes
             || spool_full
+    }
+
+    /// Whether the last spool write failed and none succeeded since: callbacks are refused.
+    pub fn spool_failing(&self) -> bool {
+        self.lock().spool_failing
     }
 
     /// After this, the publisher stops once the outbox is empty.

@@ -134,6 +134,9 @@ where
         _ if path == shared.path => callback(shared, request).await,
         "/healthz" if get => text(StatusCode::OK, "ok\n"),
         // Ready means "can accept": with a spool, a disconnected bus is what the spool is for.
+        "/readyz" if get && shared.outbox.spool_failing() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "spool refuses writes\n")
+        }
         "/readyz" if get => match (shared.outbox.is_full(), shared.bus.is_connected(), shared.outbox.is_spooled()) {
             (true, _, false) => text(StatusCode::SERVICE_UNAVAILABLE, "outbox full\n"),
             (true, _, true) => text(StatusCode::SERVICE_UNAVAILABLE, "spool full\n"),
@@ -475,10 +478,8 @@ impl From<PushError> for Rejection {
         match refused {
             PushError::Full(_) | PushError::FullBytes(_) => Rejection::Overloaded("outbox_full"),
             PushError::Spool(SpoolError::Full(_)) => Rejection::Overloaded("spool_full"),
-            PushError::Spool(SpoolError::Io(error)) => {
-                tracing::error!(%error, "spool write failed");
-                Rejection::SpoolFailed
-            }
+            // Logged by the outbox, at most once a second.
+            PushError::Spool(SpoolError::Io(_)) => Rejection::SpoolFailed,
         }
     }
 }

@@ -176,3 +176,40 @@ async fn sigterm_during_a_burst_exits_within_the_grace_period_and_keeps_the_rest
     signal(&restarted, "TERM");
     assert!(restarted.wait().unwrap().success());
 }
+
+/// A disk that refuses the spool's writes (a full file system, here a 1 MiB tmpfs with the
+/// broker away): callbacks are answered 503, `/readyz` says why, and the refusals are logged
+/// at most a line a second, not one per callback.
+#[tokio::test]
+async fn a_disk_that_refuses_writes_is_not_ready_and_logged_a_line_a_second() {
+    let dir = tempdir("full-disk");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", dir.to_str().unwrap()])
+        .status()
+        .expect("mount runs");
+    assert!(mounted.success(), "a tmpfs is mounted (the tests run as root)");
+    let prefix = unique("t");
+    let mut flags = flags(&prefix, "nats://127.0.0.1:1", dir.to_str().unwrap());
+    flags.extend(["--outbox-wait", "0s"]);
+    let (mut child, addr, logs) = crate::support::spawn_binary_with_logs(&flags);
+    let mut client = crate::support::Client::connect(addr).await;
+    let mut refused = 0;
+    for n in 0..600 {
+        let body = format!(r#"{{"RoomId":"r","Seq":{n},"Pad":"{}"}}"#, "x".repeat(4096));
+        let status = client.post("Live.CallbackAfterEnterRoom", body.as_bytes()).await.0;
+        assert!(status == 200 || status == 503, "{status}");
+        if status == 503 {
+            refused += 1;
+        }
+    }
+    assert!(refused > 100, "the full disk refuses callbacks: {refused} refused");
+    let (status, ready) = request(addr, Method::GET, "/readyz", b"").await;
+    assert_eq!((status, &ready[..]), (503, &b"spool refuses writes\n"[..]));
+    let text = metrics(addr).await;
+    assert!(text.contains("reason=\"spool_error\""), "counted: {text}");
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    let lines: Vec<String> = logs.try_iter().filter(|line| line.contains("spool write failed")).collect();
+    assert!(!lines.is_empty() && lines.len() <= 5, "{refused} refusals, {} lines: {lines:#?}", lines.len());
+    std::process::Command::new("umount").arg(&dir).status().unwrap();
+}
