@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 /// One signed callback: 128 bits of a digest of its `Sign`, `RequestTime`, SdkAppid, command
 /// and body (a collision among a million requests is about 1 in 10^26).
@@ -95,6 +96,30 @@ const SHARED_ANSWERS: usize = 1024;
 pub struct Replays {
     state: Mutex<Cache>,
     capacity: usize,
+    /// Decisions being made, by key: a replay that arrives meanwhile waits for the answer
+    /// instead of asking the bus a second time.
+    deciding: Mutex<HashMap<Key, watch::Receiver<Option<Bytes>>, Keyed>>,
+}
+
+/// A decision this request is making; replays of it wait for [`Deciding::decided`]. Dropped
+/// without an answer, the waiting replays decide by themselves.
+pub struct Deciding<'a> {
+    replays: &'a Replays,
+    key: Key,
+    answer: watch::Sender<Option<Bytes>>,
+}
+
+impl Deciding<'_> {
+    /// Hands `answer` to the replays waiting for it.
+    pub fn decided(self, answer: Bytes) {
+        self.answer.send_replace(Some(answer));
+    }
+}
+
+impl Drop for Deciding<'_> {
+    fn drop(&mut self) {
+        self.replays.deciding.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.key);
+    }
 }
 
 /// Informational requests cost a set entry and a queue slot (about 50 bytes); decisions the
@@ -119,7 +144,25 @@ struct Cache {
 impl Replays {
     /// A cache of at most `capacity` requests.
     pub fn new(capacity: usize) -> Replays {
-        Replays { state: Mutex::default(), capacity }
+        Replays { state: Mutex::default(), capacity, deciding: Mutex::default() }
+    }
+
+    /// Claims the decision of the request with `key`: [`Deciding`] when no other request with
+    /// that key is being decided; else waits for that one's answer, `None` if it gave up.
+    pub async fn claim(&self, key: Key) -> Result<Deciding<'_>, Option<Bytes>> {
+        let mut waiting = {
+            let mut deciding = self.deciding.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match deciding.get(&key) {
+                Some(waiting) => waiting.clone(),
+                None => {
+                    let (answer, waiting) = watch::channel(None);
+                    deciding.insert(key, waiting);
+                    return Ok(Deciding { replays: self, key, answer });
+                }
+            }
+        };
+        let answered = waiting.wait_for(Option::is_some).await;
+        Err(answered.ok().and_then(|answer| answer.clone()))
     }
 
     /// How a request with `key` was answered, when it was answered before and is still in the

@@ -258,6 +258,20 @@ where
         };
         return Ok(Accepted { command: checked.command, id: "replay".into(), trace: None, answer });
     }
+    let kind = if is_trtc { None } else { shared.decisions.kind(&checked.command) };
+    // A replay of a decision still being made waits for it: one request on the bus, and both
+    // answered with its decision.
+    let deciding = match (kind, checked.replay) {
+        (Some(_), Some((key, _))) => match shared.replays.claim(key).await {
+            Ok(deciding) => Some(deciding),
+            Err(Some(answer)) => {
+                shared.metrics.replayed(&checked.command);
+                return Ok(Accepted { command: checked.command, id: "replay".into(), trace: None, answer });
+            }
+            Err(None) => None,
+        },
+        _ => None,
+    };
     let app = checked.settings.get(&checked.sdk_app_id).expect("checked: the app is served");
     // Only exporting spans needs to know whether the trace context came from the caller.
     let incoming = shared.tracer.as_ref().map(|_| checked.origin.traceparent.clone());
@@ -269,7 +283,6 @@ where
     let from_caller = incoming.is_some_and(|incoming| incoming == message.trace.header());
     let receive = Receive::start(shared.tracer.as_ref(), &mut message, checked.received, from_caller);
     let (command, id) = (checked.command, message.id.clone());
-    let kind = if is_trtc { None } else { shared.decisions.kind(&command) };
     let (trace, answered, answer) = match kind {
         Some(kind) => {
             let (trace, answer) = decide(shared, kind, message, receive, app).await;
@@ -279,6 +292,9 @@ where
     };
     if let Some((key, expires)) = checked.replay {
         shared.replays.remember(key, expires, answered);
+    }
+    if let Some(deciding) = deciding {
+        deciding.decided(answer.clone());
     }
     Ok(Accepted { command, id, trace: Some(trace), answer })
 }

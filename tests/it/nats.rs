@@ -327,3 +327,31 @@ async fn a_gone_connection_task_is_seen_and_its_client_replaced() {
     assert_eq!((status, answer["ErrorCode"].as_i64()), (200, Some(102107)), "decided again: {answer}");
     assert_eq!(gateway.stop().await.lost, 0);
 }
+
+/// The same signed gift twice, the second while the first is being decided: one request on
+/// the bus, and both answered with the responder's decision (the second used to take over the
+/// first one's reply and both fell back).
+#[tokio::test]
+async fn a_replay_during_its_decision_waits_for_it() {
+    let prefix = unique("t");
+    let _responder = Backend::Nats.responder(&prefix, 102107, Duration::from_millis(500)).await;
+    let gateway = Backend::Nats.gateway(&prefix, None, &[]).await;
+    let target = crate::support::signed("Live.CallbackBeforeSendGift");
+    let post = |delay: u64| {
+        let target = target.clone();
+        let addr = gateway.addr;
+        async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let (status, body) =
+                crate::support::request(addr, hyper::Method::POST, &target, br#"{"RoomId":"r"}"#).await;
+            (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+        }
+    };
+    let (first, second) = tokio::join!(post(0), post(100));
+    for (status, answer) in [first, second] {
+        assert_eq!((status, answer["ErrorCode"].as_i64()), (200, Some(102107)), "{answer}");
+    }
+    let metrics = crate::support::metrics(gateway.addr).await;
+    assert_eq!(crate::support::metric(&metrics, "hookbus_replays_total"), 1, "{metrics}");
+    gateway.stop().await;
+}
