@@ -270,7 +270,7 @@ pub struct ServeArgs {
     pub body_read_timeout: Duration,
     /// Connections served at once (about 28 KiB each); more wait in the listen backlog while
     /// idle keep-alive connections are closed to make room.
-    #[arg(long, env = "HOOKBUS_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "HOOKBUS_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Close a connection gracefully (after the response in progress) once it is this old, so
     /// that a new replica behind a load balancer gets its share of Tencent's keep-alive

@@ -294,9 +294,12 @@ impl Decisions {
         }
         let mut flawed = None;
         let outcome = if bus.is_connected() {
-            let deadline = SystemTime::now() + self.timeout;
+            // Counted from the callback's arrival: time it spent waiting for the gateway (a
+            // burst on a busy core) is time Tencent is waiting too.
+            let deadline = message.time + self.timeout;
             message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
-            match tokio::time::timeout(self.timeout, bus.request(&message)).await {
+            let left = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+            match tokio::time::timeout(left, bus.request(&message)).await {
                 Ok(Ok(reply)) => match answer_reply(kind, &reply, self.max_reply_bytes) {
                     Ok(decided) => return decided,
                     Err(flaw) => {

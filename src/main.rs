@@ -87,10 +87,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The listener, with a backlog for a burst of connections as large as the connection cap
+/// (the kernel bounds it by `net.core.somaxconn`): a connection the backlog cannot hold waits
+/// a second for its SYN to be sent again, half of Tencent's time for a decision.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(args.bus.options()).await.context("connecting to the bus")?;
     let gateway = args.build(bus)?;
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     tokio::spawn(reload_on_hangup(gateway.apps.clone(), args.apps()));
     let scheme = if gateway.connections.tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %listener.local_addr()?, scheme, path = gateway.path, bus = ?args.bus.bus, "hookbus ready");
