@@ -143,6 +143,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     if tokio::time::timeout_at(deadline, &mut publisher).await.is_err() {
         publisher.abort();
     }
+    outbox.checkpoint();
     let unconfirmed = outbox.depth();
     let report = if outbox.is_spooled() {
         if unconfirmed > 0 {

@@ -108,6 +108,8 @@ pub struct Gauges {
     pub spans_dropped: Option<u64>,
     /// Bytes in the spool and its bound, when there is one.
     pub spool: Option<(u64, u64)>,
+    /// With a spool: whether the disk refuses its writes (the last failed, none succeeded since).
+    pub spool_write_failing: Option<bool>,
     /// Dead letters held, their bytes, and how many were dropped for lack of room.
     pub dead_letters: (usize, usize, u64),
 }
@@ -274,6 +276,7 @@ impl Metrics {
         self.spool_truncated_bytes.store(recovery.truncated, Relaxed);
         tracing::info!(
             events = recovery.events,
+            confirmed_before = recovery.confirmed,
             corrupt = recovery.corrupt,
             truncated_bytes = recovery.truncated,
             "spool read back"
@@ -373,7 +376,7 @@ impl Metrics {
             family(&mut out, "bus_node_info", "gauge", "The broker node the bus link is on, as its label.");
             let _ = writeln!(out, "hookbus_bus_node_info{{node=\"{}\"}} 1", label(node));
         }
-        let scalars: [(&str, &str, &str, Option<u64>); 25] = [
+        let scalars: [(&str, &str, &str, Option<u64>); 26] = [
             (
                 "outbox_depth",
                 "gauge",
@@ -445,7 +448,7 @@ impl Metrics {
             (
                 "spool_recovered_events_total",
                 "counter",
-                "Events read back from the spool at start.",
+                "Events read back from the spool at start to be published again (confirmed ones are left out).",
                 load(&self.spool_recovered),
             ),
             (
@@ -461,6 +464,12 @@ impl Metrics {
                 load(&self.spool_truncated_bytes),
             ),
             ("spool_bytes", "gauge", "Bytes of unconfirmed events in the spool.", spool_bytes),
+            (
+                "spool_write_failing",
+                "gauge",
+                "1 while the disk refuses the spool's writes (callbacks are answered 503).",
+                gauges.spool_write_failing.map(u64::from),
+            ),
             ("dead_letters", "gauge", "Dead letters held, to requeue with `hookbus spool`.", Some(dead_letters as u64)),
             ("dead_letter_bytes", "gauge", "Bytes the dead letters held take.", Some(dead_letter_bytes as u64)),
             (
@@ -535,6 +544,7 @@ mod tests {
             replay_cache_entries: 0,
             spans_dropped: None,
             spool: None,
+            spool_write_failing: None,
             dead_letters: (0, 0, 0),
         }
     }
@@ -605,6 +615,7 @@ mod tests {
             replay_cache_entries: 0,
             spans_dropped: Some(3),
             spool: Some((9, 100)),
+            spool_write_failing: Some(false),
             dead_letters: (1, 500, 0),
         });
         assert!(text.contains(

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::bus::{Bus, BusError, Message};
 use crate::dead_letters::{DeadLetter, DeadLetters, NACKS, NOTICE_TYPE};
 use crate::metrics::Metrics;
-use crate::spool::{Backlog, Spool, SpoolError};
+use crate::spool::{Backlog, Location, Spool, SpoolError};
 use crate::traces::{self, Span, Tracer};
 
 /// Largest batch handed to the bus at once: the window of publishes in flight.
@@ -71,11 +71,11 @@ pub struct Outbox {
     spool_errors: Mutex<crate::logs::Limiter>,
 }
 
-/// What the outbox keeps beside an event: its spool segment, and the memory counted for it
+/// What the outbox keeps beside an event: its spool record, and the memory counted for it
 /// (computed once, at acceptance).
 #[derive(Debug, Clone, Copy)]
 struct Held {
-    segment: Option<u64>,
+    record: Option<Location>,
     bytes: usize,
 }
 
@@ -102,9 +102,9 @@ impl Outbox {
     pub fn new(mut bounds: Bounds, spool: Option<(Spool, Backlog)>, dead_letters: Arc<DeadLetters>) -> Outbox {
         let mut state = Queue::default();
         let spool = spool.map(|(spool, replay)| {
-            state.queue.extend(replay.events.into_iter().map(|(message, segment)| {
+            state.queue.extend(replay.events.into_iter().map(|(message, record)| {
                 let bytes = size(&message);
-                (message, Held { segment: Some(segment), bytes })
+                (message, Held { record: Some(record), bytes })
             }));
             state.bytes = state.queue.iter().map(|(_, held)| held.bytes).sum();
             spool
@@ -141,9 +141,9 @@ impl Outbox {
                 return Err(refused);
             }
         }
-        let segment = match &self.spool {
+        let record = match &self.spool {
             Some(spool) => match spool.append(&message).await {
-                Ok(segment) => Some(segment),
+                Ok(record) => Some(record),
                 Err(error) => {
                     let mut state = self.lock();
                     state.reserved -= 1;
@@ -165,9 +165,9 @@ impl Outbox {
         let mut state = self.lock();
         state.reserved -= 1;
         state.refusing = false;
-        state.spool_failing &= segment.is_none();
+        state.spool_failing &= record.is_none();
         let was_empty = state.queue.is_empty();
-        state.queue.push_back((message, Held { segment, bytes }));
+        state.queue.push_back((message, Held { record, bytes }));
         drop(state);
         // The publisher only waits on an empty queue: one wake-up per batch, not per event.
         if was_empty {
@@ -230,6 +230,14 @@ impl Outbox {
         self.lock().spool_failing
     }
 
+    /// Writes the spool's confirmations down and syncs them (a clean stop): the next start
+    /// publishes none of the confirmed events again.
+    pub fn checkpoint(&self) {
+        if let Some(Err(error)) = self.spool.as_ref().map(Spool::sync_confirmations) {
+            tracing::error!(%error, "spool confirmations not written: the next start may publish them again");
+        }
+    }
+
     /// After this, the publisher stops once the outbox is empty.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -270,8 +278,8 @@ impl Outbox {
         let (mut n, mut bytes) = (0, 0);
         for held in held {
             (n, bytes) = (n + 1, bytes + held.bytes);
-            if let (Some(spool), Some(segment)) = (&self.spool, held.segment) {
-                spool.confirmed(segment);
+            if let (Some(spool), Some(record)) = (&self.spool, held.record) {
+                spool.confirmed(record);
             }
         }
         let mut state = self.lock();
@@ -600,7 +608,7 @@ mod tests {
             let payload = Bytes::from(vec![b' '; bytes]);
             let event = |_| {
                 let message = Message::new("t", "C", None, Origin::default(), payload.clone());
-                let held = Held { segment: None, bytes: size(&message) };
+                let held = Held { record: None, bytes: size(&message) };
                 (message, held)
             };
             (0..n).map(event).collect()

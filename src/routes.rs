@@ -158,6 +158,7 @@ where
                 replay_cache_entries: shared.replays.len(),
                 spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
                 spool: shared.outbox.spool_bytes(),
+                spool_write_failing: shared.outbox.is_spooled().then(|| shared.outbox.spool_failing()),
                 dead_letters: shared.outbox.dead_letters().held(),
             });
             let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -1,10 +1,15 @@
 //! The crash-safe outbox on disk (`--spool-dir`): an append-only log of segment files. Each
 //! record is `magic, length, crc32(length ++ body), body`; a writer thread appends records in
 //! groups and calls `fdatasync` once per group (group commit), and an append returns only once
-//! its record is durable. A segment is deleted once every event in it is confirmed and it is no
-//! longer written to. On open, the records of earlier runs are read back in order; a corrupt
-//! record is skipped (the reader resynchronises on the next magic), a torn tail is truncated,
-//! and both are reported.
+//! its record is durable. Confirmed records are noted beside their segment (`{segment}.acks`,
+//! records of the same format holding the offsets confirmed): written every
+//! [`ACK_FLUSH`], synced every [`ACK_SYNC`] and at a clean stop. A segment (and its notes)
+//! is deleted once every event in it is confirmed and it is no longer written to; the segment
+//! being written is replaced by a fresh one once everything in it is confirmed and it holds a
+//! sixteenth of a segment or more, or a write failed, so that a full disk recovers as soon as
+//! its events are confirmed. On open, the records of earlier runs are read back in order, less the confirmed
+//! ones; a corrupt record is skipped (the reader resynchronises on the next magic), a torn tail
+//! is truncated, and both are reported.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +31,18 @@ const MAX_RECORD: usize = 64 << 20;
 const GROUP: usize = 1024;
 /// Segments are deleted whole, once every event in them is confirmed.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// How often confirmations are written beside their segments: what a killed process may
+/// publish again after its restart.
+pub const ACK_FLUSH: Duration = Duration::from_millis(100);
+/// How often the written confirmations are synced: what a power cut may publish again.
+pub const ACK_SYNC: Duration = Duration::from_secs(1);
+
+/// Where a record is: its segment and its offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -35,9 +52,10 @@ pub enum SpoolError {
     Io(#[from] io::Error),
 }
 
-/// What an earlier run left in the spool, in order, each event with its segment.
+/// What an earlier run left in the spool and did not confirm, in order, each event with its
+/// record's location.
 pub struct Backlog {
-    pub events: Vec<(Message, u64)>,
+    pub events: Vec<(Message, Location)>,
     pub recovery: Recovery,
 }
 
@@ -46,6 +64,8 @@ pub struct Backlog {
 pub struct Recovery {
     /// Events read back, to be published again.
     pub events: usize,
+    /// Events read back that an earlier run had confirmed: left out.
+    pub confirmed: usize,
     /// Damaged regions skipped (each lost at most the records it covered, which were never
     /// acknowledged when the damage is a torn write).
     pub corrupt: usize,
@@ -67,19 +87,51 @@ struct Segments {
     /// Live (unconfirmed) events and size of each segment, by id.
     segments: BTreeMap<u64, Segment>,
     active: u64,
-    /// Bytes of all segments plus appends not yet written.
+    /// Bytes of all segments and their notes, plus appends not yet written.
     bytes: u64,
+    /// Offsets confirmed and not yet noted, by segment.
+    acks: BTreeMap<u64, Vec<u64>>,
+    /// The open notes of each segment that has some.
+    notes: BTreeMap<u64, File>,
+    /// A notes file was created since the directory was last synced.
+    notes_created: bool,
 }
 
 #[derive(Default)]
 struct Segment {
     live: usize,
+    /// Of the segment file.
     bytes: u64,
+    /// Of its notes.
+    noted: u64,
+}
+
+impl Segments {
+    /// Forgets segment `id`, its notes and its pending confirmations; gives back its files.
+    fn remove(&mut self, dir: &Path, id: u64) -> [PathBuf; 2] {
+        if let Some(segment) = self.segments.remove(&id) {
+            self.bytes -= segment.bytes + segment.noted;
+        }
+        self.acks.remove(&id);
+        self.notes.remove(&id);
+        [segment_path(dir, id), notes_path(dir, id)]
+    }
+}
+
+/// Deletes a segment's files (its notes may not exist).
+fn delete(files: [PathBuf; 2]) -> io::Result<()> {
+    for file in files {
+        match fs::remove_file(&file) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 struct Append {
     record: Vec<u8>,
-    done: oneshot::Sender<io::Result<u64>>,
+    done: oneshot::Sender<io::Result<Location>>,
 }
 
 impl Spool {
@@ -101,30 +153,46 @@ impl Spool {
         let mut recovery = Recovery::default();
         let mut state = Segments::default();
         let mut events = Vec::new();
-        for (id, path) in segment_files(dir)? {
-            let found = read_segment(&path, &mut recovery)?;
-            let bytes = fs::metadata(&path)?.len();
+        let segments = segment_files(dir)?;
+        for &(id, ref path) in &segments {
+            let confirmed = read_notes(dir, id)?;
+            let found = read_segment(path, &mut recovery)?;
+            let before = found.len();
+            let found: Vec<_> = found.into_iter().filter(|(offset, _)| !confirmed.contains(offset)).collect();
+            recovery.confirmed += before - found.len();
             if found.is_empty() {
-                fs::remove_file(&path)?;
+                delete([path.clone(), notes_path(dir, id)])?;
                 continue;
             }
-            state.segments.insert(id, Segment { live: found.len(), bytes });
-            state.bytes += bytes;
-            events.extend(found.into_iter().map(|message| (message, id)));
+            let bytes = fs::metadata(path)?.len();
+            let noted = fs::metadata(notes_path(dir, id)).map_or(0, |notes| notes.len());
+            state.segments.insert(id, Segment { live: found.len(), bytes, noted });
+            state.bytes += bytes + noted;
+            events.extend(found.into_iter().map(|(offset, message)| (message, Location { segment: id, offset })));
+        }
+        // Notes whose segment is gone (deleted between the two).
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".acks")?.parse().ok());
+            if id.is_some_and(|id| !state.segments.contains_key(&id)) {
+                fs::remove_file(&path)?;
+            }
         }
         recovery.events = events.len();
-        state.active = state.segments.keys().next_back().map_or(0, |last| last + 1);
+        state.active = segments.last().map_or(0, |(last, _)| last + 1);
         state.segments.insert(state.active, Segment::default());
         let file = create_segment(dir, state.active)?;
         let state = Arc::new(Mutex::new(state));
         let (appends, receiver) = mpsc::unbounded_channel();
-        let writer = Writer { dir: dir.to_owned(), file, state: state.clone(), segment_bytes };
+        let writer = Writer { dir: dir.to_owned(), file, state: state.clone(), segment_bytes, failed: false };
         std::thread::Builder::new().name("hookbus-spool".into()).spawn(move || writer.run(receiver))?;
+        let (notes_dir, notes_state) = (dir.to_owned(), Arc::downgrade(&state));
+        std::thread::Builder::new().name("hookbus-spool-acks".into()).spawn(move || note(&notes_dir, notes_state))?;
         Ok((Spool { dir: dir.to_owned(), _lock: lock, max_bytes, state, appends }, Backlog { events, recovery }))
     }
 
-    /// Appends an event and returns its segment once the record is on disk.
-    pub async fn append(&self, message: &Message) -> Result<u64, SpoolError> {
+    /// Appends an event and returns where its record is once it is on disk.
+    pub async fn append(&self, message: &Message) -> Result<Location, SpoolError> {
         let record = encode(message);
         {
             let mut state = self.lock();
@@ -140,28 +208,35 @@ impl Spool {
             return Err(io::Error::other("spool writer stopped").into());
         }
         match written.await {
-            Ok(Ok(segment)) => Ok(segment),
+            Ok(Ok(location)) => Ok(location),
             Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(io::Error::other("spool writer stopped").into()),
         }
     }
 
-    /// Marks one event of `segment` confirmed; deletes the segment when nothing in it is left
-    /// and it is no longer written to.
-    pub fn confirmed(&self, segment: u64) {
+    /// Marks the event at `location` confirmed: noted beside its segment within [`ACK_FLUSH`],
+    /// so that no later start publishes it again; the segment is deleted when nothing in it is
+    /// left and it is no longer written to.
+    pub fn confirmed(&self, location: Location) {
         let mut state = self.lock();
         let active = state.active;
-        let Some(entry) = state.segments.get_mut(&segment) else { return };
+        let Some(entry) = state.segments.get_mut(&location.segment) else { return };
         entry.live = entry.live.saturating_sub(1);
-        if entry.live == 0 && segment != active {
-            let bytes = entry.bytes;
-            state.segments.remove(&segment);
-            state.bytes -= bytes;
+        if entry.live == 0 && location.segment != active {
+            let files = state.remove(&self.dir, location.segment);
             drop(state);
-            if let Err(error) = fs::remove_file(segment_path(&self.dir, segment)) {
-                tracing::warn!(%error, segment, "cannot delete a confirmed spool segment");
+            if let Err(error) = delete(files) {
+                tracing::warn!(%error, segment = location.segment, "cannot delete a confirmed spool segment");
             }
+        } else {
+            state.acks.entry(location.segment).or_default().push(location.offset);
         }
+    }
+
+    /// Writes and syncs the confirmations not yet noted: at a clean stop, so that the next
+    /// start publishes nothing already confirmed.
+    pub fn sync_confirmations(&self) -> io::Result<()> {
+        write_notes(&self.dir, &self.state, true)
     }
 
     pub fn dir(&self) -> &Path {
@@ -186,19 +261,22 @@ impl Spool {
 pub struct Contents {
     pub segments: usize,
     pub bytes: u64,
-    /// The events of every segment, in order: waiting ones, and confirmed ones whose segment
-    /// is not deleted yet (a segment goes once every event in it is confirmed).
+    /// The events of every segment, in order, less those noted as confirmed (a confirmation is
+    /// noted within [`ACK_FLUSH`]).
     pub events: Vec<Message>,
 }
 
 /// Reads the segments of the spool directory `dir` as they are.
 pub fn inspect(dir: &Path) -> io::Result<Contents> {
     let mut contents = Contents { segments: 0, bytes: 0, events: Vec::new() };
-    for (_, path) in segment_files(dir)? {
+    for (id, path) in segment_files(dir)? {
         let data = fs::read(&path)?;
+        let confirmed = read_notes(dir, id)?;
         contents.segments += 1;
         contents.bytes += data.len() as u64;
-        contents.events.extend(read_records(&data).bodies.into_iter().filter_map(decode));
+        let offset = |body: &[u8]| (body.as_ptr() as usize - data.as_ptr() as usize - HEADER) as u64;
+        let waiting = read_records(&data).bodies.into_iter().filter(|body| !confirmed.contains(&offset(body)));
+        contents.events.extend(waiting.filter_map(decode));
     }
     Ok(contents)
 }
@@ -222,10 +300,13 @@ struct Writer {
     file: File,
     state: Arc<Mutex<Segments>>,
     segment_bytes: u64,
+    /// The last group failed (a full disk?).
+    failed: bool,
 }
 
 impl Writer {
-    /// Writes groups of records, one `fdatasync` per group, until every sender is gone.
+    /// Writes groups of records, one `fdatasync` per group, until every sender is gone. A
+    /// group that fails is cut off the segment again, so that no part of it is left behind.
     fn run(mut self, mut appends: mpsc::UnboundedReceiver<Append>) {
         while let Some(first) = appends.blocking_recv() {
             let mut group = vec![first];
@@ -235,49 +316,141 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if let Err(error) = self.rotate_when_due() {
+                tracing::error!(%error, "cannot start a new spool segment");
+            }
+            let (segment, start) = {
+                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                (state.active, state.segments.get(&state.active).map_or(0, |s| s.bytes))
+            };
             let bytes: Vec<u8> = group.iter().flat_map(|append| append.record.iter().copied()).collect();
             let written = self.file.write_all(&bytes).and_then(|()| self.file.sync_data());
-            let segment = {
+            self.failed = written.is_err();
+            if written.is_err() {
+                if let Err(error) = self.file.set_len(start) {
+                    tracing::error!(%error, segment, "cannot cut a failed write off the spool segment");
+                }
+            }
+            {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let active = state.active;
                 if written.is_ok() {
-                    let entry = state.segments.entry(active).or_default();
+                    let entry = state.segments.entry(segment).or_default();
                     entry.live += group.len();
                     entry.bytes += bytes.len() as u64;
                 } else {
                     state.bytes -= bytes.len() as u64;
                 }
-                active
-            };
+            }
+            let mut offset = start;
             for append in group {
                 let result = match &written {
-                    Ok(()) => Ok(segment),
+                    Ok(()) => Ok(Location { segment, offset }),
                     Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
                 };
+                offset += append.record.len() as u64;
                 let _ = append.done.send(result);
-            }
-            if let Err(error) = self.rotate_when_full() {
-                tracing::error!(%error, "cannot start a new spool segment");
             }
         }
     }
 
-    fn rotate_when_full(&mut self) -> io::Result<()> {
+    /// Starts a new segment when the active one is full, or holds nothing unconfirmed and a
+    /// sixteenth of a segment or more, or anything after a failed write (deleting it then: a
+    /// full disk gets its room back).
+    fn rotate_when_due(&mut self) -> io::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let active = state.active;
-        if state.segments.get(&active).is_none_or(|s| s.bytes < self.segment_bytes) {
+        let (live, bytes) = state.segments.get(&active).map_or((0, 0), |s| (s.live, s.bytes));
+        let drained = live == 0 && bytes > 0 && (self.failed || bytes >= self.segment_bytes / 16);
+        if bytes < self.segment_bytes && !drained {
             return Ok(());
         }
-        self.file = create_segment(&self.dir, active + 1)?;
+        // The old one goes first when drained: on a full disk, the new one needs its room.
+        let files = (live == 0).then(|| state.remove(&self.dir, active));
         state.active = active + 1;
         state.segments.insert(active + 1, Segment::default());
-        if state.segments.get(&active).is_some_and(|s| s.live == 0) {
-            let bytes = state.segments.remove(&active).map_or(0, |s| s.bytes);
-            state.bytes -= bytes;
-            fs::remove_file(segment_path(&self.dir, active))?;
+        drop(state);
+        if let Some(files) = files {
+            delete(files)?;
         }
+        self.file = create_segment(&self.dir, active + 1)?;
         Ok(())
     }
+}
+
+/// Writes the confirmations of `state` beside their segments every [`ACK_FLUSH`], and syncs
+/// them every [`ACK_SYNC`], until the spool is gone.
+fn note(dir: &Path, state: std::sync::Weak<Mutex<Segments>>) {
+    let mut last_sync = std::time::Instant::now();
+    let mut logged = crate::logs::Limiter::default();
+    loop {
+        std::thread::sleep(ACK_FLUSH);
+        let Some(state) = state.upgrade() else { return };
+        let sync = last_sync.elapsed() >= ACK_SYNC;
+        if sync {
+            last_sync = std::time::Instant::now();
+        }
+        if let Err(error) = write_notes(dir, &state, sync) {
+            if let Some(suppressed) = logged.allow() {
+                tracing::warn!(%error, suppressed, "spool confirmations not written: a restart may publish them again");
+            }
+        }
+    }
+}
+
+/// Appends each segment's pending confirmations to its notes, as one record of offsets, and
+/// syncs them (and the directory, for new notes) when `sync`.
+fn write_notes(dir: &Path, state: &Mutex<Segments>, sync: bool) -> io::Result<()> {
+    let mut to_sync = Vec::new();
+    let created = {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = std::mem::take(&mut state.acks);
+        for (segment, offsets) in pending {
+            if !state.segments.contains_key(&segment) {
+                continue;
+            }
+            let body: Vec<u8> = offsets.iter().flat_map(|offset| offset.to_le_bytes()).collect();
+            let record = frame(&body);
+            if !state.notes.contains_key(&segment) {
+                let file = OpenOptions::new().create(true).append(true).open(notes_path(dir, segment))?;
+                state.notes.insert(segment, file);
+                state.notes_created = true;
+            }
+            let file = state.notes.get_mut(&segment).expect("opened above");
+            file.write_all(&record)?;
+            let entry = state.segments.get_mut(&segment).expect("checked above");
+            entry.noted += record.len() as u64;
+            state.bytes += record.len() as u64;
+        }
+        if sync {
+            for file in state.notes.values() {
+                to_sync.push(file.try_clone()?);
+            }
+        }
+        sync && std::mem::take(&mut state.notes_created)
+    };
+    for file in to_sync {
+        file.sync_data()?;
+    }
+    if created {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The offsets a segment's notes say were confirmed (none when it has no notes).
+fn read_notes(dir: &Path, id: u64) -> io::Result<std::collections::HashSet<u64>> {
+    let data = match fs::read(notes_path(dir, id)) {
+        Ok(data) => data,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(error) => return Err(error),
+    };
+    let records = read_records(&data);
+    let offsets = records.bodies.iter().flat_map(|body| body.chunks_exact(8));
+    Ok(offsets.map(|offset| u64::from_le_bytes(offset.try_into().expect("chunks of 8"))).collect())
+}
+
+fn notes_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.acks"))
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -304,14 +477,18 @@ fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
-/// Reads every intact record of a segment, skipping damaged regions and cutting a torn tail.
-fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<Message>> {
+/// Reads every intact record of a segment with its offset, skipping damaged regions and
+/// cutting a torn tail.
+fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Message)>> {
     let data = fs::read(path)?;
     let records = read_records(&data);
     for &(offset, skipped) in &records.skipped {
         tracing::warn!(file = %path.display(), offset, skipped, "corrupt spool record skipped");
     }
-    let messages: Vec<Message> = records.bodies.iter().filter_map(|body| decode(body)).collect();
+    // A body is a slice of `data`: its record starts a header before it.
+    let offset = |body: &[u8]| (body.as_ptr() as usize - data.as_ptr() as usize - HEADER) as u64;
+    let messages: Vec<(u64, Message)> =
+        records.bodies.iter().filter_map(|body| Some((offset(body), decode(body)?))).collect();
     // A whole record whose body does not decode (written by another version?) is damaged too.
     // A torn tail is a damaged region too.
     recovery.corrupt += records.skipped.len() + usize::from(records.torn_at.is_some());
@@ -516,26 +693,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn events_survive_a_reopen_and_confirmed_segments_go() {
+    async fn unconfirmed_events_survive_a_reopen_and_confirmed_ones_do_not() {
         let dir = tempdir();
         let (spool, replay) = Spool::open(&dir, 1 << 20, 300).unwrap();
         assert!(replay.events.is_empty());
-        let mut segments = Vec::new();
+        let mut records = Vec::new();
         for n in 0..6 {
-            segments.push(spool.append(&message(n)).await.unwrap());
+            records.push(spool.append(&message(n)).await.unwrap());
         }
-        assert!(segments.last() > segments.first(), "small segments rotate");
-        spool.confirmed(segments[0]);
+        assert!(records.last().unwrap().segment > records[0].segment, "small segments rotate");
+        spool.confirmed(records[0]);
+        spool.confirmed(records[4]);
+        spool.sync_confirmations().unwrap();
         drop(spool);
         let (spool, Backlog { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 300).unwrap();
         let payloads: Vec<_> = replayed.iter().map(|(m, _)| m.payload.clone()).collect();
-        assert_eq!(payloads.len(), 6, "a confirm is only final once the whole segment is confirmed");
-        assert_eq!(payloads[5], Bytes::from("{\"n\":5}"));
-        assert_eq!(recovery, Recovery { events: 6, corrupt: 0, truncated: 0 });
-        for (_, segment) in &replayed {
-            spool.confirmed(*segment);
+        let expected: Vec<_> = [1, 2, 3, 5].iter().map(|n| Bytes::from(format!("{{\"n\":{n}}}"))).collect();
+        assert_eq!(payloads, expected, "the confirmed ones are left out, the others kept in order");
+        assert_eq!(recovery, Recovery { events: 4, confirmed: 2, corrupt: 0, truncated: 0 });
+        assert_eq!(inspect(&dir).unwrap().events.len(), 4, "spool ls shows what waits");
+        for (_, record) in &replayed {
+            spool.confirmed(*record);
         }
         assert_eq!(segment_files(&dir).unwrap().len(), 1, "only the active segment is left");
+    }
+
+    #[tokio::test]
+    async fn a_drained_segment_is_replaced_before_the_next_write() {
+        let dir = tempdir();
+        let (spool, _) = Spool::open(&dir, 1 << 20, 1600).unwrap();
+        let first = spool.append(&message(0)).await.unwrap();
+        spool.confirmed(first);
+        let second = spool.append(&message(1)).await.unwrap();
+        assert_eq!(second.segment, first.segment + 1, "the drained segment held a sixteenth: replaced");
+        assert!(!segment_path(&dir, first.segment).exists(), "and deleted");
     }
 
     #[tokio::test]

@@ -172,7 +172,7 @@ impl Backend {
 
 /// Declares the gateway's exchange `tencent` when it is missing, as the gateway would (on a
 /// fresh broker a watcher may bind before any gateway has run).
-async fn declare_exchange(connection: &lapin::Connection) {
+pub async fn declare_exchange(connection: &lapin::Connection) {
     use lapin::options::ExchangeDeclareOptions;
     let probe = connection.create_channel().await.unwrap();
     let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };

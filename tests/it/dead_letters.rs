@@ -349,6 +349,8 @@ async fn an_event_a_full_rabbitmq_queue_keeps_nacking_is_a_dead_letter() {
     use lapin::types::{AMQPValue, FieldTable};
     let prefix = unique("t");
     let connection = lapin::Connection::connect(&crate::brokers::amqp_url(), Default::default()).await.unwrap();
+    // The queue is bound before any gateway has declared the exchange on a fresh broker.
+    crate::brokers::declare_exchange(&connection).await;
     let channel = connection.create_channel().await.unwrap();
     // Holds no message (a consumer would make room) and refuses more: a nack for each event
     // routed to it, while the events of other commands are confirmed.
