@@ -410,13 +410,16 @@ fn write_notes(dir: &Path, state: &Mutex<Segments>, sync: bool) -> io::Result<()
             }
             let body: Vec<u8> = offsets.iter().flat_map(|offset| offset.to_le_bytes()).collect();
             let record = frame(&body);
-            if !state.notes.contains_key(&segment) {
-                let file = OpenOptions::new().create(true).append(true).open(notes_path(dir, segment))?;
-                state.notes.insert(segment, file);
-                state.notes_created = true;
-            }
-            let file = state.notes.get_mut(&segment).expect("opened above");
+            let mut created = false;
+            let file = match state.notes.entry(segment) {
+                std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
+                std::collections::btree_map::Entry::Vacant(new) => {
+                    created = true;
+                    new.insert(OpenOptions::new().create(true).append(true).open(notes_path(dir, segment))?)
+                }
+            };
             file.write_all(&record)?;
+            state.notes_created |= created;
             let entry = state.segments.get_mut(&segment).expect("checked above");
             entry.noted += record.len() as u64;
             state.bytes += record.len() as u64;
