@@ -104,6 +104,12 @@ if ! python3 -c "import jsonschema" 2>/dev/null; then
   echo "services: installing a JSON Schema validator (PyPI jsonschema)"
   python3 -m pip install -q "jsonschema==4.26.0" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
 fi
+# The power-cut tests' file system (tests/powercut/lazyfs.py): libfuse 3 through mfusepy.
+ldconfig -p | grep -q 'libfuse3\.so\.3' || apt_install --no-install-recommends fuse3 libfuse3-3
+if ! python3 -c "import mfusepy" 2>/dev/null; then
+  echo "services: installing FUSE bindings for the power-cut tests (PyPI mfusepy)"
+  python3 -m pip install -q "mfusepy==3.1.1" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
+fi
 if [[ ! -d $tools/node_modules/@asyncapi/parser ]]; then
   echo "services: installing the AsyncAPI parser (npm @asyncapi/parser) in $tools"
   command -v npm >/dev/null || apt_install nodejs npm

@@ -13,7 +13,7 @@ use crate::decision::{Decisions, Fallbacks};
 use crate::http::Connections;
 use crate::respond::Responder;
 use crate::routes::Limits;
-use crate::spool::{self, Spool};
+use crate::spool::Spool;
 use crate::{apps, asyncapi, outbox, rules, tencent, Gateway};
 
 impl AsyncapiArgs {
@@ -133,7 +133,7 @@ impl ServeArgs {
     pub fn build(&self, bus: Bus) -> anyhow::Result<Gateway> {
         let spool = match &self.spool_dir {
             Some(dir) => Some(
-                Spool::open(dir, self.spool_max_bytes, spool::SEGMENT_BYTES)
+                Spool::open(dir, self.spool_max_bytes, self.spool_segment_bytes)
                     .map_err(|error| anyhow::anyhow!("cannot open --spool-dir {}: {error}", dir.display()))?,
             ),
             None => None,

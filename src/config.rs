@@ -312,6 +312,9 @@ pub struct ServeArgs {
     /// Largest spool on disk before callbacks are answered 503.
     #[arg(long, env = "HOOKBUS_SPOOL_MAX_BYTES", default_value_t = 256 << 20)]
     pub spool_max_bytes: u64,
+    /// Size of a spool segment file: a segment is deleted once every event in it is confirmed.
+    #[arg(long, env = "HOOKBUS_SPOOL_SEGMENT_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub spool_segment_bytes: u64,
     /// Take an event the broker has not confirmed after this many attempts for a dead letter,
     /// so that it holds back nothing (off: retry until confirmed). Events the broker refuses
     /// for good are dead letters at once whatever this says.

@@ -19,6 +19,8 @@
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
 //! - `trtc`: TRTC room and media callbacks beside Live and Chat ones, signed by Python's `hmac`.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
+//! - `powercut`: power cuts under the spool, on a file system that forgets what was not synced
+//!   (`tests/powercut/lazyfs.py`): every callback answered 200 is delivered.
 //! - `clusters`: 3-node NATS and RabbitMQ clusters (`scripts/clusters.sh`): seed lists, node
 //!   and leader kills, one id per callback across gateways.
 
@@ -37,6 +39,7 @@ mod hostile;
 mod kafka;
 mod nats;
 mod outages;
+mod powercut;
 mod protocol;
 mod support;
 mod tls;

@@ -1,0 +1,199 @@
+//! Power cuts under the spool. `tests/powercut/lazyfs.py` is a file system that forgets what
+//! was not synced, as a disk does when its power goes: a gateway spools on it, callbacks arrive
+//! from several connections with the broker up or down, and at a random moment the gateway is
+//! killed and the power cut (every write since its file's last `fsync` lost, or a random subset
+//! of its 4 KiB pages kept; every name since the directory's last `fsync` lost). The next start
+//! on what survived must deliver every callback that was answered 200.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::brokers::{nats_url, Backend};
+use crate::support::{signal, spawn_binary_with_logs, tempdir, unique, Client, Proxy, APP, TOKEN};
+
+/// The lazy file system, mounted until dropped.
+struct LazyFs {
+    child: std::process::Child,
+    mount: PathBuf,
+    control: PathBuf,
+}
+
+impl LazyFs {
+    fn mount() -> LazyFs {
+        let dir = tempdir("lazyfs");
+        let (mount, control) = (dir.join("mnt"), dir.join("control.sock"));
+        std::fs::create_dir_all(&mount).unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powercut/lazyfs.py");
+        let child = std::process::Command::new("python3")
+            .arg(script)
+            .args([&mount, &control])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        let started = Instant::now();
+        let mounted = || std::fs::read_to_string("/proc/mounts").unwrap().contains(mount.to_str().unwrap());
+        while !(mounted() && control.exists()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "lazyfs did not mount (mfusepy and fuse3: scripts/services.sh)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LazyFs { child, mount, control }
+    }
+
+    /// Cuts the power: keeps each unsynced page with probability `keep`; returns how many it kept.
+    fn cut(&self, keep: f64, seed: u64) -> usize {
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.control).unwrap();
+        writeln!(stream, "cut {keep} {seed}").unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(stream).read_line(&mut answer).unwrap();
+        answer.trim().strip_prefix("ok ").and_then(|kept| kept.parse().ok()).unwrap_or_else(|| panic!("{answer}"))
+    }
+}
+
+impl Drop for LazyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny generator for cut points and seeds: the run prints its seed, and
+/// `HOOKBUS_POWERCUT_SEED` repeats one.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Posts signed callbacks of distinct rooms on `connections` connections until `stop`, or until
+/// the gateway is gone; returns the rooms answered 200.
+fn load(
+    addr: std::net::SocketAddr,
+    tag: String,
+    connections: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..connections)
+        .map(|worker| {
+            let (tag, stop) = (tag.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let Some(mut client) = Client::try_connect(addr).await else { return acknowledged };
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let room = format!("{tag}-{worker}-{n}");
+                    let body = format!(r#"{{"RoomId":"{room}","Pad":"{}"}}"#, "x".repeat(200 + n % 7 * 300));
+                    match client.send("Live.CallbackAfterMemberStateChanged", body.as_bytes()).await {
+                        Ok((200, _)) => acknowledged.push(room),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_callback_answered_200_survives_power_cuts() {
+    let cuts: usize = std::env::var("HOOKBUS_POWERCUT_CUTS").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
+    let seed = std::env::var("HOOKBUS_POWERCUT_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    println!("power cuts: {cuts}, seed {seed} (HOOKBUS_POWERCUT_SEED={seed} repeats the run)");
+    let mut random = Random(seed);
+    let fs = LazyFs::mount();
+    let prefix = unique("t");
+    let mut watcher = Backend::Nats.watch(&prefix).await;
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let watching = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Some(event) = watcher.try_next(Duration::from_secs(600)).await {
+                let body: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+                let room = body["RoomId"].as_str().unwrap().to_owned();
+                *seen.lock().unwrap().entry(room).or_default() += 1;
+            }
+        }
+    });
+    let proxy = Proxy::start(Backend::Nats.upstream()).await;
+    let via_proxy = format!("nats://{}", proxy.addr);
+    let spool = fs.mount.to_str().unwrap().to_owned();
+    let flags = |url: &str| -> Vec<String> {
+        ["--bus", "nats", "--nats-url", url, "--prefix", &prefix, "--sdk-app-id", APP, "--token", TOKEN]
+            .into_iter()
+            .chain(["--spool-dir", &spool, "--spool-segment-bytes", "32768", "--publish-linger", "1ms"])
+            .map(String::from)
+            .collect()
+    };
+    let mut acknowledged = HashSet::new();
+    let (mut pages_kept, mut broker_down) = (0, 0);
+    for cut in 0..cuts {
+        let down = random.next().is_multiple_of(3);
+        broker_down += usize::from(down);
+        proxy.set_down(down);
+        let flags = flags(&via_proxy);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let (mut child, addr, _logs) = spawn_binary_with_logs(&flags);
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = load(addr, format!("cut{cut}"), 4, stop.clone());
+        tokio::time::sleep(Duration::from_millis(30 + random.next() % 400)).await;
+        signal(&child, "KILL");
+        child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            acknowledged.extend(worker.await.unwrap());
+        }
+        let keep = [0.0, 0.5, 1.0][(random.next() % 3) as usize];
+        pages_kept += fs.cut(keep, random.next());
+    }
+    proxy.set_down(false);
+    let url = nats_url();
+    let flags = flags(&url);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (mut last, _, _logs) = spawn_binary_with_logs(&flags);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let missing = loop {
+        let missing: Vec<String> = {
+            let seen = seen.lock().unwrap();
+            acknowledged.iter().filter(|room| !seen.contains_key(*room)).cloned().collect()
+        };
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    signal(&last, "TERM");
+    last.wait().unwrap();
+    watching.abort();
+    let delivered: usize = seen.lock().unwrap().values().sum();
+    println!(
+        "power cuts: {cuts} ({broker_down} with the broker away), {} answered 200, {delivered} delivered \
+         ({} duplicates), {pages_kept} unsynced pages kept across cuts, lost {}",
+        acknowledged.len(),
+        delivered.saturating_sub(acknowledged.len()),
+        missing.len()
+    );
+    assert!(acknowledged.len() > cuts, "callbacks were answered 200 between the cuts");
+    assert!(
+        missing.is_empty(),
+        "{} answered 200 and never delivered, e.g. {:?} (seed {seed})",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
