@@ -217,9 +217,14 @@ impl DeadLetters {
             outcome.kept += 1;
         }
         if let (Some(path), false) = (&self.log, records.is_empty()) {
+            let new = !path.exists();
             let mut file = OpenOptions::new().create(true).append(true).open(path)?;
             file.write_all(&records)?;
             file.sync_data()?;
+            // A new log's name must survive a power cut too: its events leave the spool next.
+            if new {
+                File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+            }
         }
         Ok(outcome)
     }
