@@ -323,7 +323,10 @@ impl Writer {
                 let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 (state.active, state.segments.get(&state.active).map_or(0, |s| s.bytes))
             };
-            let bytes: Vec<u8> = group.iter().flat_map(|append| append.record.iter().copied()).collect();
+            let mut bytes = Vec::with_capacity(group.iter().map(|append| append.record.len()).sum());
+            for append in &group {
+                bytes.extend_from_slice(&append.record);
+            }
             let written = self.file.write_all(&bytes).and_then(|()| self.file.sync_data());
             self.failed = written.is_err();
             if written.is_err() {
