@@ -1,10 +1,12 @@
-//! The operator's way into a running gateway: a Unix socket in the spool directory
-//! (`admin.sock`, mode 0600), so that only someone who can reach the spool on this machine can
-//! use it, and nothing on the callback listener leads to it. `hookbus spool requeue` talks to it
-//! while the gateway holds the spool. One request line, one answer line:
+//! The operator's way into a running gateway: a Unix socket (mode 0600), in the spool directory
+//! (`admin.sock`) or where `--admin-socket` says, so that only someone who can reach it on this
+//! machine can use it, and nothing on the callback listener leads to it. `hookbus spool requeue`
+//! and `hookbus tail` talk to it. One request line:
 //!
 //! - `requeue all` or `requeue ID…`: dead letters back into the outbox, with their ids;
 //!   answered `requeued N` or `error: …`.
+//! - `tail N B`: the last N callbacks answered, then every new one, as JSON lines (with their
+//!   bodies when B is 1) until the reader goes ([`crate::tail`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::outbox::Outbox;
+use crate::tail::Tap;
 
 /// The socket's file name in a spool directory.
 pub const SOCKET: &str = "admin.sock";
@@ -33,10 +36,11 @@ impl Drop for Admin {
     }
 }
 
-/// Serves the admin socket of the spool directory `dir` (whose lock this gateway holds, so a
-/// socket file left there is a dead gateway's). `None`, logged, when it cannot be bound.
-pub fn serve(dir: &Path, outbox: Arc<Outbox>) -> Option<Admin> {
-    let path = dir.join(SOCKET);
+/// Serves the admin socket at `path` (in a spool directory this gateway holds the lock of, or
+/// the operator's `--admin-socket`: a socket file left there is a dead gateway's). `None`,
+/// logged, when it cannot be bound.
+pub fn serve(path: &Path, outbox: Arc<Outbox>, tap: Arc<Tap>) -> Option<Admin> {
+    let path = path.to_owned();
     let _ = std::fs::remove_file(&path);
     let bound = UnixListener::bind(&path).and_then(|listener| {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map(|()| listener)
@@ -44,19 +48,19 @@ pub fn serve(dir: &Path, outbox: Arc<Outbox>) -> Option<Admin> {
     let listener = match bound {
         Ok(listener) => listener,
         Err(error) => {
-            tracing::error!(%error, socket = %path.display(), "cannot serve the admin socket; `hookbus spool requeue` will wait for a restart");
+            tracing::error!(%error, socket = %path.display(), "cannot serve the admin socket: `hookbus spool requeue` and `hookbus tail` will wait for a restart");
             return None;
         }
     };
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(answer(stream, outbox.clone()));
+            tokio::spawn(answer(stream, outbox.clone(), tap.clone()));
         }
     });
     Some(Admin { path, task })
 }
 
-async fn answer(stream: UnixStream, outbox: Arc<Outbox>) {
+async fn answer(stream: UnixStream, outbox: Arc<Outbox>, tap: Arc<Tap>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     if BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE)).read_line(&mut line).await.is_err() {
@@ -69,7 +73,10 @@ async fn answer(stream: UnixStream, outbox: Arc<Outbox>) {
             let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
             requeue(&outbox, Some(&ids)).await
         }
-        _ => "error: unknown request (expected `requeue all` or `requeue ID…`)".to_owned(),
+        ["tail", last, body] if last.parse::<usize>().is_ok() => {
+            return tap.serve(write, last.parse().unwrap_or_default(), *body == "1").await;
+        }
+        _ => "error: unknown request (expected `requeue all`, `requeue ID…` or `tail N 0|1`)".to_owned(),
     };
     let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
 }

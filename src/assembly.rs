@@ -144,9 +144,12 @@ impl ServeArgs {
             None => DeadLetters::in_memory(self.dead_letter_max_bytes, self.dead_letter_after),
         };
         dead_letters.notices = self.dead_letter_destination;
+        let admin_socket =
+            self.admin_socket.clone().or_else(|| self.spool_dir.as_ref().map(|dir| dir.join(crate::admin::SOCKET)));
         Ok(Gateway {
             spool,
             dead_letters,
+            admin_socket,
             path: self.path.clone(),
             limits: self.limits(),
             apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),

@@ -38,6 +38,48 @@ pub enum Command {
     Asyncapi(AsyncapiArgs),
     /// Look into a spool directory (a gateway may be running on it) and requeue dead letters.
     Spool(SpoolArgs),
+    /// Show a running gateway's callbacks as they are answered, one line each.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    /// The gateway's admin socket (its --admin-socket).
+    #[arg(long, env = "HOOKBUS_ADMIN_SOCKET", required_unless_present = "spool_dir")]
+    pub admin_socket: Option<PathBuf>,
+    /// The gateway's spool directory, whose admin.sock to use.
+    #[arg(long, env = "HOOKBUS_SPOOL_DIR", conflicts_with = "admin_socket")]
+    pub spool_dir: Option<PathBuf>,
+    /// First show the N most recent callbacks (at most 1024).
+    #[arg(long, default_value_t = 0)]
+    pub last: usize,
+    /// One JSON object per line, for piping.
+    #[arg(long)]
+    pub json: bool,
+    /// Add each callback's body (escaped, cut to 1 KiB).
+    #[arg(long)]
+    pub body: bool,
+    /// Only commands matching this glob (`Live.*`, `*Gift`).
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Only this SdkAppid.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Only this room.
+    #[arg(long)]
+    pub room: Option<String>,
+    /// Only these statuses: `200`, `4xx`, `503`…
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only outcomes containing this text: `accepted`, `decided`, `fallback`, `refused`, `sign_mismatch`…
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Only this event id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Only bodies containing this text (a MsgKey, a BattleId, a stream id…).
+    #[arg(long)]
+    pub grep: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -309,6 +351,10 @@ pub struct ServeArgs {
     /// Keep the outbox on disk in this directory: a 200 then means the event is durable.
     #[arg(long, env = "HOOKBUS_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// The admin socket (`hookbus tail`, `hookbus spool requeue`), mode 0600 [default: with
+    /// --spool-dir, admin.sock in it; without, none unless this is given].
+    #[arg(long, env = "HOOKBUS_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
     /// Largest spool on disk before callbacks are answered 503.
     #[arg(long, env = "HOOKBUS_SPOOL_MAX_BYTES", default_value_t = 256 << 20)]
     pub spool_max_bytes: u64,

@@ -22,7 +22,8 @@
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
 //! - [`dead_letters`]: events the broker will never take, kept (with a spool, on disk).
 //! - [`spool_command`]: `hookbus spool`, the operator's look into a spool directory.
-//! - [`admin`]: the running gateway's admin socket in the spool directory (requeue).
+//! - [`admin`]: the running gateway's admin socket (requeue, tail).
+//! - [`tail`]: `hookbus tail`, a live view of the callbacks a gateway answers, and the tap it reads.
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
 //! - [`metrics`]: what `/metrics` shows, as one method per thing that happens.
 //! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
@@ -55,6 +56,7 @@ pub mod rules;
 pub mod simulate;
 pub mod spool;
 pub mod spool_command;
+pub mod tail;
 pub mod tencent;
 pub mod tls;
 pub mod traces;
@@ -76,6 +78,7 @@ use crate::outbox::Outbox;
 use crate::replay::Replays;
 use crate::routes::{Limits, Shared};
 use crate::spool::{Backlog, Spool};
+use crate::tail::Tap;
 use crate::tencent::BLOCKING;
 use crate::traces::Tracer;
 
@@ -99,6 +102,8 @@ pub struct Gateway {
     pub spool: Option<(Spool, Backlog)>,
     /// Where events the broker will not take are kept.
     pub dead_letters: DeadLetters,
+    /// The admin socket (`hookbus tail`, `hookbus spool requeue`), when there is one.
+    pub admin_socket: Option<std::path::PathBuf>,
 }
 
 /// What a finished run left behind.
@@ -119,9 +124,9 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     if let Some((_, replay)) = &gateway.spool {
         metrics.spool_read_back(&replay.recovery);
     }
-    let admin = gateway.spool.as_ref().map(|(spool, _)| spool.dir().to_owned());
     let outbox = Arc::new(Outbox::new(gateway.outbox, gateway.spool, Arc::new(gateway.dead_letters)));
-    let admin = admin.and_then(|dir| admin::serve(&dir, outbox.clone()));
+    let tap = Arc::new(Tap::default());
+    let admin = gateway.admin_socket.and_then(|path| admin::serve(&path, outbox.clone(), tap.clone()));
     let mut publisher =
         tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone(), gateway.tracer.clone()));
     let shared = Arc::new(Shared {
@@ -135,6 +140,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
         bus: gateway.bus.clone(),
         outbox: outbox.clone(),
         metrics: metrics.clone(),
+        tap,
     });
     let left = http::serve(listener, shared, &gateway.connections, shutdown, gateway.shutdown_grace).await;
     let deadline = tokio::time::Instant::now() + left;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use hookbus::apps;
 use hookbus::bus::Bus;
-use hookbus::config::{AsyncapiArgs, Cli, Command, Format, LogFormat, RespondArgs, ServeArgs, SimulateArgs};
+use hookbus::config::{AsyncapiArgs, Cli, Command, Format, LogFormat, RespondArgs, ServeArgs, SimulateArgs, TailArgs};
 
 /// The exit code of a `serve` that stopped with accepted events it could not deliver.
 const EXIT_LOST: u8 = 3;
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }
+            Command::Tail(args) => tail(args).await,
         }
     });
     match result {
@@ -162,6 +163,28 @@ async fn reload_on_hangup(current: Arc<apps::Current>, spec: apps::Spec) {
 }
 
 /// Resolves on the first SIGINT or SIGTERM (Kubernetes sends SIGTERM).
+async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let socket = match (args.admin_socket, args.spool_dir) {
+        (Some(socket), _) => socket,
+        (None, Some(dir)) => dir.join(hookbus::admin::SOCKET),
+        (None, None) => anyhow::bail!("give --admin-socket or --spool-dir"),
+    };
+    let filters = hookbus::tail::Filters {
+        command: args.command,
+        app: args.app,
+        room: args.room,
+        status: args.status,
+        outcome: args.outcome,
+        id: args.id,
+        grep: args.grep,
+    };
+    // Colours for a person at a terminal only, and never with NO_COLOR set.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
+    let form = hookbus::tail::Form { json: args.json, body: args.body, colour };
+    hookbus::tail::run(&socket, args.last.min(hookbus::tail::RING), &filters, form, signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler cannot fail at start-up");

@@ -18,6 +18,7 @@ use crate::metrics::{Gauges, Metrics, Rejected};
 use crate::outbox::{Outbox, PushError};
 use crate::replay::{self, Answered, Replays};
 use crate::spool::SpoolError;
+use crate::tail::{Seen, Tap};
 use crate::tencent::{self, Body, Query, SignError};
 use crate::traces::{self, Context, Span, Tracer};
 
@@ -53,6 +54,8 @@ pub struct Shared {
     pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,
     pub replays: Replays,
+    /// Every callback answered, for `hookbus tail`.
+    pub tap: Arc<Tap>,
 }
 
 /// Why a callback was refused: the status, the Tencent FAIL body and the metric label.
@@ -180,6 +183,8 @@ where
     let started = Instant::now();
     let query = Query::parse(request.uri().query().unwrap_or(""));
     let is_trtc = trtc::addressed(&query, request.headers());
+    let surface = if is_trtc { "trtc" } else { "live" };
+    let queried_app = query.sdk_app_id.clone().unwrap_or_default();
     // A refusal is counted under the command, or the surface when that is all that is known.
     let command = if is_trtc { "trtc".to_owned() } else { query.command.clone().unwrap_or_default() };
     // The caller's request id when it sends one; else the event id, or a fresh one for a refusal.
@@ -190,7 +195,7 @@ where
         .filter(|id| id.len() <= 128)
         .map(str::to_owned);
     match accept(shared, request, query, is_trtc).await {
-        Ok(Accepted { command, id, trace, answer }) => {
+        Ok(Accepted { command, id, trace, answer, app, room, outcome, body }) => {
             shared.metrics.answered(&command, 200);
             let request_id = request_id.as_deref().unwrap_or(&id);
             let traceparent = trace.as_ref().map_or("", Context::header);
@@ -204,24 +209,55 @@ where
                 latency_us = started.elapsed().as_micros() as u64,
                 "callback answered"
             );
+            let latency_us = started.elapsed().as_micros() as u64;
+            let (time, status) = (SystemTime::now(), 200);
+            shared.tap.record(Seen { time, surface, app, command, room, status, outcome, latency_us, id, body });
             let mut response = Response::new(Full::new(answer));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
         Err(rejection) => {
             let request_id = request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            reject(shared, &command, rejection, &request_id, started)
+            let outcome = format!("refused {}", rejection.label());
+            let response = reject(shared, &command, rejection, &request_id, started);
+            shared.tap.record(Seen {
+                time: SystemTime::now(),
+                surface,
+                app: queried_app,
+                command: if bus::valid_name(&command) { command } else { String::new() },
+                room: None,
+                status: response.status().as_u16(),
+                outcome,
+                latency_us: started.elapsed().as_micros() as u64,
+                id: request_id,
+                body: Bytes::new(),
+            });
+            response
         }
     }
 }
 
-/// An accepted callback: its command, event id, trace context and the answer for Tencent.
+/// An accepted callback: its command, event id, trace context and the answer for Tencent, and
+/// what `hookbus tail` shows of it.
 struct Accepted {
     command: String,
     id: String,
     /// None for a replay, answered as before without an event.
     trace: Option<Context>,
     answer: Bytes,
+    app: String,
+    room: Option<String>,
+    /// `accepted`, `replay`, or how it was decided (`reply 0`, `fallback timeout 1`).
+    outcome: String,
+    body: Bytes,
+}
+
+impl Accepted {
+    /// A replay of `checked`, answered `answer` as before, without an event.
+    fn replay(checked: Checked, answer: Bytes) -> Accepted {
+        let Checked { command, sdk_app_id: app, body_room: room, payload: body, .. } = checked;
+        Accepted { command, id: "replay".into(), trace: None, answer, app, room, outcome: "replay".into(), body }
+    }
 }
 
 /// A callback that passed every check: what it is and where it goes.
@@ -257,7 +293,7 @@ where
             Answered::Event => Bytes::from_static(ok),
             Answered::Decision(answer) => answer,
         };
-        return Ok(Accepted { command: checked.command, id: "replay".into(), trace: None, answer });
+        return Ok(Accepted::replay(checked, answer));
     }
     let kind = if is_trtc { None } else { shared.decisions.kind(&checked.command) };
     // A replay of a decision still being made waits for it: one request on the bus, and both
@@ -267,7 +303,7 @@ where
             Ok(deciding) => Some(deciding),
             Err(Some(answer)) => {
                 shared.metrics.replayed(&checked.command);
-                return Ok(Accepted { command: checked.command, id: "replay".into(), trace: None, answer });
+                return Ok(Accepted::replay(checked, answer));
             }
             Err(None) => None,
         },
@@ -284,12 +320,16 @@ where
     let from_caller = incoming.is_some_and(|incoming| incoming == message.trace.header());
     let receive = Receive::start(shared.tracer.as_ref(), &mut message, checked.received, from_caller);
     let (command, id) = (checked.command, message.id.clone());
-    let (trace, answered, answer) = match kind {
+    let (room, body) = (message.key.clone(), message.payload.clone());
+    let (trace, answered, answer, outcome) = match kind {
         Some(kind) => {
-            let (trace, answer) = decide(shared, kind, message, receive, app).await;
-            (trace, Answered::Decision(answer.clone()), answer)
+            let (trace, answer, outcome) = decide(shared, kind, message, receive, app).await;
+            (trace, Answered::Decision(answer.clone()), answer, outcome)
         }
-        None => (enqueue(shared, message, receive).await?, Answered::Event, Bytes::from_static(ok)),
+        None => {
+            let trace = enqueue(shared, message, receive).await?;
+            (trace, Answered::Event, Bytes::from_static(ok), "accepted".to_owned())
+        }
     };
     if let Some((key, expires)) = checked.replay {
         shared.replays.remember(key, expires, answered);
@@ -297,7 +337,8 @@ where
     if let Some(deciding) = deciding {
         deciding.decided(answer.clone());
     }
-    Ok(Accepted { command, id, trace: Some(trace), answer })
+    let app = checked.sdk_app_id;
+    Ok(Accepted { command, id, trace: Some(trace), answer, app, room, outcome, body })
 }
 
 /// The checks of a callback, in the README's order, up to a body that names its command.
@@ -458,8 +499,15 @@ impl Receive {
     }
 }
 
-/// Decides a blocking callback; counts, logs and audits the decision.
-async fn decide(shared: &Shared, kind: Kind, message: Message, receive: Receive, app: &apps::App) -> (Context, Bytes) {
+/// Decides a blocking callback; counts, logs and audits the decision. Gives back the trace
+/// context, the answer, and how it was decided in words (`reply 0`, `fallback timeout 1`).
+async fn decide(
+    shared: &Shared,
+    kind: Kind,
+    message: Message,
+    receive: Receive,
+    app: &apps::App,
+) -> (Context, Bytes, String) {
     let (started, decision_start) = (Instant::now(), SystemTime::now());
     let (command, id) = (message.command.clone(), message.id.clone());
     let request = shared.audit.then(|| message.clone());
@@ -479,7 +527,12 @@ async fn decide(shared: &Shared, kind: Kind, message: Message, receive: Receive,
     }
     let attributes = vec![("hookbus.outcome", outcome.to_owned()), ("hookbus.rule", rule.to_owned())];
     receive.child("decision", decision_start, attributes);
-    (receive.end(&command, &id), decided.answer)
+    let how = match (&decided.rule, decided.outcome) {
+        (Some(rule), _) => format!("rule {rule} {}", decided.code),
+        (None, crate::decision::Outcome::Reply) => format!("reply {}", decided.code),
+        (None, _) => format!("fallback {outcome} {}", decided.code),
+    };
+    (receive.end(&command, &id), decided.answer, how)
 }
 
 /// Puts an informational event into the outbox: once this returns, it will be delivered.
@@ -576,6 +629,7 @@ mod tests {
             )),
             metrics: Arc::new(Metrics::default()),
             replays: Replays::new(100),
+            tap: Arc::default(),
         }
     }
 

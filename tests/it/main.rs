@@ -19,6 +19,7 @@
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
 //! - `trtc`: TRTC room and media callbacks beside Live and Chat ones, signed by Python's `hmac`.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
+//! - `tail`: `hookbus tail` in a terminal, as JSON lines, and a tail that stops reading.
 //! - `powercut`: power cuts under the spool, on a file system that forgets what was not synced
 //!   (`tests/powercut/lazyfs.py`): every callback answered 200 is delivered.
 //! - `clusters`: 3-node NATS and RabbitMQ clusters (`scripts/clusters.sh`): seed lists, node
@@ -42,5 +43,6 @@ mod outages;
 mod powercut;
 mod protocol;
 mod support;
+mod tail;
 mod tls;
 mod trtc;
