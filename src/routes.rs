@@ -179,7 +179,8 @@ where
     let command = if is_trtc { "trtc".to_owned() } else { query.command.clone().unwrap_or_default() };
     // The caller's request id when it sends one, whatever its length (the log cuts it and notes
     // its size); else the event id, or a fresh one for a refusal.
-    let request_id = request.headers().get(X_REQUEST_ID).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    let request_id =
+        request.headers().get(X_REQUEST_ID).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     match accept(shared, request, query, is_trtc).await {
         Ok(Accepted { command, id, trace, answer }) => {
             shared.metrics.answered(&command, 200);
