@@ -295,7 +295,7 @@ impl Decisions {
         let mut flawed = None;
         let outcome = if bus.is_connected() {
             let deadline = SystemTime::now() + self.timeout;
-            message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
+            message.ask(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
             match tokio::time::timeout(self.timeout, bus.request(&message)).await {
                 Ok(Ok(reply)) => match answer_reply(kind, &reply, self.max_reply_bytes) {
                     Ok(decided) => return decided,

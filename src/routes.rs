@@ -318,6 +318,9 @@ where
     if !bus::valid_name(&command) {
         return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
     }
+    if command.split('.').next() == Some(bus::REQUESTS) {
+        return Err(Rejection::bad("command_reserved", "CallbackCommand names the decision requests' destinations"));
+    }
     let replay = replay_until.map(|(request_time, expires)| {
         let (sign, time) = (query.sign.as_deref().unwrap_or_default(), query.request_time.as_deref());
         (replay::Key::of(sign, time.unwrap_or_default(), &sdk_app_id, &command, &payload), request_time, expires)

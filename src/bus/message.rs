@@ -17,7 +17,8 @@ pub struct Message {
     pub id: String,
     /// CloudEvents `type`: the CallbackCommand, or `trtc.{EventGroupId}.{EventType}`.
     pub command: String,
-    /// `{prefix}.{command}`: Kafka topic, NATS subject, AMQP routing key.
+    /// Kafka topic, NATS subject, AMQP routing key: `{prefix}.{command}` for an event,
+    /// [`request_destination`] for a decision request.
     pub destination: String,
     /// The room, when the body names one, exactly as it came: the Kafka key, and (cut to
     /// [`MAX_ATTRIBUTE_BYTES`]) `partitionkey`.
@@ -107,6 +108,14 @@ impl Message {
         }
     }
 
+    /// Makes this callback a decision request whose reply is useful until `deadline_ms` (Unix
+    /// milliseconds): sent to [`request_destination`], apart from every event.
+    pub fn ask(&mut self, deadline_ms: u64) {
+        let prefix = self.destination.strip_suffix(&self.command).and_then(|prefix| prefix.strip_suffix('.'));
+        self.destination = request_destination(prefix.unwrap_or_default(), &self.command);
+        self.deadline_ms = Some(deadline_ms);
+    }
+
     /// A new event about this one (an audit of its decision, the notice of its death): a fresh
     /// id, received now, of `event_type` to `destination`, with this one's room, origin and
     /// trace.
@@ -190,6 +199,16 @@ pub fn derived_id(time_ms: Option<u64>, digest: [u8; 16]) -> String {
         bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     }
     uuid::Builder::from_custom_bytes(bytes).into_uuid().hyphenated().to_string()
+}
+
+/// The segment under the prefix that holds decision requests and nothing else: no subscription
+/// or binding to one command family's events (`tencent.Live.*`, `tencent.Live.#`) takes a
+/// request, and a monitor never stands in for a responder. No CallbackCommand may start with it.
+pub const REQUESTS: &str = "decide";
+
+/// Where the decision requests of `command` go: `{prefix}.decide.{command}`.
+pub fn request_destination(prefix: &str, command: &str) -> String {
+    [prefix, ".", REQUESTS, ".", command].concat()
 }
 
 /// The names of the CloudEvents attributes, in the order [`Message::attributes`] gives them,
@@ -307,6 +326,15 @@ mod tests {
         let untimed = uuid::Uuid::parse_str(&derived_id(None, digest)).unwrap();
         assert_eq!(&untimed.as_bytes()[..6], &digest[..6]);
         assert_ne!(derived_id(Some(1), digest), derived_id(Some(2), digest));
+    }
+
+    #[test]
+    fn requests_have_a_namespace_of_their_own() {
+        let mut message = Message::new("tencent", "Live.CallbackBeforeSendGift", None, Origin::default(), Bytes::new());
+        assert_eq!(message.destination, "tencent.Live.CallbackBeforeSendGift");
+        message.ask(7);
+        assert_eq!(message.destination, "tencent.decide.Live.CallbackBeforeSendGift");
+        assert_eq!(message.deadline_ms, Some(7));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! What the gateway publishes and asks, read by third-party clients as each bus's CloudEvents
 //! binding says: nats-py with the CloudEvents SDK's decoding of `ce-` headers (the NATS binding
 //! writes header values as the HTTP binding does, percent-encoded), pika with the SDK's AMQP
-//! binding, and Kafka's headers as UTF-8 bytes. Attributes come back exactly.
+//! binding, and Kafka's headers as UTF-8 bytes. Attributes come back exactly, and a monitor of
+//! events never receives a decision request.
 
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -193,4 +194,35 @@ async fn kafka_headers_and_keys_are_the_exact_room() {
     expected.sort();
     assert_eq!(seen, expected, "each room once");
     gateway.stop().await;
+}
+
+/// A monitor of one command family's events (the README's `tencent.Live.*` on NATS and
+/// `tencent.Live.#` on RabbitMQ, a third-party client each) receives no decision request: with
+/// no responder running, a gift is answered its fallback at once, and the monitor's first
+/// message is the event posted after the gift.
+async fn monitor_is_no_responder(backend: Backend, pattern: &str) {
+    let prefix = unique("t");
+    let gateway = backend.gateway(&prefix, None, &[]).await;
+    let mut monitor = Client::start(backend, &format!("{prefix}.{pattern}")).await;
+    let started = Instant::now();
+    let (status, answer) = gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
+    let elapsed = started.elapsed();
+    assert_eq!((status, &answer["ErrorInfo"]), (200, &json!("hookbus fallback: no responders")), "{answer}");
+    assert!(elapsed < Duration::from_millis(1000), "not the 1.5 s deadline: {elapsed:?}");
+    let body = json!({"CallbackCommand": EVENT, "RoomId": "r"}).to_string();
+    assert_eq!(gateway.post(EVENT, body.as_bytes()).await.0, 200);
+    let first = monitor.next().await;
+    assert_eq!(first["destination"], format!("{prefix}.{EVENT}"), "no request before the event: {first:#}");
+    assert_eq!(first["request"], false);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_nats_monitor_of_live_events_receives_no_request() {
+    monitor_is_no_responder(Backend::Nats, "Live.*").await
+}
+
+#[tokio::test]
+async fn a_rabbitmq_monitor_of_live_events_receives_no_request() {
+    monitor_is_no_responder(Backend::Amqp, "Live.#").await
 }

@@ -235,7 +235,7 @@ async fn a_replayed_signed_request_is_answered_as_before_and_not_published_again
     let mut watcher = Backend::Nats.watch(&prefix).await;
     // A responder that counts the requests reaching it.
     let client = async_nats::connect(crate::brokers::nats_url()).await.unwrap();
-    let mut requests = client.subscribe(format!("{prefix}.Live.CallbackBeforeSendGift")).await.unwrap();
+    let mut requests = client.subscribe(format!("{prefix}.decide.Live.CallbackBeforeSendGift")).await.unwrap();
     client.flush().await.unwrap();
     let responder = tokio::spawn({
         let client = client.clone();
