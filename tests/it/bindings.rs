@@ -207,6 +207,7 @@ async fn monitor_is_no_responder(backend: Backend, pattern: &str) {
     let started = Instant::now();
     let (status, answer) = gateway.post("Live.CallbackBeforeSendGift", br#"{"RoomId":"r"}"#).await;
     let elapsed = started.elapsed();
+    println!("{backend:?}: a gift with a monitor on {pattern} and no responder answered in {elapsed:?}");
     assert_eq!((status, &answer["ErrorInfo"]), (200, &json!("hookbus fallback: no responders")), "{answer}");
     assert!(elapsed < Duration::from_millis(1000), "not the 1.5 s deadline: {elapsed:?}");
     let body = json!({"CallbackCommand": EVENT, "RoomId": "r"}).to_string();
