@@ -92,7 +92,7 @@ for round in $(seq 1 "$rounds"); do
           http=$!
         fi
         responder_before=$(cpu_ticks $responder)
-        fixed=$($admin nats-requests $nats bench.$gift "$rate" "$seconds" bench/body-gift.json)
+        fixed=$($admin nats-requests $nats bench.decide.$gift "$rate" "$seconds" bench/body-gift.json)
         responder_after=$(cpu_ticks $responder)
         stop $responder
         label="bare requester, responder $responder_threads$responder_name"

@@ -1,5 +1,6 @@
 //! `hookbus asyncapi`: the AsyncAPI 3.0 contract of what a gateway with these flags puts on its
-//! bus. One channel per documented command and TRTC event type (address = its destination),
+//! bus. One channel per documented command and TRTC event type (address = its destination:
+//! `{prefix}.decide.{command}` for the requests of a blocking one),
 //! each message with the CloudEvents headers as that bus carries them and a JSON Schema of the
 //! body derived from the documented sample; `send` operations for informational events, and for
 //! blocking callbacks a `send` with a `reply` (the decision the responder sends back).
@@ -105,7 +106,10 @@ impl Contract {
                     "examples": [{ "name": "documented sample", "payload": body }],
                 }),
             );
-            let destination = format!("{}.{command}", self.prefix);
+            let destination = match channel.blocking {
+                Some(_) => crate::bus::request_destination(&self.prefix, command),
+                None => format!("{}.{command}", self.prefix),
+            };
             let mut address = json!({
                 "address": destination,
                 "messages": { id.clone(): { "$ref": format!("#/components/messages/{id}") } },
@@ -163,6 +167,11 @@ impl Contract {
             attributes.push(("deadline", "Unix milliseconds until which the reply is useful"));
         }
         for (attribute, description) in attributes {
+            // The NATS binding percent-encodes header values (a space, `"`, `%`, non-ASCII).
+            let description = match self.protocol {
+                "nats" => format!("{description}; percent-encoded as the CloudEvents NATS binding says"),
+                _ => description.to_owned(),
+            };
             properties.insert(name(attribute), json!({ "type": "string", "description": description }));
         }
         if request && self.protocol == "kafka" {
@@ -276,10 +285,18 @@ mod tests {
         assert!(headers["ce-id"].is_object() && headers["ce-deadline"].is_null());
         let gift = &document["operations"]["send_Live_CallbackBeforeSendGift"];
         assert_eq!(gift["reply"]["channel"]["$ref"], "#/channels/Live_CallbackBeforeSendGift_reply");
+        assert_eq!(
+            document["channels"]["Live_CallbackBeforeSendGift"]["address"],
+            "tencent.decide.Live.CallbackBeforeSendGift",
+            "requests apart from events"
+        );
+        assert!(headers["ce-partitionkey"]["description"].as_str().unwrap().contains("percent-encoded"));
         let kafka = contract("kafka").document();
         let headers = &kafka["components"]["messages"]["Live_CallbackBeforeSendGift"]["headers"]["properties"];
         assert!(headers["ce_deadline"].is_object() && headers["kafka_replyTopic"].is_object());
         assert_eq!(kafka["channels"]["Live_CallbackBeforeSendGift_reply"]["address"], "tencent.replies.a");
+        let topic = &kafka["channels"]["Live_CallbackBeforeSendGift"]["bindings"]["kafka"]["topic"];
+        assert_eq!(topic, "tencent.decide.Live.CallbackBeforeSendGift");
         assert!(contract("stdout").document().get("servers").is_none());
     }
 

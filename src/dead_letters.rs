@@ -208,7 +208,7 @@ impl DeadLetters {
                 outcome.dropped += 1;
                 continue;
             }
-            tracing::error!(id = %message.id, destination = %message.destination, key = message.key.as_deref().unwrap_or(""), reason = %letter.reason, attempts = letter.attempts, error = logs::field(&letter.error), "dead letter: the broker will not take this event; later events go on");
+            tracing::error!(id = %message.id, destination = %message.destination, key = logs::field(message.key.as_deref().unwrap_or_default()), reason = %letter.reason, attempts = letter.attempts, error = logs::field(&letter.error), "dead letter: the broker will not take this event; later events go on");
             if self.log.is_some() {
                 records.extend_from_slice(&letter.record());
             }

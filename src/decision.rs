@@ -297,7 +297,7 @@ impl Decisions {
             // Counted from the callback's arrival: time it spent waiting for the gateway (a
             // burst on a busy core) is time Tencent is waiting too.
             let deadline = message.time + self.timeout;
-            message.deadline_ms = Some(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
+            message.ask(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
             let left = deadline.duration_since(SystemTime::now()).unwrap_or_default();
             match tokio::time::timeout(left, bus.request(&message)).await {
                 Ok(Ok(reply)) => match answer_reply(kind, &reply, self.max_reply_bytes) {

@@ -13,6 +13,7 @@
 //! - [`routes`]: what each endpoint does; the checks of a callback in order.
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
 //! - [`trtc`]: the TRTC room and media callback protocol: its signature, event and event id.
+//! - [`canonical`]: the canonical text of a JSON value, which TRTC event ids are made of.
 //! - [`apps`]: the SdkAppids served, each with its tokens, prefix and fallbacks; reloadable.
 //! - [`tls`]: the HTTPS configuration from PEM files.
 //! - [`replay`]: signed requests already answered, so that a replay is not published again.
@@ -34,7 +35,7 @@
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `bus`, `logs`; `outbox` → `spool`,
-//! `dead_letters`, `metrics`, `bus`; `bus` → `traces` (the trace context a message carries) and
+//! `dead_letters`, `metrics`, `bus`; `trtc` → `canonical`; `bus` → `traces` (the trace context a message carries) and
 //! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
 
 pub mod admin;
@@ -42,6 +43,7 @@ pub mod apps;
 pub mod assembly;
 pub mod asyncapi;
 pub mod bus;
+pub mod canonical;
 pub mod config;
 pub mod dead_letters;
 pub mod decision;

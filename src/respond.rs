@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::bus::{Answer, Bus, BusError, Ready};
+use crate::bus::{request_destination, Answer, Bus, BusError, Ready};
 use crate::rules::{Rules, When};
 use crate::tencent::BLOCKING;
 
@@ -27,7 +27,8 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Answers every blocking command under `prefix` until the bus link fails. Responders
+    /// Answers the decision requests of every blocking command under `prefix`
+    /// (`{prefix}.decide.{command}`) until the bus link fails. Responders
     /// share the requests through the group `hookbus-responders.{prefix}`; `ready` fires once
     /// requests are being received.
     pub async fn run(self, bus: &Bus, prefix: &str, ready: Ready) -> Result<(), BusError> {
@@ -39,8 +40,9 @@ impl Responder {
                 .map(String::from)
                 .collect::<Vec<_>>(),
         );
-        let destinations: Vec<String> = commands.iter().map(|command| format!("{prefix}.{command}")).collect();
-        let start = prefix.len() + 1;
+        let destinations: Vec<String> = commands.iter().map(|command| request_destination(prefix, command)).collect();
+        // The command is what follows `{prefix}.decide.`.
+        let start = request_destination(prefix, "").len();
         let responder = Arc::new(self);
         let answer: Answer = Arc::new(move |destination, body| {
             let (responder, command) = (responder.clone(), destination.get(start..).unwrap_or_default().to_owned());

@@ -187,13 +187,10 @@ where
     let queried_app = query.sdk_app_id.clone().unwrap_or_default();
     // A refusal is counted under the command, or the surface when that is all that is known.
     let command = if is_trtc { "trtc".to_owned() } else { query.command.clone().unwrap_or_default() };
-    // The caller's request id when it sends one; else the event id, or a fresh one for a refusal.
-    let request_id = request
-        .headers()
-        .get(X_REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| id.len() <= 128)
-        .map(str::to_owned);
+    // The caller's request id when it sends one, whatever its length (the log cuts it and notes
+    // its size); else the event id, or a fresh one for a refusal.
+    let request_id =
+        request.headers().get(X_REQUEST_ID).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     match accept(shared, request, query, is_trtc).await {
         Ok(Accepted { command, id, trace, answer, app, room, outcome, body }) => {
             shared.metrics.answered(&command, 200);
@@ -382,6 +379,9 @@ where
     };
     if !bus::valid_name(&command) {
         return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
+    }
+    if command.split('.').next() == Some(bus::REQUESTS) {
+        return Err(Rejection::bad("command_reserved", "CallbackCommand names the decision requests' destinations"));
     }
     let replay = replay_until.map(|(request_time, expires)| {
         let (sign, time) = (query.sign.as_deref().unwrap_or_default(), query.request_time.as_deref());

@@ -147,7 +147,7 @@ pub struct Event {
     pub kind: u64,
     /// `CallbackTs`: when Tencent sent it, Unix milliseconds.
     pub callback_ms: u64,
-    /// SHA-256 of the app and every field of the body but `CallbackTs`.
+    /// SHA-256 of the app and the canonical text of the body without `CallbackTs`.
     digest: [u8; 32],
 }
 
@@ -163,8 +163,9 @@ impl NotEvent {
 impl Event {
     /// Reads the event of `body`, sent for `sdk_app_id`. Its identity is the app and every
     /// top-level field but `CallbackTs`, the time of sending, which a retry may carry anew: the
-    /// event itself (`EventInfo`, with its own times) is what a retry repeats. Fields are taken
-    /// in key order, a repeated one by its last value, as the gateway reads bodies elsewhere.
+    /// event itself (`EventInfo`, with its own times) is what a retry repeats. The body counts
+    /// by its canonical text (`crate::canonical`: members sorted, a repeated one by its last
+    /// value, no whitespace, fewest escapes, numbers by value), not by its bytes.
     pub fn parse(sdk_app_id: &str, body: &[u8]) -> Result<Event, NotEvent> {
         let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|_| NotEvent)?;
         let number = |name: &str| -> Result<u64, NotEvent> {
@@ -172,15 +173,17 @@ impl Event {
             serde_json::from_str::<u64>(raw.get()).map_err(|_| NotEvent)
         };
         let (group, kind, callback_ms) = (number("EventGroupId")?, number("EventType")?, number("CallbackTs")?);
+        let mut fields = fields;
+        fields.remove("CallbackTs");
+        // The canonical text, not the text received: a retry that a proxy or Tencent itself
+        // serialised anew (other spacing, member order or escapes) is the same event.
+        let mut canonical = Vec::with_capacity(body.len());
+        crate::canonical::object(&fields, &mut canonical);
         let mut hasher = Sha256::new();
-        // Each part with its length first, so that no two lists of parts hash alike.
-        let fields = fields.iter().filter(|(name, _)| *name != "CallbackTs");
-        let parts = std::iter::once(sdk_app_id.as_bytes())
-            .chain(fields.flat_map(|(name, value)| [name.as_bytes(), value.get().as_bytes()]));
-        for part in parts {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
+        // The app with its length first, so that no app and body hash as another pair.
+        hasher.update((sdk_app_id.len() as u64).to_le_bytes());
+        hasher.update(sdk_app_id.as_bytes());
+        hasher.update(&canonical);
         Ok(Event { group, kind, callback_ms, digest: hasher.finalize().into() })
     }
 
@@ -300,7 +303,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_retry_serialised_anew_is_the_same_event() {
+        let id = Event::parse("1400", BODY).unwrap().id();
+        let forms: [&[u8]; 4] = [
+            br#"{"EventGroupId":1,"EventType":103,"CallbackTs":1615554923704,"EventInfo":{"RoomId":12345,"EventTs":1608441737,"UserId":"test","UniqueId":1615554922656,"Role":20,"Reason":1}}"#,
+            br#"{"CallbackTs": 1615554933704, "EventInfo": {"Reason": 1, "Role": 20, "UniqueId": 1615554922656, "UserId": "test", "EventTs": 1608441737, "RoomId": 12345}, "EventType": 103, "EventGroupId": 1}"#,
+            br#"{"EventGroupId":1,"EventType":103,"CallbackTs":1615554923704,"EventInfo":{"RoomId":12345,"EventTs":1608441737,"UserId":"test","UniqueId":1615554922656,"Role":20,"Reason":1}}"#,
+            br#"{"EventGroupId":1,"EventType":103,"CallbackTs":1615554923704,"EventInfo":{"RoomId":1.2345e4,"EventTs":1608441737,"UserId":"test","UniqueId":1615554922656,"Role":20.0,"Reason":1}}"#,
+        ];
+        for form in forms {
+            assert_eq!(Event::parse("1400", form).unwrap().id(), id, "{}", String::from_utf8_lossy(form));
+        }
+        let string_room = String::from_utf8_lossy(BODY).replace("12345", "\"12345\"");
+        assert_ne!(Event::parse("1400", string_room.as_bytes()).unwrap().id(), id, "another value, another event");
+    }
+
     proptest::proptest! {
+        /// Any body, printed compact or pretty, is one event.
+        #[test]
+        fn the_id_does_not_depend_on_the_serialisation(value in crate::tencent::tests::json_object()) {
+            let mut fields = value.as_object().cloned().unwrap_or_default();
+            fields.insert("EventGroupId".into(), 1.into());
+            fields.insert("EventType".into(), 101.into());
+            fields.insert("CallbackTs".into(), 1.into());
+            let (compact, pretty) = (serde_json::to_vec(&fields).unwrap(), serde_json::to_vec_pretty(&fields).unwrap());
+            proptest::prop_assert_eq!(Event::parse("1400", &compact).unwrap().id(), Event::parse("1400", &pretty).unwrap().id());
+        }
+
         #[test]
         fn parsing_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let _ = Event::parse("1400", &bytes);

@@ -1,5 +1,6 @@
 //! The [`Message`] every backend carries: an accepted callback's attributes, computed once,
-//! the CloudEvents header names each backend gives them, and the destination-name check.
+//! the CloudEvents header names each backend gives them, the percent-encoding of the NATS
+//! binding, and the destination-name check.
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,9 +17,11 @@ pub struct Message {
     pub id: String,
     /// CloudEvents `type`: the CallbackCommand, or `trtc.{EventGroupId}.{EventType}`.
     pub command: String,
-    /// `{prefix}.{command}`: Kafka topic, NATS subject, AMQP routing key.
+    /// Kafka topic, NATS subject, AMQP routing key: `{prefix}.{command}` for an event,
+    /// [`request_destination`] for a decision request.
     pub destination: String,
-    /// The room, when the body names one: Kafka key and `partitionkey`.
+    /// The room, when the body names one, exactly as it came: the Kafka key, and (cut to
+    /// [`MAX_ATTRIBUTE_BYTES`]) `partitionkey`.
     pub key: Option<String>,
     /// Receive time.
     pub time: SystemTime,
@@ -93,16 +96,24 @@ impl Message {
             id,
             command,
             destination,
-            key: key.map(header_safe),
+            key,
             time,
             time_text: humantime::format_rfc3339_millis(time).to_string(),
             source: ["/tencent/", &origin.sdk_app_id].concat(),
             sdk_app_id: origin.sdk_app_id,
-            client_ip: header_safe(origin.client_ip),
-            opt_platform: header_safe(origin.opt_platform),
+            client_ip: cut_owned(origin.client_ip),
+            opt_platform: cut_owned(origin.opt_platform),
             deadline_ms: None,
             payload,
         }
+    }
+
+    /// Makes this callback a decision request whose reply is useful until `deadline_ms` (Unix
+    /// milliseconds): sent to [`request_destination`], apart from every event.
+    pub fn ask(&mut self, deadline_ms: u64) {
+        let prefix = self.destination.strip_suffix(&self.command).and_then(|prefix| prefix.strip_suffix('.'));
+        self.destination = request_destination(prefix.unwrap_or_default(), &self.command);
+        self.deadline_ms = Some(deadline_ms);
     }
 
     /// A new event about this one (an audit of its decision, the notice of its death): a fresh
@@ -120,7 +131,8 @@ impl Message {
         Message::restore(id, SystemTime::now(), event_type.into(), destination, self.key.clone(), origin, payload)
     }
 
-    /// CloudEvents attributes in binary mode, unprefixed.
+    /// CloudEvents attributes in binary mode, unprefixed, as they are: each backend encodes
+    /// them as its binding says (NATS: [`percent_encoded`]).
     pub fn attributes(&self) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
         self.attributes_named(&ATTRIBUTES)
     }
@@ -141,7 +153,7 @@ impl Message {
             Some(Cow::Borrowed(self.sdk_app_id.as_str())),
             Some(Cow::Borrowed(self.client_ip.as_str())),
             Some(Cow::Borrowed(self.opt_platform.as_str())),
-            self.key.as_deref().map(Cow::Borrowed),
+            self.key.as_deref().map(|key| Cow::Borrowed(cut(key))),
             Some(Cow::Borrowed(self.trace.header())),
             self.tracestate.as_deref().map(Cow::Borrowed),
             self.deadline_ms.map(|ms| Cow::Owned(ms.to_string())),
@@ -189,6 +201,16 @@ pub fn derived_id(time_ms: Option<u64>, digest: [u8; 16]) -> String {
     uuid::Builder::from_custom_bytes(bytes).into_uuid().hyphenated().to_string()
 }
 
+/// The segment under the prefix that holds decision requests and nothing else: no subscription
+/// or binding to one command family's events (`tencent.Live.*`, `tencent.Live.#`) takes a
+/// request, and a monitor never stands in for a responder. No CallbackCommand may start with it.
+pub const REQUESTS: &str = "decide";
+
+/// Where the decision requests of `command` go: `{prefix}.decide.{command}`.
+pub fn request_destination(prefix: &str, command: &str) -> String {
+    [prefix, ".", REQUESTS, ".", command].concat()
+}
+
 /// The names of the CloudEvents attributes, in the order [`Message::attributes`] gives them,
 /// each after `$prefix`: the header names of a backend, built at compile time.
 macro_rules! attribute_names {
@@ -215,30 +237,44 @@ pub(crate) use attribute_names;
 /// The attributes' own names.
 pub const ATTRIBUTES: [&str; 13] = attribute_names!("");
 
-/// Longest attribute taken from a request (the room, `OptPlatform`, the client address).
+/// Longest attribute taken from a request (the room, `OptPlatform`, the client address); a
+/// longer one is cut at a character boundary. Tencent's rooms are at most 48 bytes.
 pub const MAX_ATTRIBUTE_BYTES: usize = 256;
 
-/// `text` as every bus's headers and keys take it: control characters (CR and LF would break a
-/// NATS header, and the NATS client panics on them) percent-escaped byte by byte, the whole cut
-/// at a character boundary to [`MAX_ATTRIBUTE_BYTES`]. The same room always gives the same key.
-pub fn header_safe(text: String) -> String {
-    if text.len() <= MAX_ATTRIBUTE_BYTES && !text.chars().any(char::is_control) {
-        return text;
+/// `text` cut at a character boundary to at most [`MAX_ATTRIBUTE_BYTES`].
+fn cut(text: &str) -> &str {
+    let mut end = text.len().min(MAX_ATTRIBUTE_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    let mut safe = String::with_capacity(MAX_ATTRIBUTE_BYTES);
-    for c in text.chars() {
-        let mut buffer = [0; 4];
-        let piece = if c.is_control() {
-            c.encode_utf8(&mut buffer).bytes().map(|byte| format!("%{byte:02X}")).collect()
+    &text[..end]
+}
+
+fn cut_owned(mut text: String) -> String {
+    let end = cut(&text).len();
+    text.truncate(end);
+    text
+}
+
+/// An attribute value as the CloudEvents NATS binding (1.0.3, 3.1.3.2) writes a header value:
+/// every byte of the UTF-8 of a space, `"`, `%` and any character outside U+0021–U+007E
+/// percent-encoded (`%0D`, `%E6%88%BF`), so that a decoder that follows the binding gets the
+/// value back exactly, and no CR or LF (on which the NATS client panics) reaches a header.
+/// Values with nothing to encode (ids, types, times) are borrowed as they are.
+pub(crate) fn percent_encoded(value: &str) -> Cow<'_, str> {
+    let plain = |byte: u8| matches!(byte, 0x21..=0x7E) && byte != b'"' && byte != b'%';
+    if value.bytes().all(plain) {
+        return Cow::Borrowed(value);
+    }
+    let mut encoded = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        if plain(byte) {
+            encoded.push(char::from(byte));
         } else {
-            c.to_string()
-        };
-        if safe.len() + piece.len() > MAX_ATTRIBUTE_BYTES {
-            break;
+            encoded.push_str(&format!("%{byte:02X}"));
         }
-        safe.push_str(&piece);
     }
-    safe
+    Cow::Owned(encoded)
 }
 
 /// Whether `text` can stand in a destination name on every bus (Kafka topics are the
@@ -258,12 +294,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attributes_from_requests_fit_every_header() {
-        assert_eq!(header_safe("房间-1".into()), "房间-1", "kept as it is");
-        assert_eq!(header_safe("a\r\nNats-Msg-Id: x".into()), "a%0D%0ANats-Msg-Id: x");
-        assert_eq!(header_safe("t\u{0}\u{85}".into()), "t%00%C2%85");
-        let long = header_safe("é".repeat(200));
-        assert_eq!((long.len(), long.chars().count()), (256, 128), "cut at a character boundary");
+    fn nats_header_values_are_percent_encoded_as_the_binding_says() {
+        assert_eq!(percent_encoded("Live.CallbackAfterCreateRoom"), "Live.CallbackAfterCreateRoom");
+        assert!(matches!(percent_encoded("2024-01-01T00:00:00.000Z"), Cow::Borrowed(_)));
+        assert_eq!(percent_encoded("房间 1 \"x\" 50%"), "%E6%88%BF%E9%97%B4%201%20%22x%22%2050%25");
+        assert_eq!(percent_encoded("a\r\nNats-Msg-Id: x"), "a%0D%0ANats-Msg-Id:%20x");
+        assert_eq!(percent_encoded("t\u{0}\u{7f}\u{85}"), "t%00%7F%C2%85");
+        assert_ne!(percent_encoded("a\r"), percent_encoded("a%0D"), "two rooms, two keys");
+        assert_eq!(percent_encoded("a%0D"), "a%250D");
+    }
+
+    #[test]
+    fn attributes_from_requests_are_kept_and_cut_the_room_key_whole() {
+        let origin = Origin { client_ip: "é".repeat(200), opt_platform: "iOS 17 \"x\"".into(), ..Origin::default() };
+        let room = "房".repeat(100);
+        let message = Message::new("t", "C", Some(room.clone()), origin, Bytes::new());
+        assert_eq!(message.key.as_deref(), Some(room.as_str()), "the key is the room, whole");
+        let attribute = |name: &str| message.attributes().find(|(n, _)| *n == name).map(|(_, v)| v.into_owned());
+        assert_eq!(attribute("partitionkey"), Some("房".repeat(85)), "cut at a character boundary");
+        assert_eq!(attribute("clientip"), Some("é".repeat(128)));
+        assert_eq!(attribute("optplatform").as_deref(), Some("iOS 17 \"x\""), "as it came");
     }
 
     #[test]
@@ -276,6 +326,15 @@ mod tests {
         let untimed = uuid::Uuid::parse_str(&derived_id(None, digest)).unwrap();
         assert_eq!(&untimed.as_bytes()[..6], &digest[..6]);
         assert_ne!(derived_id(Some(1), digest), derived_id(Some(2), digest));
+    }
+
+    #[test]
+    fn requests_have_a_namespace_of_their_own() {
+        let mut message = Message::new("tencent", "Live.CallbackBeforeSendGift", None, Origin::default(), Bytes::new());
+        assert_eq!(message.destination, "tencent.Live.CallbackBeforeSendGift");
+        message.ask(7);
+        assert_eq!(message.destination, "tencent.decide.Live.CallbackBeforeSendGift");
+        assert_eq!(message.deadline_ms, Some(7));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use error::{BusError, Cause};
-pub use message::{derived_id, valid_name, Message, Origin};
+pub use message::{derived_id, request_destination, valid_name, Message, Origin, REQUESTS};
 pub use reconnects::Reconnects;
 
 /// Fired by `serve_requests` once its subscriptions are live.

@@ -575,9 +575,9 @@ fn headers(message: &Message) -> HeaderMap {
     const NAMES: [&str; 13] = attribute_names!("ce-");
     let mut headers = HeaderMap::new();
     for (name, value) in message.attributes_named(&NAMES) {
-        // Every attribute is header-safe by construction (`header_safe`); should one ever not
-        // be, it is left out rather than panic the publisher.
-        if let Ok(value) = value.parse::<async_nats::HeaderValue>() {
+        // Percent-encoded, every value is printable ASCII; should one ever not be, it is left
+        // out rather than panic the publisher.
+        if let Ok(value) = super::message::percent_encoded(&value).parse::<async_nats::HeaderValue>() {
             headers.insert(HeaderName::from_static(name), value);
         }
     }

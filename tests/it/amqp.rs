@@ -20,7 +20,7 @@ async fn requests_use_direct_reply_to_with_correlation_and_expiration() {
     let channel = connection.create_channel().await.unwrap();
     let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
     let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.unwrap();
-    let key = format!("{prefix}.Live.CallbackBeforeSendGift");
+    let key = format!("{prefix}.decide.Live.CallbackBeforeSendGift");
     channel
         .queue_bind(
             queue.name().clone(),

@@ -203,7 +203,7 @@ impl Watcher {
                         .filter_map(|(name, values)| {
                             let name: &str = name.as_ref();
                             let attribute = name.strip_prefix("ce-")?;
-                            Some((attribute.to_owned(), values.first()?.as_str().to_owned()))
+                            Some((attribute.to_owned(), percent_decoded(values.first()?.as_str())))
                         })
                         .collect();
                     Event { destination: message.subject.to_string(), payload: message.payload, attributes }
@@ -249,8 +249,16 @@ impl Watcher {
                             }
                         }
                     }
+                    // The key is the room whole; the attribute is cut at 256 bytes.
                     let key = message.key().map(|key| String::from_utf8_lossy(key).into_owned());
-                    assert_eq!(key.as_ref(), attributes.get("partitionkey"), "the record key is the room");
+                    let cut = key.as_deref().map(|key| {
+                        let mut end = key.len().min(256);
+                        while !key.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        &key[..end]
+                    });
+                    assert_eq!(cut, attributes.get("partitionkey").map(String::as_str), "the record key is the room");
                     Event {
                         destination: message.topic().to_owned(),
                         payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
@@ -261,6 +269,25 @@ impl Watcher {
         };
         tokio::time::timeout(limit, next).await.ok()
     }
+}
+
+/// A NATS header value decoded as the CloudEvents NATS binding says: each `%XY` is a byte.
+pub fn percent_decoded(value: &str) -> String {
+    let (bytes, mut decoded, mut at) = (value.as_bytes(), Vec::new(), 0);
+    while at < bytes.len() {
+        let hex = bytes.get(at + 1..at + 3).and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).expect("percent-encoded UTF-8")
 }
 
 /// What [`collect`] read: every record, and the distinct RoomIds among them.

@@ -359,7 +359,7 @@ async fn rules_and_audit(backend: Backend) {
         if event.destination == format!("{prefix}.audit.{command}") {
             assert_eq!(event.attributes.get("type").map(String::as_str), Some("hookbus.decision"));
             audits.push(body);
-        } else if event.destination == format!("{prefix}.{command}") {
+        } else if event.destination == format!("{prefix}.decide.{command}") {
             requests.push(body["GiftWater"]["From_Account"].as_str().unwrap().to_owned());
         }
         if audits.len() == 4 && requests.len() == 3 {

@@ -139,6 +139,35 @@ async fn json_logs_carry_request_id_status_reason_and_latency() {
     assert!(child.wait().unwrap().success());
 }
 
+/// A request id longer than the log keeps is cut at a character boundary to 256 bytes with its
+/// size noted, as the README says of every field from outside, not replaced by another id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_request_id_is_logged_cut_with_its_size() {
+    let (mut child, addr, logs) = spawn_binary_with_logs(&["--log-format", "json", "--token", "secret"]);
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    // 301 bytes: the 256th byte falls inside an `é`, which is left out whole.
+    let id = format!("x{}", "é".repeat(150));
+    let request = hyper::Request::post("/?SdkAppid=1&CallbackCommand=Live.CallbackAfterCreateRoom")
+        .header("host", addr.to_string())
+        .header("x-request-id", hyper::header::HeaderValue::from_bytes(id.as_bytes()).unwrap())
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 401);
+    let line = loop {
+        let line = logs.recv_timeout(Duration::from_secs(5)).expect("a log line for the rejection");
+        if line.contains("callback rejected") {
+            break line;
+        }
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(entry["request_id"], format!("x{}… (301 bytes)", "é".repeat(127)));
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+}
+
 /// A stdout gateway that checks SdkAppid and signatures, and what it published.
 async fn secured() -> (Running, Captured) {
     Running::stdout(&["--sdk-app-id", APP, "--token", TOKEN]).await
@@ -206,7 +235,7 @@ async fn a_replayed_signed_request_is_answered_as_before_and_not_published_again
     let mut watcher = Backend::Nats.watch(&prefix).await;
     // A responder that counts the requests reaching it.
     let client = async_nats::connect(crate::brokers::nats_url()).await.unwrap();
-    let mut requests = client.subscribe(format!("{prefix}.Live.CallbackBeforeSendGift")).await.unwrap();
+    let mut requests = client.subscribe(format!("{prefix}.decide.Live.CallbackBeforeSendGift")).await.unwrap();
     client.flush().await.unwrap();
     let responder = tokio::spawn({
         let client = client.clone();

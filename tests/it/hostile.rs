@@ -73,7 +73,7 @@ fn flood_reply(bytes: usize) -> (String, Vec<u8>) {
 /// Answers the gift requests under `prefix` by the scripts sent to it, on `backend`'s broker;
 /// returns once it receives requests.
 async fn responder(backend: Backend, prefix: &str, scripts: mpsc::UnboundedReceiver<Script>) {
-    let destination = format!("{prefix}.{GIFT}");
+    let destination = format!("{prefix}.decide.{GIFT}");
     match backend {
         Backend::Nats => nats_responder(destination, scripts).await,
         Backend::Amqp => amqp_responder(destination, scripts).await,

@@ -49,7 +49,7 @@ async fn two_instances_each_get_their_own_replies() {
 #[tokio::test]
 async fn requests_carry_the_spring_kafka_reply_headers() {
     let prefix = unique("t");
-    let topic = format!("{prefix}.Live.CallbackBeforeSendGift");
+    let topic = format!("{prefix}.decide.Live.CallbackBeforeSendGift");
     create_topic(&topic).await;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())

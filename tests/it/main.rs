@@ -7,6 +7,8 @@
 //!   HTTP, on the stdout bus.
 //! - `cli`: the `hookbus` binary as a newcomer runs it: serve, simulate, SIGTERM, bad flags.
 //! - `every_bus`: behaviour every bus must have, run on each broker.
+//! - `bindings`: third-party clients (nats-py, pika, the CloudEvents SDK) read attributes as
+//!   each bus's binding says, and a monitor of events never receives a decision request.
 //! - `faults`: crashes, overload, damaged spools and SIGTERM: nothing acknowledged is lost.
 //! - `outages`: a broker away at start-up, during a restart, or refusing credentials.
 //! - `hardening`: slow and hostile clients, connection caps, JSON logs.
@@ -27,6 +29,7 @@
 
 mod amqp;
 mod apps;
+mod bindings;
 mod brokers;
 mod cli;
 mod clusters;

@@ -18,7 +18,7 @@ async fn a_plain_nats_responder_may_rewrite_the_message() {
     let prefix = unique("t");
     let client = async_nats::connect(url()).await.unwrap();
     let mut requests =
-        client.queue_subscribe(format!("{prefix}.Group.CallbackBeforeSendMsg"), "q".into()).await.unwrap();
+        client.queue_subscribe(format!("{prefix}.decide.Group.CallbackBeforeSendMsg"), "q".into()).await.unwrap();
     client.flush().await.unwrap();
     let replier = tokio::spawn({
         let client = client.clone();
@@ -48,7 +48,7 @@ async fn a_plain_nats_responder_may_rewrite_the_message() {
 async fn concurrent_decisions_each_get_their_own_reply() {
     let prefix = unique("t");
     let client = async_nats::connect(url()).await.unwrap();
-    let mut requests = client.subscribe(format!("{prefix}.Live.CallbackBeforeSendGift")).await.unwrap();
+    let mut requests = client.subscribe(format!("{prefix}.decide.Live.CallbackBeforeSendGift")).await.unwrap();
     client.flush().await.unwrap();
     let replier = tokio::spawn({
         let client = client.clone();
@@ -179,7 +179,7 @@ async fn each_documented_chat_callback_takes_its_own_codes() {
         async move {
             for (command, reply) in replies {
                 let request = requests.next().await.unwrap();
-                assert_eq!(request.subject.as_str(), format!("{prefix}.{command}"));
+                assert_eq!(request.subject.as_str(), format!("{prefix}.decide.{command}"));
                 client.publish(request.reply.unwrap(), reply.into()).await.unwrap();
                 client.flush().await.unwrap();
             }

@@ -144,6 +144,14 @@ async fn every_rejection_answers_a_tencent_failure() {
             400,
             "characters",
         ),
+        (
+            "command in the decision requests' segment",
+            Method::POST,
+            signed_as("decide.Live.CallbackBeforeSendGift", APP, TOKEN, now()),
+            b"{}".to_vec(),
+            400,
+            "decision requests",
+        ),
         ("other path", Method::POST, "/elsewhere".into(), room.to_vec(), 404, "not found"),
         ("POST on /healthz", Method::POST, "/healthz".into(), vec![], 405, "method"),
     ];
@@ -153,8 +161,16 @@ async fn every_rejection_answers_a_tencent_failure() {
         assert!(answer["ErrorInfo"].as_str().unwrap().contains(info), "{name}: {answer}");
     }
     let metrics = metrics(gateway.addr).await;
-    for reason in ["method", "sdkappid", "sign_missing", "sign_mismatch", "sign_stale", "too_large", "command_mismatch"]
-    {
+    for reason in [
+        "method",
+        "sdkappid",
+        "sign_missing",
+        "sign_mismatch",
+        "sign_stale",
+        "too_large",
+        "command_mismatch",
+        "command_reserved",
+    ] {
         assert!(metrics.contains(&format!("hookbus_rejections_total{{reason=\"{reason}\"}}")), "{reason}\n{metrics}");
     }
     assert!(metrics.contains("hookbus_rejections_total{reason=\"not_json_object\"} 4"), "{metrics}");

@@ -269,6 +269,62 @@ async fn tencents_retries_are_one_event() {
     replica.stop().await;
 }
 
+/// `body` as another serialiser would send it again: a space after each `:` and `,`, the
+/// members of `EventInfo` in reverse order and its strings written as `\uXXXX` escapes.
+fn serialised_anew(body: &[u8]) -> Vec<u8> {
+    let body: Value = serde_json::from_slice(body).unwrap();
+    let escaped = |text: &str| -> String {
+        let units: String = text.encode_utf16().map(|unit| format!("\\u{unit:04x}")).collect();
+        format!("\"{units}\"")
+    };
+    let info: Vec<String> = body["EventInfo"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(name, value)| match value {
+            Value::String(text) => format!("\"{name}\": {}", escaped(text)),
+            other => format!("\"{name}\": {other}"),
+        })
+        .collect();
+    let top: Vec<String> = body
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| *name != "EventInfo")
+        .map(|(name, value)| format!("\"{name}\": {value}"))
+        .collect();
+    format!("{{\"EventInfo\": {{{}}}, {}}}", info.join(", "), top.join(", ")).into_bytes()
+}
+
+/// A retry that was serialised anew on its way (spacing, member order, escapes), each copy
+/// signed over its own bytes, is the same event: one event on the bus, and the same id from a
+/// gateway that never saw the first copy.
+#[tokio::test]
+async fn a_retry_serialised_anew_is_one_event_with_one_id() {
+    let mut signer = Signer::start();
+    let body = event("trtc.1.103", "用户 1");
+    let again = serialised_anew(&body);
+    assert_ne!(body, again);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), serde_json::from_slice::<Value>(&again).unwrap());
+    let (gateway, first) = captured(&["--sdk-app-id", APP, "--trtc-key", KEY]).await;
+    for body in [&body, &again] {
+        let (status, answer) = post(gateway.addr, APP, Some(&signer.sign(KEY, body)), body).await;
+        assert_eq!((status, &answer[..]), (200, &br#"{"code":0}"#[..]), "{}", String::from_utf8_lossy(body));
+    }
+    assert!(metrics(gateway.addr).await.contains("hookbus_replays_total 1"), "the second copy is a retry");
+    gateway.stop().await;
+    let events = first.lines();
+    assert_eq!(events.len(), 1, "one event for two copies: {events:#?}");
+    let (replica, elsewhere) = captured(&["--sdk-app-id", APP, "--trtc-key", KEY]).await;
+    assert_eq!(post(replica.addr, APP, Some(&signer.sign(KEY, &again)), &again).await.0, 200);
+    replica.stop().await;
+    let copies = elsewhere.lines();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0]["id"], events[0]["id"], "the same event, the same id");
+    assert_eq!(copies[0]["data"]["EventInfo"]["UserId"], "用户 1", "the body as it came");
+}
+
 /// Callbacks sent so far, with the key that signed each and the status it got.
 type Sent = Arc<Mutex<Vec<(String, u16)>>>;
 
