@@ -8,7 +8,7 @@
 //! cluster forgot is replaced. The only file that names rdkafka types.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +33,8 @@ pub const CORRELATION_ID: &str = "kafka_correlationId";
 const MESSAGE_TIMEOUT_MS: &str = "30000";
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe written to the reply topic may take to be read back.
+const PROBE_READ_BACK: Duration = Duration::from_secs(3);
 /// librdkafka's own reconnects to a broker that went away, at most this far apart.
 const RECONNECT_BACKOFF_MAX_MS: &str = "2000";
 
@@ -75,6 +77,11 @@ struct KafkaInner {
     replies_started: AtomicBool,
     /// The task reading the reply topic, stopped when the topic vanishes.
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Counts the reply consumers set up, so that a probe of an earlier one that concludes late
+    /// does not stop the one now running.
+    replies_generation: AtomicU64,
+    /// A probe of the reply path is under way.
+    probing: AtomicBool,
     reconnects: Reconnects,
 }
 
@@ -99,6 +106,8 @@ impl Kafka {
             replies_ready: AtomicBool::new(false),
             replies_started: AtomicBool::new(false),
             dispatcher: Mutex::default(),
+            replies_generation: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
             reconnects: Reconnects::default(),
         });
         let kafka = Kafka { inner };
@@ -139,6 +148,7 @@ impl Kafka {
         if let Some(old) = self.inner.dispatcher.lock().unwrap_or_else(|p| p.into_inner()).replace(dispatcher) {
             old.abort();
         }
+        self.inner.replies_generation.fetch_add(1, Relaxed);
         self.inner.connected.store(true, Relaxed);
         self.inner.replies_ready.store(true, Relaxed);
         self.inner.replies_started.store(true, Relaxed);
@@ -146,18 +156,35 @@ impl Kafka {
         Ok(())
     }
 
-    /// The reply topic vanished: stops reading it (a consumer left on a deleted topic only
-    /// reports errors) and fails decisions at once until [`Kafka::start_replies`] made it again.
-    fn lose_replies(&self) {
+    /// The reply path broke (`why`): stops reading the reply topic (a consumer left on a
+    /// deleted topic only meets errors) and fails decisions at once until
+    /// [`Kafka::start_replies`] set it up again.
+    fn lose_replies(&self, why: &str) {
         if self.inner.replies_ready.swap(false, Relaxed) {
             tracing::error!(
                 reply_topic = self.inner.options.reply_topic,
-                "Kafka reply topic is gone; decisions get their fallback until it is created again"
+                why,
+                "Kafka replies lost; decisions get their fallback until the reply topic is read again"
             );
         }
         if let Some(old) = self.inner.dispatcher.lock().unwrap_or_else(|p| p.into_inner()).take() {
             old.abort();
         }
+    }
+
+    /// Writes a probe to the reply topic and waits to read it back: whether the reply path
+    /// works end to end. It catches what metadata cannot: a reply topic deleted and created
+    /// again (by a responder's producer, where the broker creates topics on use) before the
+    /// supervisor saw it missing, while the consumer still asks for the old one. `None` when
+    /// the probe could not be written: then the producer is at fault, not the consumer.
+    async fn replies_read_back(&self) -> Option<bool> {
+        let id = format!("hookbus-probe-{}", uuid::Uuid::now_v7());
+        let mut waiting = self.inner.replies.register(&id);
+        let headers = OwnedHeaders::new().insert(Header { key: CORRELATION_ID, value: Some(id.as_str()) });
+        let record = FutureRecord::<(), [u8]>::to(&self.inner.options.reply_topic).payload(&[]).headers(headers);
+        let delivery = self.producer().send_result(record).ok()?;
+        tokio::time::timeout(METADATA_TIMEOUT, delivery).await.ok()?.ok()?.ok()?;
+        Some(tokio::time::timeout(PROBE_READ_BACK, waiting.reply()).await.is_ok_and(|reply| reply.is_ok()))
     }
 
     /// The producer in use (a cheap handle).
@@ -306,12 +333,18 @@ impl Kafka {
                     .map_err(|(error, _)| classified("produce", error))
             })
             .collect();
-        let results = join_all(deliveries.into_iter().map(|sent| async move {
+        let forgotten = AtomicBool::new(false);
+        let results = join_all(deliveries.into_iter().map(|sent| async {
             let delivered = sent?.await.map_err(|_| BusError::unavailable_because("Kafka delivery report dropped"))?;
-            delivered.map(drop).map_err(|(error, _)| classified("delivery", error))
+            delivered.map(drop).map_err(|(error, _)| {
+                forgotten.fetch_or(producer_forgotten(&error), Relaxed);
+                classified("delivery", error)
+            })
         }))
         .await;
-        if results.iter().any(Result::is_err) {
+        if forgotten.load(Relaxed) {
+            self.replace_producer(&producer);
+        } else if results.iter().any(Result::is_err) {
             self.rebuild_if_fatal();
         }
         results
@@ -331,12 +364,16 @@ impl Kafka {
         let headers = headers(message)
             .insert(Header { key: REPLY_TOPIC, value: Some(self.inner.options.reply_topic.as_str()) })
             .insert(Header { key: CORRELATION_ID, value: Some(message.id.as_str()) });
-        let delivery = self
-            .producer()
-            .send_result(record(message, headers))
-            .map_err(|(error, _)| unavailable("request", error))?;
+        let producer = self.producer();
+        let delivery =
+            producer.send_result(record(message, headers)).map_err(|(error, _)| unavailable("request", error))?;
         let delivered = delivery.await.map_err(|_| BusError::unavailable_because("Kafka request report dropped"))?;
-        delivered.map_err(|(error, _)| unavailable("request delivery", error))?;
+        delivered.map_err(|(error, _)| {
+            if producer_forgotten(&error) {
+                self.replace_producer(&producer);
+            }
+            unavailable("request delivery", error)
+        })?;
         waiting.reply().await.map_err(|_| BusError::unavailable_because("Kafka reply consumer stopped"))
     }
 
@@ -509,7 +546,19 @@ async fn supervise(inner: Weak<KafkaInner>) {
             continue; // start_replies_later has it
         }
         if vanished.contains(&kafka.inner.options.reply_topic) {
-            kafka.lose_replies();
+            kafka.lose_replies("the reply topic is gone");
+        } else if kafka.inner.replies_ready.load(Relaxed) && !kafka.inner.probing.swap(true, Relaxed) {
+            // Apart, so that a slow probe does not hold back the next look at the topics.
+            let kafka = kafka.clone();
+            tokio::spawn(async move {
+                let generation = kafka.inner.replies_generation.load(Relaxed);
+                if kafka.replies_read_back().await == Some(false)
+                    && kafka.inner.replies_generation.load(Relaxed) == generation
+                {
+                    kafka.lose_replies("a probe written to the reply topic was not read back");
+                }
+                kafka.inner.probing.store(false, Relaxed);
+            });
         }
         if !kafka.inner.replies_ready.load(Relaxed) {
             if let Err(error) = kafka.start_replies().await {
@@ -546,6 +595,24 @@ fn headers(message: &Message) -> OwnedHeaders {
     message.attributes_named(&NAMES).fold(OwnedHeaders::new_with_capacity(NAMES.len()), |headers, (key, value)| {
         headers.insert(Header { key, value: Some(value.as_ref()) })
     })
+}
+
+/// Whether the cluster no longer accepts the producer's id and epoch. librdkafka answers some
+/// of these by bumping the epoch on its own, which a cluster that never gave out that epoch
+/// (tansu, or one back with empty storage) refuses for ever: only a new producer, with an id
+/// the cluster gives out, gets through.
+fn producer_forgotten(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            UnknownProducerId
+                | ProducerFenced
+                | InvalidProducerEpoch
+                | InvalidProducerIdMapping
+                | OutOfOrderSequenceNumber
+        )
+    )
 }
 
 fn unavailable(what: &str, error: KafkaError) -> BusError {

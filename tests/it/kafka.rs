@@ -1,7 +1,8 @@
 //! What only the Kafka bus does: per-instance reply topics, the Spring Kafka request-reply
 //! headers, and topic management.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -166,5 +167,170 @@ async fn a_broker_outage_in_the_middle_of_a_burst_loses_nothing() {
         sent.len()
     );
     assert_eq!(seen, sent);
+    assert_eq!(gateway.stop().await.lost, 0);
+}
+
+// The edges of the cluster: a reply topic deleted under the gateway, a broker back with empty
+// storage, topic creation off. The other side is confluent-kafka (Python): an operator's
+// AdminClient, a responder, and a consumer counting what arrived by `ce_id`.
+
+/// Deletes the topics given after the brokers.
+const PY_DELETE: &str = r#"
+import sys
+from confluent_kafka.admin import AdminClient
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+for topic, future in admin.delete_topics(sys.argv[2:], operation_timeout=10).items():
+    future.result()
+"#;
+
+/// Answers every request on a topic (created when missing) with an ErrorCode, to the request's
+/// `kafka_replyTopic` with its `kafka_correlationId`, as a Spring `@SendTo` listener would.
+const PY_RESPOND: &str = r#"
+import json, sys
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+brokers, topic, code = sys.argv[1], sys.argv[2], int(sys.argv[3])
+admin = AdminClient({"bootstrap.servers": brokers})
+consumer = Consumer({"bootstrap.servers": brokers, "group.id": "py-" + topic, "fetch.wait.max.ms": 10})
+partitions = {}
+while not partitions:
+    try:
+        admin.create_topics([NewTopic(topic, 6, 1)])[topic].result()
+    except KafkaException as error:
+        print("create", topic, error, file=sys.stderr)  # it exists already, or try again
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
+producer = Producer({"bootstrap.servers": brokers, "linger.ms": 0})
+reply = json.dumps({"ErrorCode": code, "ErrorInfo": "from confluent-kafka"}).encode()
+print("assigned", len(partitions), flush=True)
+while True:
+    request = consumer.poll(0.1)
+    if request is None or request.error():
+        continue
+    headers = dict(request.headers() or [])
+    producer.produce(headers["kafka_replyTopic"].decode(), reply,
+                     headers=[("kafka_correlationId", headers["kafka_correlationId"])])
+    producer.poll(0)
+"#;
+
+/// Reads a topic from its start until every RoomId of the JSON list on stdin arrived (or 60 s
+/// passed); prints {"records": N, "ids": {ce_id: RoomId}}.
+const PY_COLLECT: &str = r#"
+import json, sys, time, uuid
+from confluent_kafka import Consumer
+brokers, topic = sys.argv[1], sys.argv[2]
+expected = set(json.load(sys.stdin))
+consumer = Consumer({"bootstrap.servers": brokers, "group.id": "py-" + uuid.uuid4().hex,
+                     "auto.offset.reset": "earliest", "enable.auto.commit": False})
+consumer.subscribe([topic])
+ids, records, deadline = {}, 0, time.time() + 60
+while not expected <= set(ids.values()) and time.time() < deadline:
+    record = consumer.poll(0.2)
+    if record is None or record.error():
+        continue
+    records += 1
+    ids[dict(record.headers())["ce_id"].decode()] = json.loads(record.value())["RoomId"]
+consumer.close()
+print(json.dumps({"records": records, "ids": ids}))
+"#;
+
+/// Runs a confluent-kafka script to its end; returns its stdout.
+async fn python(script: &str, args: &[&str], stdin: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/services.sh installs confluent-kafka)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "python {args:?}: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A confluent-kafka responder running until dropped (the child is killed on drop).
+struct PyResponder(#[allow(dead_code)] tokio::process::Child);
+
+impl PyResponder {
+    /// Starts it; returns once it reads every partition of `topic`.
+    async fn start(brokers: &str, topic: &str, code: i64) -> PyResponder {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", PY_RESPOND, brokers, topic, &code.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+        let line = line.expect("the responder starts in time").unwrap().expect("the responder runs");
+        assert!(line.starts_with("assigned"), "{line}");
+        PyResponder(child)
+    }
+}
+
+/// Every event of `topic` on `brokers` by its `ce_id`, read until all of `rooms` arrived;
+/// returns the record count and the RoomIds by event id.
+async fn collect_by_id(brokers: &str, topic: &str, rooms: &HashSet<String>) -> (u64, HashMap<String, String>) {
+    let expected = serde_json::to_string(rooms).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&python(PY_COLLECT, &[brokers, topic], &expected).await).unwrap();
+    let ids = serde_json::from_value(out["ids"].clone()).unwrap();
+    (out["records"].as_u64().unwrap(), ids)
+}
+
+/// Posts gifts until one is decided with `code` (a responder answered), or panics after
+/// `limit`; returns how many posts that took.
+async fn decided(gateway: &Running, code: i64, limit: Duration) -> usize {
+    let started = Instant::now();
+    for attempt in 1.. {
+        // A distinct body each time: the same signed callback again is a replay, answered as before.
+        let body = json!({"RoomId": "gift", "Nonce": uuid::Uuid::now_v7().to_string()}).to_string();
+        let (status, answer) = gateway.post("Live.CallbackBeforeSendGift", body.as_bytes()).await;
+        assert_eq!(status, 200, "{answer}");
+        if answer["ErrorCode"] == code {
+            return attempt;
+        }
+        assert!(started.elapsed() < limit, "no gift decided by the responder within {limit:?}: {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn a_deleted_reply_topic_is_created_again_and_decisions_resume() {
+    let prefix = unique("t");
+    let brokers = kafka_brokers();
+    let reply_topic = format!("{prefix}.replies.deleted");
+    let events = format!("{prefix}.Live.CallbackAfterMemberStateChanged");
+    let _responder = PyResponder::start(&brokers, &format!("{prefix}.Live.CallbackBeforeSendGift"), 102160).await;
+    let gateway = Backend::Kafka.gateway(&prefix, None, &["--kafka-reply-topic", &reply_topic]).await;
+    decided(&gateway, 102160, Duration::from_secs(30)).await;
+    let mut posted = burst(gateway.addr, 0..100, 2).await;
+
+    python(PY_DELETE, &[&brokers, &reply_topic], "").await;
+    let deleted = Instant::now();
+    // Without the topic, answers and events go on (gifts get their fallback).
+    posted.extend(burst(gateway.addr, 100..200, 2).await);
+    let posts = decided(&gateway, 102160, Duration::from_secs(20)).await;
+    let again = deleted.elapsed();
+    posted.extend(burst(gateway.addr, 200..300, 2).await);
+    assert_eq!(posted.len(), 300, "every event answered 200");
+
+    let (records, ids) = collect_by_id(&brokers, &events, &posted).await;
+    let rooms: HashSet<String> = ids.values().cloned().collect();
+    assert_eq!(rooms, posted, "every event published, before, while and after the reply topic was missing");
+    assert_eq!(ids.len(), posted.len(), "one id per event");
+    let text = metrics(gateway.addr).await;
+    assert_eq!(metric(&text, "hookbus_bus_connected"), 1);
+    println!(
+        "kafka reply topic deleted: decided by the responder again {again:?} after the deletion ({posts} posts), \
+         events posted 300, delivered {records} records, {} distinct ids",
+        ids.len()
+    );
     assert_eq!(gateway.stop().await.lost, 0);
 }
