@@ -14,7 +14,9 @@ use rdkafka::ClientConfig;
 use serde_json::json;
 
 use crate::brokers::{kafka_brokers, Backend};
-use crate::support::{burst, eventually, metric, metrics, unique, Running};
+use hyper::Method;
+
+use crate::support::{burst, eventually, metric, metrics, request, unique, Running, APP, TOKEN};
 
 /// Creates `topic` on the test broker, as an operator would before the gateway starts.
 async fn create_topic(topic: &str) {
@@ -333,4 +335,127 @@ async fn a_deleted_reply_topic_is_created_again_and_decisions_resume() {
         ids.len()
     );
     assert_eq!(gateway.stop().await.lost, 0);
+}
+
+/// A tansu broker of the test's own on `port`, in memory: started again, it comes back with
+/// empty storage, as a broker whose disk was lost. Stopped when dropped.
+struct OwnTansu(std::process::Child);
+
+impl OwnTansu {
+    fn start(port: u16) -> OwnTansu {
+        let tools = std::env::var("HOOKBUS_TOOLS_DIR").unwrap_or_else(|_| "/opt/hookbus-tools".into());
+        let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", env!("HOME")));
+        let binary = [format!("{tools}/bin/tansu"), format!("{cargo_home}/bin/tansu")]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .unwrap_or_else(|| "tansu".into());
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu is installed (scripts/services.sh)");
+        let up = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(up.elapsed() < Duration::from_secs(10), "tansu did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnTansu(child)
+    }
+}
+
+impl Drop for OwnTansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_back_with_empty_storage_is_recovered_without_a_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let brokers = format!("127.0.0.1:{port}");
+    let broker = OwnTansu::start(port);
+    let prefix = unique("t");
+    let events = format!("{prefix}.Live.CallbackAfterMemberStateChanged");
+    let flags = ["--bus", "kafka", "--kafka-brokers", &brokers, "--prefix", &prefix, "--instance-id", "wiped"];
+    let flags = [&flags[..], &["--sdk-app-id", APP, "--token", TOKEN]].concat();
+    let gateway = Running::connect(&flags).await;
+    let before = burst(gateway.addr, 0..300, 4).await;
+    // What the first broker holds is read now: it goes with its storage.
+    let (_, first) = collect_by_id(&brokers, &events, &before).await;
+
+    drop(broker);
+    let addr = gateway.addr;
+    eventually("the gateway to see the broker gone", Duration::from_secs(10), || async move {
+        metric(&metrics(addr).await, "hookbus_bus_connected") == 0
+    })
+    .await;
+    let during = burst(gateway.addr, 300..600, 4).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the broker stays away a while
+    let _broker = OwnTansu::start(port);
+    let back = Instant::now();
+    let after = burst(gateway.addr, 600..900, 4).await;
+    assert_eq!((before.len(), during.len(), after.len()), (300, 300, 300), "every event answered 200");
+
+    let expected: HashSet<String> = during.union(&after).cloned().collect();
+    let (records, second) = collect_by_id(&brokers, &events, &expected).await;
+    let delivered_after = back.elapsed();
+    let _responder = PyResponder::start(&brokers, &format!("{prefix}.Live.CallbackBeforeSendGift"), 102170).await;
+    let posts = decided(&gateway, 102170, Duration::from_secs(30)).await;
+    let decided_after = back.elapsed();
+
+    let mut ids_of: HashMap<String, HashSet<String>> = HashMap::new();
+    for (id, room) in first.iter().chain(&second) {
+        ids_of.entry(room.clone()).or_default().insert(id.clone());
+    }
+    let all: HashSet<String> = before.iter().chain(&expected).cloned().collect();
+    assert_eq!(ids_of.keys().cloned().collect::<HashSet<_>>(), all, "every event delivered");
+    assert!(ids_of.values().all(|ids| ids.len() == 1), "an event sent again keeps its id");
+    println!(
+        "kafka broker back with empty storage: 900 events answered 200 (300 before the stop, 300 while away, \
+         300 after), all delivered by {delivered_after:?} after the broker returned ({records} records on the new \
+         broker), a gift decided by a responder {decided_after:?} after ({posts} posts), no gateway restart"
+    );
+    assert_eq!(gateway.stop().await.lost, 0);
+}
+
+#[tokio::test]
+async fn without_topic_creation_the_gateway_still_creates_its_own_reply_topic() {
+    let prefix = unique("t");
+    let brokers = kafka_brokers();
+    let events = format!("{prefix}.Live.CallbackAfterMemberStateChanged");
+    create_topic(&events).await;
+    let _responder = PyResponder::start(&brokers, &format!("{prefix}.Live.CallbackBeforeSendGift"), 102180).await;
+    let gateway = Backend::Kafka.gateway(&prefix, None, &["--kafka-create-topics", "false"]).await;
+    let addr = gateway.addr;
+    eventually("the gateway to be ready", Duration::from_secs(10), || async move {
+        request(addr, Method::GET, "/readyz", b"").await.0 == 200
+    })
+    .await;
+    decided(&gateway, 102180, Duration::from_secs(10)).await;
+    let posted = burst(gateway.addr, 0..50, 2).await;
+    let (_, ids) = collect_by_id(&brokers, &events, &posted).await;
+    assert_eq!(ids.values().cloned().collect::<HashSet<_>>(), posted);
+    assert_eq!(gateway.stop().await.lost, 0);
+}
+
+/// Topic names hold at most 128 characters here (the strictest bus): a longer command is
+/// refused for its length, with a reason of its own.
+#[tokio::test]
+async fn a_command_too_long_for_a_topic_is_refused_for_its_length() {
+    let (gateway, captured) = Running::stdout(&["--sdk-app-id", APP, "--token", TOKEN]).await;
+    let longest = format!("Live.{}", "X".repeat(123));
+    let (status, _) = gateway.post(&longest, br#"{"RoomId":"r"}"#).await;
+    assert_eq!(status, 200, "128 characters fit");
+    let (status, answer) = gateway.post(&format!("{longest}X"), br#"{"RoomId":"r"}"#).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["ErrorInfo"].as_str().unwrap().contains("longer"), "{answer}");
+    let text = metrics(gateway.addr).await;
+    assert!(text.contains("hookbus_rejections_total{reason=\"command_too_long\"} 1"), "{text}");
+    assert!(!text.contains("reason=\"command_invalid\""), "{text}");
+    gateway.stop().await;
+    assert_eq!(captured.lines().len(), 1, "only the command that fits reaches the bus");
 }
