@@ -35,6 +35,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 /// How long a probe written to the reply topic may take to be read back.
 const PROBE_READ_BACK: Duration = Duration::from_secs(3);
+/// How long decision requests go unanswered, with no reply read at all, before the reply path
+/// is probed: a responder away for a while is no reason, a reply topic that reads nothing is.
+const PROBE_AFTER: Duration = Duration::from_secs(5);
 /// librdkafka's own reconnects to a broker that went away, at most this far apart.
 const RECONNECT_BACKOFF_MAX_MS: &str = "2000";
 
@@ -82,6 +85,10 @@ struct KafkaInner {
     replies_generation: AtomicU64,
     /// A probe of the reply path is under way.
     probing: AtomicBool,
+    /// When (ms after `started`, 0 for never) the first decision request went unanswered since
+    /// the last reply was read: requests unanswered for [`PROBE_AFTER`] are reason to probe.
+    unanswered_since: AtomicU64,
+    started: Instant,
     reconnects: Reconnects,
 }
 
@@ -108,6 +115,8 @@ impl Kafka {
             dispatcher: Mutex::default(),
             replies_generation: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            unanswered_since: AtomicU64::new(0),
+            started: Instant::now(),
             reconnects: Reconnects::default(),
         });
         let kafka = Kafka { inner };
@@ -172,16 +181,17 @@ impl Kafka {
         }
     }
 
-    /// Writes a probe to the reply topic and waits to read it back: whether the reply path
-    /// works end to end. It catches what metadata cannot: a reply topic deleted and created
-    /// again (by a responder's producer, where the broker creates topics on use) before the
-    /// supervisor saw it missing, while the consumer still asks for the old one. `None` when
-    /// the probe could not be written: then the producer is at fault, not the consumer.
+    /// Writes a probe (`{}`) to the reply topic and waits to read it back: whether the reply
+    /// path works end to end. Done when decisions went unanswered for a while, it catches what metadata
+    /// cannot: a reply topic deleted and created again (by a responder's producer, where the
+    /// broker creates topics on use) before the supervisor saw it missing, while the consumer
+    /// still asks for the old one. `None` when the probe could not be written: then the
+    /// producer is at fault, not the consumer.
     async fn replies_read_back(&self) -> Option<bool> {
         let id = format!("hookbus-probe-{}", uuid::Uuid::now_v7());
         let mut waiting = self.inner.replies.register(&id);
         let headers = OwnedHeaders::new().insert(Header { key: CORRELATION_ID, value: Some(id.as_str()) });
-        let record = FutureRecord::<(), [u8]>::to(&self.inner.options.reply_topic).payload(&[]).headers(headers);
+        let record = FutureRecord::<(), str>::to(&self.inner.options.reply_topic).payload("{}").headers(headers);
         let delivery = self.producer().send_result(record).ok()?;
         tokio::time::timeout(METADATA_TIMEOUT, delivery).await.ok()?.ok()?.ok()?;
         Some(tokio::time::timeout(PROBE_READ_BACK, waiting.reply()).await.is_ok_and(|reply| reply.is_ok()))
@@ -374,7 +384,11 @@ impl Kafka {
             }
             unavailable("request delivery", error)
         })?;
-        waiting.reply().await.map_err(|_| BusError::unavailable_because("Kafka reply consumer stopped"))
+        // Dropped at the deadline without a reply, the guard notes it (see [`supervise`]).
+        let mut unanswered = Unanswered(Some(&self.inner));
+        let reply = waiting.reply().await.map_err(|_| BusError::unavailable_because("Kafka reply consumer stopped"));
+        unanswered.0 = None;
+        reply
     }
 
     /// A broker answers: events can be published. Decisions also need the reply topic; while
@@ -460,6 +474,18 @@ impl Kafka {
     }
 }
 
+/// Notes, when dropped while still armed, that a request went unanswered.
+struct Unanswered<'a>(Option<&'a KafkaInner>);
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0 {
+            let now = inner.started.elapsed().as_millis() as u64 + 1;
+            let _ = inner.unanswered_since.compare_exchange(0, now, Relaxed, Relaxed);
+        }
+    }
+}
+
 /// Hands each reply to the request waiting for its correlation id; counts the rest as late.
 async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<KafkaInner>) {
     loop {
@@ -472,6 +498,7 @@ async fn dispatch_replies(consumer: StreamConsumer, inner: Weak<KafkaInner>) {
             }
         };
         let Some(inner) = inner.upgrade() else { return };
+        inner.unanswered_since.store(0, Relaxed);
         let id = reply
             .headers()
             .and_then(|headers| headers.iter().find(|h| h.key == CORRELATION_ID))
@@ -547,8 +574,13 @@ async fn supervise(inner: Weak<KafkaInner>) {
         }
         if vanished.contains(&kafka.inner.options.reply_topic) {
             kafka.lose_replies("the reply topic is gone");
-        } else if kafka.inner.replies_ready.load(Relaxed) && !kafka.inner.probing.swap(true, Relaxed) {
+        } else if kafka.inner.replies_ready.load(Relaxed) && !kafka.inner.probing.load(Relaxed) && {
+            let since = kafka.inner.unanswered_since.load(Relaxed);
+            since != 0 && kafka.inner.started.elapsed().as_millis() as u64 >= since + PROBE_AFTER.as_millis() as u64
+        } {
             // Apart, so that a slow probe does not hold back the next look at the topics.
+            kafka.inner.probing.store(true, Relaxed);
+            kafka.inner.unanswered_since.store(0, Relaxed);
             let kafka = kafka.clone();
             tokio::spawn(async move {
                 let generation = kafka.inner.replies_generation.load(Relaxed);
