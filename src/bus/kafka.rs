@@ -521,6 +521,10 @@ async fn start_replies_later(inner: Weak<KafkaInner>) {
         inner.reconnects.attempted();
         match (Kafka { inner }).start_replies().await {
             Ok(()) => return,
+            // The cluster answers but will not make the reply topic: say so each time.
+            Err(error) if !error.is_transient() => {
+                tracing::error!(error = &error as &dyn std::error::Error, "Kafka reply topic cannot be set up")
+            }
             Err(error) => tracing::debug!(error = &error as &dyn std::error::Error, "Kafka still unreachable"),
         }
     }
