@@ -62,7 +62,7 @@ pub struct Kafka {
 
 struct KafkaInner {
     options: KafkaOptions,
-    /// Replaced when the cluster forgets its idempotence state (see [`rebuild_if_fatal`]).
+    /// Replaced when the cluster no longer takes its id (see [`Kafka::replace_producer`]).
     producer: RwLock<FutureProducer>,
     admin: AdminClient<DefaultClientContext>,
     /// Topics known to exist, and since when: checked (and created) before their first
@@ -182,11 +182,11 @@ impl Kafka {
     }
 
     /// Writes a probe (`{}`) to the reply topic and waits to read it back: whether the reply
-    /// path works end to end. Done when decisions went unanswered for a while, it catches what metadata
-    /// cannot: a reply topic deleted and created again (by a responder's producer, where the
-    /// broker creates topics on use) before the supervisor saw it missing, while the consumer
-    /// still asks for the old one. `None` when the probe could not be written: then the
-    /// producer is at fault, not the consumer.
+    /// path works end to end. Done when decisions went unanswered for a while, it catches what
+    /// metadata cannot: a reply topic deleted and created again (by a responder's producer,
+    /// where the broker creates topics on use) before the supervisor saw it missing, while the
+    /// consumer still asks for the old one. `None` when the probe could not be written: then
+    /// the producer is at fault, not the consumer.
     async fn replies_read_back(&self) -> Option<bool> {
         let id = format!("hookbus-probe-{}", uuid::Uuid::now_v7());
         let mut waiting = self.inner.replies.register(&id);
