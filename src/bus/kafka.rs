@@ -570,7 +570,8 @@ async fn supervise(inner: Weak<KafkaInner>) {
             // Deleted, or the cluster came back without its data; then it has also forgotten
             // the producer's id, and librdkafka would retry with it for ever
             // (UNKNOWN_PRODUCER_ID, bumping only the epoch).
-            tracing::warn!(topics = ?vanished, "Kafka topics vanished; creating them again as they are used, with a new producer");
+            let what = "Kafka topics vanished; creating them again as they are used, with a new producer";
+            tracing::warn!(topics = ?vanished, "{what}");
             kafka.replace_producer(&kafka.producer());
         }
         if !kafka.inner.replies_started.load(Relaxed) {
