@@ -114,6 +114,10 @@ if ! python3 -c "import nats, pika" 2>/dev/null; then
   echo "services: installing the third-party NATS and RabbitMQ clients (PyPI nats-py, pika)"
   python3 -m pip install -q "nats-py==2.16.0" "pika==1.4.4" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
 fi
+if ! python3 -c "import confluent_kafka" 2>/dev/null; then
+  echo "services: installing the Kafka client for Python (PyPI confluent-kafka)"
+  python3 -m pip install -q "confluent-kafka==2.16.1" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
+fi
 if [[ ! -d $tools/node_modules/@asyncapi/parser ]]; then
   echo "services: installing the AsyncAPI parser (npm @asyncapi/parser) in $tools"
   command -v npm >/dev/null || apt_install nodejs npm

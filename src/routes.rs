@@ -377,6 +377,12 @@ where
         (None, Some(body)) => body.to_owned(),
         (None, None) => return Err(Rejection::bad("command_missing", "CallbackCommand is missing")),
     };
+    if command.len() > 128 {
+        return Err(Rejection::bad(
+            "command_too_long",
+            "CallbackCommand is longer than a destination can be (128 bytes)",
+        ));
+    }
     if !bus::valid_name(&command) {
         return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
     }
