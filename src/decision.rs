@@ -98,6 +98,8 @@ pub struct Decisions {
     pub rules: Arc<Rules>,
     /// A larger reply is invalid, unread (`--max-reply-bytes`).
     pub max_reply_bytes: usize,
+    /// Failed requests are logged at most once a second.
+    pub failures: Arc<std::sync::Mutex<crate::logs::Limiter>>,
 }
 
 impl Default for Decisions {
@@ -107,6 +109,7 @@ impl Default for Decisions {
             generic: BTreeSet::new(),
             rules: Arc::default(),
             max_reply_bytes: MAX_REPLY_BYTES,
+            failures: Arc::default(),
         }
     }
 }
@@ -309,7 +312,12 @@ impl Decisions {
                 },
                 Ok(Err(BusError::NoResponders(_))) => Outcome::NoResponders,
                 Ok(Err(error)) => {
-                    tracing::warn!(id = %message.id, error = &error as &dyn std::error::Error, "decision request failed");
+                    // While the bus fails every request, one line a second, not one per decision.
+                    let allowed = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
+                    if let Some(suppressed) = allowed {
+                        let error = &error as &dyn std::error::Error;
+                        tracing::warn!(id = %message.id, error, suppressed, "decision request failed");
+                    }
                     Outcome::BusError
                 }
                 Err(_elapsed) => Outcome::Timeout,

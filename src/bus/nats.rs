@@ -4,7 +4,10 @@
 //! Given several servers (a seed list), the client takes them in a shuffled order and moves to
 //! another when its server goes; a JetStream publish that failed for a reason of the moment (no
 //! responders while a stream leader is elected, a PubAck that did not come, a leader change) is
-//! retried by the outbox under the same `Nats-Msg-Id`, so that a stored one is not stored twice.
+//! retried by the outbox under the same `Nats-Msg-Id`, so that a stored one is not stored twice;
+//! one that no stream covers (as the stream API says) is refused for good (`no_stream`). A
+//! client whose connection task is gone (a panic inside it) is seen at once, its reply inbox
+//! ending with the task, and replaced by a new one ([`supervise`]).
 //! The only file that names async-nats types.
 
 use std::collections::HashMap;
@@ -43,7 +46,7 @@ pub struct NatsOptions {
     /// Every destination starts with `{prefix}.`; a JetStream stream must cover `{prefix}.>`.
     pub prefix: String,
     /// With JetStream: the subjects the start-up check asks the streams about (every
-    /// documented event's, the dead-letter notices', the audit events'), each under the prefix.
+    /// documented event's and the dead-letter notices'), each under the prefix.
     pub subjects: Vec<String>,
     /// The connection's name, as the server shows it.
     pub name: String,

@@ -107,9 +107,9 @@ async fn at_the_cap_idle_connections_make_room_and_busy_ones_finish() {
     gateway.stop().await;
 }
 
-// The binary is awaited with blocking calls: keep a worker free.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_request_id_status_reason_and_latency() {
+/// Sends an unsigned callback with `request_id` as its `X-Request-Id` to a gateway binary that
+/// logs JSON and requires a signature; returns the log line of its refusal (401) as text.
+async fn refused_with_request_id(request_id: &[u8]) -> String {
     let (mut child, addr, logs) = spawn_binary_with_logs(&["--log-format", "json", "--token", "secret"]);
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
@@ -117,7 +117,7 @@ async fn json_logs_carry_request_id_status_reason_and_latency() {
     tokio::spawn(connection);
     let request = hyper::Request::post("/?SdkAppid=1&CallbackCommand=Live.CallbackAfterCreateRoom")
         .header("host", addr.to_string())
-        .header("x-request-id", "req-42")
+        .header("x-request-id", hyper::header::HeaderValue::from_bytes(request_id).unwrap())
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();
     assert_eq!(sender.send_request(request).await.unwrap().status(), 401);
@@ -127,6 +127,15 @@ async fn json_logs_carry_request_id_status_reason_and_latency() {
             break line;
         }
     };
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    line
+}
+
+// The binary is awaited with blocking calls: keep a worker free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_id_status_reason_and_latency() {
+    let line = refused_with_request_id(b"req-42").await;
     let entry: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(entry["level"], "WARN");
     assert_eq!(entry["request_id"], "req-42");
@@ -135,37 +144,17 @@ async fn json_logs_carry_request_id_status_reason_and_latency() {
     assert_eq!(entry["reason"], "Sign and RequestTime are required");
     assert!(entry["latency_us"].is_u64());
     assert!(!line.contains("secret"), "the token is never logged");
-    signal(&child, "TERM");
-    assert!(child.wait().unwrap().success());
 }
 
 /// A request id longer than the log keeps is cut at a character boundary to 256 bytes with its
 /// size noted, as the README says of every field from outside, not replaced by another id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_request_id_is_logged_cut_with_its_size() {
-    let (mut child, addr, logs) = spawn_binary_with_logs(&["--log-format", "json", "--token", "secret"]);
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(connection);
     // 301 bytes: the 256th byte falls inside an `é`, which is left out whole.
     let id = format!("x{}", "é".repeat(150));
-    let request = hyper::Request::post("/?SdkAppid=1&CallbackCommand=Live.CallbackAfterCreateRoom")
-        .header("host", addr.to_string())
-        .header("x-request-id", hyper::header::HeaderValue::from_bytes(id.as_bytes()).unwrap())
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
-        .unwrap();
-    assert_eq!(sender.send_request(request).await.unwrap().status(), 401);
-    let line = loop {
-        let line = logs.recv_timeout(Duration::from_secs(5)).expect("a log line for the rejection");
-        if line.contains("callback rejected") {
-            break line;
-        }
-    };
+    let line = refused_with_request_id(id.as_bytes()).await;
     let entry: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(entry["request_id"], format!("x{}… (301 bytes)", "é".repeat(127)));
-    signal(&child, "TERM");
-    assert!(child.wait().unwrap().success());
 }
 
 /// A stdout gateway that checks SdkAppid and signatures, and what it published.
