@@ -315,7 +315,9 @@ impl Outbox {
             // event, not the channel.
             let mut others_confirmed = false;
             loop {
-                while !bus.is_connected() {
+                // A bus that refuses publishes is tried on, with the backoff: only a confirmed
+                // publish shows that the refusal is over.
+                while !bus.is_connected() && bus.refusal().is_none() {
                     tokio::time::sleep(RECONNECT_POLL).await;
                 }
                 let results = bus.publish(&messages).await;
@@ -359,7 +361,7 @@ impl Outbox {
                 if let Err(error) = &results[retry] {
                     metrics.retrying(messages.len(), error, backoff);
                 }
-                if bus.is_connected() {
+                if bus.is_connected() || bus.refusal().is_some() {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -134,6 +134,9 @@ where
         _ if path == shared.path => callback(shared, request).await,
         "/healthz" if get => text(StatusCode::OK, "ok\n"),
         // Ready means "can accept": with a spool, a disconnected bus is what the spool is for.
+        "/readyz" if get && shared.bus.refusal().is_some() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "bus refuses publishes\n")
+        }
         "/readyz" if get => match (shared.outbox.is_full(), shared.bus.is_connected(), shared.outbox.is_spooled()) {
             (true, _, false) => text(StatusCode::SERVICE_UNAVAILABLE, "outbox full\n"),
             (true, _, true) => text(StatusCode::SERVICE_UNAVAILABLE, "spool full\n"),
@@ -151,6 +154,8 @@ where
                 bus_node: shared.bus.node(),
                 channel_reopens: shared.bus.channel_reopens(),
                 late_replies: shared.bus.late_replies(),
+                bus_refused: shared.bus.refusal(),
+                unreadable_replies: shared.bus.unreadable_replies(),
                 replay_cache_entries: shared.replays.len(),
                 spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
                 spool: shared.outbox.spool_bytes(),
