@@ -104,6 +104,10 @@ if ! python3 -c "import jsonschema" 2>/dev/null; then
   echo "services: installing a JSON Schema validator (PyPI jsonschema)"
   python3 -m pip install -q "jsonschema==4.26.0" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
 fi
+if ! python3 -c "import pika" 2>/dev/null; then
+  echo "services: installing the RabbitMQ Python client (PyPI pika)"
+  python3 -m pip install -q "pika==1.4.4" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
+fi
 if [[ ! -d $tools/node_modules/@asyncapi/parser ]]; then
   echo "services: installing the AsyncAPI parser (npm @asyncapi/parser) in $tools"
   command -v npm >/dev/null || apt_install nodejs npm

@@ -19,10 +19,13 @@
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
 //! - `trtc`: TRTC room and media callbacks beside Live and Chat ones, signed by Python's `hmac`.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
+//! - `amqp_edges`: RabbitMQ against a hostile or refusing third party (pika): unreadable
+//!   replies, a refused routing key, a user who may not write, returned bodies in the log.
 //! - `clusters`: 3-node NATS and RabbitMQ clusters (`scripts/clusters.sh`): seed lists, node
 //!   and leader kills, one id per callback across gateways.
 
 mod amqp;
+mod amqp_edges;
 mod apps;
 mod brokers;
 mod cli;
