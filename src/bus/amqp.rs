@@ -127,7 +127,7 @@ struct Link {
     connection: Arc<Connection>,
     /// Confirm mode: informational events.
     events: Channel,
-    /// Confirm mode, consuming direct reply-to: decision requests.
+    /// Confirm mode: decision requests (their replies come on the reply connection).
     rpc: Channel,
 }
 
