@@ -176,8 +176,9 @@ async fn a_refused_routing_key_does_not_multiply_the_other_keys_events() {
             .await
             .unwrap();
     }
-    let gateway = Backend::Amqp.gateway(&prefix, None, &[]).await;
-    // Interleaved and at once, so that batches mix the refused key with the others.
+    // Interleaved and at once, gathered into one batch by the linger: the refused key's events
+    // among the others' (a batch of refused events alone would be taken for a stale channel).
+    let gateway = Backend::Amqp.gateway(&prefix, None, &["--publish-linger", "1s"]).await;
     let posts = (0..150).map(|n| {
         let (_, command, _) = &queues[n % 3];
         let body = json!({"RoomId": format!("r{}", n % 7), "Seq": n}).to_string();
