@@ -79,7 +79,7 @@ pub struct Gauges {
     pub late_replies: u64,
     /// Why the broker refuses every publish, while it does (`access_refused`).
     pub bus_refused: Option<&'static str>,
-    /// Decision replies the bus client could not read, dropped.
+    /// Reply connections given up for a decision reply the bus client could not read.
     pub unreadable_replies: u64,
     /// Signed requests remembered against replays.
     pub replay_cache_entries: usize,
@@ -474,7 +474,7 @@ impl Metrics {
             (
                 "unreadable_replies_total",
                 "counter",
-                "Decision replies the bus client could not read (RabbitMQ: each cost the reply connection only).",
+                "Reply connections given up for a decision reply the client could not read (RabbitMQ; the publishing link goes on).",
                 Some(gauges.unreadable_replies),
             ),
         ];

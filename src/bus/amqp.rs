@@ -111,7 +111,7 @@ struct AmqpInner {
     reply_queue: String,
     /// The connection that consumes `reply_queue`, apart from the link.
     reply_connection: Mutex<Option<Arc<Connection>>>,
-    /// Replies the client could not read (each cost the reply connection, rebuilt since).
+    /// Reply connections given up for a reply the client could not read (rebuilt since).
     unreadable_replies: AtomicU64,
     /// The broker refuses publishes for want of permission; cleared by a confirmed publish.
     refused: AtomicBool,
@@ -383,8 +383,8 @@ impl Amqp {
         self.inner.refused.load(Relaxed).then_some(ACCESS_REFUSED)
     }
 
-    /// Replies the client could not read (not UTF-8 where AMQP wants it, larger than a frame),
-    /// each dropped with the reply connection it came on.
+    /// Reply connections given up for a reply the client could not read (not UTF-8 where AMQP
+    /// wants it, larger than a frame): a burst of such replies, pushed together, costs one.
     pub fn unreadable_replies(&self) -> u64 {
         self.inner.unreadable_replies.load(Relaxed)
     }

@@ -105,7 +105,7 @@ impl Bus {
         }
     }
 
-    /// Decision replies the bus client could not read and dropped (RabbitMQ).
+    /// Reply connections given up for a decision reply the bus client could not read (RabbitMQ).
     pub fn unreadable_replies(&self) -> u64 {
         match self {
             Bus::Amqp(bus) => bus.unreadable_replies(),
