@@ -41,6 +41,11 @@ use crate::logs::Limiter;
 const REPLY_QUEUE_EXPIRES: i32 = 60_000;
 /// What `refusal` reports while the broker refuses publishes for want of permission.
 const ACCESS_REFUSED: &str = "access_refused";
+/// How long a refused publish keeps the bus refused when nothing is tried since: the outbox
+/// retries waiting events at least every 5 s, which renews it while the refusal lasts; with
+/// nothing left to publish (the events became dead letters), readiness must not stay off for
+/// good, since an unready gateway gets no callback that could show the refusal is over.
+const REFUSAL_HOLD: Duration = Duration::from_secs(10);
 /// A connect or a confirm that takes longer than this counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the supervisor checks an idle link.
@@ -113,8 +118,9 @@ struct AmqpInner {
     reply_connection: Mutex<Option<Arc<Connection>>>,
     /// Reply connections given up for a reply the client could not read (rebuilt since).
     unreadable_replies: AtomicU64,
-    /// The broker refuses publishes for want of permission; cleared by a confirmed publish.
-    refused: AtomicBool,
+    /// When the broker last refused a publish for want of permission; cleared by a publish it
+    /// answers for, and over once [`REFUSAL_HOLD`] passed without another.
+    refused: Mutex<Option<std::time::Instant>>,
     /// Rate limits for lines a broker or a responder can repeat at will.
     refusal_log: Mutex<Limiter>,
     reply_log: Mutex<Limiter>,
@@ -161,7 +167,7 @@ impl Amqp {
             reply_queue,
             reply_connection: Mutex::new(None),
             unreadable_replies: AtomicU64::new(0),
-            refused: AtomicBool::new(false),
+            refused: Mutex::new(None),
             refusal_log: Mutex::new(Limiter::default()),
             reply_log: Mutex::new(Limiter::default()),
             closing: AtomicBool::new(false),
@@ -309,7 +315,7 @@ impl Amqp {
         };
         if refused.load(Relaxed) {
             self.refused(&link).await;
-        } else if results.iter().any(answered) && self.inner.refused.swap(false, Relaxed) {
+        } else if results.iter().any(answered) && self.refused_since().take().is_some() {
             tracing::info!(exchange = self.inner.exchange, "RabbitMQ confirms publishes again");
         }
         let nacked = results.iter().filter(|result| matches!(result, Err(BusError::Nacked(_)))).count() as u32;
@@ -330,7 +336,7 @@ impl Amqp {
     /// and `/metrics` show it), says so at ERROR (once a second at most), and opens the
     /// publishing channel again (the broker closed it) so that the next retry can tell.
     async fn refused(&self, link: &Link) {
-        self.inner.refused.store(true, Relaxed);
+        *self.refused_since() = Some(std::time::Instant::now());
         let allowed = self.inner.refusal_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
         if let Some(suppressed) = allowed {
             tracing::error!(
@@ -375,12 +381,17 @@ impl Amqp {
     /// Whether the link is up and the broker takes publishes (not refusing them for want of
     /// permission).
     pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Relaxed) && !self.inner.refused.load(Relaxed)
+        self.inner.connected.load(Relaxed) && self.refusal().is_none()
     }
 
     /// Why the broker refuses every publish right now (`access_refused`), if it does.
     pub fn refusal(&self) -> Option<&'static str> {
-        self.inner.refused.load(Relaxed).then_some(ACCESS_REFUSED)
+        let refused = self.refused_since().is_some_and(|at| at.elapsed() < REFUSAL_HOLD);
+        refused.then_some(ACCESS_REFUSED)
+    }
+
+    fn refused_since(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.inner.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Reply connections given up for a reply the client could not read (not UTF-8 where AMQP

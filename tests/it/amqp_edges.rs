@@ -297,6 +297,38 @@ async fn a_publish_refused_by_permissions_shows_in_readiness_metrics_and_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_left_to_publish_a_refusal_does_not_keep_the_gateway_unready() {
+    let user = User::add("secret");
+    user.permit(".*", "^$", ".*");
+    let exchange = unique("x");
+    let url = format!("amqp://{}:secret@127.0.0.1:5672/%2f", user.0);
+    let log = tempdir("refused-dead").join("stderr.log");
+    let flags = ["--bus", "amqp", "--amqp-url", &url, "--amqp-exchange", &exchange, "--amqp-unrouted", "drop"];
+    let (mut child, addr) = serve(&[&flags[..], &["--dead-letter-after", "2"]].concat(), &log);
+    listening(addr).await;
+    let (status, _) = request(addr, Method::POST, &signed("Live.CallbackAfterCreateRoom"), br#"{"RoomId":"r"}"#).await;
+    assert_eq!(status, 200);
+    eventually("the refused event to be a dead letter", Duration::from_secs(10), || async move {
+        let text = metrics(addr).await;
+        metric(&text, "hookbus_dead_letters") == 1 && text.contains("hookbus_bus_refused{reason=\"access_refused\"} 1")
+    })
+    .await;
+    let refused = Instant::now();
+    // Nothing is tried any more, so nothing renews the refusal: ready again after its hold
+    // (10 s), for the next callback to try.
+    eventually("readiness to come back", Duration::from_secs(15), || async move {
+        request(addr, Method::GET, "/readyz", b"").await.0 == 200
+    })
+    .await;
+    assert!(refused.elapsed() > Duration::from_secs(5), "held a while: {:?}", refused.elapsed());
+    assert!(metrics(addr).await.contains("hookbus_bus_refused 0"));
+    signal(&child, "TERM");
+    child.wait().unwrap();
+    drop(user);
+    delete(&[&exchange], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn returned_events_leave_no_body_in_the_log_and_a_new_exchange_no_error() {
     let exchange = unique("x");
     let dir = tempdir("returned");
