@@ -197,12 +197,12 @@ impl Contract {
         }
     }
 
-    /// Where replies go: a per-request inbox (NATS), direct reply-to (RabbitMQ), or this
+    /// Where replies go: a per-request inbox (NATS), the gateway's reply queue (RabbitMQ), or this
     /// instance's reply topic (Kafka).
     fn reply_channel(&self, id: &str) -> Value {
         let (address, description) = match self.protocol {
             "kafka" => (json!(self.reply_topic), "This instance's reply topic; the reply carries kafka_correlationId."),
-            "amqp" => (Value::Null, "The request's reply_to (direct reply-to), with its correlation_id."),
+            "amqp" => (Value::Null, "The request's reply_to (the gateway's reply queue), with its correlation_id."),
             _ => (Value::Null, "The request's reply subject."),
         };
         json!({

@@ -34,6 +34,11 @@ fn main() -> ExitCode {
     if !std::env::var("RUST_LOG").is_ok_and(|directives| directives.contains("async_nats")) {
         filter = filter.add_directive("async_nats=warn".parse().expect("a valid directive"));
     }
+    // lapin logs every message the broker returns in full, body and all, as decimal bytes, one
+    // line per message and never rate-limited; the gateway counts and logs returns itself.
+    if !std::env::var("RUST_LOG").is_ok_and(|directives| directives.contains("lapin::returned_messages")) {
+        filter = filter.add_directive("lapin::returned_messages=off".parse().expect("a valid directive"));
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
@@ -99,7 +104,14 @@ fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let bus = Bus::connect(args.bus.options()).await.context("connecting to the bus")?;
+    let connected = Bus::connect(args.bus.options()).await;
+    // Refused for good at start: what an earlier run spooled stays on disk for the next one.
+    let bus = match &args.spool_dir {
+        Some(dir) => connected.with_context(|| {
+            format!("connecting to the bus (the spool {} keeps its events for the next start)", dir.display())
+        })?,
+        None => connected.context("connecting to the bus")?,
+    };
     let gateway = args.build(bus)?;
     let listener = listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     tokio::spawn(reload_on_hangup(gateway.apps.clone(), args.apps()));

@@ -102,6 +102,10 @@ pub struct Gauges {
     /// Bus clients replaced because their connection task was gone.
     pub clients_replaced: u64,
     pub late_replies: u64,
+    /// Why the broker refuses every publish, while it does (`access_refused`).
+    pub bus_refused: Option<&'static str>,
+    /// Reply connections given up for a decision reply the bus client could not read.
+    pub unreadable_replies: u64,
     /// Signed requests remembered against replays.
     pub replay_cache_entries: usize,
     /// Spans not exported, when exporting.
@@ -376,7 +380,17 @@ impl Metrics {
             family(&mut out, "bus_node_info", "gauge", "The broker node the bus link is on, as its label.");
             let _ = writeln!(out, "hookbus_bus_node_info{{node=\"{}\"}} 1", label(node));
         }
-        let scalars: [(&str, &str, &str, Option<u64>); 26] = [
+        family(
+            &mut out,
+            "bus_refused",
+            "gauge",
+            "1, labelled with why, while the broker refuses every publish (no retry fixes it); else 0.",
+        );
+        match gauges.bus_refused {
+            Some(reason) => _ = writeln!(out, "hookbus_bus_refused{{reason=\"{}\"}} 1", label(reason)),
+            None => _ = writeln!(out, "hookbus_bus_refused 0"),
+        }
+        let scalars: [(&str, &str, &str, Option<u64>); 27] = [
             (
                 "outbox_depth",
                 "gauge",
@@ -503,6 +517,12 @@ impl Metrics {
                 "Decision replies no request waits for: late, a second one, or for an id never asked.",
                 Some(gauges.late_replies),
             ),
+            (
+                "unreadable_replies_total",
+                "counter",
+                "Reply connections given up for a decision reply the client could not read (RabbitMQ; the publishing link goes on).",
+                Some(gauges.unreadable_replies),
+            ),
         ];
         for (name, kind, help, value) in scalars {
             let Some(value) = value else { continue };
@@ -541,6 +561,8 @@ mod tests {
             channel_reopens: 0,
             clients_replaced: 0,
             late_replies: 0,
+            bus_refused: None,
+            unreadable_replies: 0,
             replay_cache_entries: 0,
             spans_dropped: None,
             spool: None,
@@ -612,6 +634,8 @@ mod tests {
             channel_reopens: 2,
             clients_replaced: 1,
             late_replies: 2,
+            bus_refused: Some("access_refused"),
+            unreadable_replies: 1,
             replay_cache_entries: 0,
             spans_dropped: Some(3),
             spool: Some((9, 100)),
@@ -632,6 +656,8 @@ mod tests {
         assert!(text.contains("hookbus_outbox_bytes 300\n") && text.contains("hookbus_outbox_max_bytes 1000\n"));
         assert!(text.contains("hookbus_bus_connected 0"));
         assert!(text.contains("hookbus_late_replies_total 2"));
+        assert!(text.contains("hookbus_bus_refused{reason=\"access_refused\"} 1"));
+        assert!(text.contains("hookbus_unreadable_replies_total 1"));
         assert!(text.contains("hookbus_bus_connect_attempts_total 4"));
         assert!(text.contains("hookbus_bus_node_info{node=\"rabbit-2:5672\"} 1"));
         assert!(text.contains("hookbus_bus_channel_reopens_total 2"));

@@ -328,10 +328,13 @@ impl Outbox {
         result.map(|()| n).map_err(|error| (n, error))
     }
 
-    /// Drains the outbox through the bus until it is closed and empty. A batch is settled in
-    /// order up to its first event still worth a retry; that event and everything after it are
-    /// published again before any later batch, so the last copy of each event arrives in
-    /// per-room order (earlier copies may not: duplicates carry the same id).
+    /// Drains the outbox through the bus until it is closed and empty. Of a batch, what the
+    /// broker confirmed (or will never take) is settled at once, and only the events still
+    /// worth a retry are published again, alone, before any later batch: a confirmed event is
+    /// never sent twice because a neighbour was refused. So events arrive in per-room order
+    /// unless one must be retried: its copy that the broker takes may come after later events
+    /// of its room that were in the same batch (at most [`WINDOW`] events later), never after
+    /// an event of a later batch.
     /// An event the broker will never take is settled too, so that it holds back nothing:
     /// unroutable ones are logged and counted, refused ones become dead letters (as do events
     /// nacked [`NACKS`] times while the broker confirmed others of their batch, and, with
@@ -347,7 +350,9 @@ impl Outbox {
             // event, not the channel.
             let mut others_confirmed = false;
             loop {
-                while !bus.is_connected() {
+                // A bus that refuses publishes is tried on, with the backoff: only a confirmed
+                // publish shows that the refusal is over.
+                while !bus.is_connected() && bus.refusal().is_none() {
                     tokio::time::sleep(RECONNECT_POLL).await;
                 }
                 let results = bus.publish(&messages).await;
@@ -363,12 +368,10 @@ impl Outbox {
                     .map(|(result, tries)| Verdict::of(result, tries, others_confirmed, after))
                     .collect();
                 let retry = verdicts.iter().position(|verdict| *verdict == Verdict::Retry);
-                let settled = retry.unwrap_or(messages.len());
                 let mut letters = Vec::new();
-                for (((message, result), tries), verdict) in
-                    messages.iter().zip(&results).zip(&tries).zip(&verdicts).take(settled)
-                {
+                for (((message, result), tries), verdict) in messages.iter().zip(&results).zip(&tries).zip(&verdicts) {
                     match (result, verdict) {
+                        (_, Verdict::Retry) => continue,
                         (Err(BusError::Unroutable(reason)), _) => metrics.unroutable(message, reason),
                         (Err(error), Verdict::Dead) => {
                             letters.push(DeadLetter::new(message.clone(), error, tries.attempts, first_attempt))
@@ -382,14 +385,18 @@ impl Outbox {
                 if !letters.is_empty() {
                     self.bury(letters, &metrics).await;
                 }
-                messages.drain(..settled);
-                tries.drain(..settled);
-                self.confirmed(held.drain(..settled));
+                let keep = |verdict: &Verdict| *verdict == Verdict::Retry;
+                messages = retain(messages, &verdicts, keep);
+                tries = retain(tries, &verdicts, keep);
+                let (kept, settled): (Vec<_>, Vec<_>) =
+                    held.into_iter().zip(&verdicts).partition(|(_, verdict)| keep(verdict));
+                held = kept.into_iter().map(|(held, _)| held).collect();
+                self.confirmed(settled.into_iter().map(|(held, _)| held));
                 let Some(retry) = retry else { break };
                 if let Err(error) = &results[retry] {
                     metrics.retrying(messages.len(), error, backoff);
                 }
-                if bus.is_connected() {
+                if bus.is_connected() || bus.refusal().is_some() {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -449,6 +456,11 @@ impl Verdict {
             Verdict::Retry
         }
     }
+}
+
+/// The items of `items` whose verdict (at the same place) `keep` takes, in order.
+fn retain<T>(items: Vec<T>, verdicts: &[Verdict], keep: impl Fn(&Verdict) -> bool) -> Vec<T> {
+    items.into_iter().zip(verdicts).filter(|(_, verdict)| keep(verdict)).map(|(item, _)| item).collect()
 }
 
 /// What the publisher tried for one event of a batch.

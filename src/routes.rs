@@ -140,6 +140,9 @@ where
         "/readyz" if get && shared.outbox.spool_failing() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "spool refuses writes\n")
         }
+        "/readyz" if get && shared.bus.refusal().is_some() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "bus refuses publishes\n")
+        }
         "/readyz" if get => match (shared.outbox.is_full(), shared.bus.is_connected(), shared.outbox.is_spooled()) {
             (true, _, false) => text(StatusCode::SERVICE_UNAVAILABLE, "outbox full\n"),
             (true, _, true) => text(StatusCode::SERVICE_UNAVAILABLE, "spool full\n"),
@@ -158,6 +161,8 @@ where
                 channel_reopens: shared.bus.channel_reopens(),
                 clients_replaced: shared.bus.clients_replaced(),
                 late_replies: shared.bus.late_replies(),
+                bus_refused: shared.bus.refusal(),
+                unreadable_replies: shared.bus.unreadable_replies(),
                 replay_cache_entries: shared.replays.len(),
                 spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
                 spool: shared.outbox.spool_bytes(),

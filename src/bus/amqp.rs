@@ -1,15 +1,22 @@
 //! RabbitMQ (AMQP 0-9-1): events published to a durable topic exchange with publisher confirms
-//! and `mandatory`; decisions as RPC over direct reply-to (`amq.rabbitmq.reply-to`), matched by
-//! correlation id. Events no queue is bound for go to the exchange's alternate exchange and
+//! and `mandatory`; decisions as RPC, matched by correlation id, with replies consumed from a
+//! queue of the gateway's own on a connection of their own: the client drops its whole
+//! connection on a frame it cannot parse (a correlation id that is not UTF-8, properties larger
+//! than the frame size), and bytes a responder chose must at most cost that reply connection,
+//! which is rebuilt at once while the replies wait in the queue, never the publishing link.
+//! Events no queue is bound for go to the exchange's alternate exchange and
 //! wait in a durable queue (or, with that off, come back and are reported); requests nobody
 //! is bound for always come back, so a missing responder is known at once. The link
 //! (connection and two channels) is re-established whenever it breaks, to the next node of the
 //! seed list in turn; a supervisor keeps it up while idle, with a capped backoff while the
 //! broker is away. A publishing channel that only gets nacks (one opened before a quorum
 //! queue's leader moved can stay so for good) or whose confirms do not come is closed and
-//! opened again. The only file that names lapin types.
+//! opened again. A publish the broker refuses for want of permission marks the bus refused
+//! (not connected, for readiness and `/metrics`) until a publish is confirmed again.
+//! The only file that names lapin types.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -20,14 +27,25 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 use super::message::{attribute_names, Message};
 use super::replies::Replies;
 use super::{Answer, BusError, Ready, Reconnects};
+use crate::logs::Limiter;
 
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// How long the reply queue outlives its last consumer, in milliseconds: replies wait there
+/// while the reply connection is rebuilt, and the queue of a gateway gone is deleted.
+const REPLY_QUEUE_EXPIRES: i32 = 60_000;
+/// What `refusal` reports while the broker refuses publishes for want of permission.
+const ACCESS_REFUSED: &str = "access_refused";
+/// How long a refused publish keeps the bus refused when nothing is tried since: the outbox
+/// retries waiting events at least every 5 s, which renews it while the refusal lasts; with
+/// nothing left to publish (the events became dead letters), readiness must not stay off for
+/// good, since an unready gateway gets no callback that could show the refusal is over.
+const REFUSAL_HOLD: Duration = Duration::from_secs(10);
 /// A connect or a confirm that takes longer than this counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the supervisor checks an idle link.
@@ -94,6 +112,20 @@ struct AmqpInner {
     connected: AtomicBool,
     /// Decision requests waiting for their reply, by correlation id (the event id).
     replies: Replies<Bytes>,
+    /// The queue replies are sent to: `{exchange}.replies.{random}`, one per gateway.
+    reply_queue: String,
+    /// The connection that consumes `reply_queue`, apart from the link.
+    reply_connection: Mutex<Option<Arc<Connection>>>,
+    /// Reply connections given up for a reply the client could not read (rebuilt since).
+    unreadable_replies: AtomicU64,
+    /// When the broker last refused a publish for want of permission; cleared by a publish it
+    /// answers for, and over once [`REFUSAL_HOLD`] passed without another.
+    refused: Mutex<Option<std::time::Instant>>,
+    /// Rate limits for lines a broker or a responder can repeat at will.
+    refusal_log: Mutex<Limiter>,
+    reply_log: Mutex<Limiter>,
+    /// `close` was called: the reply connection is not rebuilt any more.
+    closing: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -101,7 +133,7 @@ struct Link {
     connection: Arc<Connection>,
     /// Confirm mode: informational events.
     events: Channel,
-    /// Confirm mode, consuming direct reply-to: decision requests.
+    /// Confirm mode: decision requests (their replies come on the reply connection).
     rpc: Channel,
 }
 
@@ -118,6 +150,7 @@ impl Amqp {
     pub async fn connect(options: AmqpOptions) -> Result<Amqp, BusError> {
         // Each instance starts at its own place in the list, so that replicas spread over nodes.
         let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), ()) as usize;
+        let reply_queue = format!("{}.replies.{}", options.exchange, uuid::Uuid::new_v4().simple());
         let inner = Arc::new(AmqpInner {
             current: AtomicUsize::new(start % options.urls.len().max(1)),
             urls: options.urls,
@@ -131,6 +164,13 @@ impl Amqp {
             link: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
             replies: Replies::default(),
+            reply_queue,
+            reply_connection: Mutex::new(None),
+            unreadable_replies: AtomicU64::new(0),
+            refused: Mutex::new(None),
+            refusal_log: Mutex::new(Limiter::default()),
+            reply_log: Mutex::new(Limiter::default()),
+            closing: AtomicBool::new(false),
         });
         let amqp = Amqp { inner };
         match amqp.link().await {
@@ -142,6 +182,7 @@ impl Amqp {
             ),
         }
         tokio::spawn(supervise(Arc::downgrade(&amqp.inner)));
+        tokio::spawn(consume_replies(Arc::downgrade(&amqp.inner)));
         Ok(amqp)
     }
 
@@ -245,9 +286,17 @@ impl Amqp {
                     .await,
             );
         }
+        // Set when the broker refused a publish for want of permission.
+        let refused = &AtomicBool::new(false);
+        let failed = |what: &str, error: lapin::Error| {
+            if is_access_refused(&error) {
+                refused.store(true, Relaxed);
+            }
+            unavailable(what, error)
+        };
         let confirms = join_all(sent.into_iter().zip(batch).map(|(sent, message)| async move {
-            let confirm = sent.map_err(|error| unavailable("publish", error))?;
-            match confirm.await.map_err(|error| unavailable("confirm", error))? {
+            let confirm = sent.map_err(|error| failed("publish", error))?;
+            match confirm.await.map_err(|error| failed("confirm", error))? {
                 Confirmation::Ack(None) => Ok(()),
                 Confirmation::Ack(Some(returned)) => Err(BusError::Unroutable(format!(
                     "{} {} (no queue bound to the routing key, and the exchange has no alternate exchange)",
@@ -264,6 +313,11 @@ impl Amqp {
                 return vec![Err(BusError::unavailable_because("AMQP confirm timed out")); batch.len()];
             }
         };
+        if refused.load(Relaxed) {
+            self.refused(&link).await;
+        } else if results.iter().any(answered) && self.refused_since().take().is_some() {
+            tracing::info!(exchange = self.inner.exchange, "RabbitMQ confirms publishes again");
+        }
         let nacked = results.iter().filter(|result| matches!(result, Err(BusError::Nacked(_)))).count() as u32;
         let streak = if results.iter().any(Result::is_ok) {
             self.inner.nacks.store(0, Relaxed);
@@ -277,14 +331,32 @@ impl Amqp {
         results
     }
 
-    /// Publishes a request with direct reply-to and waits for the reply with its correlation id.
+    /// The broker refused a publish on `link` for want of permission: no retry fixes that, but
+    /// the permission may be granted while the gateway runs. Marks the bus refused (readiness
+    /// and `/metrics` show it), says so at ERROR (once a second at most), and opens the
+    /// publishing channel again (the broker closed it) so that the next retry can tell.
+    async fn refused(&self, link: &Link) {
+        *self.refused_since() = Some(std::time::Instant::now());
+        let allowed = self.inner.refusal_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
+        if let Some(suppressed) = allowed {
+            tracing::error!(
+                exchange = self.inner.exchange,
+                suppressed,
+                "RabbitMQ refuses publishes to the exchange (ACCESS_REFUSED): the user needs write permission on it; events wait in the outbox until a publish is confirmed"
+            );
+        }
+        self.reopen_events(link, "publish refused").await;
+    }
+
+    /// Publishes a request with `reply_to` naming the reply queue and waits for the reply with
+    /// its correlation id.
     /// An unroutable request (nobody bound) fails at once with "no responders".
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
         let link = self.link().await?;
         let mut waiting = self.inner.replies.register(&message.id);
         let expiration = message.time_left().as_millis().max(1).to_string();
         let properties = request_properties(message)
-            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_reply_to(self.inner.reply_queue.as_str().into())
             .with_correlation_id(message.id.as_str().into())
             .with_expiration(expiration.into());
         let confirm = link
@@ -306,8 +378,26 @@ impl Amqp {
         waiting.reply().await.map_err(|_| BusError::unavailable_because("AMQP link closed before the reply"))
     }
 
+    /// Whether the link is up and the broker takes publishes (not refusing them for want of
+    /// permission).
     pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Relaxed)
+        self.inner.connected.load(Relaxed) && self.refusal().is_none()
+    }
+
+    /// Why the broker refuses every publish right now (`access_refused`), if it does.
+    pub fn refusal(&self) -> Option<&'static str> {
+        let refused = self.refused_since().is_some_and(|at| at.elapsed() < REFUSAL_HOLD);
+        refused.then_some(ACCESS_REFUSED)
+    }
+
+    fn refused_since(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.inner.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reply connections given up for a reply the client could not read (not UTF-8 where AMQP
+    /// wants it, larger than a frame): a burst of such replies, pushed together, costs one.
+    pub fn unreadable_replies(&self) -> u64 {
+        self.inner.unreadable_replies.load(Relaxed)
     }
 
     pub fn connect_attempts(&self) -> u64 {
@@ -330,6 +420,11 @@ impl Amqp {
     }
 
     pub async fn close(&self) {
+        self.inner.closing.store(true, Relaxed);
+        let replies = self.inner.reply_connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(connection) = replies {
+            let _ = connection.close(200, "hookbus closing".into()).await;
+        }
         if let Some(link) = self.inner.link.lock().await.take() {
             let _ = link.connection.close(200, "hookbus closing".into()).await;
         }
@@ -401,34 +496,142 @@ impl Amqp {
     }
 }
 
-/// Opens a connection, the two channels, the exchange and the reply consumer.
-async fn open(inner: &Arc<AmqpInner>, url: &str) -> Result<Link, BusError> {
+/// Connects to `url`, asking for frames of [`FRAME_MAX`] unless the URL sets its own.
+async fn connect_to(url: &str) -> Result<Connection, BusError> {
     let mut uri: lapin::uri::AMQPUri =
         url.parse().map_err(|error| BusError::Fatal { what: format!("AMQP URL: {error}"), cause: None })?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
-    let connection = Connection::connect_uri(uri, ConnectionProperties::default())
-        .await
-        .map_err(|error| link_error("connect", error))?;
+    Connection::connect_uri(uri, ConnectionProperties::default()).await.map_err(|error| link_error("connect", error))
+}
+
+/// Opens a connection, the two channels, the exchange and the reply queue.
+async fn open(inner: &Arc<AmqpInner>, url: &str) -> Result<Link, BusError> {
+    let connection = connect_to(url).await?;
     let events = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
     let rpc = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
     for channel in [&events, &rpc] {
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|error| unavailable("confirm", error))?;
     }
     declare(&connection, &events, inner).await?;
-    let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let mut replies = rpc
-        .basic_consume(DIRECT_REPLY_TO.into(), "".into(), options, FieldTable::default())
+    // Here too, so that no request names a queue that does not exist yet.
+    declare_reply_queue(&events, &inner.reply_queue).await?;
+    Ok(Link { connection: Arc::new(connection), events, rpc })
+}
+
+/// Declares the reply queue: not durable (replies are worth nothing after their deadline),
+/// not exclusive and not auto-deleted, so that it outlives a reply connection lost with the
+/// replies in it; it expires once no consumer used it for [`REPLY_QUEUE_EXPIRES`].
+async fn declare_reply_queue(channel: &Channel, queue: &str) -> Result<(), BusError> {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(REPLY_QUEUE_EXPIRES));
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .map(drop)
+        .map_err(|error| link_error(&format!("declare queue {queue}"), error))
+}
+
+/// Consumes the reply queue on a connection of its own, rebuilt at once whenever it ends: a
+/// reply the client cannot parse costs this connection (counted, and logged at most once a
+/// second), while the replies behind it wait in the queue and the publishing link goes on.
+async fn consume_replies(inner: Weak<AmqpInner>) {
+    let mut failures = 0;
+    loop {
+        let opened = {
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.closing.load(Relaxed) {
+                return;
+            }
+            let url = inner.urls[inner.current.load(Relaxed) % inner.urls.len().max(1)].clone();
+            tokio::time::timeout(TIMEOUT, open_replies(&inner, &url))
+                .await
+                .unwrap_or_else(|_| Err(BusError::unavailable_because("AMQP connect timed out")))
+        };
+        let mut replies = match opened {
+            Ok(replies) => replies,
+            Err(error) => {
+                failures += 1;
+                let Some(inner) = inner.upgrade() else { return };
+                tracing::debug!(error = &error as &dyn std::error::Error, "AMQP reply connection still down");
+                let wait = inner.reconnects.next("RabbitMQ (replies)", failures);
+                drop(inner);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        failures = 0;
+        let ended = loop {
+            match replies.next().await {
+                Some(Ok(reply)) => {
+                    let Some(inner) = inner.upgrade() else { return };
+                    let id = reply.properties.correlation_id().as_ref().map(ShortString::as_str).unwrap_or("");
+                    inner.replies.deliver(id, Bytes::from(reply.data));
+                }
+                Some(Err(error)) => break Some(error),
+                None => break None,
+            }
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closing.load(Relaxed) {
+            return;
+        }
+        if let Some(connection) = inner.reply_connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+        {
+            tokio::spawn(async move { connection.close(200, "rebuilding the reply connection".into()).await });
+        }
+        let unreadable = ended.as_ref().is_some_and(is_unreadable);
+        if unreadable {
+            inner.unreadable_replies.fetch_add(1, Relaxed);
+        }
+        let allowed = inner.reply_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
+        if let Some(suppressed) = allowed {
+            let error = ended.as_ref().map(|error| error as &dyn std::error::Error);
+            if unreadable {
+                tracing::warn!(error, suppressed, "AMQP reply the client cannot read dropped, with the reply connection; rebuilding it (the publishing link is not affected)");
+            } else {
+                tracing::warn!(error, suppressed, "AMQP reply connection lost; rebuilding it");
+            }
+        }
+    }
+}
+
+/// Opens the reply connection and starts consuming the reply queue (declared again, should it
+/// have expired or gone with its node).
+async fn open_replies(inner: &AmqpInner, url: &str) -> Result<lapin::Consumer, BusError> {
+    let connection = connect_to(url).await?;
+    let channel = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
+    declare_reply_queue(&channel, &inner.reply_queue).await?;
+    let options = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
+    let queue = inner.reply_queue.as_str();
+    let replies = channel
+        .basic_consume(queue.into(), "".into(), options, FieldTable::default())
         .await
         .map_err(|error| unavailable("consume replies", error))?;
-    let weak = Arc::downgrade(inner);
-    tokio::spawn(async move {
-        while let Some(Ok(reply)) = replies.next().await {
-            let Some(inner) = weak.upgrade() else { break };
-            let id = reply.properties.correlation_id().as_ref().map(ShortString::as_str).unwrap_or("");
-            inner.replies.deliver(id, Bytes::from(reply.data));
+    *inner.reply_connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(connection));
+    Ok(replies)
+}
+
+/// Whether the client gave up a connection because of a frame it could not read: bytes that
+/// do not parse, or a frame over the size agreed.
+fn is_unreadable(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ParsingError(_) => true,
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(amqp.kind(), AMQPErrorKind::Hard(AMQPHardError::FRAMEERROR | AMQPHardError::SYNTAXERROR))
         }
-    });
-    Ok(Link { connection: Arc::new(connection), events, rpc })
+        _ => false,
+    }
+}
+
+/// Whether the broker took the publish and answered for it (a confirm, a return, a nack):
+/// whatever refused publishes before is over.
+fn answered(result: &Result<(), BusError>) -> bool {
+    matches!(result, Ok(()) | Err(BusError::Unroutable(_) | BusError::Nacked(_)))
+}
+
+/// Whether the broker refused for want of permission.
+fn is_access_refused(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
 }
 
 /// Declares the event exchange unless it exists and, when unrouted events are kept, the
@@ -458,19 +661,37 @@ async fn declare(connection: &Connection, events: &Channel, inner: &AmqpInner) -
             .map_err(|error| link_error(&format!("bind queue {queue}"), error))?;
         arguments.insert("alternate-exchange".into(), AMQPValue::LongString(alternate.as_str().into()));
     }
-    // An exchange declared earlier is used as it is: declaring it again with other arguments
-    // would fail. Its alternate exchange, if it should get one, is set by a policy.
+    // Declared at once, which is silent for a new exchange and for one declared earlier with
+    // the same arguments (checking first with a passive declare costs a 404, which the client
+    // logs at ERROR, on every start on a new exchange). An exchange declared earlier with
+    // other arguments, or that the user may use but not declare, is used as it is, after a
+    // passive declare shows it exists: its alternate exchange, if it should get one, is set by
+    // a policy. Scratch channels, since a refusal closes the channel it came on.
+    let exchange = inner.exchange.as_str();
+    let scratch = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
+    let declared = scratch.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, arguments).await;
+    let Err(refused) = declared else {
+        let _ = scratch.close(200, "declared".into()).await;
+        return Ok(());
+    };
+    let error = link_error(&format!("declare exchange {exchange}"), refused);
+    if error.is_transient() {
+        return Err(error);
+    }
     let scratch = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
     let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
-    let exchange = inner.exchange.as_str();
-    if scratch.exchange_declare(exchange.into(), ExchangeKind::Topic, passive, FieldTable::default()).await.is_ok() {
-        let _ = scratch.close(200, "checked".into()).await;
-        return Ok(());
+    match scratch.exchange_declare(exchange.into(), ExchangeKind::Topic, passive, FieldTable::default()).await {
+        Ok(()) => {
+            let _ = scratch.close(200, "checked".into()).await;
+            tracing::warn!(
+                exchange,
+                error = &error as &dyn std::error::Error,
+                "the exchange exists with other arguments, or may not be declared by this user: used as it is"
+            );
+            Ok(())
+        }
+        Err(_) => Err(error),
     }
-    events
-        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, arguments)
-        .await
-        .map_err(|error| link_error(&format!("declare exchange {exchange}"), error))
 }
 
 /// The arguments that give a declared queue its type. A classic queue is declared with none,
@@ -547,7 +768,6 @@ fn unavailable(what: &str, error: lapin::Error) -> BusError {
 /// An error while setting up the link: refused for good when the broker said no to the
 /// credentials, the vhost or a declaration; else worth a retry.
 fn link_error(what: &str, error: lapin::Error) -> BusError {
-    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
     let refused = match error.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => matches!(
             amqp.kind(),

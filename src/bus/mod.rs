@@ -94,6 +94,25 @@ impl Bus {
         }
     }
 
+    /// Why the broker refuses every publish right now (a metric label: `access_refused`), if
+    /// it does: a refusal no retry fixes, shown apart from a link that is down. The bus then
+    /// reads as not connected; the outbox keeps trying, with its backoff, so that a permission
+    /// granted meanwhile is noticed.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            Bus::Amqp(bus) => bus.refusal(),
+            _ => None,
+        }
+    }
+
+    /// Reply connections given up for a decision reply the bus client could not read (RabbitMQ).
+    pub fn unreadable_replies(&self) -> u64 {
+        match self {
+            Bus::Amqp(bus) => bus.unreadable_replies(),
+            _ => 0,
+        }
+    }
+
     /// Attempts to reach the broker so far, the first one included.
     pub fn connect_attempts(&self) -> u64 {
         match self {

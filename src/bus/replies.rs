@@ -1,5 +1,5 @@
 //! Decision requests waiting for their reply, by correlation id, for the backends that read
-//! replies from one shared subscription (a NATS inbox, AMQP direct reply-to, a Kafka reply
+//! replies from one shared subscription (a NATS inbox, the AMQP reply queue, a Kafka reply
 //! topic). A request registers before it is sent and is removed by a guard when it is done
 //! or dropped at its deadline (cancel-safe). A reply nobody waits for (late, a second one, or
 //! for an id never asked: a responder on the wrong inbox, a flood) is dropped at once, keeping

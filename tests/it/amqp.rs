@@ -1,5 +1,5 @@
-//! What only the RabbitMQ bus does: requests carry direct reply-to, correlation id and
-//! expiration; unroutable events are kept in a queue of their own, or reported and counted,
+//! What only the RabbitMQ bus does: requests carry the gateway's reply queue, correlation id
+//! and expiration; unroutable events are kept in a queue of their own, or reported and counted,
 //! never retried forever.
 
 use std::time::Duration;
@@ -14,7 +14,7 @@ use crate::brokers::{amqp_url, Backend};
 use crate::support::{eventually, metrics, unique};
 
 #[tokio::test]
-async fn requests_use_direct_reply_to_with_correlation_and_expiration() {
+async fn requests_name_the_gateways_reply_queue_with_correlation_and_expiration() {
     let prefix = unique("t");
     let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -37,8 +37,10 @@ async fn requests_use_direct_reply_to_with_correlation_and_expiration() {
     let replier = tokio::spawn(async move {
         let request = requests.next().await.unwrap().unwrap();
         let props = request.properties.clone();
-        // The broker rewrites `amq.rabbitmq.reply-to` to the requester's pseudo-queue.
-        assert!(props.reply_to().as_ref().unwrap().as_str().starts_with("amq.rabbitmq.reply-to."));
+        // A queue of the gateway's own, consumed on a connection apart from the publishing one.
+        let reply_to = props.reply_to().as_ref().unwrap().as_str();
+        let suffix = reply_to.strip_prefix("tencent.replies.").unwrap_or_else(|| panic!("{reply_to}"));
+        assert!(suffix.len() == 32 && suffix.bytes().all(|b| b.is_ascii_hexdigit()), "{reply_to}");
         let expiration: u64 = props.expiration().as_ref().unwrap().as_str().parse().unwrap();
         assert!(expiration > 0 && expiration <= 1500, "expiration is the time left: {expiration}");
         let id = props.correlation_id().clone().unwrap();

@@ -21,6 +21,8 @@
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
 //! - `trtc`: TRTC room and media callbacks beside Live and Chat ones, signed by Python's `hmac`.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
+//! - `amqp_edges`: RabbitMQ against a hostile or refusing third party (pika): unreadable
+//!   replies, a refused routing key, a user who may not write, returned bodies in the log.
 //! - `tail`: `hookbus tail` in a terminal, as JSON lines, and a tail that stops reading.
 //! - `powercut`: power cuts under the spool, on a file system that forgets what was not synced
 //!   (`tests/powercut/lazyfs.py`): every callback answered 200 is delivered.
@@ -28,6 +30,7 @@
 //!   and leader kills, one id per callback across gateways.
 
 mod amqp;
+mod amqp_edges;
 mod apps;
 mod bindings;
 mod brokers;
