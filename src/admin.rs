@@ -36,12 +36,18 @@ impl Drop for Admin {
     }
 }
 
-/// Serves the admin socket at `path` (in a spool directory this gateway holds the lock of, or
-/// the operator's `--admin-socket`: a socket file left there is a dead gateway's). `None`,
-/// logged, when it cannot be bound.
+/// Serves the admin socket at `path` (in the spool directory, or the operator's
+/// `--admin-socket`). `None`, logged, when it cannot be bound: another gateway answers there,
+/// or something else is in the way.
 pub fn serve(path: &Path, outbox: Arc<Outbox>, tap: Arc<Tap>) -> Option<Admin> {
     let path = path.to_owned();
-    let _ = std::fs::remove_file(&path);
+    // A socket nobody answers on is a dead gateway's; anything else there is left alone (and
+    // binding then fails, said below).
+    let is_socket =
+        std::fs::symlink_metadata(&path).is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+    if is_socket && std::os::unix::net::UnixStream::connect(&path).is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
     let bound = UnixListener::bind(&path).and_then(|listener| {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map(|()| listener)
     });

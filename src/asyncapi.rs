@@ -3,7 +3,8 @@
 //! `{prefix}.decide.{command}` for the requests of a blocking one),
 //! each message with the CloudEvents headers as that bus carries them and a JSON Schema of the
 //! body derived from the documented sample; `send` operations for informational events, and for
-//! blocking callbacks a `send` with a `reply` (the decision the responder sends back).
+//! blocking callbacks a `send` with a `reply` (the decision the responder sends back); and the
+//! audit events and dead-letter notices a gateway may publish about them.
 
 use serde_json::{json, Map, Value};
 
@@ -135,6 +136,7 @@ impl Contract {
             }
             operations.insert(format!("send_{id}"), operation);
         }
+        self.follow_ups(&mut channels, &mut operations, &mut messages);
         let mut document = json!({
             "asyncapi": "3.0.0",
             "info": {
@@ -152,6 +154,92 @@ impl Contract {
             document["servers"] = json!({ "bus": { "host": self.host, "protocol": self.protocol } });
         }
         document
+    }
+
+    /// The events a gateway publishes about others: the audit of each decision (`--audit`, to
+    /// `{prefix}.audit.{command}`) and the notice of each dead letter (`--dead-letter-destination`,
+    /// to `{prefix}.deadletter`).
+    fn follow_ups(
+        &self,
+        channels: &mut Map<String, Value>,
+        operations: &mut Map<String, Value>,
+        messages: &mut Map<String, Value>,
+    ) {
+        let text = |description: &str| json!({ "type": "string", "description": description });
+        let audit = json!({
+            "type": "object",
+            "required": ["id", "command", "outcome", "code"],
+            "properties": {
+                "id": text("the decided callback's event id"),
+                "command": text("its CallbackCommand"),
+                "outcome": text("reply, rule, timeout, no-responders, invalid, bus-error or disconnected"),
+                "rule": { "type": ["string", "null"], "description": "the local rule that decided, if one did" },
+                "code": { "type": "integer", "description": "the ErrorCode Tencent was answered" },
+                "info": text("the ErrorInfo Tencent was answered"),
+                "latency_ms": { "type": "number", "description": "from the callback's arrival to its answer" },
+                "body": { "description": "the callback's body" },
+            },
+        });
+        let notice = json!({
+            "type": "object",
+            "required": ["id", "type", "destination", "reason"],
+            "properties": {
+                "id": text("the dead event's id"),
+                "type": text("its CloudEvents type (a CallbackCommand, a TRTC type, hookbus.decision)"),
+                "destination": text("where it was going"),
+                "reason": text("why the broker will not take it: too_large, nacked, no_stream, invalid, not_authorized, attempts"),
+                "error": text("the broker's error"),
+                "attempts": { "type": "integer" },
+                "time": text("its receive time, RFC 3339"),
+                "dead_at": text("when it was set aside, RFC 3339"),
+                "body": { "description": "its body, unless the body is what the broker refused (too_large)" },
+            },
+        });
+        let blocking = SAMPLES.iter().map(|(command, _)| *command).filter(|command| Blocking::of(command).is_some());
+        let follow_ups = blocking
+            .map(|command| {
+                (
+                    format!("audit_{}", command.replace('.', "_")),
+                    format!("audit.{command}"),
+                    "audit",
+                    "hookbus.decision",
+                )
+            })
+            .chain([("deadletter".to_owned(), "deadletter".to_owned(), "deadletter", "hookbus.deadletter")]);
+        for (id, after_prefix, message, kind) in follow_ups {
+            let destination = format!("{}.{after_prefix}", self.prefix);
+            let mut address = json!({
+                "address": destination,
+                "messages": { message: { "$ref": format!("#/components/messages/{message}") } },
+            });
+            if let Some(bindings) = self.channel_bindings(&destination) {
+                address["bindings"] = bindings;
+            }
+            channels.insert(id.clone(), address);
+            operations.insert(
+                format!("send_{id}"),
+                json!({
+                    "action": "send",
+                    "channel": { "$ref": format!("#/channels/{id}") },
+                    "summary": format!("{kind} events, published with broker confirms"),
+                    "messages": [{ "$ref": format!("#/channels/{id}/messages/{message}") }],
+                }),
+            );
+        }
+        for (name, title, payload) in
+            [("audit", "hookbus.decision", audit), ("deadletter", "hookbus.deadletter", notice)]
+        {
+            messages.insert(
+                name.into(),
+                json!({
+                    "name": title,
+                    "title": title,
+                    "contentType": "application/json",
+                    "headers": self.headers(false),
+                    "payload": payload,
+                }),
+            );
+        }
     }
 
     /// The CloudEvents attributes as this bus carries them (stdout: none, they are in the line).

@@ -174,7 +174,7 @@ async fn reload_on_hangup(current: Arc<apps::Current>, spec: apps::Spec) {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM (Kubernetes sends SIGTERM).
+/// `hookbus tail`: follows the admin socket the flags name until SIGINT or SIGTERM.
 async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     let socket = match (args.admin_socket, args.spool_dir) {
         (Some(socket), _) => socket,
@@ -197,6 +197,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Resolves on the first SIGINT or SIGTERM (Kubernetes sends SIGTERM).
 async fn signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler cannot fail at start-up");

@@ -165,7 +165,9 @@ impl Outbox {
         let mut state = self.lock();
         state.reserved -= 1;
         state.refusing = false;
-        state.spool_failing &= record.is_none();
+        if record.is_some() {
+            state.spool_failing = false;
+        }
         let was_empty = state.queue.is_empty();
         state.queue.push_back((message, Held { record, bytes }));
         drop(state);
@@ -286,6 +288,9 @@ impl Outbox {
         state.in_flight -= n;
         state.bytes -= bytes;
         state.refusing &= n == 0;
+        // Confirmed events make room on the disk too (the next write replaces a drained
+        // segment): let the next callback try, rather than stay unready with none coming.
+        state.spool_failing &= n == 0;
         drop(state);
         if n > 0 {
             self.room.notify_waiters();

@@ -257,7 +257,8 @@ struct Accepted {
 impl Accepted {
     /// A replay of `checked`, answered `answer` as before, without an event.
     fn replay(checked: Checked, answer: Bytes) -> Accepted {
-        let Checked { command, sdk_app_id: app, body_room: room, payload: body, .. } = checked;
+        let Checked { command, sdk_app_id: app, body_room: room, payload, .. } = checked;
+        let body = crate::tail::kept(&payload);
         Accepted { command, id: "replay".into(), trace: None, answer, app, room, outcome: "replay".into(), body }
     }
 }
@@ -322,7 +323,7 @@ where
     let from_caller = incoming.is_some_and(|incoming| incoming == message.trace.header());
     let receive = Receive::start(shared.tracer.as_ref(), &mut message, checked.received, from_caller);
     let (command, id) = (checked.command, message.id.clone());
-    let (room, body) = (message.key.clone(), message.payload.clone());
+    let (room, body) = (message.key.clone(), crate::tail::kept(&message.payload));
     let (trace, answered, answer, outcome) = match kind {
         Some(kind) => {
             let (trace, answer, outcome) = decide(shared, kind, message, receive, app).await;

@@ -316,8 +316,17 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // A segment that could not be replaced may be gone already: the group fails rather
+            // than be written where nothing keeps it.
             if let Err(error) = self.rotate_when_due() {
                 tracing::error!(%error, "cannot start a new spool segment");
+                let size: usize = group.iter().map(|append| append.record.len()).sum();
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes -= size as u64;
+                self.failed = true;
+                for append in group {
+                    let _ = append.done.send(Err(io::Error::new(error.kind(), error.to_string())));
+                }
+                continue;
             }
             let (segment, start) = {
                 let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,22 +369,29 @@ impl Writer {
     /// sixteenth of a segment or more, or anything after a failed write (deleting it then: a
     /// full disk gets its room back).
     fn rotate_when_due(&mut self) -> io::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let active = state.active;
         let (live, bytes) = state.segments.get(&active).map_or((0, 0), |s| (s.live, s.bytes));
         let drained = live == 0 && bytes > 0 && (self.failed || bytes >= self.segment_bytes / 16);
         if bytes < self.segment_bytes && !drained {
             return Ok(());
         }
-        // The old one goes first when drained: on a full disk, the new one needs its room.
-        let files = (live == 0).then(|| state.remove(&self.dir, active));
+        // A drained one's files go first: on a full disk, the new segment needs their room (its
+        // records are all confirmed; should the new one not be made, the group fails).
+        if live == 0 {
+            if let Err(error) = delete([segment_path(&self.dir, active), notes_path(&self.dir, active)]) {
+                tracing::warn!(%error, segment = active, "cannot delete a drained spool segment");
+            }
+        }
+        drop(state);
+        let file = create_segment(&self.dir, active + 1)?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if live == 0 {
+            state.remove(&self.dir, active);
+        }
         state.active = active + 1;
         state.segments.insert(active + 1, Segment::default());
-        drop(state);
-        if let Some(files) = files {
-            delete(files)?;
-        }
-        self.file = create_segment(&self.dir, active + 1)?;
+        self.file = file;
         Ok(())
     }
 }

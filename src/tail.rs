@@ -63,11 +63,21 @@ impl Seen {
     }
 }
 
-/// The body as text: escaped, cut to [`BODY_BYTES`].
+/// The start of a body kept for a tail: at most [`BODY_BYTES`], a copy of its own (a slice
+/// would keep the whole body alive in the ring).
+pub fn kept(body: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(&body[..body.len().min(BODY_BYTES + 1)])
+}
+
+/// The body as text, cut to [`BODY_BYTES`] at a character boundary (`…` when cut); JSON escapes
+/// it on the wire, [`human`] for the terminal.
 fn cut(body: &[u8]) -> String {
-    let body = &body[..body.len().min(BODY_BYTES)];
-    String::from_utf8_lossy(body).chars().flat_map(char::escape_default).collect::<String>()
-        + if body.len() == BODY_BYTES { "…" } else { "" }
+    let text = String::from_utf8_lossy(body);
+    if text.len() <= BODY_BYTES {
+        return text.into_owned();
+    }
+    let end = (0..=BODY_BYTES).rev().find(|&at| text.is_char_boundary(at)).unwrap_or(0);
+    format!("{}…", &text[..end])
 }
 
 /// The gateway's side: what it answered, for whoever tails it.
@@ -280,8 +290,10 @@ fn human(line: &serde_json::Value, form: Form) -> String {
         fit(text("outcome"), 18),
     );
     if form.body {
+        // Control characters and the like escaped: the body comes from outside.
+        let body: String = text("body").chars().flat_map(char::escape_debug).take(96).collect();
         shown.push_str("\n    ");
-        shown.push_str(&text("body").chars().take(96).collect::<String>());
+        shown.push_str(&body);
     }
     shown
 }

@@ -421,30 +421,31 @@ async fn supervise(watched: Watched, mut ended: JoinHandle<()>, options: NatsOpt
         old.alive.store(false, Relaxed);
         replies.abandon_all();
         tracing::error!("NATS connection task is gone (a failure inside the client); starting a new client");
-        let current = Arc::new(std::sync::OnceLock::new());
-        let connected = client_options(&options, &watched.reconnects, &current)
-            .retry_on_initial_connect()
-            .connect(servers.clone())
-            .await;
-        let started = match connected {
-            Ok(client) => {
-                let _ = current.set(client.clone());
-                Link::start(client, options.jetstream, &replies).await
+        ended = loop {
+            let current = Arc::new(std::sync::OnceLock::new());
+            let connected = client_options(&options, &watched.reconnects, &current)
+                .retry_on_initial_connect()
+                .connect(servers.clone())
+                .await;
+            let started = match connected {
+                Ok(client) => {
+                    let _ = current.set(client.clone());
+                    Link::start(client, options.jetstream, &replies).await
+                }
+                Err(error) => Err(BusError::unavailable("NATS client", error)),
+            };
+            match started {
+                Ok((new, new_ended)) => {
+                    *link.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(new);
+                    watched.replaced.fetch_add(1, Relaxed);
+                    break new_ended;
+                }
+                Err(error) => {
+                    tracing::error!(error = &error as &dyn std::error::Error, "new NATS client failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
-            Err(error) => Err(BusError::unavailable("NATS client", error)),
         };
-        match started {
-            Ok((new, new_ended)) => {
-                *link.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(new);
-                watched.replaced.fetch_add(1, Relaxed);
-                ended = new_ended;
-            }
-            Err(error) => {
-                tracing::error!(error = &error as &dyn std::error::Error, "new NATS client failed; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                ended = tokio::spawn(async {});
-            }
-        }
     }
 }
 

@@ -125,7 +125,7 @@ async fn delete(exchanges: &[&str], queues: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_the_client_cannot_read_costs_the_reply_connection_never_the_link() {
     let prefix = unique("t");
-    let key = format!("{prefix}.Live.CallbackBeforeSendGift");
+    let key = hookbus::bus::request_destination(&prefix, "Live.CallbackBeforeSendGift");
     let (_responder, _) = Python::start(RESPONDER, &[&amqp_url(), "tencent", &key]);
     let gateway = Backend::Amqp.gateway(&prefix, None, &["--decision-timeout", "1900ms"]).await;
     let addr = gateway.addr;

@@ -309,7 +309,12 @@ async fn a_deleted_reply_topic_is_created_again_and_decisions_resume() {
     let brokers = kafka_brokers();
     let reply_topic = format!("{prefix}.replies.deleted");
     let events = format!("{prefix}.Live.CallbackAfterMemberStateChanged");
-    let _responder = PyResponder::start(&brokers, &format!("{prefix}.Live.CallbackBeforeSendGift"), 102160).await;
+    let _responder = PyResponder::start(
+        &brokers,
+        &hookbus::bus::request_destination(&prefix, "Live.CallbackBeforeSendGift"),
+        102160,
+    )
+    .await;
     let gateway = Backend::Kafka.gateway(&prefix, None, &["--kafka-reply-topic", &reply_topic]).await;
     decided(&gateway, 102160, Duration::from_secs(30)).await;
     let mut posted = burst(gateway.addr, 0..100, 2).await;
@@ -403,7 +408,12 @@ async fn a_broker_back_with_empty_storage_is_recovered_without_a_restart() {
     let expected: HashSet<String> = during.union(&after).cloned().collect();
     let (records, second) = collect_by_id(&brokers, &events, &expected).await;
     let delivered_after = back.elapsed();
-    let _responder = PyResponder::start(&brokers, &format!("{prefix}.Live.CallbackBeforeSendGift"), 102170).await;
+    let _responder = PyResponder::start(
+        &brokers,
+        &hookbus::bus::request_destination(&prefix, "Live.CallbackBeforeSendGift"),
+        102170,
+    )
+    .await;
     let posts = decided(&gateway, 102170, Duration::from_secs(30)).await;
     let decided_after = back.elapsed();
 
@@ -428,7 +438,12 @@ async fn without_topic_creation_the_gateway_still_creates_its_own_reply_topic() 
     let brokers = kafka_brokers();
     let events = format!("{prefix}.Live.CallbackAfterMemberStateChanged");
     create_topic(&events).await;
-    let _responder = PyResponder::start(&brokers, &format!("{prefix}.Live.CallbackBeforeSendGift"), 102180).await;
+    let _responder = PyResponder::start(
+        &brokers,
+        &hookbus::bus::request_destination(&prefix, "Live.CallbackBeforeSendGift"),
+        102180,
+    )
+    .await;
     let gateway = Backend::Kafka.gateway(&prefix, None, &["--kafka-create-topics", "false"]).await;
     let addr = gateway.addr;
     eventually("the gateway to be ready", Duration::from_secs(10), || async move {
