@@ -31,6 +31,9 @@ use crate::logs::Limiter;
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// The stream API's answer to "which stream covers this subject?" within this, or the question
+/// counts as unanswered (a retry).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How to reach the server and what to check there.
 #[derive(Debug, Clone)]
@@ -376,8 +379,13 @@ impl Link {
             use jetstream::context::PublishErrorKind::{StreamNotFound, TimedOut};
             if matches!(error.kind(), StreamNotFound | TimedOut) && !covered.contains_key(message.destination.as_str())
             {
-                let found = context.stream_by_subject(message.destination.as_str()).await;
-                let uncovered = matches!(&found, Err(error) if error.kind() == GetStreamByNameErrorKind::NotFound);
+                // The client has no request timeout of its own (ours is the only one): without
+                // this one, a look-up that meets no stream API (its leader being elected) waits
+                // for ever, and the publisher with it.
+                let found =
+                    tokio::time::timeout(LOOKUP_TIMEOUT, context.stream_by_subject(message.destination.as_str()));
+                let uncovered =
+                    matches!(found.await, Ok(Err(error)) if error.kind() == GetStreamByNameErrorKind::NotFound);
                 if uncovered {
                     tracing::debug!(what, subject = message.destination, "no JetStream stream covers the subject");
                 }
@@ -610,10 +618,14 @@ async fn ensure_stream(context: &jetstream::Context, options: &NatsOptions) -> R
     let (prefix, create) = (options.prefix.as_str(), options.create_stream.as_deref());
     let (mut streams, mut uncovered) = (std::collections::BTreeSet::new(), Vec::new());
     for subject in &options.subjects {
-        match context.stream_by_subject(subject.as_str()).await {
-            Ok(stream) => drop(streams.insert(stream)),
-            Err(error) if error.kind() == GetStreamByNameErrorKind::NotFound => uncovered.push(subject.as_str()),
-            Err(error) => return Err(BusError::fatal("JetStream stream look-up (is JetStream enabled?)", error)),
+        let found = tokio::time::timeout(LOOKUP_TIMEOUT, context.stream_by_subject(subject.as_str())).await;
+        match found {
+            Ok(Ok(stream)) => drop(streams.insert(stream)),
+            Ok(Err(error)) if error.kind() == GetStreamByNameErrorKind::NotFound => uncovered.push(subject.as_str()),
+            Ok(Err(error)) => return Err(BusError::fatal("JetStream stream look-up (is JetStream enabled?)", error)),
+            Err(_) => {
+                return Err(BusError::fatal_because("JetStream stream look-up: no answer (is JetStream enabled?)"))
+            }
         }
     }
     let streams: Vec<String> = streams.into_iter().collect();
