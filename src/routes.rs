@@ -303,7 +303,14 @@ where
     // answered with its decision.
     let deciding = match (kind, checked.replay) {
         (Some(_), Some((key, _))) => match shared.replays.claim(key).await {
-            Ok(deciding) => Some(deciding),
+            // The original may have been decided between the look-up above and the claim.
+            Ok(deciding) => match shared.replays.answered(key, now) {
+                Some(Answered::Decision(answer)) => {
+                    shared.metrics.replayed(&checked.command);
+                    return Ok(Accepted::replay(checked, answer));
+                }
+                _ => Some(deciding),
+            },
             Err(Some(answer)) => {
                 shared.metrics.replayed(&checked.command);
                 return Ok(Accepted::replay(checked, answer));
