@@ -34,7 +34,8 @@
 //! - [`logs`]: log fields that carry outside bytes (escaped, cut), lines rate-limited.
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
-//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `bus`, `logs`; `outbox` → `spool`,
+//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `tail`, `bus`, `logs`; `admin` → `outbox`,
+//! `tail`; `outbox` → `spool`,
 //! `dead_letters`, `metrics`, `bus`; `trtc` → `canonical`; `bus` → `traces` (the trace context a message carries) and
 //! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
 
