@@ -111,14 +111,7 @@ impl Contract {
                 Some(_) => crate::bus::request_destination(&self.prefix, command),
                 None => format!("{}.{command}", self.prefix),
             };
-            let mut address = json!({
-                "address": destination,
-                "messages": { id.clone(): { "$ref": format!("#/components/messages/{id}") } },
-            });
-            if let Some(bindings) = self.channel_bindings(&destination) {
-                address["bindings"] = bindings;
-            }
-            channels.insert(id.clone(), address);
+            channels.insert(id.clone(), self.channel(&destination, &id));
             let mut operation = json!({
                 "action": "send",
                 "channel": { "$ref": format!("#/channels/{id}") },
@@ -208,14 +201,7 @@ impl Contract {
             .chain([("deadletter".to_owned(), "deadletter".to_owned(), "deadletter", "hookbus.deadletter")]);
         for (id, after_prefix, message, kind) in follow_ups {
             let destination = format!("{}.{after_prefix}", self.prefix);
-            let mut address = json!({
-                "address": destination,
-                "messages": { message: { "$ref": format!("#/components/messages/{message}") } },
-            });
-            if let Some(bindings) = self.channel_bindings(&destination) {
-                address["bindings"] = bindings;
-            }
-            channels.insert(id.clone(), address);
+            channels.insert(id.clone(), self.channel(&destination, message));
             operations.insert(
                 format!("send_{id}"),
                 json!({
@@ -271,6 +257,18 @@ impl Contract {
         }
         let required: Vec<String> = ["id", "type", "source", "specversion"].iter().map(|a| name(a)).collect();
         json!({ "type": "object", "properties": properties, "required": required })
+    }
+
+    /// The channel at `destination` carrying the message `message`, with this bus's bindings.
+    fn channel(&self, destination: &str, message: &str) -> Value {
+        let mut channel = json!({
+            "address": destination,
+            "messages": { message: { "$ref": format!("#/components/messages/{message}") } },
+        });
+        if let Some(bindings) = self.channel_bindings(destination) {
+            channel["bindings"] = bindings;
+        }
+        channel
     }
 
     fn channel_bindings(&self, destination: &str) -> Option<Value> {

@@ -274,8 +274,8 @@ pub fn inspect(dir: &Path) -> io::Result<Contents> {
         let confirmed = read_notes(dir, id)?;
         contents.segments += 1;
         contents.bytes += data.len() as u64;
-        let offset = |body: &[u8]| (body.as_ptr() as usize - data.as_ptr() as usize - HEADER) as u64;
-        let waiting = read_records(&data).bodies.into_iter().filter(|body| !confirmed.contains(&offset(body)));
+        let records = read_records(&data);
+        let waiting = records.bodies.into_iter().filter(|body| !confirmed.contains(&record_offset(&data, body)));
         contents.events.extend(waiting.filter_map(decode));
     }
     Ok(contents)
@@ -507,10 +507,8 @@ fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Me
     for &(offset, skipped) in &records.skipped {
         tracing::warn!(file = %path.display(), offset, skipped, "corrupt spool record skipped");
     }
-    // A body is a slice of `data`: its record starts a header before it.
-    let offset = |body: &[u8]| (body.as_ptr() as usize - data.as_ptr() as usize - HEADER) as u64;
     let messages: Vec<(u64, Message)> =
-        records.bodies.iter().filter_map(|body| Some((offset(body), decode(body)?))).collect();
+        records.bodies.iter().filter_map(|body| Some((record_offset(&data, body), decode(body)?))).collect();
     // A whole record whose body does not decode (written by another version?) is damaged too.
     // A torn tail is a damaged region too.
     recovery.corrupt += records.skipped.len() + usize::from(records.torn_at.is_some());
@@ -522,6 +520,12 @@ fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Me
         recovery.truncated += cut;
     }
     Ok(messages)
+}
+
+/// Where in `data` the record of `body` (one of [`read_records`]'s bodies, a slice of `data`)
+/// starts: a header before its body.
+fn record_offset(data: &[u8], body: &[u8]) -> u64 {
+    (body.as_ptr() as usize - data.as_ptr() as usize - HEADER) as u64
 }
 
 /// What a log of records holds: the bodies of the intact records in order, the damaged

@@ -323,13 +323,18 @@ impl Kafka {
         Ok(())
     }
 
+    /// [`Kafka::ensure_topic`] for an event or request topic: as many partitions as the flags
+    /// say, created only when they allow it (the reply topic is the one that differs).
+    async fn ensure_event_topic(&self, topic: &str) -> Result<(), BusError> {
+        self.ensure_topic(topic, self.inner.options.partitions, self.inner.options.create_topics).await
+    }
+
     /// Produces the batch and returns, per message, once its delivery report came back.
     pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
         let mut ready = HashMap::new();
         for message in batch {
             if !ready.contains_key(message.destination.as_str()) {
-                let (partitions, create) = (self.inner.options.partitions, self.inner.options.create_topics);
-                let checked = self.ensure_topic(&message.destination, partitions, create).await;
+                let checked = self.ensure_event_topic(&message.destination).await;
                 ready.insert(message.destination.as_str(), checked);
             }
         }
@@ -368,8 +373,7 @@ impl Kafka {
                 self.inner.options.reply_topic
             )));
         }
-        let (partitions, create) = (self.inner.options.partitions, self.inner.options.create_topics);
-        self.ensure_topic(&message.destination, partitions, create).await?;
+        self.ensure_event_topic(&message.destination).await?;
         let mut waiting = self.inner.replies.register(&message.id);
         let headers = headers(message)
             .insert(Header { key: REPLY_TOPIC, value: Some(self.inner.options.reply_topic.as_str()) })
@@ -424,7 +428,7 @@ impl Kafka {
         ready: Ready,
     ) -> Result<(), BusError> {
         for topic in destinations {
-            self.ensure_topic(topic, self.inner.options.partitions, self.inner.options.create_topics).await?;
+            self.ensure_event_topic(topic).await?;
         }
         let consumer: StreamConsumer = self
             .consumer(group.to_owned())
