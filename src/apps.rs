@@ -1,4 +1,4 @@
-//! The Tencent apps a gateway serves: for each SdkAppid its callback tokens and TRTC keys
+//! The Tencent apps a gateway serves: for each SdkAppid its callback tokens, TRTC keys and CSS keys
 //! (named, so that metrics and logs can say which one matched without showing it), its
 //! destination prefix and its fallbacks. [`load`] builds them from a [`Spec`] (what the flags say: inline tokens,
 //! token files, `--app` entries, an apps file) and is run again on SIGHUP, which replaces the
@@ -36,6 +36,9 @@ pub struct App {
     /// A TRTC callback must be signed with one of these; with none, TRTC callbacks are
     /// accepted unsigned only when `tokens` is empty too.
     pub trtc_keys: Vec<Token>,
+    /// A Cloud Streaming (CSS) callback must be signed with one of these; with none, CSS
+    /// callbacks are accepted unsigned only when `tokens` and `trtc_keys` are empty too.
+    pub css_keys: Vec<Token>,
     pub prefix: String,
     pub fallbacks: Fallbacks,
 }
@@ -89,6 +92,7 @@ impl App {
     fn changes(&self, new: &App) -> Vec<String> {
         let mut changes = secret_changes("token", &self.tokens, &new.tokens);
         changes.extend(secret_changes("trtc key", &self.trtc_keys, &new.trtc_keys));
+        changes.extend(secret_changes("css key", &self.css_keys, &new.css_keys));
         if self.prefix != new.prefix {
             changes.push(format!("prefix {} -> {}", self.prefix, new.prefix));
         }
@@ -130,6 +134,10 @@ pub struct Spec {
     pub trtc_keys: Vec<String>,
     /// `--trtc-key-file [NAME=]PATH`: as `token_files`, for TRTC keys.
     pub trtc_key_files: Vec<String>,
+    /// `--css-key`: inline CSS callback keys, named `css-key-1`, `css-key-2`… by position.
+    pub css_keys: Vec<String>,
+    /// `--css-key-file [NAME=]PATH`: as `token_files`, for CSS keys.
+    pub css_key_files: Vec<String>,
     /// `--sdk-app-id`: apps with the shared settings.
     pub sdk_app_ids: Vec<String>,
     /// `--app SDKAPPID[:key=value,…]`.
@@ -153,6 +161,10 @@ struct Entry {
     trtc_keys: Vec<String>,
     #[serde(default)]
     trtc_key_files: Vec<String>,
+    #[serde(default)]
+    css_keys: Vec<String>,
+    #[serde(default)]
+    css_key_files: Vec<String>,
     prefix: Option<String>,
     gift_fallback: Option<String>,
     message_fallback: Option<String>,
@@ -171,6 +183,7 @@ pub fn load(spec: &Spec) -> anyhow::Result<Apps> {
     let shared = App {
         tokens: secrets(&spec.tokens, &spec.token_files, "token", TOKEN_FILE)?,
         trtc_keys: secrets(&spec.trtc_keys, &spec.trtc_key_files, "trtc-key", TRTC_KEY_FILE)?,
+        css_keys: secrets(&spec.css_keys, &spec.css_key_files, "css-key", CSS_KEY_FILE)?,
         prefix: spec.prefix.clone(),
         fallbacks: spec.fallbacks.clone(),
     };
@@ -215,12 +228,14 @@ fn parse_app(text: &str) -> anyhow::Result<Entry> {
             "token_file" => entry.token_files.push(value.to_owned()),
             "trtc_key" => entry.trtc_keys.push(value.to_owned()),
             "trtc_key_file" => entry.trtc_key_files.push(value.to_owned()),
+            "css_key" => entry.css_keys.push(value.to_owned()),
+            "css_key_file" => entry.css_key_files.push(value.to_owned()),
             "prefix" => entry.prefix = Some(value.to_owned()),
             "gift_fallback" => entry.gift_fallback = Some(value.to_owned()),
             "message_fallback" => entry.message_fallback = Some(value.to_owned()),
             other => bail!(
-                "unknown setting {other} (token, token-file, trtc-key, trtc-key-file, prefix, gift-fallback, \
-                 message-fallback)"
+                "unknown setting {other} (token, token-file, trtc-key, trtc-key-file, css-key, css-key-file, prefix, \
+                 gift-fallback, message-fallback)"
             ),
         }
     }
@@ -231,6 +246,8 @@ fn app(entry: Entry, shared: &App) -> anyhow::Result<App> {
     let tokens = secrets(&entry.tokens, &entry.token_files, &format!("{}/token", entry.sdk_app_id), TOKEN_FILE)?;
     let trtc_keys =
         secrets(&entry.trtc_keys, &entry.trtc_key_files, &format!("{}/trtc-key", entry.sdk_app_id), TRTC_KEY_FILE)?;
+    let css_keys =
+        secrets(&entry.css_keys, &entry.css_key_files, &format!("{}/css-key", entry.sdk_app_id), CSS_KEY_FILE)?;
     let prefix = entry.prefix.unwrap_or_else(|| shared.prefix.clone());
     if !bus::valid_name(&prefix) {
         bail!("prefix {prefix}: use letters, digits, '.', '_' and '-'");
@@ -245,6 +262,7 @@ fn app(entry: Entry, shared: &App) -> anyhow::Result<App> {
     Ok(App {
         tokens: inherit(tokens, &shared.tokens),
         trtc_keys: inherit(trtc_keys, &shared.trtc_keys),
+        css_keys: inherit(css_keys, &shared.css_keys),
         prefix,
         fallbacks,
     })
@@ -252,6 +270,7 @@ fn app(entry: Entry, shared: &App) -> anyhow::Result<App> {
 
 const TOKEN_FILE: &str = "--token-file";
 const TRTC_KEY_FILE: &str = "--trtc-key-file";
+const CSS_KEY_FILE: &str = "--css-key-file";
 
 /// Inline secrets named `{inline_name}-1`…, then the lines of each file (of the flag `file_flag`).
 fn secrets(inline: &[String], files: &[String], inline_name: &str, file_flag: &str) -> anyhow::Result<Vec<Token>> {
@@ -323,6 +342,7 @@ mod tests {
                 .map(|(name, secret)| Token { name: (*name).into(), secret: (*secret).into() })
                 .collect(),
             trtc_keys: Vec::new(),
+            css_keys: Vec::new(),
             prefix: prefix.into(),
             fallbacks: Fallbacks::default(),
         }
@@ -376,6 +396,33 @@ mod tests {
         assert!(load(&spec).unwrap_err().to_string().contains("empty"));
         std::fs::remove_file(&live).unwrap();
         assert!(load(&spec).unwrap_err().to_string().contains("cannot read --token-file"));
+    }
+
+    #[test]
+    fn css_keys_are_per_app_inherited_and_their_changes_named() {
+        let keys = file("css", "s3cret-stream\n");
+        let apps_file = file("apps", "[[app]]\nsdk_app_id = \"1250000002\"\ncss_key_files = [\"own=/nonexistent\"]\n");
+        let spec = Spec {
+            css_keys: vec!["shared".into()],
+            css_key_files: vec![format!("stream={}", keys.display())],
+            apps: vec!["1250000001:css-key=inline".into(), "1250000003:trtc-key=t".into()],
+            prefix: "tencent".into(),
+            ..Spec::default()
+        };
+        let apps = load(&spec).unwrap();
+        let names = |id: &str| apps.get(id).unwrap().css_keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names("1250000001"), ["1250000001/css-key-1"]);
+        assert_eq!(names("1250000003"), ["css-key-1", "stream"], "inherited");
+        assert_eq!(apps.any.css_keys.len(), 2, "the shared keys serve a body without appid");
+        assert!(apps.get("1250000001").unwrap().trtc_keys.is_empty(), "the surfaces' keys are apart");
+        std::fs::write(&keys, "s3cret-stream\ns3cret-next\n").unwrap();
+        let changes = apps.changes(&load(&spec).unwrap()).join("\n");
+        assert!(changes.contains("app 1250000003: css key stream.2 added"), "{changes}");
+        assert!(!changes.contains("s3cret"), "{changes}");
+        let with_file = Spec { apps_file: Some(apps_file.clone()), ..spec.clone() };
+        assert!(format!("{:#}", load(&with_file).unwrap_err()).contains("cannot read --css-key-file"));
+        std::fs::remove_file(&keys).unwrap();
+        std::fs::remove_file(&apps_file).unwrap();
     }
 
     #[test]

@@ -74,6 +74,8 @@ impl ServeArgs {
             token_files: self.token_file.clone(),
             trtc_keys: self.trtc_key.clone(),
             trtc_key_files: self.trtc_key_file.clone(),
+            css_keys: self.css_key.clone(),
+            css_key_files: self.css_key_file.clone(),
             sdk_app_ids: self.sdk_app_ids.clone(),
             apps: self.apps.clone(),
             apps_file: self.apps_file.clone(),

@@ -280,17 +280,27 @@ pub struct ServeArgs {
     /// environment); re-read on SIGHUP. NAME (default: the file name) labels the metrics.
     #[arg(long, env = "HOOKBUS_TRTC_KEY_FILE", value_delimiter = ',')]
     pub trtc_key_file: Vec<String>,
+    /// Cloud Streaming (CSS) callback key (repeatable; comma-separated in the environment): when
+    /// any is set, a CSS callback's body must carry `t` and `sign` = md5(key + t) for one of them.
+    #[arg(long, env = "HOOKBUS_CSS_KEY", hide_env_values = true, value_delimiter = ',')]
+    pub css_key: Vec<String>,
+    /// `[NAME=]PATH` of a file of CSS keys, one per line (repeatable; comma-separated in the
+    /// environment); re-read on SIGHUP. NAME (default: the file name) labels the metrics.
+    #[arg(long, env = "HOOKBUS_CSS_KEY_FILE", value_delimiter = ',')]
+    pub css_key_file: Vec<String>,
     /// An app of its own: `SDKAPPID[:key=value,…]` with token, token-file, trtc-key,
-    /// trtc-key-file, prefix, gift-fallback, message-fallback (repeatable; `;`-separated in the
-    /// environment).
+    /// trtc-key-file, css-key, css-key-file, prefix, gift-fallback, message-fallback (repeatable;
+    /// `;`-separated in the environment). A CSS callback's app is its body's `appid`.
     #[arg(long = "app", env = "HOOKBUS_APP", value_delimiter = ';')]
     pub apps: Vec<String>,
     /// A TOML file of apps (`[[app]]` with sdk_app_id, tokens, token_files, trtc_keys,
-    /// trtc_key_files, prefix, gift_fallback, message_fallback); re-read on SIGHUP.
+    /// trtc_key_files, css_keys, css_key_files, prefix, gift_fallback, message_fallback); re-read
+    /// on SIGHUP.
     #[arg(long = "apps", env = "HOOKBUS_APPS")]
     pub apps_file: Option<PathBuf>,
     /// Largest accepted difference between RequestTime and now (for a signed TRTC callback,
-    /// between CallbackTs and now, beyond the 70 s of Tencent's retries).
+    /// between CallbackTs and now, beyond the 70 s of Tencent's retries; for a signed CSS
+    /// callback, how long after its expiry `t` it is still taken).
     #[arg(long, env = "HOOKBUS_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
     /// Largest accepted callback body.

@@ -13,7 +13,8 @@
 //! - [`routes`]: what each endpoint does; the checks of a callback in order.
 //! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
 //! - [`trtc`]: the TRTC room and media callback protocol: its signature, event and event id.
-//! - [`canonical`]: the canonical text of a JSON value, which TRTC event ids are made of.
+//! - [`css`]: the Cloud Streaming (CSS) callback protocol: its event types, `t`/`sign` and event id.
+//! - [`canonical`]: the canonical text of a JSON value, which TRTC and CSS event ids are made of.
 //! - [`apps`]: the SdkAppids served, each with its tokens, prefix and fallbacks; reloadable.
 //! - [`tls`]: the HTTPS configuration from PEM files.
 //! - [`replay`]: signed requests already answered, so that a replay is not published again.
@@ -36,7 +37,7 @@
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `tail`, `bus`, `logs`; `admin` → `outbox`,
 //! `tail`; `outbox` → `spool`,
-//! `dead_letters`, `metrics`, `bus`; `trtc` → `canonical`; `bus` → `traces` (the trace context a message carries) and
+//! `dead_letters`, `metrics`, `bus`; `trtc` and `css` → `canonical`; `bus` → `traces` (the trace context a message carries) and
 //! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
 
 pub mod admin;
@@ -46,6 +47,7 @@ pub mod asyncapi;
 pub mod bus;
 pub mod canonical;
 pub mod config;
+pub mod css;
 pub mod dead_letters;
 pub mod decision;
 pub mod http;

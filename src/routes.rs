@@ -623,6 +623,7 @@ mod tests {
         let tencent = apps::App {
             tokens: vec![token],
             trtc_keys: Vec::new(),
+            css_keys: Vec::new(),
             prefix: "tencent".into(),
             fallbacks: Default::default(),
         };
