@@ -22,6 +22,7 @@ use crate::tail::{Seen, Tap};
 use crate::tencent::{self, Body, Query, SignError};
 use crate::traces::{self, Context, Span, Tracer};
 
+mod css;
 mod trtc;
 
 /// Paths the gateway serves itself; the callback path cannot be one of them.
@@ -72,6 +73,8 @@ pub enum Rejection {
     Unauthorized(SignError),
     #[error("{}", .0.reason())]
     TrtcUnauthorized(crate::trtc::SignError),
+    #[error("{}", .0.reason())]
+    CssUnauthorized(crate::css::BodySignError),
     #[error("body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("body not received in time")]
@@ -91,7 +94,9 @@ impl Rejection {
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::Forbidden => StatusCode::FORBIDDEN,
-            Rejection::Unauthorized(_) | Rejection::TrtcUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Unauthorized(_) | Rejection::TrtcUnauthorized(_) | Rejection::CssUnauthorized(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Rejection::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -110,6 +115,7 @@ impl Rejection {
             Rejection::Unauthorized(SignError::Stale) => "sign_stale",
             Rejection::Unauthorized(SignError::Mismatch) => "sign_mismatch",
             Rejection::TrtcUnauthorized(error) => error.label(),
+            Rejection::CssUnauthorized(error) => error.label(),
             Rejection::PayloadTooLarge(_) => "too_large",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::BadRequest { label, .. } => label,
@@ -188,15 +194,22 @@ where
     let started = Instant::now();
     let query = Query::parse(request.uri().query().unwrap_or(""));
     let is_trtc = trtc::addressed(&query, request.headers());
-    let surface = if is_trtc { "trtc" } else { "live" };
+    let is_css = !is_trtc && css::addressed(&query, request.headers());
+    let surface = if is_trtc {
+        "trtc"
+    } else if is_css {
+        css::NAME
+    } else {
+        "live"
+    };
     let queried_app = query.sdk_app_id.clone().unwrap_or_default();
     // A refusal is counted under the command, or the surface when that is all that is known.
-    let command = if is_trtc { "trtc".to_owned() } else { query.command.clone().unwrap_or_default() };
+    let command = if is_trtc || is_css { surface.to_owned() } else { query.command.clone().unwrap_or_default() };
     // The caller's request id when it sends one, whatever its length (the log cuts it and notes
     // its size); else the event id, or a fresh one for a refusal.
     let request_id =
         request.headers().get(X_REQUEST_ID).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-    match accept(shared, request, query, is_trtc).await {
+    match accept(shared, request, query, is_trtc, is_css).await {
         Ok(Accepted { command, id, trace, answer, app, room, outcome, body }) => {
             shared.metrics.answered(&command, 200);
             let request_id = request_id.as_deref().unwrap_or(&id);
@@ -276,16 +289,26 @@ struct Checked {
     received: SystemTime,
     /// The event id the callback determines (signed ones, TRTC ones); else a random one is made.
     id: Option<String>,
+    /// When the event happened, when the callback says so (CSS); else when it was received.
+    time: Option<SystemTime>,
 }
 
 /// The checks, then the event decided or enqueued; a replay is answered as before.
-async fn accept<B>(shared: &Shared, request: Request<B>, query: Query, is_trtc: bool) -> Result<Accepted, Rejection>
+async fn accept<B>(
+    shared: &Shared,
+    request: Request<B>,
+    query: Query,
+    is_trtc: bool,
+    is_css: bool,
+) -> Result<Accepted, Rejection>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let (checked, ok) = if is_trtc {
         (trtc::check(shared, request).await?, trtc::OK)
+    } else if is_css {
+        (css::check(shared, request).await?, css::OK)
     } else {
         (check(shared, request, query).await?, OK)
     };
@@ -298,7 +321,7 @@ where
         };
         return Ok(Accepted::replay(checked, answer));
     }
-    let kind = if is_trtc { None } else { shared.decisions.kind(&checked.command) };
+    let kind = if is_trtc || is_css { None } else { shared.decisions.kind(&checked.command) };
     // A replay of a decision still being made waits for it: one request on the bus, and both
     // answered with its decision.
     let deciding = match (kind, checked.replay) {
@@ -319,7 +342,8 @@ where
         },
         _ => None,
     };
-    let app = checked.settings.get(&checked.sdk_app_id).expect("checked: the app is served");
+    // A CSS body without `appid` has the shared settings.
+    let app = checked.settings.get(&checked.sdk_app_id).unwrap_or(&checked.settings.any);
     // Only exporting spans needs to know whether the trace context came from the caller.
     let incoming = shared.tracer.as_ref().map(|_| checked.origin.traceparent.clone());
     let (prefix, room, origin, payload) = (&app.prefix, checked.body_room, checked.origin, checked.payload);
@@ -327,6 +351,9 @@ where
         Some(id) => Message::identified(id, prefix, &checked.command, room, origin, payload),
         None => Message::new(prefix, &checked.command, room, origin, payload),
     };
+    if let Some(time) = checked.time {
+        message.happened_at(time);
+    }
     let from_caller = incoming.is_some_and(|incoming| incoming == message.trace.header());
     let receive = Receive::start(shared.tracer.as_ref(), &mut message, checked.received, from_caller);
     let (command, id) = (checked.command, message.id.clone());
@@ -417,7 +444,7 @@ where
         tracestate,
     };
     let body_room = body.room_key();
-    Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received, id })
+    Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received, id, time: None })
 }
 
 /// Request headers read on every callback, named once: a name given as text is parsed again

@@ -23,7 +23,7 @@ pub struct Message {
     /// The room, when the body names one, exactly as it came: the Kafka key, and (cut to
     /// [`MAX_ATTRIBUTE_BYTES`]) `partitionkey`.
     pub key: Option<String>,
-    /// Receive time.
+    /// When the event happened, when its callback says so (CSS), else when it was received.
     pub time: SystemTime,
     /// RFC 3339 form of `time`.
     pub time_text: String,
@@ -106,6 +106,13 @@ impl Message {
             deadline_ms: None,
             payload,
         }
+    }
+
+    /// Says when the event happened (CloudEvents `time`), for a callback that names it itself;
+    /// otherwise `time` is when it was received.
+    pub fn happened_at(&mut self, time: SystemTime) {
+        self.time = time;
+        self.time_text = humantime::format_rfc3339_millis(time).to_string();
     }
 
     /// Makes this callback a decision request whose reply is useful until `deadline_ms` (Unix

@@ -81,6 +81,7 @@ where
         origin,
         received,
         id: Some(event.id()),
+        time: None,
     })
 }
 

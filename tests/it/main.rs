@@ -20,6 +20,7 @@
 //! - `dead_letters`: an event the broker refuses for good holds back nothing; `hookbus spool`.
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
 //! - `trtc`: TRTC room and media callbacks beside Live and Chat ones, signed by Python's `hmac`.
+//! - `css`: Cloud Streaming (CSS) callbacks beside the others, signed by Python's `hashlib`.
 //! - `nats`, `amqp`, `kafka`: what only that bus does.
 //! - `amqp_edges`: RabbitMQ against a hostile or refusing third party (pika): unreadable
 //!   replies, a refused routing key, a user who may not write, returned bodies in the log.
@@ -37,6 +38,7 @@ mod brokers;
 mod cli;
 mod clusters;
 mod contract;
+mod css;
 mod dead_letters;
 mod deploy;
 mod every_bus;

@@ -1,0 +1,80 @@
+//! The Cloud Streaming (CSS) surface: a callback with neither a Live or Chat query nor a TRTC
+//! header, whose event, app and signature are in its body, checked in the order of the README's
+//! "Cloud Streaming (CSS) callbacks". The protocol itself (event types, signature, id) is
+//! `crate::css`.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use hyper::header::{HeaderMap, HeaderName};
+use hyper::{Method, Request};
+
+use super::{read_body, Checked, Rejection, Shared};
+use crate::bus::Origin;
+use crate::css::{self as protocol, BodySignError, Event, NotEvent};
+use crate::replay;
+use crate::tencent::{Body, Query};
+
+/// Its name in `hookbus tail`, and what a refusal is counted under before its event type is known.
+pub(super) const NAME: &str = "css";
+
+pub(super) const OK: &[u8] = protocol::OK;
+
+/// Whether this request is a CSS callback (see [`protocol::addressed`]).
+pub(super) fn addressed(query: &Query, headers: &HeaderMap) -> bool {
+    const SDK_APP_ID: HeaderName = HeaderName::from_static(crate::trtc::SDK_APP_ID);
+    protocol::addressed(query, headers.contains_key(SDK_APP_ID))
+}
+
+/// The checks of a CSS callback, in the README's order, up to the event it names.
+pub(super) async fn check<B>(shared: &Shared, request: Request<B>) -> Result<Checked, Rejection>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let limits = &shared.limits;
+    if request.method() != Method::POST {
+        return Err(Rejection::MethodNotAllowed("POST"));
+    }
+    let (traceparent, tracestate) = super::trace_headers(request.headers());
+    let received = SystemTime::now();
+    let payload = read_body(limits, request).await?;
+    // The limits every body meets; the fields are read by the protocol's own parser.
+    Body::parse(&payload, limits.max_json_depth)
+        .map_err(|invalid| Rejection::bad(invalid.label(), invalid.reason()))?;
+    let event = Event::parse(&payload).map_err(|NotEvent| Rejection::bad(NotEvent::LABEL, NotEvent::REASON))?;
+    // The app is the body's: a body without one (the snapshot page lists none) has the shared
+    // settings, which `Apps::any` holds whether or not apps are listed.
+    let settings = shared.apps.get();
+    let app = match &event.appid {
+        Some(appid) => settings.get(appid).ok_or(Rejection::Forbidden)?,
+        None => &settings.any,
+    };
+    let unauthorized = Rejection::CssUnauthorized;
+    let replay = if app.css_keys.is_empty() {
+        if !app.tokens.is_empty() || !app.trtc_keys.is_empty() {
+            return Err(unauthorized(BodySignError::NoKey));
+        }
+        None
+    } else {
+        let key = event.verify(app.css_keys.iter().map(|key| key.secret.as_str())).map_err(unauthorized)?;
+        let appid = event.appid.as_deref().unwrap_or_default();
+        shared.metrics.signed(appid, &app.css_keys[key].name);
+        let until = event.expires(SystemTime::now(), limits.max_clock_skew).map_err(unauthorized)?;
+        Some((replay::Key::from(event.fingerprint()), until))
+    };
+    let sdk_app_id = event.appid.clone().unwrap_or_default();
+    let origin = Origin { sdk_app_id: sdk_app_id.clone(), traceparent, tracestate, ..Origin::default() };
+    Ok(Checked {
+        settings: settings.clone(),
+        sdk_app_id,
+        command: event.command(),
+        body_room: event.stream.clone(),
+        payload,
+        replay,
+        origin,
+        received,
+        id: Some(event.id()),
+        time: event.time,
+    })
+}
