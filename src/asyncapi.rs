@@ -1,5 +1,5 @@
 //! `hookbus asyncapi`: the AsyncAPI 3.0 contract of what a gateway with these flags puts on its
-//! bus. One channel per documented command and TRTC event type (address = its destination:
+//! bus. One channel per documented command, TRTC and CSS event type (address = its destination:
 //! `{prefix}.decide.{command}` for the requests of a blocking one),
 //! each message with the CloudEvents headers as that bus carries them and a JSON Schema of the
 //! body derived from the documented sample; `send` operations for informational events, and for
@@ -30,6 +30,9 @@ pub struct Contract {
 /// The fields every TRTC body carries.
 const TRTC_REQUIRED: [&str; 4] = ["EventGroupId", "EventType", "CallbackTs", "EventInfo"];
 
+/// The field every CSS body carries (relay callbacks have no `t` and `sign`, snapshots no `appid`).
+const CSS_REQUIRED: [&str; 1] = ["event_type"];
+
 /// What one channel carries: the message's name and title, the sample, and for a blocking
 /// callback what it blocks.
 struct Channel<'a> {
@@ -43,16 +46,16 @@ struct Channel<'a> {
 
 /// The CloudEvents attributes every event carries, and what they hold.
 const ATTRIBUTES: [(&str, &str); 12] = [
-    ("id", "UUIDv7 (TRTC: derived from the body), the same on every retry: deduplicate on it"),
-    ("type", "the CallbackCommand, or trtc.{EventGroupId}.{EventType}"),
-    ("source", "/tencent/{SdkAppid}"),
+    ("id", "UUIDv7 (TRTC, CSS: derived from the body), the same on every retry: deduplicate on it"),
+    ("type", "the CallbackCommand, trtc.{EventGroupId}.{EventType}, or css.{name}"),
+    ("source", "/tencent/{SdkAppid} (CSS: /tencent/{appid})"),
     ("specversion", "1.0"),
-    ("time", "receive time, RFC 3339"),
+    ("time", "receive time, RFC 3339 (CSS: the event's own time, when its body has one)"),
     ("datacontenttype", "application/json"),
-    ("sdkappid", "the app's SdkAppid"),
+    ("sdkappid", "the app's SdkAppid (CSS: the body's appid, the Tencent Cloud account's APPID)"),
     ("clientip", "the ClientIP query parameter"),
     ("optplatform", "the OptPlatform query parameter"),
-    ("partitionkey", "the room, when the body names one"),
+    ("partitionkey", "the room (CSS: the stream), when the body names one"),
     ("traceparent", "W3C trace context: the callback's traceparent, or a new trace"),
     ("tracestate", "W3C trace context: the callback's tracestate, when it came with a traceparent"),
 ];
@@ -88,7 +91,19 @@ impl Contract {
             blocking: None,
             required: &TRTC_REQUIRED,
         });
-        for channel in live.chain(trtc) {
+        let css_commands: Vec<String> = crate::css::DOCUMENTED.iter().map(|documented| documented.command()).collect();
+        let css = crate::css::DOCUMENTED.iter().zip(&css_commands).map(|(documented, command)| Channel {
+            command,
+            title: format!("{command} (event_type {})", documented.event_type),
+            summary: format!(
+                "{command}: Cloud Streaming: {}; an informational event, published with broker confirms",
+                documented.summary
+            ),
+            sample: sample(command).expect("each documented CSS type has a sample"),
+            blocking: None,
+            required: &CSS_REQUIRED,
+        });
+        for channel in live.chain(trtc).chain(css) {
             let command = channel.command;
             let id = command.replace('.', "_");
             let body: Value = serde_json::from_slice(channel.sample).expect("the samples are JSON");
@@ -135,7 +150,7 @@ impl Contract {
             "info": {
                 "title": "hookbus",
                 "version": env!("CARGO_PKG_VERSION"),
-                "description": "Tencent Cloud Live, Chat and TRTC callbacks as hookbus publishes them: \
+                "description": "Tencent Cloud Live, Chat, TRTC and Cloud Streaming callbacks as hookbus publishes them: \
                     informational callbacks as events, blocking callbacks as requests whose reply decides.",
             },
             "defaultContentType": "application/json",
@@ -404,5 +419,23 @@ mod tests {
             let id = documented.command().replace('.', "_");
             assert!(document["operations"][format!("send_{id}")]["reply"].is_null(), "{id}");
         }
+    }
+
+    #[test]
+    fn a_channel_per_documented_css_type() {
+        let document = contract("kafka").document();
+        for documented in crate::css::DOCUMENTED {
+            let id = documented.command().replace('.', "_");
+            let channel = &document["channels"][&id];
+            assert_eq!(channel["address"], format!("tencent.{}", documented.command()), "{id}");
+            assert_eq!(channel["bindings"]["kafka"]["topic"], channel["address"]);
+            let message = &document["components"]["messages"][&id];
+            assert_eq!(message["payload"]["required"], json!(CSS_REQUIRED));
+            assert!(message["payload"]["properties"]["event_type"].is_object(), "{id}");
+            assert!(document["operations"][format!("send_{id}")]["reply"].is_null(), "{id}: never a request");
+        }
+        let image = &document["components"]["messages"]["css_moderation_image"];
+        assert_eq!(image["title"], "css.moderation.image (event_type 317)");
+        assert!(image["payload"]["properties"]["streamId"].is_object());
     }
 }

@@ -433,8 +433,11 @@ pub struct SimulateArgs {
     /// TRTC key to sign the TRTC samples with (no Sign header is sent without one).
     #[arg(long, env = "HOOKBUS_TRTC_KEY", hide_env_values = true)]
     pub trtc_key: Option<String>,
-    /// Commands (and TRTC events, `trtc.{EventGroupId}.{EventType}`) to send [default: every
-    /// documented sample].
+    /// CSS callback key to sign the CSS samples with (`t` is set 10 minutes ahead either way).
+    #[arg(long, env = "HOOKBUS_CSS_KEY", hide_env_values = true)]
+    pub css_key: Option<String>,
+    /// Commands (and TRTC events, `trtc.{EventGroupId}.{EventType}`, and CSS events,
+    /// `css.{name}`) to send [default: every documented sample].
     pub commands: Vec<String>,
 }
 

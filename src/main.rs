@@ -124,14 +124,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    let answers = hookbus::simulate::simulate(
-        &args.url,
-        &args.sdk_app_id,
-        args.token.as_deref(),
-        args.trtc_key.as_deref(),
-        &args.commands,
-    )
-    .await?;
+    let keys = hookbus::simulate::Keys {
+        token: args.token.as_deref(),
+        trtc_key: args.trtc_key.as_deref(),
+        css_key: args.css_key.as_deref(),
+    };
+    let answers = hookbus::simulate::simulate(&args.url, &args.sdk_app_id, keys, &args.commands).await?;
     let mut all_ok = true;
     for answer in answers {
         all_ok &= answer.status == 200;

@@ -1,6 +1,6 @@
 //! A stand-in for Tencent: posts the documented sample callbacks (embedded from
-//! `tests/fixtures/samples/`, and the TRTC ones from `tests/fixtures/trtc/`), signed when a
-//! token or TRTC key is given, and returns each answer.
+//! `tests/fixtures/samples/`, the TRTC ones from `tests/fixtures/trtc/` and the CSS ones from
+//! `samples/css/`), signed when a token, TRTC key or CSS key is given, and returns each answer.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,7 +11,7 @@ use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::{tencent, trtc};
+use crate::{css, tencent, trtc};
 
 /// `(command, body)` for each named sample file of `tests/fixtures/{dir}`, embedded at compile time.
 macro_rules! samples {
@@ -62,6 +62,22 @@ pub const TRTC_SAMPLES: &[(&str, &[u8])] = samples!["trtc":
     "trtc.2.206",
 ];
 
+/// A sample of each documented CSS event type, by `css.{name}`.
+pub const CSS_SAMPLES: &[(&str, &[u8])] = &[
+    ("css.push.started", include_bytes!("../samples/css/css.push.started.json")),
+    ("css.push.interrupted", include_bytes!("../samples/css/css.push.interrupted.json")),
+    ("css.push.error", include_bytes!("../samples/css/css.push.error.json")),
+    ("css.recording.file", include_bytes!("../samples/css/css.recording.file.json")),
+    ("css.recording.status", include_bytes!("../samples/css/css.recording.status.json")),
+    ("css.recording.error", include_bytes!("../samples/css/css.recording.error.json")),
+    ("css.snapshot.created", include_bytes!("../samples/css/css.snapshot.created.json")),
+    ("css.moderation.image", include_bytes!("../samples/css/css.moderation.image.json")),
+    ("css.moderation.audio", include_bytes!("../samples/css/css.moderation.audio.json")),
+    ("css.relay.task", include_bytes!("../samples/css/css.relay.task.json")),
+    ("css.ai.summary", include_bytes!("../samples/css/css.ai.summary.json")),
+    ("css.ai.highlight", include_bytes!("../samples/css/css.ai.highlight.json")),
+];
+
 /// One callback's answer as the gateway gave it.
 #[derive(Debug)]
 pub struct Response {
@@ -72,20 +88,30 @@ pub struct Response {
 
 /// The sample body of `command` (or of a TRTC event type), if one is documented.
 pub fn sample(command: &str) -> Option<&'static [u8]> {
-    SAMPLES.iter().chain(TRTC_SAMPLES).find(|(name, _)| *name == command).map(|(_, body)| *body)
+    SAMPLES.iter().chain(TRTC_SAMPLES).chain(CSS_SAMPLES).find(|(name, _)| *name == command).map(|(_, body)| *body)
 }
 
-/// Posts the samples of `commands` (all when empty, the TRTC ones last) to `url` over one
-/// connection, in order: Live and Chat ones signed with `token`, TRTC ones with `trtc_key`.
+/// The keys the samples are signed with; a surface without one is sent unsigned.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keys<'a> {
+    /// Live and Chat: `Sign` in the query.
+    pub token: Option<&'a str>,
+    /// TRTC: the `Sign` header.
+    pub trtc_key: Option<&'a str>,
+    /// CSS: `t` and `sign` in the body.
+    pub css_key: Option<&'a str>,
+}
+
+/// Posts the samples of `commands` (all when empty, the TRTC ones and then the CSS ones last)
+/// to `url` over one connection, in order, each surface's signed with its key of `keys`.
 pub async fn simulate(
     url: &str,
     sdk_app_id: &str,
-    token: Option<&str>,
-    trtc_key: Option<&str>,
+    keys: Keys<'_>,
     commands: &[String],
 ) -> anyhow::Result<Vec<Response>> {
     let chosen: Vec<(&str, &[u8])> = if commands.is_empty() {
-        SAMPLES.iter().chain(TRTC_SAMPLES).copied().collect()
+        SAMPLES.iter().chain(TRTC_SAMPLES).chain(CSS_SAMPLES).copied().collect()
     } else {
         commands
             .iter()
@@ -109,12 +135,15 @@ pub async fn simulate(
             // TRTC names the app and signs the body in headers, and has no query.
             let body = trtc_now(body);
             let mut request = Request::post(uri.path()).header(trtc::SDK_APP_ID, sdk_app_id);
-            if let Some(key) = trtc_key {
+            if let Some(key) = keys.trtc_key {
                 request = request.header(trtc::SIGN, trtc::sign(key, &body));
             }
             (request, Bytes::from(body))
+        } else if command.starts_with("css.") {
+            // CSS names its app (the account's APPID) and signs in the body, and has no query.
+            (Request::post(uri.path()), Bytes::from(css_now(body, keys.css_key)))
         } else {
-            let target = format!("{}?{}", uri.path(), query(sdk_app_id, command, token));
+            let target = format!("{}?{}", uri.path(), query(sdk_app_id, command, keys.token));
             (Request::post(target), Bytes::from_static(body))
         };
         let request = request
@@ -161,13 +190,37 @@ pub fn trtc_now(sample: &[u8]) -> Vec<u8> {
     [&text[..start], &now.to_string(), &text[digits..]].concat().into_bytes()
 }
 
+/// A CSS sample as Tencent would send it now: the same bytes, with `t` (the signature's expiry)
+/// 10 minutes from now and, with `key`, `sign` = md5(key + t). A sample without `t` (a relay
+/// callback, which Tencent does not sign) is sent as it is.
+pub fn css_now(sample: &[u8], key: Option<&str>) -> Vec<u8> {
+    let text = std::str::from_utf8(sample).expect("the samples are UTF-8");
+    let Some(start) = text.find("\"t\":").map(|at| at + "\"t\":".len()) else { return sample.to_vec() };
+    let end = text[start..].find(|c: char| !c.is_ascii_digit()).map_or(text.len(), |end| start + end);
+    let t = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() + 600).to_string();
+    let mut body = [&text[..start], &t, &text[end..]].concat();
+    if let Some(key) = key {
+        let field = "\"sign\":\"";
+        let start = body.find(field).expect("a signed CSS sample has sign") + field.len();
+        let end = start + body[start..].find('"').expect("sign is a string");
+        body.replace_range(start..end, &css::sign(key, &t));
+    }
+    body.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     /// Each list embeds every file of its directory, and nothing else.
     #[test]
     fn the_samples_are_the_directory() {
-        for (dir, samples) in [("samples", super::SAMPLES), ("trtc", super::TRTC_SAMPLES)] {
-            let dir = format!("{}/tests/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
+        for (dir, samples) in [
+            ("tests/fixtures/samples", super::SAMPLES),
+            ("tests/fixtures/trtc", super::TRTC_SAMPLES),
+            ("samples/css", super::CSS_SAMPLES),
+        ] {
+            let dir = format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"));
             let mut files: Vec<String> = std::fs::read_dir(dir)
                 .expect("the samples directory")
                 .map(|entry| {
@@ -192,6 +245,29 @@ mod tests {
             assert_eq!(event.command(), *command);
             let stamped = crate::trtc::Event::parse("1400000000", &super::trtc_now(body)).expect("still one");
             assert_eq!(stamped.id(), event.id(), "sent again: the same event");
+        }
+    }
+
+    /// Every documented CSS type has its sample, each sample is the event it is named after,
+    /// and sent now it is signed as Tencent signs it and is still the same event.
+    #[test]
+    fn each_documented_css_type_has_its_sample_signed_now() {
+        let named: Vec<String> = crate::css::DOCUMENTED.iter().map(|documented| documented.command()).collect();
+        let listed: Vec<&str> = super::CSS_SAMPLES.iter().map(|(command, _)| *command).collect();
+        assert_eq!(named, listed);
+        for (command, body) in super::CSS_SAMPLES {
+            let event = crate::css::Event::parse(body).expect("a CSS event");
+            assert_eq!(event.command(), *command);
+            let now = super::css_now(body, Some("k"));
+            let sent = crate::css::Event::parse(&now).expect("still one");
+            assert_eq!(sent.id(), event.id(), "{command}: sent now, the same event");
+            if *command == "css.relay.task" {
+                assert_eq!(now, body.to_vec(), "Tencent does not sign relay callbacks");
+                continue;
+            }
+            assert_eq!(sent.verify(["k"]), Ok(0), "{command}");
+            assert!(sent.expires(SystemTime::now(), std::time::Duration::ZERO).is_ok(), "{command}");
+            assert_eq!(super::css_now(body, None).len(), now.len(), "{command}: unsigned, the sample's sign");
         }
     }
 }

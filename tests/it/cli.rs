@@ -11,17 +11,24 @@ const BIN: &str = env!("CARGO_BIN_EXE_hookbus");
 
 #[test]
 fn serve_simulate_and_sigterm() {
-    let (mut child, addr) = spawn_binary(&["--token", "t0k", "--trtc-key", "k3y", "--sdk-app-id", "1400000000"]);
+    let flags = ["--token", "t0k", "--trtc-key", "k3y", "--css-key", "c55", "--sdk-app-id", "1400000000"];
+    // The CSS samples' app (the Tencent Cloud account's APPID) is an app too.
+    let (mut child, addr) = spawn_binary(&[&flags[..], &["--app", "12345678"]].concat());
     let output = Command::new(BIN)
         .args(["simulate", "--url", &format!("http://{addr}/"), "--token", "t0k", "--trtc-key", "k3y"])
+        .args(["--css-key", "c55"])
         .output()
         .expect("simulate runs");
     let printed = String::from_utf8(output.stdout).unwrap();
-    assert!(output.status.success(), "{printed}");
+    assert!(!output.status.success(), "the relay sample is refused: {printed}");
     let answers: Vec<&str> = printed.lines().collect();
-    let (samples, trtc) = (hookbus::simulate::SAMPLES, hookbus::simulate::TRTC_SAMPLES);
-    assert_eq!(answers.len(), samples.len() + trtc.len());
-    assert!(answers.iter().all(|line| line.contains(" 200 ")), "{printed}");
+    let (samples, trtc, css) =
+        (hookbus::simulate::SAMPLES, hookbus::simulate::TRTC_SAMPLES, hookbus::simulate::CSS_SAMPLES);
+    assert_eq!(answers.len(), samples.len() + trtc.len() + css.len());
+    // Tencent signs no relay callback: with a CSS key set it is refused.
+    let (relay, others): (Vec<&str>, Vec<&str>) = answers.iter().partition(|line| line.starts_with("css.relay.task"));
+    assert!(relay.len() == 1 && relay[0].contains(" 401 "), "{printed}");
+    assert!(others.iter().all(|line| line.contains(" 200 ")), "{printed}");
     let gift = answers.iter().find(|l| l.starts_with("Live.CallbackBeforeSendGift")).unwrap();
     assert!(gift.contains(r#""ErrorCode":1"#), "{gift}");
 
@@ -41,12 +48,19 @@ fn serve_simulate_and_sigterm() {
     child.stdout.take().unwrap().read_to_string(&mut events).unwrap();
     let events: Vec<serde_json::Value> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let informational = samples.iter().filter(|(c, _)| hookbus::tencent::Blocking::of(c).is_none());
-    assert_eq!(events.len(), informational.count() + trtc.len(), "every informational sample, once");
-    assert_eq!(
-        events.iter().filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("trtc."))).count(),
-        trtc.len()
-    );
-    assert!(events.iter().all(|e| e["source"] == "/tencent/1400000000"));
+    assert_eq!(events.len(), informational.count() + trtc.len() + css.len() - 1, "every informational sample, once");
+    let of = |surface: &str| {
+        events.iter().filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with(surface))).collect::<Vec<_>>()
+    };
+    assert_eq!(of("trtc.").len(), trtc.len());
+    assert_eq!(of("css.").len(), css.len() - 1);
+    // A CSS event's source is its body's appid; the snapshot page lists none.
+    let css_sources = ["/tencent/12345678", "/tencent/"];
+    assert!(of("css.").iter().all(|e| css_sources.contains(&e["source"].as_str().unwrap())));
+    assert!(events
+        .iter()
+        .filter(|e| !e["type"].as_str().unwrap().starts_with("css."))
+        .all(|e| e["source"] == "/tencent/1400000000"));
 }
 
 #[test]
