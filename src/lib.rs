@@ -1,6 +1,7 @@
-//! hookbus receives Tencent Cloud Live, Chat and TRTC callbacks over HTTP and puts them on a
-//! message bus: informational callbacks go through an outbox with broker confirms, blocking
-//! callbacks (gifts, room messages) are decided by a responder over request-reply.
+//! hookbus receives Tencent Cloud Live, Chat, TRTC and Cloud Streaming (CSS) callbacks over HTTP
+//! and puts them on a message bus: informational callbacks go through an outbox with broker
+//! confirms, blocking callbacks (gifts, room messages) are decided by a responder over
+//! request-reply.
 //!
 //! # Layout
 //!

@@ -78,3 +78,51 @@ where
         time: event.time,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use http_body_util::Full;
+
+    use super::*;
+    use crate::apps::Token;
+
+    /// Each request fails every check from one row of the README's CSS table on: the first
+    /// failing check is the one answered, so the checks run in the documented order.
+    #[tokio::test]
+    async fn checks_run_in_the_documented_order() {
+        let shared = crate::routes::tests::shared(1);
+        let mut apps = (*shared.apps.get()).clone();
+        let key = Token { name: "k".into(), secret: "key".into() };
+        apps.listed.get_mut("1400").expect("the test app").css_keys.push(key);
+        shared.apps.replace(apps);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let event = |appid: &str, t: Option<u64>, stream: &str| {
+            let signature =
+                t.map_or(String::new(), |t| format!(r#","t":{t},"sign":"{}""#, protocol::sign("key", &t.to_string())));
+            format!(r#"{{"event_type":1,"appid":{appid},"stream_id":"{stream}"{signature}}}"#)
+        };
+        let big = " ".repeat(70_000);
+        let rows: [(Method, String, u16); 8] = [
+            (Method::GET, big.clone(), 405),
+            (Method::POST, big, 413),
+            (Method::POST, r#"{"event_type":"1","appid":999}"#.into(), 400),
+            (Method::POST, event("999", None, "s"), 403),
+            (Method::POST, event("1400", None, "s"), 401),
+            (Method::POST, event("1400", Some(now + 600), "s").replace(r#""sign":""#, r#""sign":"0"#), 401),
+            (Method::POST, event("1400", Some(now - 61), "s"), 401),
+            (Method::POST, event("1400", Some(now + 600), "s"), 200),
+        ];
+        for (method, body, expected) in rows {
+            let request =
+                Request::builder().method(method.clone()).uri("/").body(Full::new(Bytes::from(body))).unwrap();
+            let status = crate::routes::handle(&shared, request).await.status().as_u16();
+            assert_eq!(status, expected, "{method} row answered {status}");
+        }
+        // The one accepted event fills the outbox (capacity 1): the last check answers 503.
+        let other = event("1400", Some(now + 600), "s2");
+        let request = Request::post("/").body(Full::new(Bytes::from(other))).unwrap();
+        assert_eq!(crate::routes::handle(&shared, request).await.status().as_u16(), 503);
+    }
+}
