@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use hookbus::config::Cli;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 fn file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn yaml(path: &str) -> Value {
-    serde_yaml::from_str(&file(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+    yaml_serde::from_str(&file(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
 }
 
 /// Every environment variable `hookbus serve` reads.
