@@ -75,7 +75,7 @@ struct Rejections {
 }
 
 /// A refused callback, as counted and logged.
-pub struct Rejected<'a> {
+pub struct RefusedCallback<'a> {
     /// The `reason` label of `hookbus_rejections_total`.
     pub label: &'static str,
     /// Why, in words (the FAIL body's `ErrorInfo`).
@@ -148,7 +148,7 @@ impl Metrics {
 
     /// A callback was refused: counted, and logged at most once per reason and second with
     /// the number of refusals not logged since (so an overload cannot flood the log).
-    pub fn rejected(&self, refusal: Rejected) {
+    pub fn rejected(&self, refusal: RefusedCallback) {
         self.answered(refusal.command, refusal.status);
         let suppressed = {
             let mut rejections = lock(&self.rejections);
@@ -584,8 +584,8 @@ mod tests {
         assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
     }
 
-    fn refusal(label: &'static str) -> Rejected<'static> {
-        Rejected { label, reason: &"full", command: "unknown", status: 503, request_id: "r", latency_us: 1 }
+    fn refusal(label: &'static str) -> RefusedCallback<'static> {
+        RefusedCallback { label, reason: &"full", command: "unknown", status: 503, request_id: "r", latency_us: 1 }
     }
 
     #[test]

@@ -96,22 +96,33 @@ fn form_decoded(raw: &str, encoded: bool) -> Cow<'_, str> {
     Cow::Owned(percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned())
 }
 
-/// Why a signature was refused; the text goes to the caller and the log.
+/// Why the signature of a Live or Chat callback's query (`Sign`, `RequestTime`) was refused;
+/// the text goes to the caller and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignError {
+pub enum QuerySignError {
     Missing,
     BadTime,
     Stale,
     Mismatch,
 }
 
-impl SignError {
+impl QuerySignError {
     pub fn reason(self) -> &'static str {
         match self {
-            SignError::Missing => "Sign and RequestTime are required",
-            SignError::BadTime => "RequestTime is not a Unix time in seconds",
-            SignError::Stale => "RequestTime is outside the allowed clock skew",
-            SignError::Mismatch => "Sign does not match",
+            QuerySignError::Missing => "Sign and RequestTime are required",
+            QuerySignError::BadTime => "RequestTime is not a Unix time in seconds",
+            QuerySignError::Stale => "RequestTime is outside the allowed clock skew",
+            QuerySignError::Mismatch => "Sign does not match",
+        }
+    }
+
+    /// The `reason` label of `hookbus_rejections_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            QuerySignError::Missing => "sign_missing",
+            QuerySignError::BadTime => "sign_bad_time",
+            QuerySignError::Stale => "sign_stale",
+            QuerySignError::Mismatch => "sign_mismatch",
         }
     }
 }
@@ -133,17 +144,17 @@ pub fn verify<'a>(
     request_time: Option<&str>,
     max_skew: Duration,
     now: SystemTime,
-) -> Result<Signed, SignError> {
+) -> Result<Signed, QuerySignError> {
     let (Some(sign), Some(request_time)) = (sign, request_time) else {
-        return Err(SignError::Missing);
+        return Err(QuerySignError::Missing);
     };
-    let seconds: u64 = request_time.parse().map_err(|_| SignError::BadTime)?;
+    let seconds: u64 = request_time.parse().map_err(|_| QuerySignError::BadTime)?;
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     if now.abs_diff(seconds) > max_skew.as_secs() {
-        return Err(SignError::Stale);
+        return Err(QuerySignError::Stale);
     }
     let mut given = [0u8; 32];
-    hex::decode_to_slice(sign, &mut given).map_err(|_| SignError::Mismatch)?;
+    hex::decode_to_slice(sign, &mut given).map_err(|_| QuerySignError::Mismatch)?;
     let mut matched = None;
     for (position, token) in tokens.into_iter().enumerate() {
         let difference = given.iter().zip(digest(token, request_time)).fold(0u8, |acc, (a, b)| acc | (a ^ b));
@@ -151,7 +162,7 @@ pub fn verify<'a>(
             matched = Some(position);
         }
     }
-    let token = matched.ok_or(SignError::Mismatch)?;
+    let token = matched.ok_or(QuerySignError::Mismatch)?;
     Ok(Signed { token, request_time: seconds })
 }
 
@@ -573,11 +584,11 @@ pub(crate) mod tests {
         let ok = |s: &str, now| verify(["xxxxyyyy"], Some(s), Some("1669872112"), skew, now).map(|signed| signed.token);
         assert_eq!(ok(&good, at(1669872112)), Ok(0));
         assert_eq!(ok(&good.to_uppercase(), at(1669872172)), Ok(0));
-        assert_eq!(ok(&good, at(1669872173)), Err(SignError::Stale));
-        assert_eq!(ok(&good, at(1669872051)), Err(SignError::Stale));
-        assert_eq!(ok(&good[1..], at(1669872112)), Err(SignError::Mismatch));
-        assert_eq!(ok(&"0".repeat(64), at(1669872112)), Err(SignError::Mismatch));
-        assert_eq!(ok("zz", at(1669872112)), Err(SignError::Mismatch));
+        assert_eq!(ok(&good, at(1669872173)), Err(QuerySignError::Stale));
+        assert_eq!(ok(&good, at(1669872051)), Err(QuerySignError::Stale));
+        assert_eq!(ok(&good[1..], at(1669872112)), Err(QuerySignError::Mismatch));
+        assert_eq!(ok(&"0".repeat(64), at(1669872112)), Err(QuerySignError::Mismatch));
+        assert_eq!(ok("zz", at(1669872112)), Err(QuerySignError::Mismatch));
         let wrong_token = verify(["other"], Some(&good), Some("1669872112"), skew, at(1669872112));
         let second = verify(["other", "xxxxyyyy"], Some(&good), Some("1669872112"), skew, at(1669872112))
             .map(|signed| signed.token);
@@ -588,11 +599,11 @@ pub(crate) mod tests {
             "the time it read"
         );
         assert_eq!(second, Ok(1), "the token that signed it");
-        assert_eq!(wrong_token, Err(SignError::Mismatch));
+        assert_eq!(wrong_token, Err(QuerySignError::Mismatch));
         let missing = verify(["t"], None, Some("1"), skew, at(1));
-        assert_eq!(missing, Err(SignError::Missing));
+        assert_eq!(missing, Err(QuerySignError::Missing));
         let bad_time = verify(["t"], Some(&good), Some("soon"), skew, at(1));
-        assert_eq!(bad_time, Err(SignError::BadTime));
+        assert_eq!(bad_time, Err(QuerySignError::BadTime));
     }
 
     #[test]
@@ -674,7 +685,7 @@ pub(crate) mod tests {
             proptest::prop_assert_eq!(verify([token.as_str()], Some(&good), Some(&text), skew, now).map(|signed| signed.token), Ok(0));
             if other != token {
                 let wrong = super::sign(&other, &text);
-                proptest::prop_assert_eq!(verify([token.as_str()], Some(&wrong), Some(&text), skew, now), Err(SignError::Mismatch));
+                proptest::prop_assert_eq!(verify([token.as_str()], Some(&wrong), Some(&text), skew, now), Err(QuerySignError::Mismatch));
             }
             if !sign.eq_ignore_ascii_case(&good) {
                 proptest::prop_assert!(verify([token.as_str()], Some(&sign), Some(&text), skew, now).is_err());
