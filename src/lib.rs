@@ -27,6 +27,7 @@
 //! - [`tail`]: `hookbus tail`, a live view of the callbacks a gateway answers, and the tap it reads.
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
 //! - [`metrics`]: what `/metrics` shows, as one method per thing that happens.
+//! - [`samples`]: the documented sample callbacks, embedded from `samples/` (the files are the list).
 //! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
 //! - [`respond`]: a reference responder for blocking callbacks.
 //! - [`asyncapi`]: the AsyncAPI contract of what a gateway publishes.
@@ -56,6 +57,7 @@ pub mod replay;
 pub mod respond;
 pub mod routes;
 pub mod rules;
+pub mod samples;
 pub mod simulate;
 pub mod spool;
 pub mod spool_command;
