@@ -16,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::apps::{self, Current};
 use crate::bus::{self, Bus, Message};
 use crate::decision::{Decisions, Kind};
-use crate::metrics::{Gauges, Metrics, RefusedCallback};
+use crate::metrics::{DeadLetterCounts, Gauges, Metrics, OutboxBytes, RefusedCallback, SpoolBytes};
 use crate::outbox::Outbox;
 use crate::replay::{Answered, Replays};
 use crate::tail::{Seen, Tap};
@@ -147,24 +147,7 @@ where
             (false, true, _) => text(StatusCode::OK, "ready\n"),
         },
         "/metrics" if get => {
-            let body = shared.metrics.render(Gauges {
-                outbox_depth: shared.outbox.depth(),
-                outbox_capacity: shared.outbox.capacity(),
-                outbox_bytes: shared.outbox.memory(),
-                bus_connected: shared.bus.is_connected(),
-                connect_attempts: shared.bus.connect_attempts(),
-                bus_node: shared.bus.node(),
-                channel_reopens: shared.bus.channel_reopens(),
-                clients_replaced: shared.bus.clients_replaced(),
-                late_replies: shared.bus.late_replies(),
-                bus_refused: shared.bus.refusal(),
-                unreadable_replies: shared.bus.unreadable_replies(),
-                replay_cache_entries: shared.replays.len(),
-                spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
-                spool: shared.outbox.spool_bytes(),
-                spool_write_failing: shared.outbox.is_spooled().then(|| shared.outbox.spool_failing()),
-                dead_letters: shared.outbox.dead_letters().held(),
-            });
+            let body = shared.metrics.render(gauges(shared));
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response
@@ -452,6 +435,31 @@ fn reject(
         response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     }
     response
+}
+
+/// What `/metrics` reads of the outbox, the bus, the replay cache and the tracer when scraped.
+fn gauges(shared: &Shared) -> Gauges {
+    let (outbox, bus) = (&shared.outbox, &shared.bus);
+    let (held, max) = outbox.memory();
+    let (dead_letters, dead_letter_bytes, dropped) = outbox.dead_letters().held();
+    Gauges {
+        outbox_depth: outbox.depth(),
+        outbox_capacity: outbox.capacity(),
+        outbox_bytes: OutboxBytes { held, max },
+        bus_connected: bus.is_connected(),
+        connect_attempts: bus.connect_attempts(),
+        bus_node: bus.node(),
+        channel_reopens: bus.channel_reopens(),
+        clients_replaced: bus.clients_replaced(),
+        late_replies: bus.late_replies(),
+        bus_refused: bus.refusal(),
+        unreadable_replies: bus.unreadable_replies(),
+        replay_cache_entries: shared.replays.len(),
+        spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
+        spool: outbox.spool_bytes().map(|(held, max)| SpoolBytes { held, max }),
+        spool_write_failing: outbox.is_spooled().then(|| outbox.spool_failing()),
+        dead_letters: DeadLetterCounts { held: dead_letters, bytes: dead_letter_bytes, dropped },
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -323,7 +323,7 @@ mod tests {
     proptest::proptest! {
         /// Any body, printed compact or pretty, is one event.
         #[test]
-        fn the_id_does_not_depend_on_the_serialisation(value in crate::tencent::tests::json_object()) {
+        fn the_id_does_not_depend_on_the_serialisation(value in crate::body::tests::json_object()) {
             let mut fields = value.as_object().cloned().unwrap_or_default();
             fields.insert("EventGroupId".into(), 1.into());
             fields.insert("EventType".into(), 101.into());
@@ -341,7 +341,7 @@ mod tests {
         /// changing anything else is another.
         #[test]
         fn the_id_is_the_body_but_its_time_of_sending(
-            value in crate::tencent::tests::json_object(),
+            value in crate::body::tests::json_object(),
             group in 0u64..10,
             sent in 0u64..u64::MAX / 2,
             later in 1u64..100_000,

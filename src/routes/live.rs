@@ -9,9 +9,10 @@ use hyper::Request;
 
 use super::refusal::Refusal;
 use super::request::{self, Checked, Gate};
+use crate::body::Body;
 use crate::bus::{self, Origin};
 use crate::replay;
-use crate::tencent::{self, Body, Query};
+use crate::tencent::{self, Query};
 
 /// Its name in `hookbus tail`.
 pub const NAME: &str = "live";

@@ -11,9 +11,10 @@ use hyper::Request;
 
 use super::refusal::Refusal;
 use super::request::{self, Checked, Gate};
+use crate::body::Body;
 use crate::bus::Origin;
 use crate::replay;
-use crate::tencent::{Body, Query};
+use crate::tencent::Query;
 use crate::trtc::{self as protocol, Event, HeaderSignError, NotEvent};
 
 /// Its name in `hookbus tail`, and what a refusal is counted under before its command is known.
