@@ -1,6 +1,5 @@
-//! A stand-in for Tencent: posts the documented sample callbacks (embedded from
-//! `tests/fixtures/samples/`, and the TRTC ones from `tests/fixtures/trtc/`), signed when a
-//! token or TRTC key is given, and returns each answer.
+//! A stand-in for Tencent: posts the documented sample callbacks (`crate::samples`), signed
+//! when a token or TRTC key is given, and returns each answer.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,56 +10,8 @@ use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::samples::{self, sample};
 use crate::{tencent, trtc};
-
-/// `(command, body)` for each named sample file of `tests/fixtures/{dir}`, embedded at compile time.
-macro_rules! samples {
-    ($dir:literal: $($command:literal),* $(,)?) => {
-        &[$(($command, include_bytes!(concat!("../tests/fixtures/", $dir, "/", $command, ".json")))),*]
-    };
-}
-
-/// Every documented sample body, by command.
-pub const SAMPLES: &[(&str, &[u8])] = samples!["samples":
-    "C2C.CallbackBeforeSendMsg",
-    "Follow.CallbackAfterFollowAdd",
-    "Follow.CallbackAfterFollowDelete",
-    "Group.CallbackAfterSendMsg",
-    "Group.CallbackBeforeApplyJoinGroup",
-    "Group.CallbackBeforeCreateGroup",
-    "Group.CallbackBeforeInviteJoinGroup",
-    "Group.CallbackBeforeSendMsg",
-    "Live.CallbackAfterChangeOwner",
-    "Live.CallbackAfterCloudRecordingChanged",
-    "Live.CallbackAfterCreateBattle",
-    "Live.CallbackAfterCreateRoom",
-    "Live.CallbackAfterCreateRoomReachingThreshold",
-    "Live.CallbackAfterDelMetadata",
-    "Live.CallbackAfterDestroyRoom",
-    "Live.CallbackAfterEndBattle",
-    "Live.CallbackAfterMemberStateChanged",
-    "Live.CallbackAfterModifyAdmin",
-    "Live.CallbackAfterSetMetadata",
-    "Live.CallbackAfterStartBattle",
-    "Live.CallbackAfterUpdateRoomInfo",
-    "Live.CallbackBeforeSendGift",
-    "Mic.CallbackAfterSeatInfoChanged",
-];
-
-/// A sample of each documented TRTC event type, by `trtc.{EventGroupId}.{EventType}`.
-pub const TRTC_SAMPLES: &[(&str, &[u8])] = samples!["trtc":
-    "trtc.1.101",
-    "trtc.1.102",
-    "trtc.1.103",
-    "trtc.1.104",
-    "trtc.1.105",
-    "trtc.2.201",
-    "trtc.2.202",
-    "trtc.2.203",
-    "trtc.2.204",
-    "trtc.2.205",
-    "trtc.2.206",
-];
 
 /// One callback's answer as the gateway gave it.
 #[derive(Debug)]
@@ -70,12 +21,8 @@ pub struct Response {
     pub body: String,
 }
 
-/// The sample body of `command` (or of a TRTC event type), if one is documented.
-pub fn sample(command: &str) -> Option<&'static [u8]> {
-    SAMPLES.iter().chain(TRTC_SAMPLES).find(|(name, _)| *name == command).map(|(_, body)| *body)
-}
-
-/// Posts the samples of `commands` (all when empty, the TRTC ones last) to `url` over one
+/// Posts the samples of `commands` (all when empty, surface by surface: the TRTC ones after the
+/// Live and Chat ones) to `url` over one
 /// connection, in order: Live and Chat ones signed with `token`, TRTC ones with `trtc_key`.
 pub async fn simulate(
     url: &str,
@@ -85,7 +32,7 @@ pub async fn simulate(
     commands: &[String],
 ) -> anyhow::Result<Vec<Response>> {
     let chosen: Vec<(&str, &[u8])> = if commands.is_empty() {
-        SAMPLES.iter().chain(TRTC_SAMPLES).copied().collect()
+        samples::all().collect()
     } else {
         commands
             .iter()
@@ -163,31 +110,13 @@ pub fn trtc_now(sample: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    /// Each list embeds every file of its directory, and nothing else.
-    #[test]
-    fn the_samples_are_the_directory() {
-        for (dir, samples) in [("samples", super::SAMPLES), ("trtc", super::TRTC_SAMPLES)] {
-            let dir = format!("{}/tests/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
-            let mut files: Vec<String> = std::fs::read_dir(dir)
-                .expect("the samples directory")
-                .map(|entry| {
-                    entry.expect("an entry").file_name().to_string_lossy().trim_end_matches(".json").to_owned()
-                })
-                .collect();
-            files.sort();
-            let mut listed: Vec<&str> = samples.iter().map(|(command, _)| *command).collect();
-            listed.sort();
-            assert_eq!(files, listed);
-        }
-    }
-
     /// Every documented TRTC type has its sample, and each sample is the event it is named after.
     #[test]
     fn each_documented_trtc_type_has_its_sample() {
         let named: Vec<String> = crate::trtc::DOCUMENTED.iter().map(|documented| documented.command()).collect();
-        let listed: Vec<&str> = super::TRTC_SAMPLES.iter().map(|(command, _)| *command).collect();
+        let listed: Vec<&str> = super::samples::TRTC.iter().map(|(command, _)| *command).collect();
         assert_eq!(named, listed);
-        for (command, body) in super::TRTC_SAMPLES {
+        for (command, body) in super::samples::TRTC {
             let event = crate::trtc::Event::parse("1400000000", body).expect("a TRTC event");
             assert_eq!(event.command(), *command);
             let stamped = crate::trtc::Event::parse("1400000000", &super::trtc_now(body)).expect("still one");

@@ -19,7 +19,7 @@ fn serve_simulate_and_sigterm() {
     let printed = String::from_utf8(output.stdout).unwrap();
     assert!(output.status.success(), "{printed}");
     let answers: Vec<&str> = printed.lines().collect();
-    let (samples, trtc) = (hookbus::simulate::SAMPLES, hookbus::simulate::TRTC_SAMPLES);
+    let (samples, trtc) = (hookbus::samples::LIVE, hookbus::samples::TRTC);
     assert_eq!(answers.len(), samples.len() + trtc.len());
     assert!(answers.iter().all(|line| line.contains(" 200 ")), "{printed}");
     let gift = answers.iter().find(|l| l.starts_with("Live.CallbackBeforeSendGift")).unwrap();
