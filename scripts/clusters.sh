@@ -124,6 +124,11 @@ rabbit_start() {
     fi
   done
   for n in 1 2 3; do rabbitmqctl_on "$n" await_startup >/dev/null; done
+  # The tests kill nodes by their pid files. A node that runs without one (two starts of the
+  # same node at once: the one refused removes the file on its way out) is asked for its pid.
+  for n in 1 2 3; do
+    [[ -s $dir/rabbit/hb$n.pid ]] || rabbitmqctl_on "$n" eval 'os:getpid().' | tr -dc 0-9 >"$dir/rabbit/hb$n.pid"
+  done
   echo "clusters: RabbitMQ cluster up on 127.0.0.1:5701,5702,5703"
 }
 

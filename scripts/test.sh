@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 scripts/clusters.sh start
+# The cluster tests kill nodes of those clusters: they run only when told so.
+export HOOKBUS_TEST_CLUSTERS=1
 cargo test --locked "$@"

@@ -222,8 +222,8 @@ impl BusArgs {
     /// The subjects a JetStream stream must cover: every documented informational callback's
     /// and the dead-letter notices', under the prefix.
     fn event_subjects(&self) -> Vec<String> {
-        let documented = crate::simulate::SAMPLES.iter().chain(crate::simulate::TRTC_SAMPLES);
-        let events = documented.map(|(command, _)| *command).filter(|command| tencent::Blocking::of(command).is_none());
+        let documented = crate::samples::all().map(|(command, _)| command);
+        let events = documented.filter(|command| tencent::Blocking::of(command).is_none());
         events.chain(["deadletter"]).map(|command| format!("{}.{command}", self.prefix)).collect()
     }
 

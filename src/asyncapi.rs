@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::decision::MAX_ERROR_INFO_BYTES;
-use crate::simulate::{sample, SAMPLES};
+use crate::samples::{sample, LIVE};
 use crate::tencent::{Blocking, Bound, MAX_MESSAGE_BYTES, MAX_USER_ID_BYTES};
 use crate::trtc::DOCUMENTED;
 
@@ -64,7 +64,7 @@ impl Contract {
     /// The document, as JSON (YAML is the same tree).
     pub fn document(&self) -> Value {
         let (mut channels, mut operations, mut messages) = (Map::new(), Map::new(), Map::new());
-        let live = SAMPLES.iter().map(|(command, sample)| {
+        let live = LIVE.iter().map(|(command, sample)| {
             let blocking = Blocking::of(command);
             Channel {
                 command,
@@ -203,7 +203,7 @@ impl Contract {
                 "body": { "description": "its body, unless the body is what the broker refused (too_large)" },
             },
         });
-        let blocking = SAMPLES.iter().map(|(command, _)| *command).filter(|command| Blocking::of(command).is_some());
+        let blocking = LIVE.iter().map(|(command, _)| *command).filter(|command| Blocking::of(command).is_some());
         let follow_ups = blocking
             .map(|command| {
                 (

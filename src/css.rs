@@ -478,7 +478,7 @@ mod tests {
         /// same event, and changing anything else is another.
         #[test]
         fn the_id_is_the_body_but_t_and_sign(
-            value in crate::tencent::tests::json_object(),
+            value in crate::body::tests::json_object(),
             t in 0u64..u64::MAX / 2,
             later in 1u64..100_000,
         ) {

@@ -11,8 +11,10 @@
 //!   connected bus, the built [`Gateway`] (token files read, spool opened, TLS loaded). `main`
 //!   parses, sets up logging, connects, builds and runs.
 //! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
-//! - [`routes`]: what each endpoint does; the checks of a callback in order.
-//! - [`tencent`]: the callback protocol: query, signature, commands, reply codes, room key.
+//! - [`routes`]: what each endpoint does; a callback's surface (Live and Chat, or TRTC: one file
+//!   each under `routes/`) chosen from its head, its checks in order.
+//! - [`tencent`]: the Live and Chat callback protocol: query, signature, commands, reply codes.
+//! - [`body`]: a callback's JSON body, checked and scanned once for its command and room key.
 //! - [`trtc`]: the TRTC room and media callback protocol: its signature, event and event id.
 //! - [`css`]: the Cloud Streaming (CSS) callback protocol: its event types, `t`/`sign` and event id.
 //! - [`canonical`]: the canonical text of a JSON value, which TRTC and CSS event ids are made of.
@@ -29,6 +31,7 @@
 //! - [`tail`]: `hookbus tail`, a live view of the callbacks a gateway answers, and the tap it reads.
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
 //! - [`metrics`]: what `/metrics` shows, as one method per thing that happens.
+//! - [`samples`]: the documented sample callbacks, embedded from `samples/` (the files are the list).
 //! - [`simulate`]: a stand-in for Tencent that posts the documented samples.
 //! - [`respond`]: a reference responder for blocking callbacks.
 //! - [`asyncapi`]: the AsyncAPI contract of what a gateway publishes.
@@ -36,7 +39,7 @@
 //! - [`logs`]: log fields that carry outside bytes (escaped, cut), lines rate-limited.
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
-//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `tail`, `bus`, `logs`; `admin` → `outbox`,
+//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `body`, `tail`, `bus`, `logs`; `admin` → `outbox`,
 //! `tail`; `outbox` → `spool`,
 //! `dead_letters`, `metrics`, `bus`; `trtc` and `css` → `canonical`; `bus` → `traces` (the trace context a message carries) and
 //! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
@@ -45,6 +48,7 @@ pub mod admin;
 pub mod apps;
 pub mod assembly;
 pub mod asyncapi;
+pub mod body;
 pub mod bus;
 pub mod canonical;
 pub mod config;
@@ -59,6 +63,7 @@ pub mod replay;
 pub mod respond;
 pub mod routes;
 pub mod rules;
+pub mod samples;
 pub mod simulate;
 pub mod spool;
 pub mod spool_command;

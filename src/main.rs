@@ -154,7 +154,7 @@ fn asyncapi(args: AsyncapiArgs) -> anyhow::Result<ExitCode> {
     let document = args.contract().document();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&document)?),
-        Format::Yaml => print!("{}", serde_yaml::to_string(&document)?),
+        Format::Yaml => print!("{}", yaml_serde::to_string(&document)?),
     }
     Ok(ExitCode::SUCCESS)
 }

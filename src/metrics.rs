@@ -75,7 +75,7 @@ struct Rejections {
 }
 
 /// A refused callback, as counted and logged.
-pub struct Rejected<'a> {
+pub struct RefusedCallback<'a> {
     /// The `reason` label of `hookbus_rejections_total`.
     pub label: &'static str,
     /// Why, in words (the FAIL body's `ErrorInfo`).
@@ -90,8 +90,7 @@ pub struct Rejected<'a> {
 pub struct Gauges {
     pub outbox_depth: usize,
     pub outbox_capacity: usize,
-    /// Memory the outbox's events hold, and its bound (none with a spool, whose bound applies).
-    pub outbox_bytes: (usize, Option<usize>),
+    pub outbox_bytes: OutboxBytes,
     pub bus_connected: bool,
     /// Attempts to reach the broker so far, the first one included.
     pub connect_attempts: u64,
@@ -110,12 +109,30 @@ pub struct Gauges {
     pub replay_cache_entries: usize,
     /// Spans not exported, when exporting.
     pub spans_dropped: Option<u64>,
-    /// Bytes in the spool and its bound, when there is one.
-    pub spool: Option<(u64, u64)>,
+    /// With a spool: its bytes and its bound.
+    pub spool: Option<SpoolBytes>,
     /// With a spool: whether the disk refuses its writes (the last failed, none succeeded since).
     pub spool_write_failing: Option<bool>,
-    /// Dead letters held, their bytes, and how many were dropped for lack of room.
-    pub dead_letters: (usize, usize, u64),
+    pub dead_letters: DeadLetterCounts,
+}
+
+/// Memory the outbox's events hold, and its bound (none with a spool, whose bound applies).
+pub struct OutboxBytes {
+    pub held: usize,
+    pub max: Option<usize>,
+}
+
+/// Bytes of unconfirmed events in the spool, and the bound past which callbacks are refused.
+pub struct SpoolBytes {
+    pub held: u64,
+    pub max: u64,
+}
+
+/// Dead letters held, their bytes, and how many were dropped for lack of room.
+pub struct DeadLetterCounts {
+    pub held: usize,
+    pub bytes: usize,
+    pub dropped: u64,
 }
 
 impl Metrics {
@@ -148,7 +165,7 @@ impl Metrics {
 
     /// A callback was refused: counted, and logged at most once per reason and second with
     /// the number of refusals not logged since (so an overload cannot flood the log).
-    pub fn rejected(&self, refusal: Rejected) {
+    pub fn rejected(&self, refusal: RefusedCallback) {
         self.answered(refusal.command, refusal.status);
         let suppressed = {
             let mut rejections = lock(&self.rejections);
@@ -372,10 +389,12 @@ impl Metrics {
         }
         // Every scalar family, one row each: a row whose value is `None` is not shown (a
         // bound without a spool, spans without an exporter).
-        let (bytes, max_bytes) = gauges.outbox_bytes;
-        let (spool_bytes, spool_max) = (gauges.spool.map(|(bytes, _)| bytes), gauges.spool.map(|(_, max)| max));
+        let OutboxBytes { held: bytes, max: max_bytes } = gauges.outbox_bytes;
+        let (spool_bytes, spool_max) =
+            (gauges.spool.as_ref().map(|spool| spool.held), gauges.spool.map(|spool| spool.max));
         let load = |counter: &AtomicU64| Some(counter.load(Relaxed));
-        let (dead_letters, dead_letter_bytes, dead_letters_dropped) = gauges.dead_letters;
+        let DeadLetterCounts { held: dead_letters, bytes: dead_letter_bytes, dropped: dead_letters_dropped } =
+            gauges.dead_letters;
         if let Some(node) = &gauges.bus_node {
             family(&mut out, "bus_node_info", "gauge", "The broker node the bus link is on, as its label.");
             let _ = writeln!(out, "hookbus_bus_node_info{{node=\"{}\"}} 1", label(node));
@@ -554,7 +573,7 @@ mod tests {
         Gauges {
             outbox_depth: 0,
             outbox_capacity: 1,
-            outbox_bytes: (0, Some(1)),
+            outbox_bytes: OutboxBytes { held: 0, max: Some(1) },
             bus_connected: true,
             connect_attempts: 1,
             bus_node: None,
@@ -567,7 +586,7 @@ mod tests {
             spans_dropped: None,
             spool: None,
             spool_write_failing: None,
-            dead_letters: (0, 0, 0),
+            dead_letters: DeadLetterCounts { held: 0, bytes: 0, dropped: 0 },
         }
     }
 
@@ -584,8 +603,8 @@ mod tests {
         assert!(!text.contains(&format!("Cmd{}\"", MAX_COMMANDS)));
     }
 
-    fn refusal(label: &'static str) -> Rejected<'static> {
-        Rejected { label, reason: &"full", command: "unknown", status: 503, request_id: "r", latency_us: 1 }
+    fn refusal(label: &'static str) -> RefusedCallback<'static> {
+        RefusedCallback { label, reason: &"full", command: "unknown", status: 503, request_id: "r", latency_us: 1 }
     }
 
     #[test]
@@ -627,7 +646,7 @@ mod tests {
         let text = metrics.render(Gauges {
             outbox_depth: 3,
             outbox_capacity: 10,
-            outbox_bytes: (300, Some(1000)),
+            outbox_bytes: OutboxBytes { held: 300, max: Some(1000) },
             bus_connected: false,
             connect_attempts: 4,
             bus_node: Some("rabbit-2:5672".into()),
@@ -638,9 +657,9 @@ mod tests {
             unreadable_replies: 1,
             replay_cache_entries: 0,
             spans_dropped: Some(3),
-            spool: Some((9, 100)),
+            spool: Some(SpoolBytes { held: 9, max: 100 }),
             spool_write_failing: Some(false),
-            dead_letters: (1, 500, 0),
+            dead_letters: DeadLetterCounts { held: 1, bytes: 500, dropped: 0 },
         });
         assert!(text.contains(
             "hookbus_decisions_total{command=\"Live.CallbackBeforeSendGift\",outcome=\"timeout\",rule=\"\"} 1"

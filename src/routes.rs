@@ -1,45 +1,40 @@
-//! What each endpoint does: the callback path (the checks of the README's "What Tencent sees",
-//! in order; a TRTC callback's in `trtc`), `/healthz`, `/readyz` and `/metrics`. Generic over
-//! the request body so that the unit tests below call [`handle`] without a socket; sockets,
-//! connections and shutdown belong to `http`.
+//! What each endpoint does: the callback path, `/healthz`, `/readyz` and `/metrics`. A callback
+//! is told to its [`Surface`] once, by its head; the surface checks it (the README's "What
+//! Tencent sees" for Live and Chat in `live`, TRTC's in `trtc`, Cloud Streaming's in `css`, each
+//! using what `request` reads the same way for all), and what it accepts is answered, decided or
+//! enqueued here. Generic over the request body so that the unit tests below call [`handle`]
+//! without a socket; sockets, connections and shutdown belong to `http`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http_body_util::Full;
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::apps::{self, Apps, Current};
-use crate::bus::{self, Bus, Message, Origin};
+use crate::apps::{self, Current};
+use crate::bus::{self, Bus, Message};
 use crate::decision::{Decisions, Kind};
-use crate::metrics::{Gauges, Metrics, Rejected};
-use crate::outbox::{Outbox, PushError};
-use crate::replay::{self, Answered, Replays};
-use crate::spool::SpoolError;
+use crate::metrics::{DeadLetterCounts, Gauges, Metrics, OutboxBytes, RefusedCallback, SpoolBytes};
+use crate::outbox::Outbox;
+use crate::replay::{Answered, Replays};
 use crate::tail::{Seen, Tap};
-use crate::tencent::{self, Body, Query, SignError};
+use crate::tencent::Query;
 use crate::traces::{self, Context, Span, Tracer};
 
 mod css;
+mod live;
+mod refusal;
+mod request;
 mod trtc;
+
+pub use refusal::Refusal;
+pub use request::Limits;
+use request::{Checked, Gate, X_REQUEST_ID};
 
 /// Paths the gateway serves itself; the callback path cannot be one of them.
 pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
-
-/// How callbacks are checked.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_clock_skew: std::time::Duration,
-    pub max_body_bytes: usize,
-    /// Deepest nesting of arrays and objects accepted in a body (the body itself is 1).
-    pub max_json_depth: usize,
-    /// Signed requests remembered to answer replays (0: none).
-    pub replay_cache_entries: usize,
-    /// A body must arrive whole within this time of its headers.
-    pub body_read_timeout: std::time::Duration,
-}
 
 /// What every request shares, built once at start.
 pub struct Shared {
@@ -59,77 +54,81 @@ pub struct Shared {
     pub tap: Arc<Tap>,
 }
 
-/// Why a callback was refused: the status, the Tencent FAIL body and the metric label.
-#[derive(Debug, thiserror::Error)]
-pub enum Rejection {
-    /// Carries the method that is allowed.
-    #[error("method not allowed: use {0}")]
-    MethodNotAllowed(&'static str),
-    #[error("not found")]
-    NotFound,
-    #[error("SdkAppid is not accepted")]
-    Forbidden,
-    #[error("{}", .0.reason())]
-    Unauthorized(SignError),
-    #[error("{}", .0.reason())]
-    TrtcUnauthorized(crate::trtc::SignError),
-    #[error("{}", .0.reason())]
-    CssUnauthorized(crate::css::BodySignError),
-    #[error("body is larger than {0} bytes")]
-    PayloadTooLarge(usize),
-    #[error("body not received in time")]
-    BodyTimeout,
-    #[error("{reason}")]
-    BadRequest { label: &'static str, reason: &'static str },
-    /// Carries the metric label: `outbox_full` or `spool_full`.
-    #[error("outbox full, try again later")]
-    Overloaded(&'static str),
-    #[error("spool write failed, try again later")]
-    SpoolFailed,
+/// A Tencent protocol spoken on the callback path: its checks (a file of its own under
+/// `routes/`), its answer and whether its callbacks may block. Chosen once, from the head.
+enum Surface {
+    /// Live and Chat callbacks, with the query that names their app, command and signature.
+    Live(Query),
+    /// TRTC room and media callbacks.
+    Trtc,
+    /// Cloud Streaming (CSS) callbacks.
+    Css,
 }
 
-impl Rejection {
-    pub fn status(&self) -> StatusCode {
+impl Surface {
+    /// The surface a request speaks, by its query string and headers.
+    fn of(query: &str, headers: &HeaderMap) -> Surface {
+        let query = Query::parse(query);
+        if trtc::addressed(&query, headers) {
+            Surface::Trtc
+        } else if css::addressed(&query, headers) {
+            Surface::Css
+        } else {
+            Surface::Live(query)
+        }
+    }
+
+    /// Its name in `hookbus tail`.
+    fn name(&self) -> &'static str {
         match self {
-            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Rejection::NotFound => StatusCode::NOT_FOUND,
-            Rejection::Forbidden => StatusCode::FORBIDDEN,
-            Rejection::Unauthorized(_) | Rejection::TrtcUnauthorized(_) | Rejection::CssUnauthorized(_) => {
-                StatusCode::UNAUTHORIZED
+            Surface::Live(_) => live::NAME,
+            Surface::Trtc => trtc::NAME,
+            Surface::Css => css::NAME,
+        }
+    }
+
+    /// The app and the command the head names before any check: what a refusal is shown and
+    /// counted under (the command, or the surface when that is all that is known).
+    fn named(&self) -> (String, String) {
+        match self {
+            Surface::Live(query) => {
+                (query.sdk_app_id.clone().unwrap_or_default(), query.command.clone().unwrap_or_default())
             }
-            Rejection::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Rejection::Overloaded(_) | Rejection::SpoolFailed => StatusCode::SERVICE_UNAVAILABLE,
+            Surface::Trtc => (String::new(), trtc::NAME.to_owned()),
+            Surface::Css => (String::new(), css::NAME.to_owned()),
         }
     }
 
-    /// The `reason` label of `hookbus_rejections_total`.
-    pub fn label(&self) -> &'static str {
+    /// The answer to an accepted informational callback.
+    fn ok(&self) -> &'static [u8] {
         match self {
-            Rejection::MethodNotAllowed(_) => "method",
-            Rejection::NotFound => "not_found",
-            Rejection::Forbidden => "sdkappid",
-            Rejection::Unauthorized(SignError::Missing) => "sign_missing",
-            Rejection::Unauthorized(SignError::BadTime) => "sign_bad_time",
-            Rejection::Unauthorized(SignError::Stale) => "sign_stale",
-            Rejection::Unauthorized(SignError::Mismatch) => "sign_mismatch",
-            Rejection::TrtcUnauthorized(error) => error.label(),
-            Rejection::CssUnauthorized(error) => error.label(),
-            Rejection::PayloadTooLarge(_) => "too_large",
-            Rejection::BodyTimeout => "body_timeout",
-            Rejection::BadRequest { label, .. } => label,
-            Rejection::Overloaded(label) => label,
-            Rejection::SpoolFailed => "spool_error",
+            Surface::Live(_) => live::OK,
+            Surface::Trtc => trtc::OK,
+            Surface::Css => css::OK,
         }
     }
 
-    fn bad(label: &'static str, reason: &'static str) -> Rejection {
-        Rejection::BadRequest { label, reason }
+    /// Whether its callbacks may be blocking ones, decided over the bus.
+    fn may_block(&self) -> bool {
+        match self {
+            Surface::Live(_) => true,
+            Surface::Trtc | Surface::Css => false,
+        }
+    }
+
+    /// Its checks, in the README's order, up to the callback and the app it was sent for.
+    async fn check<'a, B>(self, gate: &Gate<'a>, request: Request<B>) -> Result<Checked<'a>, Refusal>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        match self {
+            Surface::Live(query) => live::check(gate, request, query).await,
+            Surface::Trtc => trtc::check(gate, request).await,
+            Surface::Css => css::check(gate, request).await,
+        }
     }
 }
-
-const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
 
 /// Answers one request. Never fails: every problem is a Tencent-shaped FAIL answer.
 pub async fn handle<B>(shared: &Shared, request: Request<B>) -> Response<Full<Bytes>>
@@ -157,32 +156,15 @@ where
             (false, true, _) => text(StatusCode::OK, "ready\n"),
         },
         "/metrics" if get => {
-            let body = shared.metrics.render(Gauges {
-                outbox_depth: shared.outbox.depth(),
-                outbox_capacity: shared.outbox.capacity(),
-                outbox_bytes: shared.outbox.memory(),
-                bus_connected: shared.bus.is_connected(),
-                connect_attempts: shared.bus.connect_attempts(),
-                bus_node: shared.bus.node(),
-                channel_reopens: shared.bus.channel_reopens(),
-                clients_replaced: shared.bus.clients_replaced(),
-                late_replies: shared.bus.late_replies(),
-                bus_refused: shared.bus.refusal(),
-                unreadable_replies: shared.bus.unreadable_replies(),
-                replay_cache_entries: shared.replays.len(),
-                spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
-                spool: shared.outbox.spool_bytes(),
-                spool_write_failing: shared.outbox.is_spooled().then(|| shared.outbox.spool_failing()),
-                dead_letters: shared.outbox.dead_letters().held(),
-            });
+            let body = shared.metrics.render(gauges(shared));
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
         _ if RESERVED_PATHS.contains(&path) => {
-            reject(shared, "", Rejection::MethodNotAllowed("GET"), "-", Instant::now())
+            reject(shared, "", Refusal::MethodNotAllowed("GET"), "-", Instant::now())
         }
-        _ => reject(shared, "", Rejection::NotFound, "-", Instant::now()),
+        _ => reject(shared, "", Refusal::NotFound, "-", Instant::now()),
     }
 }
 
@@ -192,24 +174,13 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let query = Query::parse(request.uri().query().unwrap_or(""));
-    let is_trtc = trtc::addressed(&query, request.headers());
-    let is_css = !is_trtc && css::addressed(&query, request.headers());
-    let surface = if is_trtc {
-        "trtc"
-    } else if is_css {
-        css::NAME
-    } else {
-        "live"
-    };
-    let queried_app = query.sdk_app_id.clone().unwrap_or_default();
-    // A refusal is counted under the command, or the surface when that is all that is known.
-    let command = if is_trtc || is_css { surface.to_owned() } else { query.command.clone().unwrap_or_default() };
+    let surface = Surface::of(request.uri().query().unwrap_or(""), request.headers());
+    let (name, (queried_app, command)) = (surface.name(), surface.named());
     // The caller's request id when it sends one, whatever its length (the log cuts it and notes
     // its size); else the event id, or a fresh one for a refusal.
     let request_id =
         request.headers().get(X_REQUEST_ID).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-    match accept(shared, request, query, is_trtc, is_css).await {
+    match accept(shared, request, surface).await {
         Ok(Accepted { command, id, trace, answer, app, room, outcome, body }) => {
             shared.metrics.answered(&command, 200);
             let request_id = request_id.as_deref().unwrap_or(&id);
@@ -226,18 +197,18 @@ where
             );
             let latency_us = started.elapsed().as_micros() as u64;
             let (time, status) = (SystemTime::now(), 200);
-            shared.tap.record(Seen { time, surface, app, command, room, status, outcome, latency_us, id, body });
+            shared.tap.record(Seen { time, surface: name, app, command, room, status, outcome, latency_us, id, body });
             let mut response = Response::new(Full::new(answer));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(rejection) => {
+        Err(refusal) => {
             let request_id = request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            let outcome = format!("refused {}", rejection.label());
-            let response = reject(shared, &command, rejection, &request_id, started);
+            let outcome = format!("refused {}", refusal.label());
+            let response = reject(shared, &command, refusal, &request_id, started);
             shared.tap.record(Seen {
                 time: SystemTime::now(),
-                surface,
+                surface: name,
                 app: queried_app,
                 command: if bus::valid_name(&command) { command } else { String::new() },
                 room: None,
@@ -276,42 +247,16 @@ impl Accepted {
     }
 }
 
-/// A callback that passed every check: what it is and where it goes.
-struct Checked {
-    settings: Arc<Apps>,
-    sdk_app_id: String,
-    command: String,
-    body_room: Option<String>,
-    payload: Bytes,
-    /// Signed requests only: how a replay is recognised, and until when.
-    replay: Option<(replay::Key, u64)>,
-    origin: Origin,
-    received: SystemTime,
-    /// The event id the callback determines (signed ones, TRTC ones); else a random one is made.
-    id: Option<String>,
-    /// When the event happened, when the callback says so (CSS); else when it was received.
-    time: Option<SystemTime>,
-}
-
 /// The checks, then the event decided or enqueued; a replay is answered as before.
-async fn accept<B>(
-    shared: &Shared,
-    request: Request<B>,
-    query: Query,
-    is_trtc: bool,
-    is_css: bool,
-) -> Result<Accepted, Rejection>
+async fn accept<B>(shared: &Shared, request: Request<B>, surface: Surface) -> Result<Accepted, Refusal>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let (checked, ok) = if is_trtc {
-        (trtc::check(shared, request).await?, trtc::OK)
-    } else if is_css {
-        (css::check(shared, request).await?, css::OK)
-    } else {
-        (check(shared, request, query).await?, OK)
-    };
+    let (ok, may_block) = (surface.ok(), surface.may_block());
+    let apps = shared.apps.get();
+    let gate = Gate { limits: &shared.limits, apps: &apps, metrics: &shared.metrics };
+    let checked = surface.check(&gate, request).await?;
     let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     if let Some(answered) = checked.replay.and_then(|(key, _)| shared.replays.answered(key, now)) {
         shared.metrics.replayed(&checked.command);
@@ -321,7 +266,7 @@ where
         };
         return Ok(Accepted::replay(checked, answer));
     }
-    let kind = if is_trtc || is_css { None } else { shared.decisions.kind(&checked.command) };
+    let kind = if may_block { shared.decisions.kind(&checked.command) } else { None };
     // A replay of a decision still being made waits for it: one request on the bus, and both
     // answered with its decision.
     let deciding = match (kind, checked.replay) {
@@ -342,8 +287,7 @@ where
         },
         _ => None,
     };
-    // A CSS body without `appid` has the shared settings.
-    let app = checked.settings.get(&checked.sdk_app_id).unwrap_or(&checked.settings.any);
+    let app = checked.app;
     // Only exporting spans needs to know whether the trace context came from the caller.
     let incoming = shared.tracer.as_ref().map(|_| checked.origin.traceparent.clone());
     let (prefix, room, origin, payload) = (&app.prefix, checked.body_room, checked.origin, checked.payload);
@@ -376,121 +320,6 @@ where
     }
     let app = checked.sdk_app_id;
     Ok(Accepted { command, id, trace: Some(trace), answer, app, room, outcome, body })
-}
-
-/// The checks of a callback, in the README's order, up to a body that names its command.
-async fn check<B>(shared: &Shared, request: Request<B>, query: Query) -> Result<Checked, Rejection>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let limits = &shared.limits;
-    if request.method() != Method::POST {
-        return Err(Rejection::MethodNotAllowed("POST"));
-    }
-    if query.repeated.is_some() {
-        return Err(Rejection::bad("param_repeated", "a protocol parameter appears more than once in the query"));
-    }
-    let sdk_app_id = query.sdk_app_id.clone().unwrap_or_default();
-    let settings = shared.apps.get();
-    let Some(app) = settings.get(&sdk_app_id) else { return Err(Rejection::Forbidden) };
-    // Signed requests can be told apart: the time until which a replay would be accepted.
-    let mut replay_until = None;
-    if !app.tokens.is_empty() {
-        let (sign, time) = (query.sign.as_deref(), query.request_time.as_deref());
-        let secrets = app.tokens.iter().map(|token| token.secret.as_str());
-        let signed = tencent::verify(secrets, sign, time, limits.max_clock_skew, SystemTime::now())
-            .map_err(Rejection::Unauthorized)?;
-        shared.metrics.signed(&sdk_app_id, &app.tokens[signed.token].name);
-        replay_until = Some((signed.request_time, signed.request_time + limits.max_clock_skew.as_secs()));
-    }
-    let (traceparent, tracestate) = trace_headers(request.headers());
-    let received = SystemTime::now();
-    let payload = read_body(limits, request).await?;
-    let body = Body::parse(&payload, limits.max_json_depth)
-        .map_err(|invalid| Rejection::bad(invalid.label(), invalid.reason()))?;
-    let command = match (query.command, body.callback_command.as_deref()) {
-        (Some(query), Some(body)) if query != body => {
-            return Err(Rejection::bad("command_mismatch", "CallbackCommand differs between query and body"));
-        }
-        (Some(query), _) => query,
-        (None, Some(body)) => body.to_owned(),
-        (None, None) => return Err(Rejection::bad("command_missing", "CallbackCommand is missing")),
-    };
-    if command.len() > 128 {
-        return Err(Rejection::bad(
-            "command_too_long",
-            "CallbackCommand is longer than a destination can be (128 bytes)",
-        ));
-    }
-    if !bus::valid_name(&command) {
-        return Err(Rejection::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
-    }
-    if command.split('.').next() == Some(bus::REQUESTS) {
-        return Err(Rejection::bad("command_reserved", "CallbackCommand names the decision requests' destinations"));
-    }
-    let replay = replay_until.map(|(request_time, expires)| {
-        let (sign, time) = (query.sign.as_deref().unwrap_or_default(), query.request_time.as_deref());
-        (replay::Key::of(sign, time.unwrap_or_default(), &sdk_app_id, &command, &payload), request_time, expires)
-    });
-    // One id for the callback on every instance: what makes it a replay makes it the same event.
-    let id = replay.map(|(key, request_time, _)| key.event_id(request_time));
-    let replay = replay.map(|(key, _, expires)| (key, expires));
-    let origin = Origin {
-        sdk_app_id: sdk_app_id.clone(),
-        client_ip: query.client_ip.unwrap_or_default(),
-        opt_platform: query.opt_platform.unwrap_or_default(),
-        traceparent,
-        tracestate,
-    };
-    let body_room = body.room_key();
-    Ok(Checked { settings, sdk_app_id, command, body_room, payload, replay, origin, received, id, time: None })
-}
-
-/// Request headers read on every callback, named once: a name given as text is parsed again
-/// at each look-up.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-
-/// The request's W3C trace context as it came: `traceparent` (empty when none) and `tracestate`.
-fn trace_headers(headers: &HeaderMap) -> (String, Option<String>) {
-    (header(headers, TRACEPARENT).unwrap_or_default(), header(headers, TRACESTATE))
-}
-
-/// A request header's value as text, when it is present and text.
-fn header(headers: &HeaderMap, name: impl hyper::header::AsHeaderName) -> Option<String> {
-    headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
-}
-
-/// The body, whole, within the size and time limits.
-async fn read_body<B>(limits: &Limits, request: Request<B>) -> Result<Bytes, Rejection>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
-        return Err(Rejection::PayloadTooLarge(limits.max_body_bytes));
-    }
-    let mut body = std::pin::pin!(Limited::new(request.into_body(), limits.max_body_bytes).collect());
-    // A callback's body nearly always came with its headers: a timer only for one that did not.
-    let collected = match futures_util::poll!(body.as_mut()) {
-        std::task::Poll::Ready(collected) => collected,
-        std::task::Poll::Pending => match tokio::time::timeout(limits.body_read_timeout, body).await {
-            Ok(collected) => collected,
-            Err(_) => return Err(Rejection::BodyTimeout),
-        },
-    };
-    match collected {
-        // A copy of its own: the collected body may be a slice of the connection's read buffer,
-        // which an event waiting in the outbox would otherwise keep alive whole.
-        Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(Rejection::PayloadTooLarge(limits.max_body_bytes))
-        }
-        Err(_) => Err(Rejection::bad("body_read", "body could not be read")),
-    }
 }
 
 /// A callback's `receive` span, when spans are exported: the caller's span (when a valid one
@@ -583,35 +412,24 @@ async fn decide(
 
 /// Puts an informational event into the outbox: once this returns, it will be delivered.
 /// Gives back the trace context it travels with.
-pub async fn enqueue(shared: &Shared, message: Message, receive: Receive) -> Result<Context, Rejection> {
+pub async fn enqueue(shared: &Shared, message: Message, receive: Receive) -> Result<Context, Refusal> {
     let (command, id) = (message.command.clone(), message.id.clone());
     shared.outbox.push(message).await?;
     Ok(receive.end(&command, &id))
-}
-
-impl From<PushError> for Rejection {
-    fn from(refused: PushError) -> Rejection {
-        match refused {
-            PushError::Full(_) | PushError::FullBytes(_) => Rejection::Overloaded("outbox_full"),
-            PushError::Spool(SpoolError::Full(_)) => Rejection::Overloaded("spool_full"),
-            // Logged by the outbox, at most once a second.
-            PushError::Spool(SpoolError::Io(_)) => Rejection::SpoolFailed,
-        }
-    }
 }
 
 /// Answers a refusal; counts it and logs its reason (rate-limited).
 fn reject(
     shared: &Shared,
     command: &str,
-    rejection: Rejection,
+    refusal: Refusal,
     request_id: &str,
     started: Instant,
 ) -> Response<Full<Bytes>> {
-    let status = rejection.status();
-    shared.metrics.rejected(Rejected {
-        label: rejection.label(),
-        reason: &rejection,
+    let status = refusal.status();
+    shared.metrics.rejected(RefusedCallback {
+        label: refusal.label(),
+        reason: &refusal,
         command: if bus::valid_name(command) { command } else { "unknown" },
         status: status.as_u16(),
         request_id,
@@ -620,15 +438,40 @@ fn reject(
     let body = serde_json::json!({
         "ActionStatus": "FAIL",
         "ErrorCode": status.as_u16(),
-        "ErrorInfo": rejection.to_string(),
+        "ErrorInfo": refusal.to_string(),
     });
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Rejection::MethodNotAllowed(allow) = rejection {
+    if let Refusal::MethodNotAllowed(allow) = refusal {
         response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     }
     response
+}
+
+/// What `/metrics` reads of the outbox, the bus, the replay cache and the tracer when scraped.
+fn gauges(shared: &Shared) -> Gauges {
+    let (outbox, bus) = (&shared.outbox, &shared.bus);
+    let (held, max) = outbox.memory();
+    let (dead_letters, dead_letter_bytes, dropped) = outbox.dead_letters().held();
+    Gauges {
+        outbox_depth: outbox.depth(),
+        outbox_capacity: outbox.capacity(),
+        outbox_bytes: OutboxBytes { held, max },
+        bus_connected: bus.is_connected(),
+        connect_attempts: bus.connect_attempts(),
+        bus_node: bus.node(),
+        channel_reopens: bus.channel_reopens(),
+        clients_replaced: bus.clients_replaced(),
+        late_replies: bus.late_replies(),
+        bus_refused: bus.refusal(),
+        unreadable_replies: bus.unreadable_replies(),
+        replay_cache_entries: shared.replays.len(),
+        spans_dropped: shared.tracer.as_ref().map(Tracer::dropped),
+        spool: outbox.spool_bytes().map(|(held, max)| SpoolBytes { held, max }),
+        spool_write_failing: outbox.is_spooled().then(|| outbox.spool_failing()),
+        dead_letters: DeadLetterCounts { held: dead_letters, bytes: dead_letter_bytes, dropped },
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -640,12 +483,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps;
+    use crate::apps::{self, Token};
     use crate::bus::stdout::Stdout;
-    use crate::outbox;
-    use std::time::Duration;
+    use crate::{outbox, tencent};
+    use std::time::{Duration, UNIX_EPOCH};
 
-    pub(super) fn shared(outbox_capacity: usize) -> Shared {
+    fn shared(outbox_capacity: usize) -> Shared {
         let token = apps::Token { name: "t".into(), secret: "tok".into() };
         let tencent = apps::App {
             tokens: vec![token],
@@ -715,5 +558,85 @@ mod tests {
         // same request again would be a replay, answered as before: another body.)
         assert_eq!(status(&shared, Method::POST, &target("1400", "tok", cmd), br#"{"n":1}"#).await, 503);
         assert_eq!(status(&shared, Method::POST, &target("1400", "tok", cmd), b"{}").await, 200, "a replay");
+    }
+
+    /// A request's headers, as names and values.
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+
+    /// Each request fails every check from one row of the README's TRTC table on: the first
+    /// failing check is the one answered, so the checks run in the documented order.
+    #[tokio::test]
+    async fn trtc_checks_run_in_the_documented_order() {
+        let shared = shared(1);
+        let mut apps = (*shared.apps.get()).clone();
+        let key = Token { name: "k".into(), secret: "key".into() };
+        apps.listed.get_mut("1400").expect("the test app").trtc_keys.push(key);
+        shared.apps.replace(apps);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+        let event = |ts: u128| format!(r#"{{"EventGroupId":1,"EventType":103,"CallbackTs":{ts},"EventInfo":{{}}}}"#);
+        let (fresh, stale) = (event(now), event(now - 200_000));
+        let big = " ".repeat(70_000);
+        let bad = crate::trtc::sign("other", b"");
+        let rows: [(Method, Headers, &str, u16); 8] = [
+            (Method::GET, &[("SdkAppId", "999"), ("Sign", &bad), ("Sign", &bad)], &big, 405),
+            (Method::POST, &[("SdkAppId", "999"), ("Sign", &bad), ("Sign", &bad)], &big, 400),
+            (Method::POST, &[("SdkAppId", "999"), ("Sign", &bad)], &big, 403),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &bad)], &big, 413),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &bad)], "{}", 401),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &crate::trtc::sign("key", b"{}"))], "{}", 400),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &crate::trtc::sign("key", stale.as_bytes()))], &stale, 401),
+            (Method::POST, &[("SdkAppId", "1400"), ("Sign", &crate::trtc::sign("key", fresh.as_bytes()))], &fresh, 200),
+        ];
+        for (method, headers, body, expected) in rows {
+            let mut request = Request::builder().method(method.clone()).uri("/");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+            let status = handle(&shared, request).await.status().as_u16();
+            assert_eq!(status, expected, "{method} {headers:?}");
+        }
+        // The one accepted event fills the outbox (capacity 1): the last check answers 503.
+        let other = event(now + 1).replace("{}", r#"{"UserId":"u2"}"#);
+        let sign = crate::trtc::sign("key", other.as_bytes());
+        let request = Request::post("/").header("SdkAppId", "1400").header("Sign", sign);
+        let request = request.body(Full::new(Bytes::from(other))).unwrap();
+        assert_eq!(handle(&shared, request).await.status().as_u16(), 503);
+    }
+
+    /// Each request fails every check from one row of the README's CSS table on: the first
+    /// failing check is the one answered, so the checks run in the documented order.
+    #[tokio::test]
+    async fn css_checks_run_in_the_documented_order() {
+        let shared = shared(1);
+        let mut apps = (*shared.apps.get()).clone();
+        let key = Token { name: "k".into(), secret: "key".into() };
+        apps.listed.get_mut("1400").expect("the test app").css_keys.push(key);
+        shared.apps.replace(apps);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let event = |appid: &str, t: Option<u64>, stream: &str| {
+            let sign = |t: u64| crate::css::sign("key", &t.to_string());
+            let signature = t.map_or(String::new(), |t| format!(r#","t":{t},"sign":"{}""#, sign(t)));
+            format!(r#"{{"event_type":1,"appid":{appid},"stream_id":"{stream}"{signature}}}"#)
+        };
+        let big = " ".repeat(70_000);
+        let rows: [(Method, String, u16); 8] = [
+            (Method::GET, big.clone(), 405),
+            (Method::POST, big, 413),
+            (Method::POST, r#"{"event_type":"1","appid":999}"#.into(), 400),
+            (Method::POST, event("999", None, "s"), 403),
+            (Method::POST, event("1400", None, "s"), 401),
+            (Method::POST, event("1400", Some(now + 600), "s").replace(r#""sign":""#, r#""sign":"0"#), 401),
+            (Method::POST, event("1400", Some(now - 61), "s"), 401),
+            (Method::POST, event("1400", Some(now + 600), "s"), 200),
+        ];
+        for (method, body, expected) in rows {
+            let request = Request::builder().method(method.clone()).uri("/").body(Full::new(Bytes::from(body)));
+            let status = handle(&shared, request.unwrap()).await.status().as_u16();
+            assert_eq!(status, expected, "{method} row answered {status}");
+        }
+        // The one accepted event fills the outbox (capacity 1): the last check answers 503.
+        let request = Request::post("/").body(Full::new(Bytes::from(event("1400", Some(now + 600), "s2"))));
+        assert_eq!(handle(&shared, request.unwrap()).await.status().as_u16(), 503);
     }
 }

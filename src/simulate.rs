@@ -1,6 +1,5 @@
-//! A stand-in for Tencent: posts the documented sample callbacks (embedded from
-//! `tests/fixtures/samples/`, the TRTC ones from `tests/fixtures/trtc/` and the CSS ones from
-//! `samples/css/`), signed when a token, TRTC key or CSS key is given, and returns each answer.
+//! A stand-in for Tencent: posts the documented sample callbacks (`crate::samples`), signed
+//! when a token, TRTC key or CSS key is given, and returns each answer.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,72 +10,8 @@ use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::samples::{self, sample};
 use crate::{css, tencent, trtc};
-
-/// `(command, body)` for each named sample file of `tests/fixtures/{dir}`, embedded at compile time.
-macro_rules! samples {
-    ($dir:literal: $($command:literal),* $(,)?) => {
-        &[$(($command, include_bytes!(concat!("../tests/fixtures/", $dir, "/", $command, ".json")))),*]
-    };
-}
-
-/// Every documented sample body, by command.
-pub const SAMPLES: &[(&str, &[u8])] = samples!["samples":
-    "C2C.CallbackBeforeSendMsg",
-    "Follow.CallbackAfterFollowAdd",
-    "Follow.CallbackAfterFollowDelete",
-    "Group.CallbackAfterSendMsg",
-    "Group.CallbackBeforeApplyJoinGroup",
-    "Group.CallbackBeforeCreateGroup",
-    "Group.CallbackBeforeInviteJoinGroup",
-    "Group.CallbackBeforeSendMsg",
-    "Live.CallbackAfterChangeOwner",
-    "Live.CallbackAfterCloudRecordingChanged",
-    "Live.CallbackAfterCreateBattle",
-    "Live.CallbackAfterCreateRoom",
-    "Live.CallbackAfterCreateRoomReachingThreshold",
-    "Live.CallbackAfterDelMetadata",
-    "Live.CallbackAfterDestroyRoom",
-    "Live.CallbackAfterEndBattle",
-    "Live.CallbackAfterMemberStateChanged",
-    "Live.CallbackAfterModifyAdmin",
-    "Live.CallbackAfterSetMetadata",
-    "Live.CallbackAfterStartBattle",
-    "Live.CallbackAfterUpdateRoomInfo",
-    "Live.CallbackBeforeSendGift",
-    "Mic.CallbackAfterSeatInfoChanged",
-];
-
-/// A sample of each documented TRTC event type, by `trtc.{EventGroupId}.{EventType}`.
-pub const TRTC_SAMPLES: &[(&str, &[u8])] = samples!["trtc":
-    "trtc.1.101",
-    "trtc.1.102",
-    "trtc.1.103",
-    "trtc.1.104",
-    "trtc.1.105",
-    "trtc.2.201",
-    "trtc.2.202",
-    "trtc.2.203",
-    "trtc.2.204",
-    "trtc.2.205",
-    "trtc.2.206",
-];
-
-/// A sample of each documented CSS event type, by `css.{name}`.
-pub const CSS_SAMPLES: &[(&str, &[u8])] = &[
-    ("css.push.started", include_bytes!("../samples/css/css.push.started.json")),
-    ("css.push.interrupted", include_bytes!("../samples/css/css.push.interrupted.json")),
-    ("css.push.error", include_bytes!("../samples/css/css.push.error.json")),
-    ("css.recording.file", include_bytes!("../samples/css/css.recording.file.json")),
-    ("css.recording.status", include_bytes!("../samples/css/css.recording.status.json")),
-    ("css.recording.error", include_bytes!("../samples/css/css.recording.error.json")),
-    ("css.snapshot.created", include_bytes!("../samples/css/css.snapshot.created.json")),
-    ("css.moderation.image", include_bytes!("../samples/css/css.moderation.image.json")),
-    ("css.moderation.audio", include_bytes!("../samples/css/css.moderation.audio.json")),
-    ("css.relay.task", include_bytes!("../samples/css/css.relay.task.json")),
-    ("css.ai.summary", include_bytes!("../samples/css/css.ai.summary.json")),
-    ("css.ai.highlight", include_bytes!("../samples/css/css.ai.highlight.json")),
-];
 
 /// One callback's answer as the gateway gave it.
 #[derive(Debug)]
@@ -84,11 +19,6 @@ pub struct Response {
     pub command: String,
     pub status: u16,
     pub body: String,
-}
-
-/// The sample body of `command` (or of a TRTC event type), if one is documented.
-pub fn sample(command: &str) -> Option<&'static [u8]> {
-    SAMPLES.iter().chain(TRTC_SAMPLES).chain(CSS_SAMPLES).find(|(name, _)| *name == command).map(|(_, body)| *body)
 }
 
 /// The keys the samples are signed with; a surface without one is sent unsigned.
@@ -102,8 +32,9 @@ pub struct Keys<'a> {
     pub css_key: Option<&'a str>,
 }
 
-/// Posts the samples of `commands` (all when empty, the TRTC ones and then the CSS ones last)
-/// to `url` over one connection, in order, each surface's signed with its key of `keys`.
+/// Posts the samples of `commands` (all when empty, surface by surface in the order of their
+/// directories: CSS, Live and Chat, TRTC) to `url` over one connection, in order, each surface's
+/// signed with its key of `keys`.
 pub async fn simulate(
     url: &str,
     sdk_app_id: &str,
@@ -111,7 +42,7 @@ pub async fn simulate(
     commands: &[String],
 ) -> anyhow::Result<Vec<Response>> {
     let chosen: Vec<(&str, &[u8])> = if commands.is_empty() {
-        SAMPLES.iter().chain(TRTC_SAMPLES).chain(CSS_SAMPLES).copied().collect()
+        samples::all().collect()
     } else {
         commands
             .iter()
@@ -212,35 +143,13 @@ pub fn css_now(sample: &[u8], key: Option<&str>) -> Vec<u8> {
 mod tests {
     use std::time::SystemTime;
 
-    /// Each list embeds every file of its directory, and nothing else.
-    #[test]
-    fn the_samples_are_the_directory() {
-        for (dir, samples) in [
-            ("tests/fixtures/samples", super::SAMPLES),
-            ("tests/fixtures/trtc", super::TRTC_SAMPLES),
-            ("samples/css", super::CSS_SAMPLES),
-        ] {
-            let dir = format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"));
-            let mut files: Vec<String> = std::fs::read_dir(dir)
-                .expect("the samples directory")
-                .map(|entry| {
-                    entry.expect("an entry").file_name().to_string_lossy().trim_end_matches(".json").to_owned()
-                })
-                .collect();
-            files.sort();
-            let mut listed: Vec<&str> = samples.iter().map(|(command, _)| *command).collect();
-            listed.sort();
-            assert_eq!(files, listed);
-        }
-    }
-
     /// Every documented TRTC type has its sample, and each sample is the event it is named after.
     #[test]
     fn each_documented_trtc_type_has_its_sample() {
         let named: Vec<String> = crate::trtc::DOCUMENTED.iter().map(|documented| documented.command()).collect();
-        let listed: Vec<&str> = super::TRTC_SAMPLES.iter().map(|(command, _)| *command).collect();
+        let listed: Vec<&str> = super::samples::TRTC.iter().map(|(command, _)| *command).collect();
         assert_eq!(named, listed);
-        for (command, body) in super::TRTC_SAMPLES {
+        for (command, body) in super::samples::TRTC {
             let event = crate::trtc::Event::parse("1400000000", body).expect("a TRTC event");
             assert_eq!(event.command(), *command);
             let stamped = crate::trtc::Event::parse("1400000000", &super::trtc_now(body)).expect("still one");
@@ -252,10 +161,11 @@ mod tests {
     /// and sent now it is signed as Tencent signs it and is still the same event.
     #[test]
     fn each_documented_css_type_has_its_sample_signed_now() {
-        let named: Vec<String> = crate::css::DOCUMENTED.iter().map(|documented| documented.command()).collect();
-        let listed: Vec<&str> = super::CSS_SAMPLES.iter().map(|(command, _)| *command).collect();
+        let mut named: Vec<String> = crate::css::DOCUMENTED.iter().map(|documented| documented.command()).collect();
+        named.sort();
+        let listed: Vec<&str> = super::samples::CSS.iter().map(|(command, _)| *command).collect();
         assert_eq!(named, listed);
-        for (command, body) in super::CSS_SAMPLES {
+        for (command, body) in super::samples::CSS {
             let event = crate::css::Event::parse(body).expect("a CSS event");
             assert_eq!(event.command(), *command);
             let now = super::css_now(body, Some("k"));

@@ -1,8 +1,8 @@
-//! The TRTC room and media callback protocol (README, "Live, Chat and TRTC on one gateway"): how
-//! a TRTC callback is told apart from a Live or Chat one on the same path, its `Sign` header
-//! (base64 of the HMAC-SHA256 of the body), the event group and type it names, and the event id
-//! derived from its body, which makes Tencent's retries of one event the same event. Pure
-//! functions over bytes and strings; HTTP, limits and the bus live elsewhere.
+//! The TRTC room and media callback protocol (README, "Live, Chat, TRTC and CSS on one
+//! gateway"): how a TRTC callback is told apart from a Live or Chat one on the same path, its
+//! `Sign` header (base64 of the HMAC-SHA256 of the body), the event group and type it names, and
+//! the event id derived from its body, which makes Tencent's retries of one event the same event.
+//! Pure functions over bytes and strings; HTTP, limits and the bus live elsewhere.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,9 +78,10 @@ pub fn addressed(query: &Query, has_sdk_app_id_header: bool) -> bool {
         && query.request_time.is_none()
 }
 
-/// Why a TRTC signature was refused; the text goes to the caller and the log.
+/// Why a TRTC callback's `Sign` header (or its `CallbackTs`) was refused; the text goes to the
+/// caller and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignError {
+pub enum HeaderSignError {
     Missing,
     Mismatch,
     /// The app's Live and Chat callbacks are signed but no TRTC key is set: an unsigned TRTC
@@ -90,23 +91,23 @@ pub enum SignError {
     Stale,
 }
 
-impl SignError {
+impl HeaderSignError {
     pub fn reason(self) -> &'static str {
         match self {
-            SignError::Missing => "the Sign header is required",
-            SignError::Mismatch => "Sign does not match the body",
-            SignError::NoKey => "no TRTC key is set for this app, whose other callbacks are signed",
-            SignError::Stale => "CallbackTs is outside Tencent's retry window",
+            HeaderSignError::Missing => "the Sign header is required",
+            HeaderSignError::Mismatch => "Sign does not match the body",
+            HeaderSignError::NoKey => "no TRTC key is set for this app, whose other callbacks are signed",
+            HeaderSignError::Stale => "CallbackTs is outside Tencent's retry window",
         }
     }
 
     /// The `reason` label of `hookbus_rejections_total`.
     pub fn label(self) -> &'static str {
         match self {
-            SignError::Missing => "trtc_sign_missing",
-            SignError::Mismatch => "trtc_sign_mismatch",
-            SignError::NoKey => "trtc_key_missing",
-            SignError::Stale => "trtc_stale",
+            HeaderSignError::Missing => "trtc_sign_missing",
+            HeaderSignError::Mismatch => "trtc_sign_mismatch",
+            HeaderSignError::NoKey => "trtc_key_missing",
+            HeaderSignError::Stale => "trtc_stale",
         }
     }
 }
@@ -128,16 +129,16 @@ pub fn verify<'a>(
     keys: impl IntoIterator<Item = &'a str>,
     sign: Option<&str>,
     body: &[u8],
-) -> Result<usize, SignError> {
-    let sign = sign.filter(|sign| !sign.is_empty()).ok_or(SignError::Missing)?;
-    let given = base64::engine::general_purpose::STANDARD.decode(sign.trim()).map_err(|_| SignError::Mismatch)?;
+) -> Result<usize, HeaderSignError> {
+    let sign = sign.filter(|sign| !sign.is_empty()).ok_or(HeaderSignError::Missing)?;
+    let given = base64::engine::general_purpose::STANDARD.decode(sign.trim()).map_err(|_| HeaderSignError::Mismatch)?;
     let mut matched = None;
     for (position, key) in keys.into_iter().enumerate() {
         if hmac(key, body).verify_slice(&given).is_ok() && matched.is_none() {
             matched = Some(position);
         }
     }
-    matched.ok_or(SignError::Mismatch)
+    matched.ok_or(HeaderSignError::Mismatch)
 }
 
 /// What the gateway reads of a TRTC body (already checked to be a JSON object within the limits).
@@ -206,12 +207,12 @@ impl Event {
 
     /// Until when (Unix seconds) a retry of this event may come, if it may still come at `now`:
     /// `CallbackTs` plus [`RETRY_WINDOW`], with `max_skew` either side for the clocks.
-    pub fn retried_until(&self, now: SystemTime, max_skew: Duration) -> Result<u64, SignError> {
+    pub fn retried_until(&self, now: SystemTime, max_skew: Duration) -> Result<u64, HeaderSignError> {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let sent = self.callback_ms / 1000;
         let until = sent.saturating_add(RETRY_WINDOW.as_secs() + max_skew.as_secs());
         if now > until || sent > now + max_skew.as_secs() {
-            return Err(SignError::Stale);
+            return Err(HeaderSignError::Stale);
         }
         Ok(until)
     }
@@ -243,16 +244,16 @@ mod tests {
     fn verify_finds_the_key_that_signed_the_body() {
         let good = sign("key-b", BODY);
         assert_eq!(verify(["key-a", "key-b"], Some(&good), BODY), Ok(1));
-        assert_eq!(verify(["key-a"], Some(&good), BODY), Err(SignError::Mismatch));
+        assert_eq!(verify(["key-a"], Some(&good), BODY), Err(HeaderSignError::Mismatch));
         let mut tampered = BODY.to_vec();
         tampered[20] ^= 1;
-        assert_eq!(verify(["key-b"], Some(&good), &tampered), Err(SignError::Mismatch));
-        assert_eq!(verify(["key-b"], Some(&good[1..]), BODY), Err(SignError::Mismatch), "not base64");
-        assert_eq!(verify(["key-b"], Some(&sign("key-b", b"")), BODY), Err(SignError::Mismatch));
-        assert_eq!(verify(["key-b"], None, BODY), Err(SignError::Missing));
-        assert_eq!(verify(["key-b"], Some(""), BODY), Err(SignError::Missing));
+        assert_eq!(verify(["key-b"], Some(&good), &tampered), Err(HeaderSignError::Mismatch));
+        assert_eq!(verify(["key-b"], Some(&good[1..]), BODY), Err(HeaderSignError::Mismatch), "not base64");
+        assert_eq!(verify(["key-b"], Some(&sign("key-b", b"")), BODY), Err(HeaderSignError::Mismatch));
+        assert_eq!(verify(["key-b"], None, BODY), Err(HeaderSignError::Missing));
+        assert_eq!(verify(["key-b"], Some(""), BODY), Err(HeaderSignError::Missing));
         let live = crate::tencent::sign("key-b", "1615554923");
-        assert_eq!(verify(["key-b"], Some(&live), BODY), Err(SignError::Mismatch), "a Live signature");
+        assert_eq!(verify(["key-b"], Some(&live), BODY), Err(HeaderSignError::Mismatch), "a Live signature");
     }
 
     #[test]
@@ -322,7 +323,7 @@ mod tests {
     proptest::proptest! {
         /// Any body, printed compact or pretty, is one event.
         #[test]
-        fn the_id_does_not_depend_on_the_serialisation(value in crate::tencent::tests::json_object()) {
+        fn the_id_does_not_depend_on_the_serialisation(value in crate::body::tests::json_object()) {
             let mut fields = value.as_object().cloned().unwrap_or_default();
             fields.insert("EventGroupId".into(), 1.into());
             fields.insert("EventType".into(), 101.into());
@@ -340,7 +341,7 @@ mod tests {
         /// changing anything else is another.
         #[test]
         fn the_id_is_the_body_but_its_time_of_sending(
-            value in crate::tencent::tests::json_object(),
+            value in crate::body::tests::json_object(),
             group in 0u64..10,
             sent in 0u64..u64::MAX / 2,
             later in 1u64..100_000,
@@ -369,8 +370,8 @@ mod tests {
         let sent = 1615554923;
         assert_eq!(event.retried_until(at(sent), skew), Ok(sent + 130));
         assert_eq!(event.retried_until(at(sent + 130), skew), Ok(sent + 130));
-        assert_eq!(event.retried_until(at(sent + 131), skew), Err(SignError::Stale));
+        assert_eq!(event.retried_until(at(sent + 131), skew), Err(HeaderSignError::Stale));
         assert_eq!(event.retried_until(at(sent - 60), skew), Ok(sent + 130));
-        assert_eq!(event.retried_until(at(sent - 61), skew), Err(SignError::Stale), "from the future");
+        assert_eq!(event.retried_until(at(sent - 61), skew), Err(HeaderSignError::Stale), "from the future");
     }
 }

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use hookbus::tencent::{verify, Body, Query};
+use hookbus::body::Body;
+use hookbus::tencent::{verify, Query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

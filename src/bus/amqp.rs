@@ -48,6 +48,8 @@ const ACCESS_REFUSED: &str = "access_refused";
 const REFUSAL_HOLD: Duration = Duration::from_secs(10);
 /// A connect or a confirm that takes longer than this counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a publish waiting for its confirms checks that its link is still up.
+const LINK_CHECK: Duration = Duration::from_millis(50);
 /// How often the supervisor checks an idle link.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
 /// The header that marks events (not requests) for the alternate exchange's queue.
@@ -140,6 +142,16 @@ struct Link {
 impl Link {
     fn is_up(&self) -> bool {
         self.connection.status().connected() && self.events.status().connected() && self.rpc.status().connected()
+    }
+
+    /// Resolves once the link is seen down (checked every [`LINK_CHECK`]).
+    async fn lost(&self) -> &'static str {
+        loop {
+            tokio::time::sleep(LINK_CHECK).await;
+            if !self.is_up() {
+                return "AMQP link lost while publishing";
+            }
+        }
     }
 }
 
@@ -250,16 +262,22 @@ impl Amqp {
         self.inner.reopens.fetch_add(1, Relaxed);
         self.inner.nacks.store(0, Relaxed);
         tracing::warn!(why, channel = link.events.id(), "AMQP publishing channel reopened");
-        let _ = link.events.close(200, "reopening a stale channel".into()).await;
-        let reopened = match link.connection.create_channel().await {
-            Ok(channel) => channel.confirm_select(ConfirmSelectOptions::default()).await.map(|()| channel),
-            Err(error) => Err(error),
-        };
+        // Bounded: the link's lock is held, and a broken connection may never answer.
+        let _ = tokio::time::timeout(TIMEOUT, link.events.close(200, "reopening a stale channel".into())).await;
+        let reopened = tokio::time::timeout(TIMEOUT, async {
+            let channel = link.connection.create_channel().await?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await.map(|()| channel)
+        })
+        .await;
         match reopened {
-            Ok(channel) => link.events = channel,
-            Err(error) => {
-                tracing::warn!(error = &error as &dyn std::error::Error, "AMQP channel not reopened; reconnecting");
-                let _ = link.connection.close(200, "reopening".into()).await;
+            Ok(Ok(channel)) => link.events = channel,
+            failed => {
+                let error = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => format!("no answer within {TIMEOUT:?}"),
+                };
+                tracing::warn!(error, "AMQP channel not reopened; reconnecting");
+                let _ = tokio::time::timeout(TIMEOUT, link.connection.close(200, "reopening".into())).await;
                 *slot = None;
                 self.inner.connected.store(false, Relaxed);
             }
@@ -272,20 +290,6 @@ impl Amqp {
             Ok(link) => link,
             Err(error) => return vec![Err(error); batch.len()],
         };
-        let mut sent = Vec::with_capacity(batch.len());
-        for message in batch {
-            sent.push(
-                link.events
-                    .basic_publish(
-                        self.inner.exchange.as_str().into(),
-                        message.destination.as_str().into(),
-                        BasicPublishOptions { mandatory: true, ..Default::default() },
-                        &message.payload,
-                        properties(message, self.inner.unrouted_queue.is_some()),
-                    )
-                    .await,
-            );
-        }
         // Set when the broker refused a publish for want of permission.
         let refused = &AtomicBool::new(false);
         let failed = |what: &str, error: lapin::Error| {
@@ -294,21 +298,47 @@ impl Amqp {
             }
             unavailable(what, error)
         };
-        let confirms = join_all(sent.into_iter().zip(batch).map(|(sent, message)| async move {
-            let confirm = sent.map_err(|error| failed("publish", error))?;
-            match confirm.await.map_err(|error| failed("confirm", error))? {
-                Confirmation::Ack(None) => Ok(()),
-                Confirmation::Ack(Some(returned)) => Err(BusError::Unroutable(format!(
-                    "{} {} (no queue bound to the routing key, and the exchange has no alternate exchange)",
-                    returned.reply_code, returned.reply_text
-                ))),
-                Confirmation::Nack(_) => Err(BusError::Nacked(format!("AMQP confirm for {}", message.destination))),
-                Confirmation::NotRequested => Err(BusError::unavailable_because("AMQP confirm: confirms not enabled")),
+        let publishing = async {
+            let mut sent = Vec::with_capacity(batch.len());
+            for message in batch {
+                sent.push(
+                    link.events
+                        .basic_publish(
+                            self.inner.exchange.as_str().into(),
+                            message.destination.as_str().into(),
+                            BasicPublishOptions { mandatory: true, ..Default::default() },
+                            &message.payload,
+                            properties(message, self.inner.unrouted_queue.is_some()),
+                        )
+                        .await,
+                );
             }
-        }));
-        let results = match tokio::time::timeout(TIMEOUT, confirms).await {
-            Ok(results) => results,
-            Err(_) => {
+            join_all(sent.into_iter().zip(batch).map(|(sent, message)| async move {
+                let confirm = sent.map_err(|error| failed("publish", error))?;
+                match confirm.await.map_err(|error| failed("confirm", error))? {
+                    Confirmation::Ack(None) => Ok(()),
+                    Confirmation::Ack(Some(returned)) => Err(BusError::Unroutable(format!(
+                        "{} {} (no queue bound to the routing key, and the exchange has no alternate exchange)",
+                        returned.reply_code, returned.reply_text
+                    ))),
+                    Confirmation::Nack(_) => Err(BusError::Nacked(format!("AMQP confirm for {}", message.destination))),
+                    Confirmation::NotRequested => {
+                        Err(BusError::unavailable_because("AMQP confirm: confirms not enabled"))
+                    }
+                }
+            }))
+            .await
+        };
+        // A publish or confirm registered while the link was breaking is never resolved by the
+        // client: a link seen down ends the wait at once, and nothing waits past the timeout.
+        let results = tokio::select! {
+            biased;
+            results = publishing => results,
+            lost = link.lost() => {
+                tracing::warn!(channel = link.events.id(), "AMQP link lost while publishing; the batch is sent again");
+                return vec![Err(BusError::unavailable_because(lost)); batch.len()];
+            }
+            () = tokio::time::sleep(TIMEOUT) => {
                 self.reopen_events(&link, "confirm timed out").await;
                 return vec![Err(BusError::unavailable_because("AMQP confirm timed out")); batch.len()];
             }

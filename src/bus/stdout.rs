@@ -133,7 +133,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn compaction_keeps_every_value(value in crate::tencent::tests::json_object()) {
+        fn compaction_keeps_every_value(value in crate::body::tests::json_object()) {
             // Compacting the pretty form gives exactly the compact form: same tokens, same bytes.
             let pretty = serde_json::to_vec_pretty(&value).unwrap();
             proptest::prop_assert_eq!(compact_json(&pretty), serde_json::to_vec(&value).unwrap());

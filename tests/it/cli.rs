@@ -22,8 +22,7 @@ fn serve_simulate_and_sigterm() {
     let printed = String::from_utf8(output.stdout).unwrap();
     assert!(!output.status.success(), "the relay sample is refused: {printed}");
     let answers: Vec<&str> = printed.lines().collect();
-    let (samples, trtc, css) =
-        (hookbus::simulate::SAMPLES, hookbus::simulate::TRTC_SAMPLES, hookbus::simulate::CSS_SAMPLES);
+    let (samples, trtc, css) = (hookbus::samples::LIVE, hookbus::samples::TRTC, hookbus::samples::CSS);
     assert_eq!(answers.len(), samples.len() + trtc.len() + css.len());
     // Tencent signs no relay callback: with a CSS key set it is refused.
     let (relay, others): (Vec<&str>, Vec<&str>) = answers.iter().partition(|line| line.starts_with("css.relay.task"));

@@ -1,7 +1,8 @@
 //! Broker clusters on this machine (`scripts/clusters.sh`: 3 NATS servers with JetStream, 3
 //! RabbitMQ nodes): seed lists, node and leader kills under a stream of signed callbacks, and
 //! one id per callback across gateways. One test at a time kills nodes, and each starts by
-//! bringing back whatever an earlier one killed.
+//! bringing back whatever an earlier one killed. They run only when `HOOKBUS_TEST_CLUSTERS` is
+//! set (`scripts/test.sh` sets it); otherwise each says it is skipped and passes.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -28,8 +29,66 @@ const AMQP: [&str; 3] = [
 ];
 const COMMAND: &str = "Live.CallbackAfterMemberStateChanged";
 
+/// A gateway's flags on a cluster: its bus on a seed list, then whatever the test adds.
+#[derive(Clone)]
+struct Flags(Vec<String>);
+
+impl Flags {
+    /// On the NATS cluster with JetStream, creating stream `stream` with three replicas.
+    fn nats_stream(stream: &str) -> Flags {
+        let urls = NATS.join(",");
+        Flags(Vec::new()).and(&[
+            "--bus",
+            "nats",
+            "--nats-url",
+            &urls,
+            "--nats-jetstream",
+            "--nats-create-stream",
+            stream,
+            "--nats-stream-replicas",
+            "3",
+        ])
+    }
+
+    /// On the RabbitMQ nodes `urls`, publishing to `exchange`.
+    fn amqp(urls: &[&str], exchange: &str) -> Flags {
+        Flags(Vec::new()).and(&["--bus", "amqp", "--amqp-url", &urls.join(","), "--amqp-exchange", exchange])
+    }
+
+    /// Under `prefix`, for the test app and its token.
+    fn signed(self, prefix: &str) -> Flags {
+        self.and(&["--prefix", prefix, "--sdk-app-id", APP, "--token", TOKEN])
+    }
+
+    fn and(mut self, more: &[&str]) -> Flags {
+        self.0.extend(more.iter().map(|flag| flag.to_string()));
+        self
+    }
+
+    fn args(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
+}
+
 fn clusters_dir() -> String {
     std::env::var("HOOKBUS_CLUSTERS_DIR").unwrap_or_else(|_| "/tmp/hookbus-clusters".into())
+}
+
+/// The clusters to one test at a time, started (whatever node is down), when
+/// `HOOKBUS_TEST_CLUSTERS` is set; else `None`, said on the terminal (past the test harness's
+/// capture), and the test returns.
+async fn clusters() -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    if std::env::var_os("HOOKBUS_TEST_CLUSTERS").is_none() {
+        use std::io::Write;
+        let thread = std::thread::current();
+        let test = thread.name().filter(|name| name.starts_with("clusters::")).unwrap_or("clusters");
+        let line = format!("{test}: skipped, HOOKBUS_TEST_CLUSTERS is not set (scripts/test.sh sets it)\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        return None;
+    }
+    let one_at_a_time = CLUSTERS.lock().await;
+    ensure_clusters().await;
+    Some(one_at_a_time)
 }
 
 /// Starts the clusters, or whatever node of them is down (idempotent).
@@ -178,31 +237,10 @@ fn assert_all_kept(answered: &[(String, Instant)], kept: &[(String, String)], wh
 /// to the next confirmed event is printed.
 #[tokio::test]
 async fn nats_node_and_stream_leader_kills_lose_nothing() {
-    let _one_at_a_time = CLUSTERS.lock().await;
-    ensure_clusters().await;
+    let Some(_one_at_a_time) = clusters().await else { return };
     let (prefix, stream, spool) = (unique("cnats"), unique("CNATS"), tempdir("cnats-spool"));
-    let urls = NATS.join(",");
-    let spool = spool.display().to_string();
-    let flags = [
-        "--bus",
-        "nats",
-        "--nats-url",
-        &urls,
-        "--nats-jetstream",
-        "--nats-create-stream",
-        &stream,
-        "--nats-stream-replicas",
-        "3",
-        "--prefix",
-        &prefix,
-        "--sdk-app-id",
-        APP,
-        "--token",
-        TOKEN,
-        "--spool-dir",
-        &spool,
-    ];
-    let gateway = Running::connect(&flags).await;
+    let flags = Flags::nats_stream(&stream).signed(&prefix).and(&["--spool-dir", &spool.display().to_string()]);
+    let gateway = Running::connect(&flags.args()).await;
     let addr = gateway.addr;
     let responder = cluster_responder(&prefix).await;
     decided_by_the_responder(addr).await;
@@ -248,30 +286,14 @@ async fn nats_node_and_stream_leader_kills_lose_nothing() {
 /// callbacks, then (once it is back) the queue's leader: nothing answered 200 is missing.
 #[tokio::test]
 async fn amqp_node_and_queue_leader_kills_lose_nothing() {
-    let _one_at_a_time = CLUSTERS.lock().await;
-    ensure_clusters().await;
+    let Some(_one_at_a_time) = clusters().await else { return };
     let (prefix, exchange, spool) = (unique("camqp"), unique("cx"), tempdir("camqp-spool"));
     let queue = quorum_queue(AMQP[0], &exchange, &prefix).await;
-    let (urls, spool) = (AMQP.join(","), spool.display().to_string());
-    let flags = [
-        "--bus",
-        "amqp",
-        "--amqp-url",
-        &urls,
-        "--amqp-exchange",
-        &exchange,
-        "--amqp-queue-type",
-        "quorum",
-        "--prefix",
-        &prefix,
-        "--sdk-app-id",
-        APP,
-        "--token",
-        TOKEN,
-        "--spool-dir",
-        &spool,
-    ];
-    let gateway = Running::connect(&flags).await;
+    let flags = Flags::amqp(&AMQP, &exchange)
+        .and(&["--amqp-queue-type", "quorum"])
+        .signed(&prefix)
+        .and(&["--spool-dir", &spool.display().to_string()]);
+    let gateway = Running::connect(&flags.args()).await;
     let addr = gateway.addr;
     assert_eq!(queue_info(&format!("{prefix}.unrouted"), "type").await, "quorum", "--amqp-queue-type");
     let stop = Arc::new(AtomicBool::new(false));
@@ -320,28 +342,13 @@ fn port_digit(node: &str) -> usize {
 /// it was idle at the kill. It must be reopened and the events confirmed.
 #[tokio::test]
 async fn amqp_channel_idle_across_a_leader_kill_is_reopened() {
-    let _one_at_a_time = CLUSTERS.lock().await;
-    ensure_clusters().await;
+    let Some(_one_at_a_time) = clusters().await else { return };
     let (prefix, exchange) = (unique("cstale"), unique("cx"));
     // Declared through node 1, the queue's leader is node 1; the gateway is on node 2 or 3.
     let queue = quorum_queue(AMQP[0], &exchange, &prefix).await;
     assert_eq!(queue_leader(&queue).await, "hb1@localhost");
-    let urls = [AMQP[1], AMQP[2]].join(",");
-    let flags = [
-        "--bus",
-        "amqp",
-        "--amqp-url",
-        &urls,
-        "--amqp-exchange",
-        &exchange,
-        "--prefix",
-        &prefix,
-        "--sdk-app-id",
-        APP,
-        "--token",
-        TOKEN,
-    ];
-    let gateway = Running::connect(&flags).await;
+    let flags = Flags::amqp(&AMQP[1..], &exchange).signed(&prefix);
+    let gateway = Running::connect(&flags.args()).await;
     eventually("the gateway connected", Duration::from_secs(30), || async { node_of(gateway.addr).await.is_some() })
         .await;
     // Published at once, while the queue elects a new leader.
@@ -371,8 +378,7 @@ async fn amqp_channel_idle_across_a_leader_kill_is_reopened() {
 /// Seed lists: with the first URL dead at start, the gateway connects to the second, and says so.
 #[tokio::test]
 async fn seed_lists_skip_a_dead_first_node() {
-    let _one_at_a_time = CLUSTERS.lock().await;
-    ensure_clusters().await;
+    let Some(_one_at_a_time) = clusters().await else { return };
     let nats = ["nats://127.0.0.1:4399", NATS[1]].join(",");
     let gateway = Running::connect(&["--bus", "nats", "--nats-url", &nats]).await;
     let addr = gateway.addr;
@@ -396,28 +402,10 @@ async fn seed_lists_skip_a_dead_first_node() {
 /// with one id, and the stream keeps one copy.
 #[tokio::test]
 async fn one_callback_sent_to_two_gateways_is_one_event() {
-    let _one_at_a_time = CLUSTERS.lock().await;
-    ensure_clusters().await;
+    let Some(_one_at_a_time) = clusters().await else { return };
     let (prefix, stream) = (unique("ctwo"), unique("CTWO"));
-    let urls = NATS.join(",");
-    let flags = [
-        "--bus",
-        "nats",
-        "--nats-url",
-        &urls,
-        "--nats-jetstream",
-        "--nats-create-stream",
-        &stream,
-        "--nats-stream-replicas",
-        "3",
-        "--prefix",
-        &prefix,
-        "--sdk-app-id",
-        APP,
-        "--token",
-        TOKEN,
-    ];
-    let (first, second) = (Running::connect(&flags).await, Running::connect(&flags).await);
+    let flags = Flags::nats_stream(&stream).signed(&prefix);
+    let (first, second) = (Running::connect(&flags.args()).await, Running::connect(&flags.args()).await);
     let target = signed(COMMAND);
     let body = serde_json::json!({"CallbackCommand": COMMAND, "RoomId": "room-1"}).to_string();
     for gateway in [&first, &second] {
@@ -427,7 +415,7 @@ async fn one_callback_sent_to_two_gateways_is_one_event() {
     for gateway in [&first, &second] {
         drained(gateway.addr).await;
     }
-    let client = async_nats::connect(urls.split(',').map(String::from).collect::<Vec<_>>()).await.unwrap();
+    let client = async_nats::connect(NATS.map(String::from).to_vec()).await.unwrap();
     let kept = stream_contents(&client, &stream).await;
     assert_eq!(kept.len(), 1, "JetStream kept one copy: {kept:?}");
     let id = uuid::Uuid::parse_str(&kept[0].0).unwrap();
@@ -552,29 +540,11 @@ impl Drop for Balancer {
 /// both; with one gateway killed (its binary, SIGKILL), the other serves every callback.
 #[tokio::test]
 async fn two_gateways_behind_a_load_balancer_survive_one() {
-    let _one_at_a_time = CLUSTERS.lock().await;
-    ensure_clusters().await;
+    let Some(_one_at_a_time) = clusters().await else { return };
     let (prefix, stream) = (unique("clb"), unique("CLB"));
-    let urls = NATS.join(",");
-    let flags = [
-        "--bus",
-        "nats",
-        "--nats-url",
-        &urls,
-        "--nats-jetstream",
-        "--nats-create-stream",
-        &stream,
-        "--nats-stream-replicas",
-        "3",
-        "--prefix",
-        &prefix,
-        "--sdk-app-id",
-        APP,
-        "--token",
-        TOKEN,
-    ];
-    let (mut doomed, doomed_addr) = crate::support::spawn_binary(&flags);
-    let survivor = Running::connect(&flags).await;
+    let flags = Flags::nats_stream(&stream).signed(&prefix);
+    let (mut doomed, doomed_addr) = crate::support::spawn_binary(&flags.args());
+    let survivor = Running::connect(&flags.args()).await;
     let balancer = Balancer::start(&[doomed_addr, survivor.addr]);
     let lb = balancer.addr;
     let post = move |n: usize| {
@@ -630,12 +600,10 @@ async fn two_gateways_behind_a_load_balancer_survive_one() {
 #[tokio::test]
 async fn amqp_responders_queue_can_be_quorum() {
     use clap::Parser;
-    let _one_at_a_time = CLUSTERS.lock().await;
-    ensure_clusters().await;
+    let Some(_one_at_a_time) = clusters().await else { return };
     let (prefix, exchange) = (unique("cresp"), unique("cx"));
-    let urls = AMQP.join(",");
-    let bus = ["--bus", "amqp", "--amqp-url", &urls, "--amqp-exchange", &exchange, "--amqp-queue-type", "quorum"];
-    let argv = ["hookbus", "respond"].into_iter().chain(bus).chain(["--prefix", &prefix, "--decision", "0"]);
+    let bus = Flags::amqp(&AMQP, &exchange).and(&["--amqp-queue-type", "quorum"]);
+    let argv = ["hookbus", "respond"].into_iter().chain(bus.args()).chain(["--prefix", &prefix, "--decision", "0"]);
     let hookbus::config::Command::Respond(args) = hookbus::config::Cli::parse_from(argv).command else {
         unreachable!("parsed as respond")
     };
@@ -648,9 +616,7 @@ async fn amqp_responders_queue_can_be_quorum() {
     });
     tokio::time::timeout(Duration::from_secs(10), subscribed).await.unwrap().expect("the responder subscribes");
     assert_eq!(queue_info(&format!("hookbus-responders.{prefix}"), "type").await, "quorum");
-    let flags: Vec<&str> =
-        bus.into_iter().chain(["--prefix", &prefix, "--sdk-app-id", APP, "--token", TOKEN]).collect();
-    let gateway = Running::connect(&flags).await;
+    let gateway = Running::connect(&bus.signed(&prefix).args()).await;
     decided_by_the_responder(gateway.addr).await;
     gateway.stop().await;
     task.abort();

@@ -71,8 +71,8 @@ for message, wrong in [
         pass
 print(checked)
 "#;
-    for (dir, count) in [("samples", samples().len()), ("trtc", hookbus::simulate::TRTC_SAMPLES.len())] {
-        let fixtures = format!("{}/tests/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
+    for (dir, count) in [("live", samples().len()), ("trtc", hookbus::samples::TRTC.len())] {
+        let fixtures = format!("{}/samples/{dir}", env!("CARGO_MANIFEST_DIR"));
         let output =
             Command::new("python3").args(["-c", script, document.to_str().unwrap(), &fixtures]).output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

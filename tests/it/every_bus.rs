@@ -149,7 +149,7 @@ async fn reply_codes(backend: Backend) {
         let prefix = unique("t");
         let responder = backend.responder(&prefix, code, Duration::ZERO).await;
         let gateway = backend.gateway(&prefix, None, &[]).await;
-        let body = hookbus::simulate::sample(command).unwrap();
+        let body = hookbus::samples::sample(command).unwrap();
         let (status, answer) = gateway.post(command, body).await;
         assert_eq!((status, &answer), (200, &expected), "{command} answered {code}");
         gateway.stop().await;

@@ -15,7 +15,8 @@
 //! - `hostile`: careless and hostile responders on every bus: bounded replies, escaped log
 //!   lines, floods of replies to ids never asked.
 //! - `contract`: the AsyncAPI document, read by the official parser and a JSON Schema validator.
-//! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI.
+//! - `deploy`: docker-compose, Dockerfile and Kubernetes files agree with the CLI and pass the
+//!   ecosystem's validators (kubernetes-validate, the Compose Specification's schema, hadolint).
 //! - `tls`: HTTPS with a certificate made at test time.
 //! - `dead_letters`: an event the broker refuses for good holds back nothing; `hookbus spool`.
 //! - `apps`: several tokens and apps in one gateway, rotation on SIGHUP.
@@ -28,7 +29,8 @@
 //! - `powercut`: power cuts under the spool, on a file system that forgets what was not synced
 //!   (`tests/powercut/lazyfs.py`): every callback answered 200 is delivered.
 //! - `clusters`: 3-node NATS and RabbitMQ clusters (`scripts/clusters.sh`): seed lists, node
-//!   and leader kills, one id per callback across gateways.
+//!   and leader kills, one id per callback across gateways; only with `HOOKBUS_TEST_CLUSTERS`
+//!   set (`scripts/test.sh`).
 
 mod amqp;
 mod amqp_edges;

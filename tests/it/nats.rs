@@ -32,7 +32,7 @@ async fn a_plain_nats_responder_may_rewrite_the_message() {
         }
     });
     let gateway = Backend::Nats.gateway(&prefix, None, &[]).await;
-    let body = hookbus::simulate::sample("Group.CallbackBeforeSendMsg").unwrap();
+    let body = hookbus::samples::sample("Group.CallbackBeforeSendMsg").unwrap();
     let (status, answer) = gateway.post("Group.CallbackBeforeSendMsg", body).await;
     assert_eq!(status, 200);
     assert_eq!(answer["ErrorCode"], 0);
@@ -189,8 +189,7 @@ async fn each_documented_chat_callback_takes_its_own_codes() {
     let mut client = Client::connect(gateway.addr).await;
     for (case, (command, _, expected)) in cases.iter().enumerate() {
         // The documented sample, told apart per case (the same signed request twice is a replay).
-        let mut sample: serde_json::Value =
-            serde_json::from_slice(hookbus::simulate::sample(command).unwrap()).unwrap();
+        let mut sample: serde_json::Value = serde_json::from_slice(hookbus::samples::sample(command).unwrap()).unwrap();
         sample["Case"] = json!(case);
         let (status, answer) = client.post(command, sample.to_string().as_bytes()).await;
         assert_eq!((status, &answer), (200, expected), "{command}");

@@ -381,4 +381,67 @@ async fn spans_are_exported_over_otlp_and_the_bus_carries_the_gateways_span() {
         format!("00-{trace}-{}-01", event_receive["spanId"].as_str().unwrap()),
         "the bus carries the gateway's span"
     );
+    let bodies = received.lock().unwrap().clone();
+    assert_eq!(otlp_spans(&bodies), spans.len(), "the protocol's own definitions read every span");
+}
+
+/// Reads OTLP/JSON export requests with the OpenTelemetry protocol's own definitions (PyPI
+/// `opentelemetry-proto`, installed by `scripts/services.sh`) and protobuf's strict JSON parser:
+/// every key is a field's JSON name (lowerCamelCase), enums are integers, trace and span ids
+/// are hex of 16 and 8 bytes (OTLP/JSON's one departure from protobuf's JSON mapping, undone
+/// before parsing); returns the number of spans.
+fn otlp_spans(bodies: &[serde_json::Value]) -> usize {
+    let script = r#"
+import base64, json, sys
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+ID_BYTES = {"trace_id": 16, "span_id": 8, "parent_span_id": 8}
+
+def check(node, descriptor, path):
+    fields = {field.json_name: field for field in descriptor.fields}
+    for key, value in node.items():
+        field = fields.get(key)
+        if field is None:
+            sys.exit(f"{path}.{key}: not the JSON name of a field of {descriptor.full_name}")
+        values = value if field.is_repeated else [value]
+        for n, item in enumerate(values):
+            at = f"{path}.{key}[{n}]" if field.is_repeated else f"{path}.{key}"
+            if field.message_type is not None:
+                check(item, field.message_type, at)
+            elif field.enum_type is not None and not isinstance(item, int):
+                sys.exit(f"{at}: OTLP/JSON writes enums as integers, not {item!r}")
+            elif field.name in ID_BYTES:
+                raw = bytes.fromhex(item)
+                if len(raw) != ID_BYTES[field.name] and not (field.name == "parent_span_id" and not raw):
+                    sys.exit(f"{at}: {len(raw)} bytes")
+                node[key] = base64.b64encode(raw).decode()
+
+spans = 0
+for path in sys.argv[1:]:
+    body = json.load(open(path))
+    check(body, ExportTraceServiceRequest.DESCRIPTOR, "")
+    request = json_format.Parse(json.dumps(body), ExportTraceServiceRequest(), ignore_unknown_fields=False)
+    for resource in request.resource_spans:
+        for scope in resource.scope_spans:
+            spans += len(scope.spans)
+print(spans)
+"#;
+    let dir = crate::support::tempdir("otlp");
+    let paths: Vec<String> = bodies
+        .iter()
+        .enumerate()
+        .map(|(n, body)| {
+            let path = dir.join(format!("{n}.json"));
+            std::fs::write(&path, body.to_string()).unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .args(&paths)
+        .output()
+        .expect("python3 runs (scripts/services.sh installs opentelemetry-proto)");
+    assert!(output.status.success(), "OTLP/JSON refused: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().parse().expect("a count of spans")
 }

@@ -122,11 +122,11 @@ pub async fn request_with(
     (status, response.into_body().collect().await.unwrap().to_bytes())
 }
 
-/// Every documented sample as (command, body), read from the project's fixtures.
+/// Every documented Live and Chat sample as (command, body), read from the project's `samples/live/`.
 pub fn samples() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/live");
     let mut samples: Vec<_> = std::fs::read_dir(dir)
-        .expect("fixtures exist")
+        .expect("the samples exist")
         .map(|entry| {
             let path = entry.unwrap().path();
             let command = path.file_stem().unwrap().to_string_lossy().into_owned();

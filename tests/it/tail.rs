@@ -99,7 +99,7 @@ fn as_json_lines_with_filters_for_a_pipe() {
     let recent = String::from_utf8(last.wait_with_output().unwrap().stdout).unwrap();
     signal(&child, "TERM");
     child.wait().unwrap();
-    let live = hookbus::simulate::SAMPLES.iter().filter(|(command, _)| command.starts_with("Live.")).count();
+    let live = hookbus::samples::LIVE.iter().filter(|(command, _)| command.starts_with("Live.")).count();
     assert_eq!(lines.len(), live, "every Live sample, nothing else: {lines:#?}");
     for line in &lines {
         assert!(line["command"].as_str().unwrap().starts_with("Live."));

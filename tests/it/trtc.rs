@@ -67,7 +67,7 @@ impl Drop for Signer {
 
 /// The sample of `command` as Tencent sends it now, for user `user` (a distinct event per user).
 fn event(command: &str, user: &str) -> Vec<u8> {
-    let sample = hookbus::simulate::sample(command).expect("a documented TRTC sample");
+    let sample = hookbus::samples::sample(command).expect("a documented TRTC sample");
     let mut body: Value = serde_json::from_slice(&hookbus::simulate::trtc_now(sample)).unwrap();
     body["EventInfo"]["UserId"] = user.into();
     serde_json::to_vec(&body).unwrap()
