@@ -63,6 +63,7 @@ for path in sorted(pathlib.Path(sys.argv[2]).glob("*.json")):
 for message, wrong in [
     ("Live_CallbackAfterCreateRoom", {"CallbackCommand": "Live.CallbackAfterCreateRoom", "RoomInfo": "not an object"}),
     ("trtc_1_103", {"EventType": 103, "CallbackTs": 1, "EventInfo": {}}),
+    ("css_push_started", {"appid": 12345678, "stream_id": "s", "t": 1, "sign": "x"}),
 ]:
     try:
         jsonschema.validate(wrong, messages[message]["payload"])
@@ -71,7 +72,9 @@ for message, wrong in [
         pass
 print(checked)
 "#;
-    for (dir, count) in [("live", samples().len()), ("trtc", hookbus::samples::TRTC.len())] {
+    let surfaces =
+        [("live", samples().len()), ("trtc", hookbus::samples::TRTC.len()), ("css", hookbus::samples::CSS.len())];
+    for (dir, count) in surfaces {
         let fixtures = format!("{}/samples/{dir}", env!("CARGO_MANIFEST_DIR"));
         let output =
             Command::new("python3").args(["-c", script, document.to_str().unwrap(), &fixtures]).output().unwrap();
