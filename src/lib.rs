@@ -11,8 +11,8 @@
 //!   connected bus, the built [`Gateway`] (token files read, spool opened, TLS loaded). `main`
 //!   parses, sets up logging, connects, builds and runs.
 //! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
-//! - [`routes`]: what each endpoint does; a callback's surface (Live and Chat, or TRTC: one file
-//!   each under `routes/`) chosen from its head, its checks in order.
+//! - [`routes`]: what each endpoint does; a callback's surface (Live and Chat, TRTC or CSS: one
+//!   file each under `routes/`) chosen from its head, its checks in order.
 //! - [`tencent`]: the Live and Chat callback protocol: query, signature, commands, reply codes.
 //! - [`body`]: a callback's JSON body, checked and scanned once for its command and room key.
 //! - [`trtc`]: the TRTC room and media callback protocol: its signature, event and event id.
@@ -39,7 +39,7 @@
 //! - [`logs`]: log fields that carry outside bytes (escaped, cut), lines rate-limited.
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
-//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `body`, `tail`, `bus`, `logs`; `admin` → `outbox`,
+//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `css`, `body`, `tail`, `bus`, `logs`; `admin` → `outbox`,
 //! `tail`; `outbox` → `spool`,
 //! `dead_letters`, `metrics`, `bus`; `trtc` and `css` → `canonical`; `bus` → `traces` (the trace context a message carries) and
 //! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
