@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bus::{BusError, Message};
+use crate::bus::{BusError, Message, Refusal};
 use crate::logs;
 use crate::spool::{self, field, frame, millis, put, take};
 
@@ -23,12 +23,56 @@ pub const NOTICE_TYPE: &str = "hookbus.deadletter";
 /// Nacks of one event, while the broker confirmed other events, before it is a dead letter.
 pub const NACKS: u32 = 3;
 
+/// Why an event is a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The broker refused it for good.
+    Refused(Refusal),
+    /// The broker nacked it again and again while it confirmed others of its batch.
+    Nacked,
+    /// Still unconfirmed after `--dead-letter-after` attempts.
+    Attempts,
+}
+
+impl Reason {
+    /// Why the publisher gave up on an event after `error`.
+    fn of(error: &BusError) -> Reason {
+        match error {
+            BusError::Rejected { reason, .. } => Reason::Refused(*reason),
+            BusError::Nacked(_) => Reason::Nacked,
+            _ => Reason::Attempts,
+        }
+    }
+
+    /// Its metric label, also what the dead-letter log records: `too_large`, `invalid`,
+    /// `not_authorized`, `no_stream`, `nacked`, `attempts`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Refused(refusal) => refusal.label(),
+            Reason::Nacked => "nacked",
+            Reason::Attempts => "attempts",
+        }
+    }
+
+    /// The reason a label names.
+    fn parse(label: &str) -> Option<Reason> {
+        let refusals = [Refusal::TooLarge, Refusal::Invalid, Refusal::NotAuthorized, Refusal::NoStream];
+        let mut reasons = refusals.into_iter().map(Reason::Refused).chain([Reason::Nacked, Reason::Attempts]);
+        reasons.find(|reason| reason.label() == label)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// One dead event and what the broker said about it.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub message: Message,
-    /// Why, as a metric label: `too_large`, `invalid`, `not_authorized`, `nacked`, `attempts`.
-    pub reason: String,
+    pub reason: Reason,
     /// The broker's answer, in words.
     pub error: String,
     pub attempts: u32,
@@ -39,14 +83,9 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// A dead letter for `message`, after `attempts` from `first_attempt`, because of `error`.
     pub fn new(message: Message, error: &BusError, attempts: u32, first_attempt: SystemTime) -> DeadLetter {
-        let reason = match error {
-            BusError::Rejected { reason, .. } => reason,
-            BusError::Nacked(_) => "nacked",
-            _ => "attempts",
-        };
         DeadLetter {
             message,
-            reason: reason.to_owned(),
+            reason: Reason::of(error),
             error: chain(error),
             attempts,
             first_attempt,
@@ -73,15 +112,15 @@ impl DeadLetter {
             body: Option<&'a serde_json::value::RawValue>,
         }
         let message = &self.message;
-        let body = match self.reason.as_str() {
-            "too_large" => None,
+        let body = match self.reason {
+            Reason::Refused(Refusal::TooLarge) => None,
             _ => serde_json::from_slice(&message.payload).ok(),
         };
         let notice = Notice {
             id: &message.id,
             command: &message.command,
             destination: &message.destination,
-            reason: &self.reason,
+            reason: self.reason.label(),
             error: &self.error,
             attempts: self.attempts,
             time: &message.time_text,
@@ -102,7 +141,7 @@ impl DeadLetter {
         body.extend_from_slice(&millis(self.dead_at).to_le_bytes());
         body.extend_from_slice(&millis(self.first_attempt).to_le_bytes());
         body.extend_from_slice(&self.attempts.to_le_bytes());
-        put(&mut body, self.reason.as_bytes());
+        put(&mut body, self.reason.label().as_bytes());
         put(&mut body, self.error.as_bytes());
         spool::put_message(&mut body, &self.message);
         frame(&body)
@@ -114,7 +153,7 @@ impl DeadLetter {
         let dead_at = time(take(&mut rest, 8)?)?;
         let first_attempt = time(take(&mut rest, 8)?)?;
         let attempts = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
-        let reason = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
+        let reason = Reason::parse(std::str::from_utf8(field(&mut rest)?).ok()?)?;
         let error = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
         let message = spool::decode(rest)?;
         Some(DeadLetter { message, reason, error, attempts, first_attempt, dead_at })
@@ -295,7 +334,7 @@ mod tests {
 
     fn letter(n: usize) -> DeadLetter {
         let message = Message::new("t", "Live.X", Some(format!("room-{n}")), Origin::default(), Bytes::from("{}"));
-        let error = BusError::Rejected { what: format!("too large {n}"), reason: "too_large", cause: None };
+        let error = BusError::Rejected { what: format!("too large {n}"), reason: Refusal::TooLarge, cause: None };
         DeadLetter::new(message, &error, 1, SystemTime::now())
     }
 
@@ -309,7 +348,7 @@ mod tests {
     fn a_notice_goes_under_its_events_prefix_audit_events_too() {
         let event = Message::new("p.q", "Live.X", None, Origin::default(), Bytes::from("{}"));
         let audit = event.follow_up("hookbus.decision", "p.q.audit.Live.CallbackBeforeSendGift".into(), Bytes::new());
-        let error = BusError::Rejected { what: "refused".into(), reason: "no_stream", cause: None };
+        let error = BusError::Rejected { what: "refused".into(), reason: Refusal::NoStream, cause: None };
         for message in [event, audit] {
             let notice = DeadLetter::new(message, &error, 1, SystemTime::now()).notice();
             assert_eq!(notice.destination, "p.q.deadletter");
@@ -326,7 +365,7 @@ mod tests {
         let reopened = DeadLetters::open(&dir, 1 << 20, None).unwrap();
         let read = reopened.take(None);
         assert_eq!(read.iter().map(|l| &l.message.id).collect::<Vec<_>>(), ids.iter().collect::<Vec<_>>());
-        assert_eq!((read[1].reason.as_str(), read[1].error.as_str()), ("too_large", "too large 1"));
+        assert_eq!((read[1].reason.label(), read[1].error.as_str()), ("too_large", "too large 1"));
         assert_eq!(read[2].message.key.as_deref(), Some("room-2"));
         reopened.forget(&ids[..1]).unwrap();
         let left: Vec<_> = super::read(&dir).unwrap().into_iter().map(|l| l.message.id).collect();

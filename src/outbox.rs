@@ -414,7 +414,7 @@ impl Outbox {
     /// a task of its own so that the publisher never waits for room it has to make itself.
     async fn bury(self: &Arc<Self>, letters: Vec<DeadLetter>, metrics: &Metrics) {
         for letter in &letters {
-            metrics.dead_lettered(&letter.message.destination, &letter.reason);
+            metrics.dead_lettered(&letter.message.destination, letter.reason.label());
             if self.dead_letters.notices && letter.message.command != NOTICE_TYPE {
                 let (outbox, notice) = (self.clone(), letter.notice());
                 tokio::spawn(async move {
@@ -602,7 +602,8 @@ mod tests {
     #[test]
     fn refusals_are_dead_letters_and_other_failures_retries() {
         let tries = |attempts, nacks| Tries { attempts, nacks };
-        let rejected = Err(BusError::Rejected { what: "too large".into(), reason: "too_large", cause: None });
+        let rejected =
+            Err(BusError::Rejected { what: "too large".into(), reason: crate::bus::Refusal::TooLarge, cause: None });
         let nacked = Err(BusError::Nacked("q".into()));
         let away = Err(BusError::unavailable_because("away"));
         assert_eq!(Verdict::of(&Ok(()), &tries(1, 0), false, None), Verdict::Settled);

@@ -106,7 +106,7 @@ fn json_line(message: &Message, letter: Option<&DeadLetter>) -> String {
         "bytes": message.payload.len(),
     });
     if let Some(letter) = letter {
-        line["reason"] = json!(letter.reason);
+        line["reason"] = json!(letter.reason.label());
         line["error"] = json!(letter.error);
         line["attempts"] = json!(letter.attempts);
         line["first_attempt"] = json!(humantime::format_rfc3339_millis(letter.first_attempt).to_string());
