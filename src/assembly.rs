@@ -11,6 +11,7 @@ use crate::config::{AsyncapiArgs, BusArgs, BusKind, QueueType, RespondArgs, Serv
 use crate::dead_letters::DeadLetters;
 use crate::decision::{Decisions, Fallbacks};
 use crate::http::Connections;
+use crate::outbox::DeadLetterPolicy;
 use crate::respond::Responder;
 use crate::routes::Limits;
 use crate::spool::Spool;
@@ -138,21 +139,26 @@ impl ServeArgs {
             ),
             None => None,
         };
-        let mut dead_letters = match &self.spool_dir {
-            Some(dir) => DeadLetters::open(dir, self.dead_letter_max_bytes, self.dead_letter_after)
+        let dead_letters = match &self.spool_dir {
+            Some(dir) => DeadLetters::open(dir, self.dead_letter_max_bytes)
                 .map_err(|error| anyhow::anyhow!("cannot read the dead letters in {}: {error}", dir.display()))?,
-            None => DeadLetters::in_memory(self.dead_letter_max_bytes, self.dead_letter_after),
+            None => DeadLetters::in_memory(self.dead_letter_max_bytes),
         };
-        dead_letters.notices = self.dead_letter_destination;
+        let apps = Arc::new(apps::Current::new(apps::load(&self.apps())?));
+        let dead_letter_policy = DeadLetterPolicy {
+            after: self.dead_letter_after,
+            notices: self.dead_letter_destination.then(|| apps.clone()),
+        };
         let admin_socket =
             self.admin_socket.clone().or_else(|| self.spool_dir.as_ref().map(|dir| dir.join(crate::admin::SOCKET)));
         Ok(Gateway {
             spool,
             dead_letters,
+            dead_letter_policy,
             admin_socket,
             path: self.path.clone(),
             limits: self.limits(),
-            apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),
+            apps,
             decisions: self.decisions()?,
             audit: self.audit,
             tracer: self.otlp_endpoint.as_deref().map(crate::traces::Tracer::start).transpose()?,

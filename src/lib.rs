@@ -19,11 +19,12 @@
 //! - [`replay`]: signed requests already answered, so that a replay is not published again.
 //! - [`decision`]: blocking callbacks: deadline, reply validation, rules, fallbacks.
 //! - [`rules`]: local decision rules (`--rules`), matched on the body.
-//! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
+//! - [`outbox`]: accepted events until the bus confirms them (its queue); the publisher task and
+//!   its dead-letter policy.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
 //! - [`dead_letters`]: events the broker will never take, kept (with a spool, on disk).
 //! - [`spool_command`]: `hookbus spool`, the operator's look into a spool directory.
-//! - [`admin`]: the running gateway's admin socket (requeue, tail).
+//! - [`admin`]: the running gateway's admin socket (requeue, tail): both ends of its line protocol.
 //! - [`tail`]: `hookbus tail`, a live view of the callbacks a gateway answers, and the tap it reads.
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
 //! - [`metrics`]: what `/metrics` shows, as one method per thing that happens.
@@ -35,8 +36,8 @@
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `tail`, `bus`, `logs`; `admin` → `outbox`,
-//! `tail`; `outbox` → `spool`,
-//! `dead_letters`, `metrics`, `bus`; `trtc` → `canonical`; `bus` → `traces` (the trace context a message carries) and
+//! `tail`; `spool_command` → `admin`; `outbox` → `spool`, `dead_letters`, `metrics`, `apps`, `bus`
+//! (its `publisher` → its `queue`, never back); `trtc` → `canonical`; `bus` → `traces` (the trace context a message carries) and
 //! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
 
 pub mod admin;
@@ -77,7 +78,7 @@ use crate::dead_letters::DeadLetters;
 use crate::decision::Decisions;
 use crate::http::Connections;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{DeadLetterPolicy, Outbox, Publisher};
 use crate::replay::Replays;
 use crate::routes::{Limits, Shared};
 use crate::spool::{Backlog, Spool};
@@ -105,6 +106,8 @@ pub struct Gateway {
     pub spool: Option<(Spool, Backlog)>,
     /// Where events the broker will not take are kept.
     pub dead_letters: DeadLetters,
+    /// When an event becomes a dead letter, and whether a notice of it is published.
+    pub dead_letter_policy: DeadLetterPolicy,
     /// The admin socket (`hookbus tail`, `hookbus spool requeue`), when there is one.
     pub admin_socket: Option<std::path::PathBuf>,
 }
@@ -130,8 +133,14 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     let outbox = Arc::new(Outbox::new(gateway.outbox, gateway.spool, Arc::new(gateway.dead_letters)));
     let tap = Arc::new(Tap::default());
     let admin = gateway.admin_socket.and_then(|path| admin::serve(&path, outbox.clone(), tap.clone()));
-    let mut publisher =
-        tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone(), gateway.tracer.clone()));
+    let publisher = Publisher {
+        outbox: outbox.clone(),
+        bus: gateway.bus.clone(),
+        metrics: metrics.clone(),
+        tracer: gateway.tracer.clone(),
+        policy: gateway.dead_letter_policy,
+    };
+    let mut publisher = tokio::spawn(publisher.run());
     let shared = Arc::new(Shared {
         path: gateway.path,
         replays: Replays::new(gateway.limits.replay_cache_entries),

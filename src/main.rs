@@ -193,7 +193,11 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     // Colours for a person at a terminal only, and never with NO_COLOR set.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
     let form = hookbus::tail::Form { json: args.json, body: args.body, colour };
-    hookbus::tail::run(&socket, args.last.min(hookbus::tail::RING), &filters, form, signal()).await?;
+    let client = hookbus::admin::Client::connect(&socket)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot reach the gateway's admin socket {}: {error}", socket.display()))?;
+    let lines = client.tail(args.last.min(hookbus::tail::RING), hookbus::tail::wants_body(&filters, form)).await?;
+    hookbus::tail::run(lines, &filters, form, signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
