@@ -114,9 +114,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let gateway = args.build(bus)?;
     let listener = listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
-    tokio::spawn(reload_on_hangup(gateway.apps.clone(), args.apps()));
+    tokio::spawn(reload_on_hangup(gateway.shared.apps.clone(), args.apps()));
     let scheme = if gateway.connections.tls.is_some() { "https" } else { "http" };
-    tracing::info!(listen = %listener.local_addr()?, scheme, path = gateway.path, bus = ?args.bus.bus, "hookbus ready");
+    tracing::info!(listen = %listener.local_addr()?, scheme, path = gateway.shared.path, bus = ?args.bus.bus, "hookbus ready");
     let report = hookbus::run(gateway, listener, signal()).await;
     tracing::info!(lost = report.lost, spooled = report.spooled, "hookbus stopped");
     // Lost events (memory outbox only) are the one outcome no scrape can see any more.
