@@ -51,7 +51,7 @@ pub struct Publisher {
 }
 
 /// An event of a batch being published (its message apart, as the bus takes a slice of them).
-struct Pending {
+struct Unsettled {
     held: Held,
     tries: Tries,
 }
@@ -74,8 +74,8 @@ impl Publisher {
         let bus = &self.bus;
         while let Some((mut messages, held)) = self.outbox.take().await {
             let mut backoff = FIRST_BACKOFF;
-            let mut pending: Vec<Pending> =
-                held.into_iter().map(|held| Pending { held, tries: Tries::default() }).collect();
+            let mut pending: Vec<Unsettled> =
+                held.into_iter().map(|held| Unsettled { held, tries: Tries::default() }).collect();
             let first_attempt = SystemTime::now();
             // The broker confirmed some event of this batch: a nack that goes on is about the
             // event, not the channel.
