@@ -7,15 +7,17 @@
 //!   answered `requeued N` or `error: …`.
 //! - `tail N B`: the last N callbacks answered, then every new one, as JSON lines (with their
 //!   bodies when B is 1) until the reader goes ([`crate::tail`]).
+//!
+//! Both sides are here: [`serve`] answers, and a [`Client`] asks.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, PushError};
 use crate::tail::Tap;
 
 /// The socket's file name in a spool directory.
@@ -88,8 +90,66 @@ async fn answer(stream: UnixStream, outbox: Arc<Outbox>, tap: Arc<Tap>) {
 }
 
 async fn requeue(outbox: &Outbox, ids: Option<&[String]>) -> String {
-    match outbox.requeue(ids).await {
+    match put_back(outbox, ids).await {
         Ok(n) => format!("requeued {n}"),
         Err((n, error)) => format!("error: requeued {n}, then: {error}"),
+    }
+}
+
+/// Puts dead letters back (those with `ids`, or all of them) as accepted events with their
+/// ids, and removes them from the dead letters once they are held again. Returns how many,
+/// or, when the outbox refused one, how many were requeued before it and why.
+async fn put_back(outbox: &Outbox, ids: Option<&[String]>) -> Result<usize, (usize, PushError)> {
+    let letters = outbox.dead_letters().take(ids);
+    let mut requeued = Vec::with_capacity(letters.len());
+    let mut result = Ok(());
+    for letter in letters {
+        let id = letter.message.id.clone();
+        if let Err(error) = outbox.push(letter.message).await {
+            result = Err(error);
+            break;
+        }
+        requeued.push(id);
+    }
+    let dead_letters = outbox.dead_letters().clone();
+    let n = requeued.len();
+    let forgotten = tokio::task::spawn_blocking(move || dead_letters.forget(&requeued)).await;
+    match forgotten {
+        Ok(Err(error)) => {
+            tracing::error!(%error, "requeued dead letters could not be removed from the log; they may be requeued twice")
+        }
+        Err(error) => tracing::error!(%error, "requeued dead letters could not be removed from the log"),
+        Ok(Ok(())) => tracing::info!(requeued = n, "dead letters requeued with their ids"),
+    }
+    result.map(|()| n).map_err(|error| (n, error))
+}
+
+/// A connection to a running gateway's admin socket, for one request.
+pub struct Client(UnixStream);
+
+impl Client {
+    /// Connects to the admin socket at `path`.
+    pub async fn connect(path: &Path) -> std::io::Result<Client> {
+        Ok(Client(UnixStream::connect(path).await?))
+    }
+
+    /// `requeue all` (with `None`) or `requeue ID…`: the gateway's answer, `requeued N` or
+    /// `error: …`.
+    pub async fn requeue(mut self, ids: Option<&[String]>) -> std::io::Result<String> {
+        let request = match ids {
+            None => "requeue all\n".to_owned(),
+            Some(ids) => format!("requeue {}\n", ids.join(" ")),
+        };
+        self.0.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        BufReader::new(self.0).read_line(&mut answer).await?;
+        Ok(answer.trim_end().to_owned())
+    }
+
+    /// `tail N B`: the last `last` callbacks, then every new one, as JSON lines (with their
+    /// bodies when `body`), until the gateway goes.
+    pub async fn tail(mut self, last: usize, body: bool) -> std::io::Result<Lines<BufReader<UnixStream>>> {
+        self.0.write_all(format!("tail {last} {}\n", u8::from(body)).as_bytes()).await?;
+        Ok(BufReader::new(self.0).lines())
     }
 }

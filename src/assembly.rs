@@ -1,8 +1,9 @@
 //! The composition root: turns parsed flags into built parts. [`BusArgs::options`] gives the
 //! plain [`bus::Options`] to connect with, and [`ServeArgs::build`] turns the flags and a
-//! connected bus into a [`Gateway`] (reading the token files, opening the spool, loading TLS);
-//! the responder and the AsyncAPI contract are assembled here too. `config` declares the
-//! flags; nothing below this module sees them.
+//! connected bus into a [`Gateway`] (reading the token files, opening the spool, loading TLS),
+//! each part built once here: the metrics, the replay cache, the outbox with its publisher and
+//! dead-letter policy, the admin socket. The responder and the AsyncAPI contract are assembled
+//! here too. `config` declares the flags; nothing below this module sees them.
 
 use std::sync::Arc;
 
@@ -11,10 +12,14 @@ use crate::config::{AsyncapiArgs, BusArgs, BusKind, QueueType, RespondArgs, Serv
 use crate::dead_letters::DeadLetters;
 use crate::decision::{Decisions, Fallbacks};
 use crate::http::Connections;
+use crate::metrics::Metrics;
+use crate::outbox::{DeadLetterPolicy, Outbox, Publisher};
+use crate::replay::Replays;
 use crate::respond::Responder;
-use crate::routes::Limits;
+use crate::routes::{Limits, Shared};
 use crate::spool::Spool;
-use crate::{apps, asyncapi, outbox, rules, tencent, Gateway};
+use crate::tail::Tap;
+use crate::{admin, apps, asyncapi, outbox, rules, tencent, Gateway};
 
 impl AsyncapiArgs {
     /// The contract these bus flags describe.
@@ -131,7 +136,8 @@ impl ServeArgs {
     }
 
     /// The gateway these flags describe, on an already connected bus: reads the token file,
-    /// opens the spool and loads the TLS files.
+    /// opens the spool, loads the TLS files, and builds every part once; the admin socket is
+    /// served from here on.
     pub fn build(&self, bus: Bus) -> anyhow::Result<Gateway> {
         let spool = match &self.spool_dir {
             Some(dir) => Some(
@@ -140,41 +146,71 @@ impl ServeArgs {
             ),
             None => None,
         };
-        let mut dead_letters = match &self.spool_dir {
-            Some(dir) => DeadLetters::open(dir, self.dead_letter_max_bytes, self.dead_letter_after)
+        let dead_letters = match &self.spool_dir {
+            Some(dir) => DeadLetters::open(dir, self.dead_letter_max_bytes)
                 .map_err(|error| anyhow::anyhow!("cannot read the dead letters in {}: {error}", dir.display()))?,
-            None => DeadLetters::in_memory(self.dead_letter_max_bytes, self.dead_letter_after),
+            None => DeadLetters::in_memory(self.dead_letter_max_bytes),
         };
-        dead_letters.notices = self.dead_letter_destination;
+        let apps = Arc::new(apps::Current::new(apps::load(&self.apps())?));
+        let decisions = self.decisions()?;
+        let tracer = self.otlp_endpoint.as_deref().map(crate::traces::Tracer::start).transpose()?;
+        let connections = self.connections()?;
+        let metrics = Arc::new(Metrics::new(decisions.blocking(), decisions.rules.names()));
+        if let Some((_, backlog)) = &spool {
+            metrics.spool_read_back(&backlog.recovery);
+        }
+        let outbox = Arc::new(Outbox::new(self.bounds(), spool, Arc::new(dead_letters)));
+        let tap = Arc::new(Tap::default());
         let admin_socket =
-            self.admin_socket.clone().or_else(|| self.spool_dir.as_ref().map(|dir| dir.join(crate::admin::SOCKET)));
-        Ok(Gateway {
-            spool,
-            dead_letters,
-            admin_socket,
+            self.admin_socket.clone().or_else(|| self.spool_dir.as_ref().map(|dir| dir.join(admin::SOCKET)));
+        let admin = admin_socket.and_then(|path| admin::serve(&path, outbox.clone(), tap.clone()));
+        let publisher = Publisher {
+            outbox: outbox.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            tracer: tracer.clone(),
+            policy: DeadLetterPolicy {
+                after: self.dead_letter_after,
+                notices: self.dead_letter_destination.then(|| apps.clone()),
+            },
+        };
+        let limits = self.limits();
+        let shared = Arc::new(Shared {
             path: self.path.clone(),
-            limits: self.limits(),
-            apps: Arc::new(apps::Current::new(apps::load(&self.apps())?)),
-            decisions: self.decisions()?,
+            replays: Replays::new(limits.replay_cache_entries),
+            limits,
+            apps,
             audit: self.audit,
-            tracer: self.otlp_endpoint.as_deref().map(crate::traces::Tracer::start).transpose()?,
+            tracer,
+            decisions,
             bus,
-            outbox: outbox::Bounds {
-                capacity: self.outbox_capacity as usize,
-                max_bytes: self.outbox_max_bytes,
-                wait: self.outbox_wait,
-                linger: self.publish_linger,
+            outbox,
+            metrics,
+            tap,
+        });
+        Ok(Gateway { shared, publisher, connections, shutdown_grace: self.shutdown_grace, admin })
+    }
+
+    /// How much the outbox holds, and how long it waits.
+    fn bounds(&self) -> outbox::Bounds {
+        outbox::Bounds {
+            capacity: self.outbox_capacity as usize,
+            max_bytes: self.outbox_max_bytes,
+            wait: self.outbox_wait,
+            linger: self.publish_linger,
+        }
+    }
+
+    /// How connections are taken: their limits and, with a certificate, TLS.
+    fn connections(&self) -> anyhow::Result<Connections> {
+        Ok(Connections {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections as usize,
+            max_age: Some(self.max_connection_age).filter(|age| !age.is_zero()),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+                _ => None,
             },
-            connections: Connections {
-                header_read_timeout: self.header_read_timeout,
-                max_connections: self.max_connections as usize,
-                max_age: Some(self.max_connection_age).filter(|age| !age.is_zero()),
-                tls: match (&self.tls_cert, &self.tls_key) {
-                    (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
-                    _ => None,
-                },
-            },
-            shutdown_grace: self.shutdown_grace,
         })
     }
 }

@@ -4,7 +4,9 @@
 //! (`--dead-letter-max-bytes`); with `--spool-dir` it is also a log in the spool directory
 //! (`dead-letters.log`, the spool's record format: magic, length, CRC, body), fsynced before
 //! the event leaves the spool, so dead letters survive a crash. Requeued dead letters go back to
-//! the outbox with their ids; the log is then rewritten without them.
+//! the outbox with their ids; the log is then rewritten without them. When an event becomes a
+//! dead letter, and whether a notice is published, is the outbox's dead-letter policy; this
+//! module keeps them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bus::{BusError, Message};
+use crate::bus::{BusError, Message, Refusal};
 use crate::logs;
 use crate::spool::{self, field, frame, millis, put, take};
 
@@ -20,15 +22,57 @@ use crate::spool::{self, field, frame, millis, put, take};
 pub const LOG: &str = "dead-letters.log";
 /// The CloudEvents type of a dead letter's notice on the bus.
 pub const NOTICE_TYPE: &str = "hookbus.deadletter";
-/// Nacks of one event, while the broker confirmed other events, before it is a dead letter.
-pub const NACKS: u32 = 3;
+
+/// Why an event is a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The broker refused it for good.
+    Refused(Refusal),
+    /// The broker nacked it again and again while it confirmed others of its batch.
+    Nacked,
+    /// Still unconfirmed after `--dead-letter-after` attempts.
+    Attempts,
+}
+
+impl Reason {
+    /// Why the publisher gave up on an event after `error`.
+    fn of(error: &BusError) -> Reason {
+        match error {
+            BusError::Rejected { reason, .. } => Reason::Refused(*reason),
+            BusError::Nacked(_) => Reason::Nacked,
+            _ => Reason::Attempts,
+        }
+    }
+
+    /// Its metric label, also what the dead-letter log records: `too_large`, `invalid`,
+    /// `not_authorized`, `no_stream`, `nacked`, `attempts`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Refused(refusal) => refusal.label(),
+            Reason::Nacked => "nacked",
+            Reason::Attempts => "attempts",
+        }
+    }
+
+    /// The reason a label names.
+    fn parse(label: &str) -> Option<Reason> {
+        let refusals = [Refusal::TooLarge, Refusal::Invalid, Refusal::NotAuthorized, Refusal::NoStream];
+        let mut reasons = refusals.into_iter().map(Reason::Refused).chain([Reason::Nacked, Reason::Attempts]);
+        reasons.find(|reason| reason.label() == label)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
 
 /// One dead event and what the broker said about it.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub message: Message,
-    /// Why, as a metric label: `too_large`, `invalid`, `not_authorized`, `nacked`, `attempts`.
-    pub reason: String,
+    pub reason: Reason,
     /// The broker's answer, in words.
     pub error: String,
     pub attempts: u32,
@@ -39,14 +83,9 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// A dead letter for `message`, after `attempts` from `first_attempt`, because of `error`.
     pub fn new(message: Message, error: &BusError, attempts: u32, first_attempt: SystemTime) -> DeadLetter {
-        let reason = match error {
-            BusError::Rejected { reason, .. } => reason,
-            BusError::Nacked(_) => "nacked",
-            _ => "attempts",
-        };
         DeadLetter {
             message,
-            reason: reason.to_owned(),
+            reason: Reason::of(error),
             error: chain(error),
             attempts,
             first_attempt,
@@ -58,7 +97,7 @@ impl DeadLetter {
     /// [`NOTICE_TYPE`] to `{prefix}.deadletter`, keyed by the same room, whose body says which
     /// event died, where it was going and why, and carries the event's body unless the body is
     /// what the broker refused (`too_large`): so the notice itself fits.
-    pub fn notice(&self) -> Message {
+    pub fn notice(&self, prefix: &str) -> Message {
         #[derive(serde::Serialize)]
         struct Notice<'a> {
             id: &'a str,
@@ -73,15 +112,15 @@ impl DeadLetter {
             body: Option<&'a serde_json::value::RawValue>,
         }
         let message = &self.message;
-        let body = match self.reason.as_str() {
-            "too_large" => None,
+        let body = match self.reason {
+            Reason::Refused(Refusal::TooLarge) => None,
             _ => serde_json::from_slice(&message.payload).ok(),
         };
         let notice = Notice {
             id: &message.id,
             command: &message.command,
             destination: &message.destination,
-            reason: &self.reason,
+            reason: self.reason.label(),
             error: &self.error,
             attempts: self.attempts,
             time: &message.time_text,
@@ -89,7 +128,7 @@ impl DeadLetter {
             body,
         };
         let payload = bytes::Bytes::from(serde_json::to_vec(&notice).expect("a notice serialises"));
-        message.follow_up(NOTICE_TYPE, [prefix_of(message), "deadletter"].concat(), payload)
+        message.follow_up(NOTICE_TYPE, [prefix, ".deadletter"].concat(), payload)
     }
 
     /// Memory and disk it takes, as counted against the bound.
@@ -102,7 +141,7 @@ impl DeadLetter {
         body.extend_from_slice(&millis(self.dead_at).to_le_bytes());
         body.extend_from_slice(&millis(self.first_attempt).to_le_bytes());
         body.extend_from_slice(&self.attempts.to_le_bytes());
-        put(&mut body, self.reason.as_bytes());
+        put(&mut body, self.reason.label().as_bytes());
         put(&mut body, self.error.as_bytes());
         spool::put_message(&mut body, &self.message);
         frame(&body)
@@ -114,7 +153,7 @@ impl DeadLetter {
         let dead_at = time(take(&mut rest, 8)?)?;
         let first_attempt = time(take(&mut rest, 8)?)?;
         let attempts = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
-        let reason = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
+        let reason = Reason::parse(std::str::from_utf8(field(&mut rest)?).ok()?)?;
         let error = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
         let message = spool::decode(rest)?;
         Some(DeadLetter { message, reason, error, attempts, first_attempt, dead_at })
@@ -137,12 +176,8 @@ fn chain(error: &BusError) -> String {
     text
 }
 
-/// When an event becomes a dead letter, and where dead letters are kept.
+/// Where dead letters are kept.
 pub struct DeadLetters {
-    /// Unconfirmed attempts after which any event is a dead letter (`--dead-letter-after`).
-    pub after: Option<u32>,
-    /// Publish a notice of each dead letter (`--dead-letter-destination`).
-    pub notices: bool,
     max_bytes: usize,
     /// The log in the spool directory, when there is one.
     log: Option<PathBuf>,
@@ -166,13 +201,13 @@ pub struct Kept {
 
 impl DeadLetters {
     /// A store in memory only.
-    pub fn in_memory(max_bytes: usize, after: Option<u32>) -> DeadLetters {
-        DeadLetters { after, notices: false, max_bytes, log: None, state: Mutex::default() }
+    pub fn in_memory(max_bytes: usize) -> DeadLetters {
+        DeadLetters { max_bytes, log: None, state: Mutex::default() }
     }
 
     /// A store backed by the log in the spool directory `dir`, with what earlier runs left in
     /// it (a torn tail, from a crash while writing, is cut; damaged records are skipped).
-    pub fn open(dir: &Path, max_bytes: usize, after: Option<u32>) -> io::Result<DeadLetters> {
+    pub fn open(dir: &Path, max_bytes: usize) -> io::Result<DeadLetters> {
         let path = dir.join(LOG);
         let letters = match fs::read(&path) {
             Ok(data) => {
@@ -191,7 +226,7 @@ impl DeadLetters {
         };
         let bytes = letters.iter().map(DeadLetter::bytes).sum();
         let state = Mutex::new(Letters { letters, bytes, dropped: 0 });
-        Ok(DeadLetters { after, notices: false, max_bytes, log: Some(path), state })
+        Ok(DeadLetters { max_bytes, log: Some(path), state })
     }
 
     /// Keeps `letters` (durably, with a log) as far as the bound allows; the rest are counted
@@ -273,20 +308,6 @@ pub fn read(dir: &Path) -> io::Result<Vec<DeadLetter>> {
     }
 }
 
-/// The `{prefix}.` an event's destination starts with: its destination less its command, or
-/// for an audit event (`{prefix}.audit.{command}`, of type `hookbus.decision`) what comes
-/// before `audit.`.
-fn prefix_of(message: &Message) -> &str {
-    let destination = message.destination.as_str();
-    if let Some(prefix) = destination.strip_suffix(message.command.as_str()).filter(|prefix| prefix.ends_with('.')) {
-        return prefix;
-    }
-    match destination.find(".audit.") {
-        Some(at) => &destination[..=at],
-        None => destination.find('.').map_or("", |at| &destination[..=at]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +316,7 @@ mod tests {
 
     fn letter(n: usize) -> DeadLetter {
         let message = Message::new("t", "Live.X", Some(format!("room-{n}")), Origin::default(), Bytes::from("{}"));
-        let error = BusError::Rejected { what: format!("too large {n}"), reason: "too_large", cause: None };
+        let error = BusError::Rejected { what: format!("too large {n}"), reason: Refusal::TooLarge, cause: None };
         DeadLetter::new(message, &error, 1, SystemTime::now())
     }
 
@@ -306,27 +327,16 @@ mod tests {
     }
 
     #[test]
-    fn a_notice_goes_under_its_events_prefix_audit_events_too() {
-        let event = Message::new("p.q", "Live.X", None, Origin::default(), Bytes::from("{}"));
-        let audit = event.follow_up("hookbus.decision", "p.q.audit.Live.CallbackBeforeSendGift".into(), Bytes::new());
-        let error = BusError::Rejected { what: "refused".into(), reason: "no_stream", cause: None };
-        for message in [event, audit] {
-            let notice = DeadLetter::new(message, &error, 1, SystemTime::now()).notice();
-            assert_eq!(notice.destination, "p.q.deadletter");
-        }
-    }
-
-    #[test]
     fn dead_letters_survive_a_reopen_and_forgotten_ones_leave_the_log() {
         let dir = tempdir();
-        let store = DeadLetters::open(&dir, 1 << 20, None).unwrap();
+        let store = DeadLetters::open(&dir, 1 << 20).unwrap();
         let letters: Vec<_> = (0..3).map(letter).collect();
         let ids: Vec<String> = letters.iter().map(|l| l.message.id.clone()).collect();
         assert_eq!(store.keep(letters).unwrap(), Kept { kept: 3, dropped: 0 });
-        let reopened = DeadLetters::open(&dir, 1 << 20, None).unwrap();
+        let reopened = DeadLetters::open(&dir, 1 << 20).unwrap();
         let read = reopened.take(None);
         assert_eq!(read.iter().map(|l| &l.message.id).collect::<Vec<_>>(), ids.iter().collect::<Vec<_>>());
-        assert_eq!((read[1].reason.as_str(), read[1].error.as_str()), ("too_large", "too large 1"));
+        assert_eq!((read[1].reason.label(), read[1].error.as_str()), ("too_large", "too large 1"));
         assert_eq!(read[2].message.key.as_deref(), Some("room-2"));
         reopened.forget(&ids[..1]).unwrap();
         let left: Vec<_> = super::read(&dir).unwrap().into_iter().map(|l| l.message.id).collect();
@@ -336,7 +346,7 @@ mod tests {
     #[test]
     fn a_full_store_drops_and_counts() {
         let one = letter(0).bytes();
-        let store = DeadLetters::in_memory(2 * one + 1, None);
+        let store = DeadLetters::in_memory(2 * one + 1);
         assert_eq!(store.keep((0..3).map(letter).collect()).unwrap(), Kept { kept: 2, dropped: 1 });
         assert_eq!(store.held(), (2, 2 * one, 1));
     }

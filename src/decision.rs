@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::bus::{Bus, BusError, Message};
 use crate::rules::{Rule, Rules, When};
-use crate::tencent::{Blocking, Bound, Rewrite, MAX_MESSAGE_BYTES, MAX_USER_ID_BYTES};
+use crate::tencent::{Blocking, Bound, Rewrite, BLOCKING, MAX_MESSAGE_BYTES, MAX_USER_ID_BYTES};
 
 /// The default of `--max-reply-bytes`: room for a message rewritten to the largest one Chat
 /// accepts (12 KB, [`MAX_MESSAGE_BYTES`]) and the codes around it. Every other reply Tencent
@@ -278,6 +278,11 @@ impl Decided {
 }
 
 impl Decisions {
+    /// Every blocking command: the documented ones, then those made blocking with `--blocking`.
+    pub fn blocking(&self) -> impl Iterator<Item = &str> {
+        BLOCKING.iter().map(|blocking| blocking.command).chain(self.generic.iter().map(String::as_str))
+    }
+
     /// How `command` is decided, when it is a blocking callback.
     pub fn kind(&self, command: &str) -> Option<Kind> {
         Blocking::of(command).map(Kind::Documented).or_else(|| self.generic.contains(command).then_some(Kind::Generic))

@@ -8,8 +8,9 @@
 //! - [`config`]: flags and `HOOKBUS_*` environment variables, the only module that reads them
 //!   (and the only one that names clap).
 //! - [`assembly`]: the composition root: turns flags into the bus [`bus::Options`] and, given a
-//!   connected bus, the built [`Gateway`] (token files read, spool opened, TLS loaded). `main`
-//!   parses, sets up logging, connects, builds and runs.
+//!   connected bus, the built [`Gateway`] (token files read, spool opened, TLS loaded; the
+//!   metrics, replay cache, outbox, publisher and admin socket built once). `main` parses, sets
+//!   up logging, connects, builds and [`run`]s, which only spawns and drains.
 //! - [`http`]: hyper plumbing, the accept loop and graceful shutdown.
 //! - [`routes`]: what each endpoint does; a callback's surface (Live and Chat, TRTC or CSS: one
 //!   file each under `routes/`) chosen from its head, its checks in order.
@@ -23,11 +24,12 @@
 //! - [`replay`]: signed requests already answered, so that a replay is not published again.
 //! - [`decision`]: blocking callbacks: deadline, reply validation, rules, fallbacks.
 //! - [`rules`]: local decision rules (`--rules`), matched on the body.
-//! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
+//! - [`outbox`]: accepted events until the bus confirms them (its queue); the publisher task and
+//!   its dead-letter policy.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
 //! - [`dead_letters`]: events the broker will never take, kept (with a spool, on disk).
 //! - [`spool_command`]: `hookbus spool`, the operator's look into a spool directory.
-//! - [`admin`]: the running gateway's admin socket (requeue, tail).
+//! - [`admin`]: the running gateway's admin socket (requeue, tail): both ends of its line protocol.
 //! - [`tail`]: `hookbus tail`, a live view of the callbacks a gateway answers, and the tap it reads.
 //! - [`bus`]: the enum of concrete bus clients and the message they carry.
 //! - [`metrics`]: what `/metrics` shows, as one method per thing that happens.
@@ -40,8 +42,8 @@
 //!
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `css`, `body`, `tail`, `bus`, `logs`; `admin` → `outbox`,
-//! `tail`; `outbox` → `spool`,
-//! `dead_letters`, `metrics`, `bus`; `trtc` and `css` → `canonical`; `bus` → `traces` (the trace context a message carries) and
+//! `tail`; `spool_command` → `admin`; `outbox` → `spool`, `dead_letters`, `metrics`, `apps`, `bus`
+//! (its `publisher` → its `queue`, never back); `trtc` and `css` → `canonical`; `bus` → `traces` (the trace context a message carries) and
 //! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
 
 pub mod admin;
@@ -74,47 +76,26 @@ pub mod traces;
 pub mod trtc;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::apps::Current;
-use crate::bus::Bus;
-use crate::dead_letters::DeadLetters;
-use crate::decision::Decisions;
+use crate::admin::Admin;
 use crate::http::Connections;
-use crate::metrics::Metrics;
-use crate::outbox::Outbox;
-use crate::replay::Replays;
-use crate::routes::{Limits, Shared};
-use crate::spool::{Backlog, Spool};
-use crate::tail::Tap;
-use crate::tencent::BLOCKING;
-use crate::traces::Tracer;
+use crate::outbox::Publisher;
+use crate::routes::Shared;
 
-/// The built parts of a gateway, ready to serve.
+/// The built parts of a gateway, ready to serve: [`assembly`] builds them, [`run`] runs them.
 pub struct Gateway {
-    /// The callback path.
-    pub path: String,
-    pub limits: Limits,
-    /// The apps in force; `apps.replace` puts new ones in force (SIGHUP).
-    pub apps: Arc<Current>,
-    /// Publish every decision as an event (`--audit`).
-    pub audit: bool,
-    /// Export spans (`--otlp-endpoint`).
-    pub tracer: Option<Tracer>,
-    pub decisions: Decisions,
-    pub bus: Bus,
-    pub outbox: outbox::Bounds,
+    /// What every request is handled with: the apps in force (`shared.apps.replace` puts new
+    /// ones in force, SIGHUP), the decisions, the outbox, the metrics…
+    pub shared: std::sync::Arc<Shared>,
+    /// The task that publishes what the outbox accepted, not started yet.
+    pub publisher: Publisher,
     pub connections: Connections,
     pub shutdown_grace: Duration,
-    /// With `--spool-dir`: the opened spool and what it replayed.
-    pub spool: Option<(Spool, Backlog)>,
-    /// Where events the broker will not take are kept.
-    pub dead_letters: DeadLetters,
-    /// The admin socket (`hookbus tail`, `hookbus spool requeue`), when there is one.
-    pub admin_socket: Option<std::path::PathBuf>,
+    /// The admin socket being served (`hookbus tail`, `hookbus spool requeue`), when there is one.
+    pub admin: Option<Admin>,
 }
 
 /// What a finished run left behind.
@@ -129,31 +110,10 @@ pub struct Report {
 /// Serves callbacks on `listener` until `shutdown` resolves; then stops accepting, finishes
 /// open requests, and flushes the outbox, all within the shutdown grace period.
 pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Report {
-    let blocking =
-        BLOCKING.iter().map(|blocking| blocking.command).chain(gateway.decisions.generic.iter().map(String::as_str));
-    let metrics = Arc::new(Metrics::new(blocking, gateway.decisions.rules.names()));
-    if let Some((_, replay)) = &gateway.spool {
-        metrics.spool_read_back(&replay.recovery);
-    }
-    let outbox = Arc::new(Outbox::new(gateway.outbox, gateway.spool, Arc::new(gateway.dead_letters)));
-    let tap = Arc::new(Tap::default());
-    let admin = gateway.admin_socket.and_then(|path| admin::serve(&path, outbox.clone(), tap.clone()));
-    let mut publisher =
-        tokio::spawn(outbox.clone().publish(gateway.bus.clone(), metrics.clone(), gateway.tracer.clone()));
-    let shared = Arc::new(Shared {
-        path: gateway.path,
-        replays: Replays::new(gateway.limits.replay_cache_entries),
-        limits: gateway.limits,
-        apps: gateway.apps,
-        audit: gateway.audit,
-        tracer: gateway.tracer,
-        decisions: gateway.decisions,
-        bus: gateway.bus.clone(),
-        outbox: outbox.clone(),
-        metrics: metrics.clone(),
-        tap,
-    });
-    let left = http::serve(listener, shared, &gateway.connections, shutdown, gateway.shutdown_grace).await;
+    let Gateway { shared, publisher, connections, shutdown_grace, admin } = gateway;
+    let (outbox, bus) = (shared.outbox.clone(), shared.bus.clone());
+    let mut publisher = tokio::spawn(publisher.run());
+    let left = http::serve(listener, shared, &connections, shutdown, shutdown_grace).await;
     let deadline = tokio::time::Instant::now() + left;
     outbox.close();
     tracing::info!(depth = outbox.depth(), within = ?left, "flushing the outbox");
@@ -175,7 +135,7 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: impl Future<
     };
     drop(admin);
     // A broker that is away can hold a close forever; the grace period bounds it too.
-    if tokio::time::timeout_at(deadline, gateway.bus.close()).await.is_err() {
+    if tokio::time::timeout_at(deadline, bus.close()).await.is_err() {
         tracing::warn!("the bus did not close within the grace period");
     }
     report

@@ -114,9 +114,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let gateway = args.build(bus)?;
     let listener = listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
-    tokio::spawn(reload_on_hangup(gateway.apps.clone(), args.apps()));
+    tokio::spawn(reload_on_hangup(gateway.shared.apps.clone(), args.apps()));
     let scheme = if gateway.connections.tls.is_some() { "https" } else { "http" };
-    tracing::info!(listen = %listener.local_addr()?, scheme, path = gateway.path, bus = ?args.bus.bus, "hookbus ready");
+    tracing::info!(listen = %listener.local_addr()?, scheme, path = gateway.shared.path, bus = ?args.bus.bus, "hookbus ready");
     let report = hookbus::run(gateway, listener, signal()).await;
     tracing::info!(lost = report.lost, spooled = report.spooled, "hookbus stopped");
     // Lost events (memory outbox only) are the one outcome no scrape can see any more.
@@ -191,7 +191,11 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     // Colours for a person at a terminal only, and never with NO_COLOR set.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
     let form = hookbus::tail::Form { json: args.json, body: args.body, colour };
-    hookbus::tail::run(&socket, args.last.min(hookbus::tail::RING), &filters, form, signal()).await?;
+    let client = hookbus::admin::Client::connect(&socket)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot reach the gateway's admin socket {}: {error}", socket.display()))?;
+    let lines = client.tail(args.last.min(hookbus::tail::RING), hookbus::tail::wants_body(&filters, form)).await?;
+    hookbus::tail::run(lines, &filters, form, signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -515,7 +515,7 @@ mod tests {
                     linger: Duration::ZERO,
                 },
                 None,
-                Arc::new(crate::dead_letters::DeadLetters::in_memory(1 << 20, None)),
+                Arc::new(crate::dead_letters::DeadLetters::in_memory(1 << 20)),
             )),
             metrics: Arc::new(Metrics::default()),
             replays: Replays::new(100),

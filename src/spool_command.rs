@@ -9,7 +9,6 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::bus::{stdout, Message};
 use crate::config::{Select, SpoolAction};
@@ -106,7 +105,7 @@ fn json_line(message: &Message, letter: Option<&DeadLetter>) -> String {
         "bytes": message.payload.len(),
     });
     if let Some(letter) = letter {
-        line["reason"] = json!(letter.reason);
+        line["reason"] = json!(letter.reason.label());
         line["error"] = json!(letter.error);
         line["attempts"] = json!(letter.attempts);
         line["first_attempt"] = json!(humantime::format_rfc3339_millis(letter.first_attempt).to_string());
@@ -146,7 +145,7 @@ async fn requeue(dir: &Path, ids: Option<&[String]>) -> anyhow::Result<String> {
         return ask(dir, ids).await;
     }
     let (spool, _) = spool::Spool::open(dir, u64::MAX, spool::SEGMENT_BYTES)?;
-    let letters = DeadLetters::open(dir, usize::MAX, None)?;
+    let letters = DeadLetters::open(dir, usize::MAX)?;
     let taken = letters.take(ids);
     for letter in &taken {
         spool.append(&letter.message).await?;
@@ -159,18 +158,10 @@ async fn requeue(dir: &Path, ids: Option<&[String]>) -> anyhow::Result<String> {
 /// Asks the running gateway, through its admin socket.
 async fn ask(dir: &Path, ids: Option<&[String]>) -> anyhow::Result<String> {
     let path = dir.join(admin::SOCKET);
-    let stream = tokio::net::UnixStream::connect(&path).await.with_context(|| {
+    let client = admin::Client::connect(&path).await.with_context(|| {
         format!("a gateway holds the spool, but its admin socket {} does not answer", path.display())
     })?;
-    let (read, mut write) = stream.into_split();
-    let request = match ids {
-        None => "requeue all\n".to_owned(),
-        Some(ids) => format!("requeue {}\n", ids.join(" ")),
-    };
-    write.write_all(request.as_bytes()).await?;
-    let mut answer = String::new();
-    BufReader::new(read).read_line(&mut answer).await?;
-    let answer = answer.trim_end().to_owned();
+    let answer = client.requeue(ids).await?;
     if let Some(error) = answer.strip_prefix("error: ") {
         bail!("the gateway refused: {error}");
     }

@@ -2,17 +2,17 @@
 //! answered. The gateway side is the [`Tap`]: it keeps the last [`RING`] callbacks and hands
 //! each new one to the tails reading its admin socket through a bounded broadcast, so that a
 //! tail that does not keep up misses lines (counted, and told to it) and never slows a
-//! callback. The client side, [`run`], asks the socket, filters, and prints lines for people
-//! (or JSON lines with `--json`). Nothing secret is recorded: no query (the `Sign`), no header.
+//! callback. The client side, [`run`], reads what the socket sends (asked by
+//! [`crate::admin::Client::tail`]), filters, and prints lines for people (or JSON lines with
+//! `--json`). Nothing secret is recorded: no query (the `Sign`), no header.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncWriteExt, Lines};
 use tokio::sync::broadcast;
 
 /// Callbacks kept for `--last`.
@@ -195,26 +195,20 @@ pub struct Form {
     pub colour: bool,
 }
 
-/// `hookbus tail`: connects to the admin socket `socket`, asks for the last `last` callbacks and
-/// every new one, and prints those `filters` keep until the gateway goes or `stop` resolves;
-/// then prints a summary (by outcome, and how many lines were missed) on stderr.
+/// Whether a tail must be sent the bodies: to show them, or to look for text in them.
+pub fn wants_body(filters: &Filters, form: Form) -> bool {
+    form.body || filters.grep.is_some()
+}
+
+/// `hookbus tail`: prints the `lines` an admin socket sends that `filters` keep, until the
+/// gateway goes or `stop` resolves; then prints a summary (by outcome, and how many lines were
+/// missed) on stderr.
 pub async fn run(
-    socket: &Path,
-    last: usize,
+    mut lines: Lines<impl AsyncBufRead + Unpin>,
     filters: &Filters,
     form: Form,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|error| {
-        std::io::Error::new(
-            error.kind(),
-            format!("cannot reach the gateway's admin socket {}: {error}", socket.display()),
-        )
-    })?;
-    let (read, mut write) = stream.into_split();
-    let wants_body = form.body || filters.grep.is_some();
-    write.write_all(format!("tail {last} {}\n", u8::from(wants_body)).as_bytes()).await?;
-    let mut lines = BufReader::new(read).lines();
     let (mut by_outcome, mut missed, mut shown) = (BTreeMap::<String, u64>::new(), 0u64, 0u64);
     let mut out = std::io::stdout().lock();
     tokio::pin!(stop);
@@ -301,6 +295,7 @@ fn human(line: &serde_json::Value, form: Form) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
 
     #[test]
     fn globs_match_as_a_shell_would() {

@@ -40,8 +40,8 @@ pub enum BusError {
     #[error("{what}")]
     Rejected {
         what: String,
-        /// Why, as a metric label: `too_large`, `invalid` or `not_authorized`.
-        reason: &'static str,
+        /// Why.
+        reason: Refusal,
         #[source]
         cause: Option<Cause>,
     },
@@ -50,6 +50,28 @@ pub enum BusError {
     /// takes it for a refusal of this event after a few attempts.
     #[error("nacked by the broker: {0}")]
     Nacked(String),
+}
+
+/// Why the broker refused an event for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TooLarge,
+    Invalid,
+    NotAuthorized,
+    /// No JetStream stream covers its subject.
+    NoStream,
+}
+
+impl Refusal {
+    /// Its metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::TooLarge => "too_large",
+            Refusal::Invalid => "invalid",
+            Refusal::NotAuthorized => "not_authorized",
+            Refusal::NoStream => "no_stream",
+        }
+    }
 }
 
 impl BusError {
@@ -68,12 +90,8 @@ impl BusError {
         BusError::Fatal { what: what.into(), cause: None }
     }
 
-    /// The broker refused this one event for good (`reason`: a metric label), because of `cause`.
-    pub fn rejected(
-        what: impl Into<String>,
-        reason: &'static str,
-        cause: impl Error + Send + Sync + 'static,
-    ) -> BusError {
+    /// The broker refused this one event for good (because of `reason`), because of `cause`.
+    pub fn rejected(what: impl Into<String>, reason: Refusal, cause: impl Error + Send + Sync + 'static) -> BusError {
         BusError::Rejected { what: what.into(), reason, cause: Some(Arc::new(cause)) }
     }
 

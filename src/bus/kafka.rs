@@ -25,7 +25,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::message::{attribute_names, Message};
 use super::replies::Replies;
-use super::{Answer, BusError, Ready, Reconnects};
+use super::{Answer, BusError, Ready, Reconnects, Refusal};
 
 pub const REPLY_TOPIC: &str = "kafka_replyTopic";
 pub const CORRELATION_ID: &str = "kafka_correlationId";
@@ -666,9 +666,9 @@ fn unavailable(what: &str, error: KafkaError) -> BusError {
 fn classified(what: &str, error: KafkaError) -> BusError {
     use RDKafkaErrorCode::*;
     let reason = match error.rdkafka_error_code() {
-        Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize) => "too_large",
-        Some(InvalidRecord | InvalidTopic | InvalidPartitions | InvalidReplicationFactor) => "invalid",
-        Some(TopicAuthorizationFailed | ClusterAuthorizationFailed) => "not_authorized",
+        Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize) => Refusal::TooLarge,
+        Some(InvalidRecord | InvalidTopic | InvalidPartitions | InvalidReplicationFactor) => Refusal::Invalid,
+        Some(TopicAuthorizationFailed | ClusterAuthorizationFailed) => Refusal::NotAuthorized,
         _ => return unavailable(what, error),
     };
     BusError::rejected(format!("Kafka {what}"), reason, error)

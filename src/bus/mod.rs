@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use error::{BusError, Cause};
+pub use error::{BusError, Cause, Refusal};
 pub use message::{derived_id, request_destination, valid_name, Message, Origin, REQUESTS};
 pub use reconnects::Reconnects;
 

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use super::message::{attribute_names, Message};
 use super::replies::Replies;
-use super::{Answer, BusError, Ready, Reconnects};
+use super::{Answer, BusError, Ready, Reconnects, Refusal};
 use crate::logs::Limiter;
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.
@@ -319,7 +319,7 @@ impl Link {
             match sent {
                 Ok(()) => results.push(Ok(())),
                 Err(error) if error.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                    results.push(Err(BusError::rejected("NATS publish", "too_large", error)));
+                    results.push(Err(BusError::rejected("NATS publish", Refusal::TooLarge, error)));
                 }
                 Err(error) => {
                     results.resize(batch.len(), Err(BusError::unavailable("NATS publish", error)));
@@ -397,7 +397,7 @@ impl Link {
             .zip(batch)
             .map(|(acked, message)| {
                 acked.map_err(|(what, error)| match covered.get(message.destination.as_str()) {
-                    Some(false) => BusError::rejected(what, "no_stream", error),
+                    Some(false) => BusError::rejected(what, Refusal::NoStream, error),
                     _ => jetstream_error(what, error),
                 })
             })
@@ -675,7 +675,7 @@ fn jetstream_error(what: &str, error: jetstream::context::PublishError) -> BusEr
     let too_large =
         matches!(code, Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM));
     if error.kind() == PublishErrorKind::MaxPayloadExceeded || too_large {
-        BusError::rejected(what, "too_large", error)
+        BusError::rejected(what, Refusal::TooLarge, error)
     } else {
         BusError::unavailable(what, error)
     }

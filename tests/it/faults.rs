@@ -89,7 +89,7 @@ async fn sigkill_mid_burst_with_a_spool_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn overload_with_the_broker_away_answers_503_and_delivers_every_200() {
     // Refused at once, not after waiting for room that cannot come (`--outbox-wait` is tested in
-    // outbox.rs): 300 refusals would take 20 s.
+    // outbox/queue.rs): 300 refusals would take 20 s.
     let memory: &[&str] = &["--outbox-capacity", "300", "--outbox-wait", "0"];
     for (name, limit) in [("memory", memory), ("spool", &["--spool-max-bytes", "60000"])] {
         let prefix = unique("t");
