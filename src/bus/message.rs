@@ -27,6 +27,9 @@ pub struct Message {
     pub time: SystemTime,
     /// RFC 3339 form of `time`.
     pub time_text: String,
+    /// When the gateway accepted it (read back from the spool: its recorded `time`): where its
+    /// publish span starts.
+    pub accepted: SystemTime,
     pub sdk_app_id: String,
     /// CloudEvents `source`: `/tencent/{SdkAppid}`.
     pub source: String,
@@ -99,6 +102,7 @@ impl Message {
             key,
             time,
             time_text: humantime::format_rfc3339_millis(time).to_string(),
+            accepted: time,
             source: ["/tencent/", &origin.sdk_app_id].concat(),
             sdk_app_id: origin.sdk_app_id,
             client_ip: cut_owned(origin.client_ip),

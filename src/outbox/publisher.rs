@@ -195,7 +195,7 @@ fn publish_span(message: &Message) -> Span {
         trace_id: message.trace.trace_id().to_owned(),
         span_id: traces::span_id(),
         parent_id: Some(message.trace.span_id().to_owned()),
-        start: message.time,
+        start: message.accepted,
         end: std::time::SystemTime::now(),
         attributes: vec![
             ("messaging.destination.name", message.destination.clone()),
