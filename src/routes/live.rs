@@ -20,6 +20,11 @@ pub const NAME: &str = "live";
 /// The answer to an accepted informational callback.
 pub const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
 
+/// First segments of destinations that other events own: decision requests, audit events,
+/// dead-letter notices, and the TRTC and CSS surfaces' events. A Live or Chat command naming
+/// one could pass for them.
+const RESERVED: [&str; 5] = [bus::REQUESTS, "audit", "deadletter", "trtc", "css"];
+
 /// The checks of a callback, in the README's order, up to a body that names its command.
 pub async fn check<'a, B>(gate: &Gate<'a>, request: Request<B>, query: Query) -> Result<Checked<'a>, Refusal>
 where
@@ -65,8 +70,11 @@ where
     if !bus::valid_name(&command) {
         return Err(Refusal::bad("command_invalid", "CallbackCommand has characters a destination cannot hold"));
     }
-    if command.split('.').next() == Some(bus::REQUESTS) {
-        return Err(Refusal::bad("command_reserved", "CallbackCommand names the decision requests' destinations"));
+    if command.split('.').next().is_some_and(|segment| RESERVED.contains(&segment)) {
+        return Err(Refusal::bad(
+            "command_reserved",
+            "CallbackCommand starts with a segment of the gateway's own destinations (decision requests, audit, dead letters, TRTC, CSS)",
+        ));
     }
     let replay = replay_until.map(|(request_time, expires)| {
         let (sign, time) = (query.sign.as_deref().unwrap_or_default(), query.request_time.as_deref());

@@ -152,6 +152,22 @@ async fn every_rejection_answers_a_tencent_failure() {
             400,
             "decision requests",
         ),
+        (
+            "command in the CSS events' segment",
+            Method::POST,
+            signed_as("css.push.started", APP, TOKEN, now()),
+            b"{}".to_vec(),
+            400,
+            "CSS",
+        ),
+        (
+            "command in the audit events' segment",
+            Method::POST,
+            signed_as("audit.Live.CallbackBeforeSendGift", APP, TOKEN, now()),
+            b"{}".to_vec(),
+            400,
+            "audit",
+        ),
         ("other path", Method::POST, "/elsewhere".into(), room.to_vec(), 404, "not found"),
         ("POST on /healthz", Method::POST, "/healthz".into(), vec![], 405, "method"),
     ];
