@@ -45,7 +45,7 @@ pub enum Options {
 #[derive(Clone)]
 pub enum Bus {
     Stdout(stdout::Stdout),
-    Nats(Box<nats::Nats>),
+    Nats(nats::Nats),
     Amqp(amqp::Amqp),
     Kafka(kafka::Kafka),
 }
@@ -57,7 +57,7 @@ impl Bus {
     pub async fn connect(options: Options) -> Result<Bus, BusError> {
         Ok(match options {
             Options::Stdout => Bus::Stdout(stdout::Stdout::new(Box::new(std::io::stdout()))),
-            Options::Nats(options) => Bus::Nats(Box::new(nats::Nats::connect(options).await?)),
+            Options::Nats(options) => Bus::Nats(nats::Nats::connect(options).await?),
             Options::Amqp(options) => Bus::Amqp(amqp::Amqp::connect(options).await?),
             Options::Kafka(options) => Bus::Kafka(kafka::Kafka::connect(options).await?),
         })
@@ -143,7 +143,7 @@ impl Bus {
     /// Clients replaced because their connection task was gone.
     pub fn clients_replaced(&self) -> u64 {
         match self {
-            Bus::Nats(bus) => bus.links_replaced(),
+            Bus::Nats(bus) => bus.clients_replaced(),
             _ => 0,
         }
     }
