@@ -547,7 +547,7 @@ async fn consume_replies(inner: Weak<AmqpInner>) {
                 .await
                 .unwrap_or_else(|_| Err(BusError::unavailable_because("AMQP connect timed out")))
         };
-        let mut replies = match opened {
+        let replies = match opened {
             Ok(replies) => replies,
             Err(error) => {
                 failures += 1;
@@ -560,17 +560,7 @@ async fn consume_replies(inner: Weak<AmqpInner>) {
             }
         };
         failures = 0;
-        let ended = loop {
-            match replies.next().await {
-                Some(Ok(reply)) => {
-                    let Some(inner) = inner.upgrade() else { return };
-                    let id = reply.properties.correlation_id().as_ref().map(ShortString::as_str).unwrap_or("");
-                    inner.replies.deliver(id, Bytes::from(reply.data));
-                }
-                Some(Err(error)) => break Some(error),
-                None => break None,
-            }
-        };
+        let ended = dispatch_replies(replies, inner.clone()).await;
         let Some(inner) = inner.upgrade() else { return };
         if inner.closing.load(Relaxed) {
             return;
@@ -593,6 +583,21 @@ async fn consume_replies(inner: Weak<AmqpInner>) {
             }
         }
     }
+}
+
+/// Hands each reply on the reply queue to its request, by correlation id, until the consumer
+/// ends or the [`Amqp`] is gone; returns the error that ended the consumer, if one did.
+async fn dispatch_replies(mut replies: lapin::Consumer, inner: Weak<AmqpInner>) -> Option<lapin::Error> {
+    while let Some(reply) = replies.next().await {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(error) => return Some(error),
+        };
+        let inner = inner.upgrade()?;
+        let id = reply.properties.correlation_id().as_ref().map(ShortString::as_str).unwrap_or("");
+        inner.replies.deliver(id, Bytes::from(reply.data));
+    }
+    None
 }
 
 /// Opens the reply connection and starts consuming the reply queue (declared again, should it
