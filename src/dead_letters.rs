@@ -40,7 +40,7 @@ impl DeadLetter {
     /// A dead letter for `message`, after `attempts` from `first_attempt`, because of `error`.
     pub fn new(message: Message, error: &BusError, attempts: u32, first_attempt: SystemTime) -> DeadLetter {
         let reason = match error {
-            BusError::Rejected { reason, .. } => reason,
+            BusError::Undeliverable { reason, .. } => reason,
             BusError::Nacked(_) => "nacked",
             _ => "attempts",
         };
@@ -295,7 +295,7 @@ mod tests {
 
     fn letter(n: usize) -> DeadLetter {
         let message = Message::new("t", "Live.X", Some(format!("room-{n}")), Origin::default(), Bytes::from("{}"));
-        let error = BusError::Rejected { what: format!("too large {n}"), reason: "too_large", cause: None };
+        let error = BusError::Undeliverable { what: format!("too large {n}"), reason: "too_large", cause: None };
         DeadLetter::new(message, &error, 1, SystemTime::now())
     }
 
@@ -309,7 +309,7 @@ mod tests {
     fn a_notice_goes_under_its_events_prefix_audit_events_too() {
         let event = Message::new("p.q", "Live.X", None, Origin::default(), Bytes::from("{}"));
         let audit = event.follow_up("hookbus.decision", "p.q.audit.Live.CallbackBeforeSendGift".into(), Bytes::new());
-        let error = BusError::Rejected { what: "refused".into(), reason: "no_stream", cause: None };
+        let error = BusError::Undeliverable { what: "refused".into(), reason: "no_stream", cause: None };
         for message in [event, audit] {
             let notice = DeadLetter::new(message, &error, 1, SystemTime::now()).notice();
             assert_eq!(notice.destination, "p.q.deadletter");

@@ -451,7 +451,7 @@ impl Verdict {
     fn of(result: &Result<(), BusError>, tries: &Tries, others_confirmed: bool, after: Option<u32>) -> Verdict {
         let dead = match result {
             Ok(()) | Err(BusError::Unroutable(_)) => return Verdict::Settled,
-            Err(BusError::Rejected { .. }) => true,
+            Err(BusError::Undeliverable { .. }) => true,
             Err(BusError::Nacked(_)) if tries.nacks >= NACKS && others_confirmed => true,
             Err(_) => after.is_some_and(|after| tries.attempts >= after),
         };
@@ -602,7 +602,7 @@ mod tests {
     #[test]
     fn refusals_are_dead_letters_and_other_failures_retries() {
         let tries = |attempts, nacks| Tries { attempts, nacks };
-        let rejected = Err(BusError::Rejected { what: "too large".into(), reason: "too_large", cause: None });
+        let rejected = Err(BusError::Undeliverable { what: "too large".into(), reason: "too_large", cause: None });
         let nacked = Err(BusError::Nacked("q".into()));
         let away = Err(BusError::unavailable_because("away"));
         assert_eq!(Verdict::of(&Ok(()), &tries(1, 0), false, None), Verdict::Settled);

@@ -35,12 +35,13 @@ pub enum BusError {
     NoResponders(String),
     #[error("unroutable: {0}")]
     Unroutable(String),
-    /// The broker refused this one event for good (too large, invalid, not authorised): a
-    /// retry would be refused again, so it becomes a dead letter and the events after it go on.
+    /// This one event can never be delivered: the broker refuses it for good (too large,
+    /// invalid, not authorised, no stream covers it). A retry would be refused again, so it
+    /// becomes a dead letter and the events after it go on.
     #[error("{what}")]
-    Rejected {
+    Undeliverable {
         what: String,
-        /// Why, as a metric label: `too_large`, `invalid` or `not_authorized`.
+        /// Why, as a metric label: `too_large`, `invalid`, `not_authorized` or `no_stream`.
         reason: &'static str,
         #[source]
         cause: Option<Cause>,
@@ -68,13 +69,13 @@ impl BusError {
         BusError::Fatal { what: what.into(), cause: None }
     }
 
-    /// The broker refused this one event for good (`reason`: a metric label), because of `cause`.
-    pub fn rejected(
+    /// This one event can never be delivered (`reason`: a metric label), because of `cause`.
+    pub fn undeliverable(
         what: impl Into<String>,
         reason: &'static str,
         cause: impl Error + Send + Sync + 'static,
     ) -> BusError {
-        BusError::Rejected { what: what.into(), reason, cause: Some(Arc::new(cause)) }
+        BusError::Undeliverable { what: what.into(), reason, cause: Some(Arc::new(cause)) }
     }
 
     /// Whether a retry may succeed; `false` stops start-up.

@@ -143,7 +143,7 @@ impl Kafka {
     async fn start_replies(&self) -> Result<(), BusError> {
         let reply_topic = self.inner.options.reply_topic.clone();
         self.ensure_topic(&reply_topic, 1, true).await.map_err(|error| match error {
-            BusError::Rejected { cause, .. } => BusError::Fatal {
+            BusError::Undeliverable { cause, .. } => BusError::Fatal {
                 what: format!(
                     "Kafka reply topic {reply_topic} does not exist and the cluster refuses to create it: \
                      create it (1 partition) or name one that exists with --kafka-reply-topic"
@@ -671,5 +671,5 @@ fn classified(what: &str, error: KafkaError) -> BusError {
         Some(TopicAuthorizationFailed | ClusterAuthorizationFailed) => "not_authorized",
         _ => return unavailable(what, error),
     };
-    BusError::rejected(format!("Kafka {what}"), reason, error)
+    BusError::undeliverable(format!("Kafka {what}"), reason, error)
 }

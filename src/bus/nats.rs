@@ -323,7 +323,7 @@ impl NatsLink {
             match sent {
                 Ok(()) => results.push(Ok(())),
                 Err(error) if error.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                    results.push(Err(BusError::rejected("NATS publish", "too_large", error)));
+                    results.push(Err(BusError::undeliverable("NATS publish", "too_large", error)));
                 }
                 Err(error) => {
                     results.resize(batch.len(), Err(BusError::unavailable("NATS publish", error)));
@@ -401,7 +401,7 @@ impl NatsLink {
             .zip(batch)
             .map(|(acked, message)| {
                 acked.map_err(|(what, error)| match covered.get(message.destination.as_str()) {
-                    Some(false) => BusError::rejected(what, "no_stream", error),
+                    Some(false) => BusError::undeliverable(what, "no_stream", error),
                     _ => jetstream_error(what, error),
                 })
             })
@@ -669,7 +669,7 @@ fn jetstream_error(what: &str, error: jetstream::context::PublishError) -> BusEr
     let too_large =
         matches!(code, Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM));
     if error.kind() == PublishErrorKind::MaxPayloadExceeded || too_large {
-        BusError::rejected(what, "too_large", error)
+        BusError::undeliverable(what, "too_large", error)
     } else {
         BusError::unavailable(what, error)
     }
