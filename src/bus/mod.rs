@@ -1,11 +1,16 @@
-//! The message bus: one enum of concrete clients, chosen at start-up. Every backend has the
-//! same verbs (`connect`, `publish`, `request`, `serve_requests`, `is_connected`, `close`);
-//! this file only dispatches, and names how requests are served ([`Answer`], [`Ready`]).
-//! What they all share has a file each: `message` the [`Message`] they carry, `error` the
-//! [`BusError`] they report, `reconnects` the backoff towards a broker that is away, `replies`
-//! the requests waiting for their reply. Each backend file is the only place that names its
-//! client library's types and errors. Nothing here knows which
-//! callbacks exist or what a reply means: that is the caller's business.
+//! The message bus: one enum of concrete clients, chosen at start-up; this file only
+//! dispatches, and names how requests are served ([`Answer`], [`Ready`]). The three brokers'
+//! backends (`nats`, `amqp`, `kafka`) have the same verbs: `connect`, `publish`, `request`,
+//! `serve_requests`, `is_connected`, `connect_attempts`, `late_replies` and `close`. The
+//! stdout bus (made by `new`) has `publish`, `request` and `close`: it is always connected,
+//! makes one attempt, and serves no requests, which [`Bus`] says for it. A verb only some
+//! backends have, [`Bus`] answers with nothing for the others: `node` (NATS, RabbitMQ),
+//! `clients_replaced` (NATS), `refusal`, `unreadable_replies` and `channel_reopens`
+//! (RabbitMQ). What they all share has a file each: `message` the [`Message`] they carry,
+//! `error` the [`BusError`] they report, `reconnects` the backoff towards a broker that is
+//! away, `replies` the requests waiting for their reply. Each backend (a file; `amqp` with its
+//! `link`) is the only place that names its client library's types and errors. Nothing here
+//! knows which callbacks exist or what a reply means: that is the caller's business.
 
 pub mod amqp;
 mod error;
