@@ -31,9 +31,10 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection};
 
+use super::error::BusError;
 use super::message::{attribute_names, Message};
 use super::replies::Replies;
-use super::{Answer, BusError, Ready};
+use super::serve::{Answer, Ready};
 use crate::logs::Limiter;
 pub use link::QueueType;
 use link::{

@@ -23,9 +23,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::error::BusError;
 use super::message::{attribute_names, Message};
+use super::reconnects::Reconnects;
 use super::replies::Replies;
-use super::{Answer, BusError, Ready, Reconnects};
+use super::serve::{Answer, Ready};
 
 pub const REPLY_TOPIC: &str = "kafka_replyTopic";
 pub const CORRELATION_ID: &str = "kafka_correlationId";

@@ -1,16 +1,17 @@
 //! The message bus: one enum of concrete clients, chosen at start-up; this file only
-//! dispatches, and names how requests are served ([`Answer`], [`Ready`]). The three brokers'
-//! backends (`nats`, `amqp`, `kafka`) have the same verbs: `connect`, `publish`, `request`,
-//! `serve_requests`, `is_connected`, `connect_attempts`, `late_replies` and `close`. The
-//! stdout bus (made by `new`) has `publish`, `request` and `close`: it is always connected,
-//! makes one attempt, and serves no requests, which [`Bus`] says for it. A verb only some
-//! backends have, [`Bus`] answers with nothing for the others: `node` (NATS, RabbitMQ),
-//! `clients_replaced` (NATS), `refusal`, `unreadable_replies` and `channel_reopens`
-//! (RabbitMQ). What they all share has a file each: `message` the [`Message`] they carry,
-//! `error` the [`BusError`] they report, `reconnects` the backoff towards a broker that is
-//! away, `replies` the requests waiting for their reply. Each backend (a file; `amqp` with its
-//! `link`) is the only place that names its client library's types and errors. Nothing here
-//! knows which callbacks exist or what a reply means: that is the caller's business.
+//! dispatches. The three brokers' backends (`nats`, `amqp`, `kafka`) have the same verbs:
+//! `connect`, `publish`, `request`, `serve_requests`, `is_connected`, `connect_attempts`,
+//! `late_replies` and `close`. The stdout bus (made by `new`) has `publish`, `request` and
+//! `close`: it is always connected, makes one attempt, and serves no requests, which [`Bus`]
+//! says for it. A verb only some backends have, [`Bus`] answers with nothing for the others:
+//! `node` (NATS, RabbitMQ), `clients_replaced` (NATS), `refusal`, `unreadable_replies` and
+//! `channel_reopens` (RabbitMQ). What they all share has a file each, which they import beside
+//! them (never from this file): `message` the [`Message`] they carry, `error` the [`BusError`]
+//! they report, `reconnects` the backoff towards a broker that is away, `replies` the requests
+//! waiting for their reply, `serve` how requests are served ([`Answer`], [`Ready`]). Each
+//! backend (a file; `amqp` with its `link`) is the only place that names its client library's
+//! types and errors. Nothing here knows which callbacks exist or what a reply means: that is
+//! the caller's business.
 
 pub mod amqp;
 mod error;
@@ -19,23 +20,15 @@ mod message;
 pub mod nats;
 mod reconnects;
 mod replies;
+mod serve;
 pub mod stdout;
-
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use error::{BusError, Cause};
 pub use message::{derived_id, request_destination, valid_name, Message, Origin, REQUESTS};
 pub use reconnects::Reconnects;
-
-/// Fired by `serve_requests` once its subscriptions are live.
-pub type Ready = tokio::sync::oneshot::Sender<()>;
-
-/// How `serve_requests` answers: given a request's destination and body, the reply body.
-pub type Answer = Arc<dyn Fn(&str, Bytes) -> Pin<Box<dyn Future<Output = Bytes> + Send>> + Send + Sync>;
+pub use serve::{Answer, Ready};
 
 /// Which bus to connect to, and how: plain data, filled from flags by `config`.
 #[derive(Debug, Clone)]

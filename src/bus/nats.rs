@@ -24,9 +24,11 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::error::BusError;
 use super::message::{attribute_names, Message};
+use super::reconnects::Reconnects;
 use super::replies::Replies;
-use super::{Answer, BusError, Ready, Reconnects};
+use super::serve::{Answer, Ready};
 use crate::logs::Limiter;
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.

@@ -15,7 +15,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::bus::{BusError, Reconnects};
+use crate::bus::error::BusError;
+use crate::bus::reconnects::Reconnects;
 
 /// How long the reply queue outlives its last consumer, in milliseconds: replies wait there
 /// while the reply connection is rebuilt, and the queue of a gateway gone is deleted.
