@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::bus::{self, Bus};
-use crate::config::{AsyncapiArgs, BusArgs, BusKind, QueueType, RespondArgs, ServeArgs, Unrouted};
+use crate::config::{AsyncapiArgs, BusArgs, BusKind, RespondArgs, ServeArgs, Unrouted};
 use crate::dead_letters::DeadLetters;
 use crate::decision::{Decisions, Fallbacks};
 use crate::http::Connections;
@@ -236,10 +236,7 @@ impl BusArgs {
                     Unrouted::Keep => Some(format!("{}.unrouted", self.prefix)),
                     Unrouted::Drop => None,
                 },
-                queue_type: match self.amqp_queue_type {
-                    QueueType::Classic => bus::amqp::QueueType::Classic,
-                    QueueType::Quorum => bus::amqp::QueueType::Quorum,
-                },
+                queue_type: self.amqp_queue_type,
             }),
             BusKind::Kafka => bus::Options::Kafka(bus::kafka::KafkaOptions {
                 brokers: self.kafka_brokers.clone(),

@@ -172,12 +172,6 @@ pub enum Unrouted {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum QueueType {
-    Classic,
-    Quorum,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -223,8 +217,8 @@ pub struct BusArgs {
     pub amqp_unrouted: Unrouted,
     /// Type of the queues the gateway declares (`{prefix}.unrouted`, the responders' queue):
     /// quorum on a cluster.
-    #[arg(long, env = "HOOKBUS_AMQP_QUEUE_TYPE", value_enum, default_value = "classic")]
-    pub amqp_queue_type: QueueType,
+    #[arg(long, env = "HOOKBUS_AMQP_QUEUE_TYPE", default_value = "classic", value_parser = queue_type())]
+    pub amqp_queue_type: bus::amqp::QueueType,
     /// Kafka bootstrap brokers, comma-separated `host:port`.
     #[arg(long, env = "HOOKBUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = parse_brokers)]
     pub kafka_brokers: String,
@@ -563,6 +557,13 @@ fn parse_brokers(text: &str) -> Result<String, String> {
 
 fn fallback() -> impl TypedValueParser<Value = Fallback> {
     PossibleValuesParser::new(["allow", "deny"]).map(|text| text.parse().expect("a possible value"))
+}
+
+fn queue_type() -> impl TypedValueParser<Value = bus::amqp::QueueType> {
+    PossibleValuesParser::new(["classic", "quorum"]).map(|text| match text.as_str() {
+        "quorum" => bus::amqp::QueueType::Quorum,
+        _ => bus::amqp::QueueType::Classic,
+    })
 }
 
 fn parse_decision(text: &str) -> Result<i64, String> {

@@ -38,7 +38,7 @@ impl Reason {
     /// Why the publisher gave up on an event after `error`.
     fn of(error: &BusError) -> Reason {
         match error {
-            BusError::Rejected { reason, .. } => Reason::Refused(*reason),
+            BusError::Undeliverable { reason, .. } => Reason::Refused(*reason),
             BusError::Nacked(_) => Reason::Nacked,
             _ => Reason::Attempts,
         }
@@ -316,7 +316,7 @@ mod tests {
 
     fn letter(n: usize) -> DeadLetter {
         let message = Message::new("t", "Live.X", Some(format!("room-{n}")), Origin::default(), Bytes::from("{}"));
-        let error = BusError::Rejected { what: format!("too large {n}"), reason: Refusal::TooLarge, cause: None };
+        let error = BusError::Undeliverable { what: format!("too large {n}"), reason: Refusal::TooLarge, cause: None };
         DeadLetter::new(message, &error, 1, SystemTime::now())
     }
 

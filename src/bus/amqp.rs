@@ -6,16 +6,17 @@
 //! which is rebuilt at once while the replies wait in the queue, never the publishing link.
 //! Events no queue is bound for go to the exchange's alternate exchange and
 //! wait in a durable queue (or, with that off, come back and are reported); requests nobody
-//! is bound for always come back, so a missing responder is known at once. The link
-//! (connection and two channels) is re-established whenever it breaks, to the next node of the
-//! seed list in turn; a supervisor keeps it up while idle, with a capped backoff while the
-//! broker is away. A publishing channel that only gets nacks (one opened before a quorum
-//! queue's leader moved can stay so for good) or whose confirms do not come is closed and
-//! opened again. A publish the broker refuses for want of permission marks the bus refused
-//! (not connected, for readiness and `/metrics`) until a publish is confirmed again.
-//! The only file that names lapin types.
+//! is bound for always come back, so a missing responder is known at once. The publishing link
+//! (connection and two channels: opened, declared, opened again) is [`link`]'s. A publishing
+//! channel that only gets nacks (one opened before a quorum queue's leader moved can stay so
+//! for good) or whose confirms do not come is closed and opened again. A publish the broker
+//! refuses for want of permission marks the bus refused (not connected, for readiness and
+//! `/metrics`) until a publish is confirmed again.
+//! With [`link`], the only file that names lapin types.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+mod link;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,21 +25,22 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Confirmation, Connection};
 
+use super::error::BusError;
 use super::message::{attribute_names, Message};
 use super::replies::Replies;
-use super::{Answer, BusError, Ready, Reconnects};
+use super::serve::{Answer, Ready};
 use crate::logs::Limiter;
+pub use link::QueueType;
+use link::{
+    connect_to, declare_reply_queue, queue_arguments, unavailable, AmqpLink, LinkKeeper, TIMEOUT, UNROUTED_HEADER,
+};
 
-/// How long the reply queue outlives its last consumer, in milliseconds: replies wait there
-/// while the reply connection is rebuilt, and the queue of a gateway gone is deleted.
-const REPLY_QUEUE_EXPIRES: i32 = 60_000;
 /// What `refusal` reports while the broker refuses publishes for want of permission.
 const ACCESS_REFUSED: &str = "access_refused";
 /// How long a refused publish keeps the bus refused when nothing is tried since: the outbox
@@ -46,14 +48,6 @@ const ACCESS_REFUSED: &str = "access_refused";
 /// nothing left to publish (the events became dead letters), readiness must not stay off for
 /// good, since an unready gateway gets no callback that could show the refusal is over.
 const REFUSAL_HOLD: Duration = Duration::from_secs(10);
-/// A connect or a confirm that takes longer than this counts as failed.
-const TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a publish waiting for its confirms checks that its link is still up.
-const LINK_CHECK: Duration = Duration::from_millis(50);
-/// How often the supervisor checks an idle link.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
-/// The header that marks events (not requests) for the alternate exchange's queue.
-const UNROUTED_HEADER: &str = "hookbus-unrouted";
 /// Nacks in a row, with no confirm between them, after which the publishing channel is taken
 /// for stale and opened again.
 const NACK_STREAK: u32 = 3;
@@ -72,20 +66,6 @@ pub struct AmqpOptions {
     pub queue_type: QueueType,
 }
 
-/// The type of a queue the gateway declares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueType {
-    /// One node's queue (mirrored only by a policy); the responders' queue goes with them.
-    Classic,
-    /// Replicated with Raft over the cluster's nodes: durable, never auto-deleted.
-    Quorum,
-}
-
-/// Largest frame asked of the broker unless the URL sets `frame_max`: the client keeps a read
-/// and a write buffer of 32 frames each, 8 MiB at RabbitMQ's default of 128 KiB; a larger
-/// message goes in several frames.
-const FRAME_MAX: u32 = 32 * 1024;
-
 /// Checks that `url` is an AMQP URL, before anything connects.
 pub fn check_url(url: &str) -> Result<(), String> {
     url.parse::<lapin::uri::AMQPUri>().map(drop)
@@ -97,25 +77,10 @@ pub struct Amqp {
 }
 
 struct AmqpInner {
-    urls: Vec<String>,
-    /// The seed list's entry in use, or the next to try.
-    current: AtomicUsize,
-    /// `host:port` of the node the link is on.
-    node: std::sync::Mutex<Option<String>>,
-    exchange: String,
-    unrouted_queue: Option<String>,
-    queue_type: QueueType,
-    reconnects: Reconnects,
-    /// Nacks since the last confirm.
-    nacks: AtomicU32,
-    /// Publishing channels closed and opened again (a nack streak, a confirm timeout).
-    reopens: AtomicU64,
-    link: tokio::sync::Mutex<Option<Link>>,
-    connected: AtomicBool,
+    /// The publishing link, kept up by [`link::supervise`].
+    link: Arc<LinkKeeper>,
     /// Decision requests waiting for their reply, by correlation id (the event id).
     replies: Replies<Bytes>,
-    /// The queue replies are sent to: `{exchange}.replies.{random}`, one per gateway.
-    reply_queue: String,
     /// The connection that consumes `reply_queue`, apart from the link.
     reply_connection: Mutex<Option<Arc<Connection>>>,
     /// Reply connections given up for a reply the client could not read (rebuilt since).
@@ -130,53 +95,17 @@ struct AmqpInner {
     closing: AtomicBool,
 }
 
-#[derive(Clone)]
-struct Link {
-    connection: Arc<Connection>,
-    /// Confirm mode: informational events.
-    events: Channel,
-    /// Confirm mode: decision requests (their replies come on the reply connection).
-    rpc: Channel,
-}
-
-impl Link {
-    fn is_up(&self) -> bool {
-        self.connection.status().connected() && self.events.status().connected() && self.rpc.status().connected()
-    }
-
-    /// Resolves once the link is seen down (checked every [`LINK_CHECK`]).
-    async fn lost(&self) -> &'static str {
-        loop {
-            tokio::time::sleep(LINK_CHECK).await;
-            if !self.is_up() {
-                return "AMQP link lost while publishing";
-            }
-        }
-    }
-}
-
 impl Amqp {
     /// Connects, declares the exchanges, and starts the link supervisor. A broker that cannot
     /// be reached is left to the supervisor; refused credentials, an unknown vhost or a
     /// declaration the broker rejects fail.
     pub async fn connect(options: AmqpOptions) -> Result<Amqp, BusError> {
-        // Each instance starts at its own place in the list, so that replicas spread over nodes.
-        let start = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), ()) as usize;
         let reply_queue = format!("{}.replies.{}", options.exchange, uuid::Uuid::new_v4().simple());
+        let link =
+            LinkKeeper::new(options.urls, options.exchange, options.unrouted_queue, options.queue_type, reply_queue);
         let inner = Arc::new(AmqpInner {
-            current: AtomicUsize::new(start % options.urls.len().max(1)),
-            urls: options.urls,
-            node: std::sync::Mutex::new(None),
-            exchange: options.exchange,
-            unrouted_queue: options.unrouted_queue,
-            queue_type: options.queue_type,
-            reconnects: Reconnects::default(),
-            nacks: AtomicU32::new(0),
-            reopens: AtomicU64::new(0),
-            link: tokio::sync::Mutex::new(None),
-            connected: AtomicBool::new(false),
+            link: Arc::new(link),
             replies: Replies::default(),
-            reply_queue,
             reply_connection: Mutex::new(None),
             unreadable_replies: AtomicU64::new(0),
             refused: Mutex::new(None),
@@ -184,8 +113,7 @@ impl Amqp {
             reply_log: Mutex::new(Limiter::default()),
             closing: AtomicBool::new(false),
         });
-        let amqp = Amqp { inner };
-        match amqp.link().await {
+        match inner.link.get().await {
             Ok(_) => {}
             Err(error) if !error.is_transient() => return Err(error),
             Err(error) => tracing::warn!(
@@ -193,100 +121,14 @@ impl Amqp {
                 "RabbitMQ unreachable at start; serving anyway and connecting in the background"
             ),
         }
-        tokio::spawn(supervise(Arc::downgrade(&amqp.inner)));
-        tokio::spawn(consume_replies(Arc::downgrade(&amqp.inner)));
-        Ok(amqp)
-    }
-
-    /// The current link, re-established first when it broke.
-    async fn link(&self) -> Result<Link, BusError> {
-        let mut slot = self.inner.link.lock().await;
-        if let Some(link) = slot.as_ref().filter(|link| link.is_up()) {
-            return Ok(link.clone());
-        }
-        if slot.take().is_some() {
-            self.inner.connected.store(false, Relaxed);
-            let node = self.inner.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-            tracing::warn!(node, "AMQP link lost; reconnecting to the next node");
-            // The node that broke is tried last.
-            self.inner.current.fetch_add(1, Relaxed);
-        }
-        let link = self.open_any().await?;
-        self.inner.connected.store(true, Relaxed);
-        self.inner.nacks.store(0, Relaxed);
-        *slot = Some(link.clone());
-        Ok(link)
-    }
-
-    /// Opens a link to the first node of the seed list, from the current one on, that takes it.
-    async fn open_any(&self) -> Result<Link, BusError> {
-        let (urls, start) = (&self.inner.urls, self.inner.current.load(Relaxed));
-        let mut failed = None;
-        for index in (start..start + urls.len()).map(|index| index % urls.len()) {
-            self.inner.reconnects.attempted();
-            let url = &urls[index];
-            let opened = tokio::time::timeout(TIMEOUT, open(&self.inner, url))
-                .await
-                .unwrap_or_else(|_| Err(BusError::unavailable_because("AMQP connect timed out")));
-            match opened {
-                Ok(link) => {
-                    let node = node_of(url);
-                    tracing::info!(node, exchange = self.inner.exchange, "AMQP link up");
-                    *self.inner.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(node);
-                    self.inner.current.store(index, Relaxed);
-                    return Ok(link);
-                }
-                Err(error) if !error.is_transient() => return Err(error),
-                Err(error) => {
-                    if urls.len() > 1 {
-                        let node = node_of(url);
-                        tracing::warn!(
-                            node,
-                            error = &error as &dyn std::error::Error,
-                            "AMQP node unreachable; trying the next"
-                        );
-                    }
-                    failed = Some(error);
-                }
-            }
-        }
-        Err(failed.unwrap_or_else(|| BusError::unavailable_because("no AMQP URL")))
-    }
-
-    /// Closes the publishing channel of `stale` and opens another on its connection; when that
-    /// fails, the whole link goes and the next use opens a new one. Counted.
-    async fn reopen_events(&self, stale: &Link, why: &str) {
-        let mut slot = self.inner.link.lock().await;
-        // Another publish may have replaced it already.
-        let Some(link) = slot.as_mut().filter(|link| link.events.id() == stale.events.id()) else { return };
-        self.inner.reopens.fetch_add(1, Relaxed);
-        self.inner.nacks.store(0, Relaxed);
-        tracing::warn!(why, channel = link.events.id(), "AMQP publishing channel reopened");
-        // Bounded: the link's lock is held, and a broken connection may never answer.
-        let _ = tokio::time::timeout(TIMEOUT, link.events.close(200, "reopening a stale channel".into())).await;
-        let reopened = tokio::time::timeout(TIMEOUT, async {
-            let channel = link.connection.create_channel().await?;
-            channel.confirm_select(ConfirmSelectOptions::default()).await.map(|()| channel)
-        })
-        .await;
-        match reopened {
-            Ok(Ok(channel)) => link.events = channel,
-            failed => {
-                let error = match failed {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => format!("no answer within {TIMEOUT:?}"),
-                };
-                tracing::warn!(error, "AMQP channel not reopened; reconnecting");
-                let _ = tokio::time::timeout(TIMEOUT, link.connection.close(200, "reopening".into())).await;
-                *slot = None;
-                self.inner.connected.store(false, Relaxed);
-            }
-        }
+        tokio::spawn(link::supervise(Arc::downgrade(&inner.link)));
+        tokio::spawn(consume_replies(Arc::downgrade(&inner)));
+        Ok(Amqp { inner })
     }
 
     /// Publishes the batch with `mandatory` and waits for every confirm together.
     pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
-        let link = match self.link().await {
+        let link = match self.inner.link.get().await {
             Ok(link) => link,
             Err(error) => return vec![Err(error); batch.len()],
         };
@@ -304,11 +146,11 @@ impl Amqp {
                 sent.push(
                     link.events
                         .basic_publish(
-                            self.inner.exchange.as_str().into(),
+                            self.inner.link.exchange.as_str().into(),
                             message.destination.as_str().into(),
                             BasicPublishOptions { mandatory: true, ..Default::default() },
                             &message.payload,
-                            properties(message, self.inner.unrouted_queue.is_some()),
+                            properties(message, self.inner.link.unrouted_queue.is_some()),
                         )
                         .await,
                 );
@@ -329,8 +171,8 @@ impl Amqp {
             }))
             .await
         };
-        // A publish or confirm registered while the link was breaking is never resolved by the
-        // client: a link seen down ends the wait at once, and nothing waits past the timeout.
+        // A publish or confirm registered while the link was breaking may never be resolved by
+        // the client: a link seen down ends the wait at once, and nothing waits past the timeout.
         let results = tokio::select! {
             biased;
             results = publishing => results,
@@ -339,24 +181,24 @@ impl Amqp {
                 return vec![Err(BusError::unavailable_because(lost)); batch.len()];
             }
             () = tokio::time::sleep(TIMEOUT) => {
-                self.reopen_events(&link, "confirm timed out").await;
+                self.inner.link.reopen_events(&link, "confirm timed out").await;
                 return vec![Err(BusError::unavailable_because("AMQP confirm timed out")); batch.len()];
             }
         };
         if refused.load(Relaxed) {
             self.refused(&link).await;
         } else if results.iter().any(answered) && self.refused_since().take().is_some() {
-            tracing::info!(exchange = self.inner.exchange, "RabbitMQ confirms publishes again");
+            tracing::info!(exchange = self.inner.link.exchange, "RabbitMQ confirms publishes again");
         }
         let nacked = results.iter().filter(|result| matches!(result, Err(BusError::Nacked(_)))).count() as u32;
         let streak = if results.iter().any(Result::is_ok) {
-            self.inner.nacks.store(0, Relaxed);
+            self.inner.link.nacks.store(0, Relaxed);
             0
         } else {
-            self.inner.nacks.fetch_add(nacked, Relaxed) + nacked
+            self.inner.link.nacks.fetch_add(nacked, Relaxed) + nacked
         };
         if streak >= NACK_STREAK {
-            self.reopen_events(&link, "nack streak").await;
+            self.inner.link.reopen_events(&link, "nack streak").await;
         }
         results
     }
@@ -365,34 +207,34 @@ impl Amqp {
     /// the permission may be granted while the gateway runs. Marks the bus refused (readiness
     /// and `/metrics` show it), says so at ERROR (once a second at most), and opens the
     /// publishing channel again (the broker closed it) so that the next retry can tell.
-    async fn refused(&self, link: &Link) {
+    async fn refused(&self, link: &AmqpLink) {
         *self.refused_since() = Some(std::time::Instant::now());
         let allowed = self.inner.refusal_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
         if let Some(suppressed) = allowed {
             tracing::error!(
-                exchange = self.inner.exchange,
+                exchange = self.inner.link.exchange,
                 suppressed,
                 "RabbitMQ refuses publishes to the exchange (ACCESS_REFUSED): the user needs write permission on it; events wait in the outbox until a publish is confirmed"
             );
         }
-        self.reopen_events(link, "publish refused").await;
+        self.inner.link.reopen_events(link, "publish refused").await;
     }
 
     /// Publishes a request with `reply_to` naming the reply queue and waits for the reply with
     /// its correlation id.
     /// An unroutable request (nobody bound) fails at once with "no responders".
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
-        let link = self.link().await?;
+        let link = self.inner.link.get().await?;
         let mut waiting = self.inner.replies.register(&message.id);
         let expiration = message.time_left().as_millis().max(1).to_string();
         let properties = request_properties(message)
-            .with_reply_to(self.inner.reply_queue.as_str().into())
+            .with_reply_to(self.inner.link.reply_queue.as_str().into())
             .with_correlation_id(message.id.as_str().into())
             .with_expiration(expiration.into());
         let confirm = link
             .rpc
             .basic_publish(
-                self.inner.exchange.as_str().into(),
+                self.inner.link.exchange.as_str().into(),
                 message.destination.as_str().into(),
                 BasicPublishOptions { mandatory: true, ..Default::default() },
                 &message.payload,
@@ -411,7 +253,7 @@ impl Amqp {
     /// Whether the link is up and the broker takes publishes (not refusing them for want of
     /// permission).
     pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Relaxed) && self.refusal().is_none()
+        self.inner.link.is_connected() && self.refusal().is_none()
     }
 
     /// Why the broker refuses every publish right now (`access_refused`), if it does.
@@ -431,17 +273,17 @@ impl Amqp {
     }
 
     pub fn connect_attempts(&self) -> u64 {
-        self.inner.reconnects.attempts()
+        self.inner.link.reconnects.attempts()
     }
 
     /// `host:port` of the node the link is on.
     pub fn node(&self) -> Option<String> {
-        self.inner.node.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.inner.link.node()
     }
 
     /// Publishing channels closed and opened again after a nack streak or a confirm timeout.
     pub fn channel_reopens(&self) -> u64 {
-        self.inner.reopens.load(Relaxed)
+        self.inner.link.reopens()
     }
 
     /// Replies that arrived after their request had given up.
@@ -455,10 +297,7 @@ impl Amqp {
         if let Some(connection) = replies {
             let _ = connection.close(200, "hookbus closing".into()).await;
         }
-        if let Some(link) = self.inner.link.lock().await.take() {
-            let _ = link.connection.close(200, "hookbus closing".into()).await;
-        }
-        self.inner.connected.store(false, Relaxed);
+        self.inner.link.close().await;
     }
 
     /// Consumes the requests sent to `destinations` from the shared queue `group` (deleted when
@@ -471,19 +310,19 @@ impl Amqp {
         answer: Answer,
         ready: Ready,
     ) -> Result<(), BusError> {
-        let link = self.link().await?;
+        let link = self.inner.link.get().await?;
         let channel = link.connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
         // A quorum queue is durable and stays when its last responder goes; a classic one goes.
-        let options = match self.inner.queue_type {
+        let options = match self.inner.link.queue_type {
             QueueType::Classic => QueueDeclareOptions { auto_delete: true, ..Default::default() },
             QueueType::Quorum => QueueDeclareOptions { durable: true, ..Default::default() },
         };
         channel
-            .queue_declare(group.into(), options, queue_arguments(self.inner.queue_type))
+            .queue_declare(group.into(), options, queue_arguments(self.inner.link.queue_type))
             .await
             .map_err(|error| unavailable("queue declare", error))?;
         for key in destinations {
-            let (queue, exchange) = (group.into(), self.inner.exchange.as_str().into());
+            let (queue, exchange) = (group.into(), self.inner.link.exchange.as_str().into());
             channel
                 .queue_bind(queue, exchange, key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
                 .await
@@ -494,7 +333,7 @@ impl Amqp {
             .basic_consume(group.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .map_err(|error| unavailable("consume", error))?;
-        tracing::info!(queue = group, exchange = self.inner.exchange, "answering requests");
+        tracing::info!(queue = group, exchange = self.inner.link.exchange, "answering requests");
         let _ = ready.send(());
         while let Some(request) = requests.next().await {
             let request = request.map_err(|error| unavailable("consume", error))?;
@@ -526,41 +365,6 @@ impl Amqp {
     }
 }
 
-/// Connects to `url`, asking for frames of [`FRAME_MAX`] unless the URL sets its own.
-async fn connect_to(url: &str) -> Result<Connection, BusError> {
-    let mut uri: lapin::uri::AMQPUri =
-        url.parse().map_err(|error| BusError::Fatal { what: format!("AMQP URL: {error}"), cause: None })?;
-    uri.query.frame_max.get_or_insert(FRAME_MAX);
-    Connection::connect_uri(uri, ConnectionProperties::default()).await.map_err(|error| link_error("connect", error))
-}
-
-/// Opens a connection, the two channels, the exchange and the reply queue.
-async fn open(inner: &Arc<AmqpInner>, url: &str) -> Result<Link, BusError> {
-    let connection = connect_to(url).await?;
-    let events = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
-    let rpc = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
-    for channel in [&events, &rpc] {
-        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|error| unavailable("confirm", error))?;
-    }
-    declare(&connection, &events, inner).await?;
-    // Here too, so that no request names a queue that does not exist yet.
-    declare_reply_queue(&events, &inner.reply_queue).await?;
-    Ok(Link { connection: Arc::new(connection), events, rpc })
-}
-
-/// Declares the reply queue: not durable (replies are worth nothing after their deadline),
-/// not exclusive and not auto-deleted, so that it outlives a reply connection lost with the
-/// replies in it; it expires once no consumer used it for [`REPLY_QUEUE_EXPIRES`].
-async fn declare_reply_queue(channel: &Channel, queue: &str) -> Result<(), BusError> {
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-expires".into(), AMQPValue::LongInt(REPLY_QUEUE_EXPIRES));
-    channel
-        .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
-        .await
-        .map(drop)
-        .map_err(|error| link_error(&format!("declare queue {queue}"), error))
-}
-
 /// Consumes the reply queue on a connection of its own, rebuilt at once whenever it ends: a
 /// reply the client cannot parse costs this connection (counted, and logged at most once a
 /// second), while the replies behind it wait in the queue and the publishing link goes on.
@@ -572,35 +376,25 @@ async fn consume_replies(inner: Weak<AmqpInner>) {
             if inner.closing.load(Relaxed) {
                 return;
             }
-            let url = inner.urls[inner.current.load(Relaxed) % inner.urls.len().max(1)].clone();
+            let url = inner.link.current_url().to_owned();
             tokio::time::timeout(TIMEOUT, open_replies(&inner, &url))
                 .await
                 .unwrap_or_else(|_| Err(BusError::unavailable_because("AMQP connect timed out")))
         };
-        let mut replies = match opened {
+        let replies = match opened {
             Ok(replies) => replies,
             Err(error) => {
                 failures += 1;
                 let Some(inner) = inner.upgrade() else { return };
                 tracing::debug!(error = &error as &dyn std::error::Error, "AMQP reply connection still down");
-                let wait = inner.reconnects.next("RabbitMQ (replies)", failures);
+                let wait = inner.link.reconnects.next("RabbitMQ (replies)", failures);
                 drop(inner);
                 tokio::time::sleep(wait).await;
                 continue;
             }
         };
         failures = 0;
-        let ended = loop {
-            match replies.next().await {
-                Some(Ok(reply)) => {
-                    let Some(inner) = inner.upgrade() else { return };
-                    let id = reply.properties.correlation_id().as_ref().map(ShortString::as_str).unwrap_or("");
-                    inner.replies.deliver(id, Bytes::from(reply.data));
-                }
-                Some(Err(error)) => break Some(error),
-                None => break None,
-            }
-        };
+        let ended = dispatch_replies(replies, inner.clone()).await;
         let Some(inner) = inner.upgrade() else { return };
         if inner.closing.load(Relaxed) {
             return;
@@ -625,14 +419,29 @@ async fn consume_replies(inner: Weak<AmqpInner>) {
     }
 }
 
+/// Hands each reply on the reply queue to its request, by correlation id, until the consumer
+/// ends or the [`Amqp`] is gone; returns the error that ended the consumer, if one did.
+async fn dispatch_replies(mut replies: lapin::Consumer, inner: Weak<AmqpInner>) -> Option<lapin::Error> {
+    while let Some(reply) = replies.next().await {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(error) => return Some(error),
+        };
+        let inner = inner.upgrade()?;
+        let id = reply.properties.correlation_id().as_ref().map(ShortString::as_str).unwrap_or("");
+        inner.replies.deliver(id, Bytes::from(reply.data));
+    }
+    None
+}
+
 /// Opens the reply connection and starts consuming the reply queue (declared again, should it
 /// have expired or gone with its node).
 async fn open_replies(inner: &AmqpInner, url: &str) -> Result<lapin::Consumer, BusError> {
     let connection = connect_to(url).await?;
     let channel = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
-    declare_reply_queue(&channel, &inner.reply_queue).await?;
+    declare_reply_queue(&channel, &inner.link.reply_queue).await?;
     let options = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
-    let queue = inner.reply_queue.as_str();
+    let queue = inner.link.reply_queue.as_str();
     let replies = channel
         .basic_consume(queue.into(), "".into(), options, FieldTable::default())
         .await
@@ -664,104 +473,6 @@ fn is_access_refused(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
 }
 
-/// Declares the event exchange unless it exists and, when unrouted events are kept, the
-/// alternate exchange `{exchange}.unrouted` (headers, durable) with the durable queue bound to
-/// it for events only: requests nobody is bound for must still come back at once.
-async fn declare(connection: &Connection, events: &Channel, inner: &AmqpInner) -> Result<(), BusError> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    let mut arguments = FieldTable::default();
-    if let Some(queue) = &inner.unrouted_queue {
-        let alternate = format!("{}.unrouted", inner.exchange);
-        events
-            .exchange_declare(alternate.as_str().into(), ExchangeKind::Headers, durable, FieldTable::default())
-            .await
-            .map_err(|error| link_error(&format!("declare exchange {alternate}"), error))?;
-        let options = QueueDeclareOptions { durable: true, ..Default::default() };
-        events
-            .queue_declare(queue.as_str().into(), options, queue_arguments(inner.queue_type))
-            .await
-            .map_err(|error| link_error(&format!("declare queue {queue}"), error))?;
-        let mut only_events = FieldTable::default();
-        only_events.insert("x-match".into(), AMQPValue::LongString("all".into()));
-        only_events.insert(UNROUTED_HEADER.into(), AMQPValue::LongString("keep".into()));
-        let (name, exchange) = (queue.as_str().into(), alternate.as_str().into());
-        events
-            .queue_bind(name, exchange, "".into(), QueueBindOptions::default(), only_events)
-            .await
-            .map_err(|error| link_error(&format!("bind queue {queue}"), error))?;
-        arguments.insert("alternate-exchange".into(), AMQPValue::LongString(alternate.as_str().into()));
-    }
-    // Declared at once, which is silent for a new exchange and for one declared earlier with
-    // the same arguments (checking first with a passive declare costs a 404, which the client
-    // logs at ERROR, on every start on a new exchange). An exchange declared earlier with
-    // other arguments, or that the user may use but not declare, is used as it is, after a
-    // passive declare shows it exists: its alternate exchange, if it should get one, is set by
-    // a policy. Scratch channels, since a refusal closes the channel it came on.
-    let exchange = inner.exchange.as_str();
-    let scratch = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
-    let declared = scratch.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, arguments).await;
-    let Err(refused) = declared else {
-        let _ = scratch.close(200, "declared".into()).await;
-        return Ok(());
-    };
-    let error = link_error(&format!("declare exchange {exchange}"), refused);
-    if error.is_transient() {
-        return Err(error);
-    }
-    let scratch = connection.create_channel().await.map_err(|error| unavailable("channel", error))?;
-    let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
-    match scratch.exchange_declare(exchange.into(), ExchangeKind::Topic, passive, FieldTable::default()).await {
-        Ok(()) => {
-            let _ = scratch.close(200, "checked".into()).await;
-            tracing::warn!(
-                exchange,
-                error = &error as &dyn std::error::Error,
-                "the exchange exists with other arguments, or may not be declared by this user: used as it is"
-            );
-            Ok(())
-        }
-        Err(_) => Err(error),
-    }
-}
-
-/// The arguments that give a declared queue its type. A classic queue is declared with none,
-/// as before there was a choice, so that one declared earlier still matches.
-fn queue_arguments(queue_type: QueueType) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    if queue_type == QueueType::Quorum {
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    }
-    arguments
-}
-
-/// `host:port` of an AMQP URL, without its credentials: what the logs and `/metrics` name.
-fn node_of(url: &str) -> String {
-    match url.parse::<lapin::uri::AMQPUri>() {
-        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
-        Err(_) => "?".into(),
-    }
-}
-
-/// Keeps the link up while no traffic would notice it broke, so `/readyz` recovers by itself;
-/// while the broker is away, attempts are spaced by the capped backoff.
-async fn supervise(inner: Weak<AmqpInner>) {
-    let mut failures = 0;
-    let mut wait = SUPERVISE_EVERY;
-    loop {
-        tokio::time::sleep(wait).await;
-        let Some(inner) = inner.upgrade() else { return };
-        let amqp = Amqp { inner };
-        match amqp.link().await {
-            Ok(_) => (failures, wait) = (0, SUPERVISE_EVERY),
-            Err(error) => {
-                failures += 1;
-                tracing::debug!(error = &error as &dyn std::error::Error, "AMQP link still down");
-                wait = amqp.inner.reconnects.next("RabbitMQ", failures);
-            }
-        }
-    }
-}
-
 /// The AMQP properties and CloudEvents headers of an event; with unrouted events kept, the
 /// header that lets the alternate exchange's queue take it.
 fn properties(message: &Message, keep_unrouted: bool) -> BasicProperties {
@@ -789,29 +500,6 @@ fn request_properties(message: &Message) -> BasicProperties {
         .with_timestamp(seconds)
         .with_type(message.command.as_str().into())
         .with_headers(headers)
-}
-
-fn unavailable(what: &str, error: lapin::Error) -> BusError {
-    BusError::unavailable(format!("AMQP {what}"), error)
-}
-
-/// An error while setting up the link: refused for good when the broker said no to the
-/// credentials, the vhost or a declaration; else worth a retry.
-fn link_error(what: &str, error: lapin::Error) -> BusError {
-    let refused = match error.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) => matches!(
-            amqp.kind(),
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::PRECONDITIONFAILED)
-                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED | AMQPHardError::COMMANDINVALID)
-        ),
-        lapin::ErrorKind::AuthProviderError(_) | lapin::ErrorKind::InvalidProtocolVersion(_) => true,
-        _ => false,
-    };
-    if refused {
-        BusError::fatal(format!("RabbitMQ refused: {what}"), error)
-    } else {
-        unavailable(what, error)
-    }
 }
 
 #[cfg(test)]

@@ -35,10 +35,11 @@ pub enum BusError {
     NoResponders(String),
     #[error("unroutable: {0}")]
     Unroutable(String),
-    /// The broker refused this one event for good (too large, invalid, not authorised): a
-    /// retry would be refused again, so it becomes a dead letter and the events after it go on.
+    /// This one event can never be delivered: the broker refuses it for good (too large,
+    /// invalid, not authorised, no stream covers it). A retry would be refused again, so it
+    /// becomes a dead letter and the events after it go on.
     #[error("{what}")]
-    Rejected {
+    Undeliverable {
         what: String,
         /// Why.
         reason: Refusal,
@@ -90,9 +91,13 @@ impl BusError {
         BusError::Fatal { what: what.into(), cause: None }
     }
 
-    /// The broker refused this one event for good (because of `reason`), because of `cause`.
-    pub fn rejected(what: impl Into<String>, reason: Refusal, cause: impl Error + Send + Sync + 'static) -> BusError {
-        BusError::Rejected { what: what.into(), reason, cause: Some(Arc::new(cause)) }
+    /// This one event can never be delivered (because of `reason`), because of `cause`.
+    pub fn undeliverable(
+        what: impl Into<String>,
+        reason: Refusal,
+        cause: impl Error + Send + Sync + 'static,
+    ) -> BusError {
+        BusError::Undeliverable { what: what.into(), reason, cause: Some(Arc::new(cause)) }
     }
 
     /// Whether a retry may succeed; `false` stops start-up.

@@ -23,9 +23,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::error::{BusError, Refusal};
 use super::message::{attribute_names, Message};
+use super::reconnects::Reconnects;
 use super::replies::Replies;
-use super::{Answer, BusError, Ready, Reconnects, Refusal};
+use super::serve::{Answer, Ready};
 
 pub const REPLY_TOPIC: &str = "kafka_replyTopic";
 pub const CORRELATION_ID: &str = "kafka_correlationId";
@@ -143,7 +145,7 @@ impl Kafka {
     async fn start_replies(&self) -> Result<(), BusError> {
         let reply_topic = self.inner.options.reply_topic.clone();
         self.ensure_topic(&reply_topic, 1, true).await.map_err(|error| match error {
-            BusError::Rejected { cause, .. } => BusError::Fatal {
+            BusError::Undeliverable { cause, .. } => BusError::Fatal {
                 what: format!(
                     "Kafka reply topic {reply_topic} does not exist and the cluster refuses to create it: \
                      create it (1 partition) or name one that exists with --kafka-reply-topic"
@@ -671,5 +673,5 @@ fn classified(what: &str, error: KafkaError) -> BusError {
         Some(TopicAuthorizationFailed | ClusterAuthorizationFailed) => Refusal::NotAuthorized,
         _ => return unavailable(what, error),
     };
-    BusError::rejected(format!("Kafka {what}"), reason, error)
+    BusError::undeliverable(format!("Kafka {what}"), reason, error)
 }

@@ -1,11 +1,17 @@
-//! The message bus: one enum of concrete clients, chosen at start-up. Every backend has the
-//! same verbs (`connect`, `publish`, `request`, `serve_requests`, `is_connected`, `close`);
-//! this file only dispatches, and names how requests are served ([`Answer`], [`Ready`]).
-//! What they all share has a file each: `message` the [`Message`] they carry, `error` the
-//! [`BusError`] they report, `reconnects` the backoff towards a broker that is away, `replies`
-//! the requests waiting for their reply. Each backend file is the only place that names its
-//! client library's types and errors. Nothing here knows which
-//! callbacks exist or what a reply means: that is the caller's business.
+//! The message bus: one enum of concrete clients, chosen at start-up; this file only
+//! dispatches. The three brokers' backends (`nats`, `amqp`, `kafka`) have the same verbs:
+//! `connect`, `publish`, `request`, `serve_requests`, `is_connected`, `connect_attempts`,
+//! `late_replies` and `close`. The stdout bus (made by `new`) has `publish`, `request` and
+//! `close`: it is always connected, makes one attempt, and serves no requests, which [`Bus`]
+//! says for it. A verb only some backends have, [`Bus`] answers with nothing for the others:
+//! `node` (NATS, RabbitMQ), `clients_replaced` (NATS), `refusal`, `unreadable_replies` and
+//! `channel_reopens` (RabbitMQ). What they all share has a file each, which they import beside
+//! them (never from this file): `message` the [`Message`] they carry, `error` the [`BusError`]
+//! they report, `reconnects` the backoff towards a broker that is away, `replies` the requests
+//! waiting for their reply, `serve` how requests are served ([`Answer`], [`Ready`]). Each
+//! backend (a file; `amqp` with its `link`) is the only place that names its client library's
+//! types and errors. Nothing here knows which callbacks exist or what a reply means: that is
+//! the caller's business.
 
 pub mod amqp;
 mod error;
@@ -14,23 +20,15 @@ mod message;
 pub mod nats;
 mod reconnects;
 mod replies;
+mod serve;
 pub mod stdout;
-
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use error::{BusError, Cause, Refusal};
 pub use message::{derived_id, request_destination, valid_name, Message, Origin, REQUESTS};
 pub use reconnects::Reconnects;
-
-/// Fired by `serve_requests` once its subscriptions are live.
-pub type Ready = tokio::sync::oneshot::Sender<()>;
-
-/// How `serve_requests` answers: given a request's destination and body, the reply body.
-pub type Answer = Arc<dyn Fn(&str, Bytes) -> Pin<Box<dyn Future<Output = Bytes> + Send>> + Send + Sync>;
+pub use serve::{Answer, Ready};
 
 /// Which bus to connect to, and how: plain data, filled from flags by `config`.
 #[derive(Debug, Clone)]
@@ -45,7 +43,7 @@ pub enum Options {
 #[derive(Clone)]
 pub enum Bus {
     Stdout(stdout::Stdout),
-    Nats(Box<nats::Nats>),
+    Nats(nats::Nats),
     Amqp(amqp::Amqp),
     Kafka(kafka::Kafka),
 }
@@ -57,7 +55,7 @@ impl Bus {
     pub async fn connect(options: Options) -> Result<Bus, BusError> {
         Ok(match options {
             Options::Stdout => Bus::Stdout(stdout::Stdout::new(Box::new(std::io::stdout()))),
-            Options::Nats(options) => Bus::Nats(Box::new(nats::Nats::connect(options).await?)),
+            Options::Nats(options) => Bus::Nats(nats::Nats::connect(options).await?),
             Options::Amqp(options) => Bus::Amqp(amqp::Amqp::connect(options).await?),
             Options::Kafka(options) => Bus::Kafka(kafka::Kafka::connect(options).await?),
         })
@@ -143,7 +141,7 @@ impl Bus {
     /// Clients replaced because their connection task was gone.
     pub fn clients_replaced(&self) -> u64 {
         match self {
-            Bus::Nats(bus) => bus.links_replaced(),
+            Bus::Nats(bus) => bus.clients_replaced(),
             _ => 0,
         }
     }

@@ -24,9 +24,11 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::error::{BusError, Refusal};
 use super::message::{attribute_names, Message};
+use super::reconnects::Reconnects;
 use super::replies::Replies;
-use super::{Answer, BusError, Ready, Reconnects, Refusal};
+use super::serve::{Answer, Ready};
 use crate::logs::Limiter;
 
 /// A confirm that takes longer than this is treated as failed and the batch is retried.
@@ -57,21 +59,31 @@ pub struct NatsOptions {
 
 #[derive(Clone)]
 pub struct Nats {
+    inner: Arc<NatsInner>,
+}
+
+struct NatsInner {
     /// The link in use, replaced whole by [`supervise`] when its connection task is gone.
-    link: Arc<RwLock<Arc<Link>>>,
+    link: RwLock<Arc<NatsLink>>,
+    /// Decision requests waiting for their reply, by event id; each link's reply inbox reader
+    /// holds it weakly.
     replies: Arc<Replies<Result<Bytes, BusError>>>,
+    /// Shared with the clients' reconnect callbacks.
     reconnects: Arc<Reconnects>,
     /// Set by `close`: a link that ends after it is not replaced.
-    closing: Arc<AtomicBool>,
+    closing: AtomicBool,
     /// Links replaced because their connection task was gone.
-    replaced: Arc<AtomicU64>,
+    replaced: AtomicU64,
+    /// What a new client connects with.
+    options: NatsOptions,
+    servers: Vec<ServerAddr>,
 }
 
 /// One client and what hangs on it: its JetStream context, its reply inbox and the task that
 /// writes its requests. The client reconnects by itself; a link is replaced only when its
 /// connection task is gone (a panic in the client, a drain): then nothing it is handed is
 /// ever sent, and its state still reads "connected".
-struct Link {
+struct NatsLink {
     client: Client,
     /// Set with `--nats-jetstream`.
     jetstream: Option<jetstream::Context>,
@@ -142,36 +154,23 @@ impl Nats {
             }
         }
         let replies = Arc::new(Replies::default());
-        let (link, ended) = Link::start(client, options.jetstream, &replies).await?;
-        let nats = Nats {
-            link: Arc::new(RwLock::new(Arc::new(link))),
+        let (link, ended) = NatsLink::start(client, options.jetstream, &replies).await?;
+        let inner = Arc::new(NatsInner {
+            link: RwLock::new(Arc::new(link)),
             replies,
-            reconnects: reconnects.clone(),
-            closing: Arc::default(),
-            replaced: Arc::default(),
-        };
-        tokio::spawn(supervise(nats.downgrade(), ended, options, servers));
-        Ok(nats)
+            reconnects,
+            closing: AtomicBool::new(false),
+            replaced: AtomicU64::new(0),
+            options,
+            servers,
+        });
+        tokio::spawn(supervise(Arc::downgrade(&inner), ended));
+        Ok(Nats { inner })
     }
 
-    /// The link in use.
-    fn link(&self) -> Arc<Link> {
-        self.link.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
-    }
-
-    fn downgrade(&self) -> Watched {
-        Watched {
-            link: Arc::downgrade(&self.link),
-            replies: Arc::downgrade(&self.replies),
-            reconnects: self.reconnects.clone(),
-            closing: self.closing.clone(),
-            replaced: self.replaced.clone(),
-        }
-    }
-
-    /// Links replaced because their connection task was gone.
-    pub fn links_replaced(&self) -> u64 {
-        self.replaced.load(Relaxed)
+    /// Clients replaced because their connection task was gone.
+    pub fn clients_replaced(&self) -> u64 {
+        self.inner.replaced.load(Relaxed)
     }
 
     /// Ends the current link's connection task the way a panic inside the client would leave
@@ -179,12 +178,12 @@ impl Nats {
     /// is seen dead and replaced.
     #[doc(hidden)]
     pub async fn end_connection_task(&self) {
-        let _ = self.link().client.drain().await;
+        let _ = self.inner.link().client.drain().await;
     }
 
     /// Returns, per message, once the server holds it (core) or the stream stored it (JetStream).
     pub async fn publish(&self, batch: &[Message]) -> Vec<Result<(), BusError>> {
-        let link = self.link();
+        let link = self.inner.link();
         match &link.jetstream {
             Some(context) => link.publish_jetstream(context, batch).await,
             None => tokio::time::timeout(CONFIRM_TIMEOUT, link.publish_core(batch))
@@ -196,8 +195,8 @@ impl Nats {
     /// Sends a core request with this connection's reply inbox and returns the reply; the
     /// server's "no responders" comes back at once as [`BusError::NoResponders`].
     pub async fn request(&self, message: &Message) -> Result<Bytes, BusError> {
-        let link = self.link();
-        let mut waiting = self.replies.register(&message.id);
+        let link = self.inner.link();
+        let mut waiting = self.inner.replies.register(&message.id);
         let request = Request {
             destination: message.destination.clone(),
             reply_to: Subject::from(format!("{}.{}", link.inbox, message.id)),
@@ -212,26 +211,26 @@ impl Nats {
 
     /// Replies that arrived after their request had given up.
     pub fn late_replies(&self) -> u64 {
-        self.replies.late()
+        self.inner.replies.late()
     }
 
     pub fn is_connected(&self) -> bool {
-        self.link().is_up()
+        self.inner.link().is_up()
     }
 
     pub fn connect_attempts(&self) -> u64 {
-        self.reconnects.attempts()
+        self.inner.reconnects.attempts()
     }
 
     /// `host:port` (and name) of the server the client is on, while connected.
     pub fn node(&self) -> Option<String> {
-        let link = self.link();
+        let link = self.inner.link();
         link.is_up().then(|| node(&link.client))
     }
 
     pub async fn close(&self) {
-        self.closing.store(true, Relaxed);
-        if let Err(error) = self.link().client.flush().await {
+        self.inner.closing.store(true, Relaxed);
+        if let Err(error) = self.inner.link().client.flush().await {
             tracing::warn!(%error, "NATS flush at close failed");
         }
     }
@@ -244,7 +243,7 @@ impl Nats {
         answer: Answer,
         ready: Ready,
     ) -> Result<(), BusError> {
-        let link = self.link();
+        let link = self.inner.link();
         let mut subscriptions = Vec::new();
         for subject in destinations {
             let subscription = link
@@ -276,7 +275,14 @@ impl Nats {
     }
 }
 
-impl Link {
+impl NatsInner {
+    /// The link in use.
+    fn link(&self) -> Arc<NatsLink> {
+        self.link.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+impl NatsLink {
     /// A link on `client`: its reply inbox read by [`dispatch_replies`] (the returned task,
     /// which ends when the connection task is gone: the inbox subscription ends with it) and
     /// its request writer.
@@ -284,7 +290,7 @@ impl Link {
         client: Client,
         jetstream: bool,
         replies: &Arc<Replies<Result<Bytes, BusError>>>,
-    ) -> Result<(Link, JoinHandle<()>), BusError> {
+    ) -> Result<(NatsLink, JoinHandle<()>), BusError> {
         let probe = format!("_HOOKBUS.confirm.{}", client.new_inbox().trim_start_matches("_INBOX."));
         let inbox = client.new_inbox();
         let subscription = client
@@ -295,7 +301,7 @@ impl Link {
         let (requests, queued) = mpsc::unbounded_channel();
         tokio::spawn(write_requests(client.clone(), queued, Arc::downgrade(replies)));
         let jetstream = jetstream.then(|| jetstream::new(client.clone()));
-        Ok((Link { client, jetstream, probe, inbox, requests, alive: AtomicBool::new(true) }, ended))
+        Ok((NatsLink { client, jetstream, probe, inbox, requests, alive: AtomicBool::new(true) }, ended))
     }
 
     /// Connected, with its connection task alive.
@@ -319,7 +325,7 @@ impl Link {
             match sent {
                 Ok(()) => results.push(Ok(())),
                 Err(error) if error.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                    results.push(Err(BusError::rejected("NATS publish", Refusal::TooLarge, error)));
+                    results.push(Err(BusError::undeliverable("NATS publish", Refusal::TooLarge, error)));
                 }
                 Err(error) => {
                     results.resize(batch.len(), Err(BusError::unavailable("NATS publish", error)));
@@ -397,7 +403,7 @@ impl Link {
             .zip(batch)
             .map(|(acked, message)| {
                 acked.map_err(|(what, error)| match covered.get(message.destination.as_str()) {
-                    Some(false) => BusError::rejected(what, Refusal::NoStream, error),
+                    Some(false) => BusError::undeliverable(what, Refusal::NoStream, error),
                     _ => jetstream_error(what, error),
                 })
             })
@@ -405,47 +411,37 @@ impl Link {
     }
 }
 
-/// What [`supervise`] holds of a [`Nats`]: nothing that keeps it alive.
-struct Watched {
-    link: Weak<RwLock<Arc<Link>>>,
-    replies: Weak<Replies<Result<Bytes, BusError>>>,
-    reconnects: Arc<Reconnects>,
-    closing: Arc<AtomicBool>,
-    replaced: Arc<AtomicU64>,
-}
-
 /// Replaces the link whenever its connection task is gone (`ended` returns): the old one is
 /// marked dead at once (`is_connected` false, so `/readyz` and `hookbus_bus_connected` say
 /// so and the outbox waits), the requests waiting on it fall back at once, and a new client
 /// connects in the background. Ends with the [`Nats`] or at `close`.
-async fn supervise(watched: Watched, mut ended: JoinHandle<()>, options: NatsOptions, servers: Vec<ServerAddr>) {
+async fn supervise(inner: Weak<NatsInner>, mut ended: JoinHandle<()>) {
     loop {
         let _ = (&mut ended).await;
-        let (Some(link), Some(replies)) = (watched.link.upgrade(), watched.replies.upgrade()) else { return };
-        if watched.closing.load(Relaxed) {
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closing.load(Relaxed) {
             return;
         }
-        let old = link.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        old.alive.store(false, Relaxed);
-        replies.abandon_all();
+        inner.link().alive.store(false, Relaxed);
+        inner.replies.abandon_all();
         tracing::error!("NATS connection task is gone (a failure inside the client); starting a new client");
         ended = loop {
             let current = Arc::new(std::sync::OnceLock::new());
-            let connected = client_options(&options, &watched.reconnects, &current)
+            let connected = client_options(&inner.options, &inner.reconnects, &current)
                 .retry_on_initial_connect()
-                .connect(servers.clone())
+                .connect(inner.servers.clone())
                 .await;
             let started = match connected {
                 Ok(client) => {
                     let _ = current.set(client.clone());
-                    Link::start(client, options.jetstream, &replies).await
+                    NatsLink::start(client, inner.options.jetstream, &inner.replies).await
                 }
                 Err(error) => Err(BusError::unavailable("NATS client", error)),
             };
             match started {
                 Ok((new, new_ended)) => {
-                    *link.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(new);
-                    watched.replaced.fetch_add(1, Relaxed);
+                    *inner.link.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(new);
+                    inner.replaced.fetch_add(1, Relaxed);
                     break new_ended;
                 }
                 Err(error) => {
@@ -675,7 +671,7 @@ fn jetstream_error(what: &str, error: jetstream::context::PublishError) -> BusEr
     let too_large =
         matches!(code, Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM));
     if error.kind() == PublishErrorKind::MaxPayloadExceeded || too_large {
-        BusError::rejected(what, Refusal::TooLarge, error)
+        BusError::undeliverable(what, Refusal::TooLarge, error)
     } else {
         BusError::unavailable(what, error)
     }

@@ -14,7 +14,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{BusError, Message};
+use super::error::BusError;
+use super::message::Message;
 
 /// Text to write, and where to say how it went (handing the buffer back for reuse).
 type Pending = (Vec<u8>, oneshot::Sender<(std::io::Result<()>, Vec<u8>)>);

@@ -168,7 +168,7 @@ impl Verdict {
     fn of(result: &Result<(), BusError>, tries: &Tries, others_confirmed: bool, after: Option<u32>) -> Verdict {
         let dead = match result {
             Ok(()) | Err(BusError::Unroutable(_)) => return Verdict::Settled,
-            Err(BusError::Rejected { .. }) => true,
+            Err(BusError::Undeliverable { .. }) => true,
             Err(BusError::Nacked(_)) if tries.nacks >= NACKS && others_confirmed => true,
             Err(_) => after.is_some_and(|after| tries.attempts >= after),
         };
@@ -214,7 +214,8 @@ mod tests {
     #[test]
     fn refusals_are_dead_letters_and_other_failures_retries() {
         let tries = |attempts, nacks| Tries { attempts, nacks };
-        let rejected = Err(BusError::Rejected { what: "too large".into(), reason: Refusal::TooLarge, cause: None });
+        let rejected =
+            Err(BusError::Undeliverable { what: "too large".into(), reason: Refusal::TooLarge, cause: None });
         let nacked = Err(BusError::Nacked("q".into()));
         let away = Err(BusError::unavailable_because("away"));
         assert_eq!(Verdict::of(&Ok(()), &tries(1, 0), false, None), Verdict::Settled);
@@ -243,7 +244,7 @@ mod tests {
         let policy = DeadLetterPolicy { after: None, notices: Some(Arc::new(Current::new(Apps::single(app)))) };
         let event = Message::new("p.q", "Live.X", None, Origin::default(), Bytes::from("{}"));
         let audit = event.follow_up("hookbus.decision", "p.q.audit.Live.CallbackBeforeSendGift".into(), Bytes::new());
-        let error = BusError::Rejected { what: "refused".into(), reason: Refusal::NoStream, cause: None };
+        let error = BusError::Undeliverable { what: "refused".into(), reason: Refusal::NoStream, cause: None };
         for message in [event, audit] {
             let notice = policy.notice(&DeadLetter::new(message, &error, 1, SystemTime::now())).unwrap();
             assert_eq!(notice.destination, "p.q.deadletter");
