@@ -118,7 +118,7 @@ impl DeadLetter {
         };
         let notice = Notice {
             id: &message.id,
-            command: &message.command,
+            command: &message.event_type,
             destination: &message.destination,
             reason: self.reason.label(),
             error: &self.error,

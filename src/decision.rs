@@ -264,7 +264,7 @@ impl Decided {
         };
         let audit = Audit {
             id: &request.id,
-            command: &request.command,
+            command: &request.event_type,
             outcome: self.outcome.label(),
             rule: self.rule.as_deref(),
             code: self.code,
@@ -273,7 +273,7 @@ impl Decided {
             body,
         };
         let payload = Bytes::from(serde_json::to_vec(&audit).expect("an audit event serialises"));
-        request.follow_up(AUDIT_TYPE, format!("{prefix}.audit.{}", request.command), payload)
+        request.follow_up(AUDIT_TYPE, format!("{prefix}.audit.{}", request.event_type), payload)
     }
 }
 
@@ -291,7 +291,7 @@ impl Decisions {
     /// Decides `message`: by a rule that always applies, else by a responder over the bus, else
     /// by a fallback rule or the fallback. Never fails: every problem becomes a fallback.
     pub async fn decide(&self, bus: &Bus, kind: Kind, mut message: Message, fallbacks: &Fallbacks) -> Decided {
-        let (command, payload) = (message.command.clone(), message.payload.clone());
+        let (command, payload) = (message.event_type.clone(), message.payload.clone());
         // The body is parsed for the rules only when the command has any.
         let body =
             |when| self.rules.has(&command, when).then(|| serde_json::from_slice::<serde_json::Value>(&payload).ok());
@@ -304,7 +304,7 @@ impl Decisions {
         let outcome = if bus.is_connected() {
             // Counted from the callback's arrival: time it spent waiting for the gateway (a
             // burst on a busy core) is time Tencent is waiting too.
-            let deadline = message.time + self.timeout;
+            let deadline = message.accepted + self.timeout;
             message.ask(deadline.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
             let left = deadline.duration_since(SystemTime::now()).unwrap_or_default();
             match tokio::time::timeout(left, bus.request(&message)).await {

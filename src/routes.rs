@@ -384,7 +384,7 @@ async fn decide(
     app: &apps::App,
 ) -> (Context, Bytes, String) {
     let (started, decision_start) = (Instant::now(), SystemTime::now());
-    let (command, id) = (message.command.clone(), message.id.clone());
+    let (command, id) = (message.event_type.clone(), message.id.clone());
     let request = shared.audit.then(|| message.clone());
     let decided = shared.decisions.decide(&shared.bus, kind, message, &app.fallbacks).await;
     let elapsed = started.elapsed();
@@ -413,7 +413,7 @@ async fn decide(
 /// Puts an informational event into the outbox: once this returns, it will be delivered.
 /// Gives back the trace context it travels with.
 pub async fn enqueue(shared: &Shared, message: Message, receive: Receive) -> Result<Context, Refusal> {
-    let (command, id) = (message.command.clone(), message.id.clone());
+    let (command, id) = (message.event_type.clone(), message.id.clone());
     shared.outbox.push(message).await?;
     Ok(receive.end(&command, &id))
 }

@@ -573,7 +573,7 @@ pub(crate) fn put_message(body: &mut Vec<u8>, message: &Message) {
     body.extend_from_slice(&millis(message.time).to_le_bytes());
     for field in [
         &message.id,
-        &message.command,
+        &message.event_type,
         &message.destination,
         &message.sdk_app_id,
         &message.client_ip,

@@ -73,7 +73,7 @@ fn selected(dir: &Path, select: &Select) -> anyhow::Result<Vec<(Message, Option<
         spool::inspect(dir)?.events.into_iter().map(|message| (message, None)).collect()
     };
     let wanted = |message: &Message| {
-        select.command.as_ref().is_none_or(|command| *command == message.command)
+        select.command.as_ref().is_none_or(|command| *command == message.event_type)
             && select.room.as_ref().is_none_or(|room| Some(room) == message.key.as_ref())
             && select.since.is_none_or(|since| message.time >= since)
     };
@@ -85,7 +85,7 @@ fn text_line(message: &Message, letter: Option<&DeadLetter>) -> String {
         "{}  {}  {}  room={}  {}B",
         message.id,
         message.time_text,
-        message.command,
+        message.event_type,
         message.key.as_deref().unwrap_or("-"),
         message.payload.len()
     );
@@ -99,7 +99,7 @@ fn json_line(message: &Message, letter: Option<&DeadLetter>) -> String {
     let mut line = json!({
         "id": message.id,
         "time": message.time_text,
-        "type": message.command,
+        "type": message.event_type,
         "destination": message.destination,
         "room": message.key,
         "bytes": message.payload.len(),

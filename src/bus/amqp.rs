@@ -498,7 +498,7 @@ fn request_properties(message: &Message) -> BasicProperties {
         .with_content_type("application/json".into())
         .with_message_id(message.id.as_str().into())
         .with_timestamp(seconds)
-        .with_type(message.command.as_str().into())
+        .with_type(message.event_type.as_str().into())
         .with_headers(headers)
 }
 

@@ -15,9 +15,10 @@ pub struct Message {
     /// CloudEvents `id`: a UUIDv7, or one its callback determines ([`derived_id`]: signed Live
     /// and Chat callbacks, TRTC); the same on every retry.
     pub id: String,
-    /// CloudEvents `type`: the CallbackCommand, or `trtc.{EventGroupId}.{EventType}`.
-    pub command: String,
-    /// Kafka topic, NATS subject, AMQP routing key: `{prefix}.{command}` for an event,
+    /// CloudEvents `type`: the CallbackCommand, `trtc.{EventGroupId}.{EventType}`, a
+    /// `css.` name, or `hookbus.decision` / `hookbus.deadletter` for the gateway's own events.
+    pub event_type: String,
+    /// Kafka topic, NATS subject, AMQP routing key: `{prefix}.{event_type}` for an event,
     /// [`request_destination`] for a decision request.
     pub destination: String,
     /// The room, when the body names one, exactly as it came: the Kafka key, and (cut to
@@ -57,24 +58,24 @@ pub struct Origin {
 }
 
 impl Message {
-    /// A new event received now, with a fresh id, destined for `{prefix}.{command}`.
-    pub fn new(prefix: &str, command: &str, key: Option<String>, origin: Origin, payload: Bytes) -> Message {
+    /// A new event received now, with a fresh id, destined for `{prefix}.{event_type}`.
+    pub fn new(prefix: &str, event_type: &str, key: Option<String>, origin: Origin, payload: Bytes) -> Message {
         let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned();
-        Message::identified(id, prefix, command, key, origin, payload)
+        Message::identified(id, prefix, event_type, key, origin, payload)
     }
 
     /// A new event received now with the id `id` (one its callback determines), destined for
-    /// `{prefix}.{command}`.
+    /// `{prefix}.{event_type}`.
     pub fn identified(
         id: String,
         prefix: &str,
-        command: &str,
+        event_type: &str,
         key: Option<String>,
         origin: Origin,
         payload: Bytes,
     ) -> Message {
-        let destination = [prefix, ".", command].concat();
-        Message::restore(id, SystemTime::now(), command.to_owned(), destination, key, origin, payload)
+        let destination = [prefix, ".", event_type].concat();
+        Message::restore(id, SystemTime::now(), event_type.to_owned(), destination, key, origin, payload)
     }
 
     /// An event from its recorded fields (a new one, or one read back from the spool); the
@@ -82,7 +83,7 @@ impl Message {
     pub fn restore(
         id: String,
         time: SystemTime,
-        command: String,
+        event_type: String,
         destination: String,
         key: Option<String>,
         origin: Origin,
@@ -97,7 +98,7 @@ impl Message {
             trace,
             tracestate,
             id,
-            command,
+            event_type,
             destination,
             key,
             time,
@@ -122,8 +123,8 @@ impl Message {
     /// Makes this callback a decision request whose reply is useful until `deadline_ms` (Unix
     /// milliseconds): sent to [`request_destination`], apart from every event.
     pub fn ask(&mut self, deadline_ms: u64) {
-        let prefix = self.destination.strip_suffix(&self.command).and_then(|prefix| prefix.strip_suffix('.'));
-        self.destination = request_destination(prefix.unwrap_or_default(), &self.command);
+        let prefix = self.destination.strip_suffix(&self.event_type).and_then(|prefix| prefix.strip_suffix('.'));
+        self.destination = request_destination(prefix.unwrap_or_default(), &self.event_type);
         self.deadline_ms = Some(deadline_ms);
     }
 
@@ -156,7 +157,7 @@ impl Message {
     ) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
         [
             Some(Cow::Borrowed(self.id.as_str())),
-            Some(Cow::Borrowed(self.command.as_str())),
+            Some(Cow::Borrowed(self.event_type.as_str())),
             Some(Cow::Borrowed(self.source.as_str())),
             Some(Cow::Borrowed("1.0")),
             Some(Cow::Borrowed(self.time_text.as_str())),
@@ -178,7 +179,7 @@ impl Message {
     pub fn footprint(&self) -> usize {
         let attributes = [
             &self.id,
-            &self.command,
+            &self.event_type,
             &self.destination,
             &self.time_text,
             &self.sdk_app_id,

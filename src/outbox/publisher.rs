@@ -32,7 +32,7 @@ impl DeadLetterPolicy {
     /// The notice of `letter` to publish: none without notices, and none of a notice.
     fn notice(&self, letter: &DeadLetter) -> Option<Message> {
         let apps = self.notices.as_ref()?.get();
-        if letter.message.command == NOTICE_TYPE {
+        if letter.message.event_type == NOTICE_TYPE {
             return None;
         }
         // An app no longer listed (a reload since) is the default prefix's.
