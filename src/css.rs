@@ -33,7 +33,7 @@ pub enum Clock {
 /// (`css.{name}`), what it says, the body field that holds when it happened (if one does) and
 /// the page of cloud.tencent.com / tencentcloud.com (`document/product/…`) that documents it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Documented {
+pub struct CssType {
     pub event_type: u64,
     pub name: &'static str,
     pub summary: &'static str,
@@ -47,13 +47,13 @@ const fn documented(
     summary: &'static str,
     time: Option<(&'static str, Clock)>,
     page: &'static str,
-) -> Documented {
-    Documented { event_type, name, summary, time, page }
+) -> CssType {
+    CssType { event_type, name, summary, time, page }
 }
 
 /// Every event type of Tencent's CSS callback pages (index: cloud.tencent.com 267/47024), in the
 /// README's order.
-pub const DOCUMENTED: [Documented; 12] = [
+pub const DOCUMENTED: [CssType; 12] = [
     documented(1, "push.started", "a stream push started", Some(("event_time", Clock::Seconds)), "267/38081"),
     documented(0, "push.interrupted", "a stream push stopped", Some(("event_time", Clock::Seconds)), "267/38081"),
     documented(
@@ -104,7 +104,7 @@ pub const DOCUMENTED: [Documented; 12] = [
     documented(349, "ai.highlight", "AI highlight clips of the stream were made", None, "267/74672"),
 ];
 
-impl Documented {
+impl CssType {
     /// The CloudEvents `type` of this event type, and its destination after the prefix.
     pub fn command(&self) -> String {
         ["css.", self.name].concat()
@@ -112,14 +112,14 @@ impl Documented {
 }
 
 /// The documented event type `event_type`, if Tencent documents it.
-pub fn documented_type(event_type: u64) -> Option<&'static Documented> {
+pub fn documented_type(event_type: u64) -> Option<&'static CssType> {
     DOCUMENTED.iter().find(|documented| documented.event_type == event_type)
 }
 
 /// `css.{name}` for a documented event type, `css.{event_type}` for any other: the CloudEvents
 /// `type`, and the destination after the prefix.
 pub fn command(event_type: u64) -> String {
-    documented_type(event_type).map_or_else(|| format!("css.{event_type}"), Documented::command)
+    documented_type(event_type).map_or_else(|| format!("css.{event_type}"), CssType::command)
 }
 
 /// Whether a request on the callback path speaks CSS: its query has none of the Live and Chat
@@ -178,9 +178,9 @@ fn digest(key: &str, t: &str) -> [u8; 16] {
 
 /// Why a body is not a CSS event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotEvent;
+pub struct NotCss;
 
-impl NotEvent {
+impl NotCss {
     pub const LABEL: &'static str = "css_event_invalid";
     pub const REASON: &'static str =
         "event_type must be a non-negative integer; appid and t, when present, non-negative integers, sign a string";
@@ -188,7 +188,7 @@ impl NotEvent {
 
 /// What the gateway reads of a CSS body (already checked to be a JSON object within the limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct CssEvent {
     pub event_type: u64,
     /// `appid`: the Tencent Cloud account's APPID (not a Live SdkAppid), as decimal text.
     pub appid: Option<String>,
@@ -197,24 +197,24 @@ pub struct Event {
     sign: Option<String>,
     /// The stream: `stream_id`, else `streamId` (image moderation), when the body names one.
     pub stream: Option<String>,
-    /// When it happened, from the event's own time field (see [`Documented::time`]).
+    /// When it happened, from the event's own time field (see [`CssType::time`]).
     pub time: Option<SystemTime>,
     /// SHA-256 of the canonical text of the body without `t` and `sign`.
     digest: [u8; 32],
 }
 
-impl Event {
+impl CssEvent {
     /// Reads the event of `body`. Its identity is every field but `t` and `sign`, which
     /// Tencent makes anew for each copy it sends; the body counts by its canonical text
     /// (`crate::canonical`: members sorted, a repeated one by its last value, no whitespace,
     /// fewest escapes, numbers by value), not by its bytes.
-    pub fn parse(body: &[u8]) -> Result<Event, NotEvent> {
-        let mut fields: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|_| NotEvent)?;
+    pub fn parse(body: &[u8]) -> Result<CssEvent, NotCss> {
+        let mut fields: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|_| NotCss)?;
         let integer = |raw: &RawValue| serde_json::from_str::<u64>(raw.get()).ok();
-        let event_type = fields.get("event_type").and_then(|raw| integer(raw)).ok_or(NotEvent)?;
+        let event_type = fields.get("event_type").and_then(|raw| integer(raw)).ok_or(NotCss)?;
         let appid = match fields.get("appid") {
             None => None,
-            Some(raw) => Some(integer(raw).ok_or(NotEvent)?.to_string()),
+            Some(raw) => Some(integer(raw).ok_or(NotCss)?.to_string()),
         };
         // `t` is an integer on today's pages and a string on the oldest one: either, as digits.
         let t = match fields.remove("t") {
@@ -222,16 +222,16 @@ impl Event {
             Some(raw) => {
                 let text = match serde_json::from_str::<String>(raw.get()) {
                     Ok(text) => text,
-                    Err(_) => integer(raw).ok_or(NotEvent)?.to_string(),
+                    Err(_) => integer(raw).ok_or(NotCss)?.to_string(),
                 };
                 // Digits only: `+5` parses as a number but is not how Tencent writes one.
                 let value = text.parse::<u64>().ok().filter(|_| text.bytes().all(|b| b.is_ascii_digit()));
-                Some((text.clone(), value.ok_or(NotEvent)?))
+                Some((text.clone(), value.ok_or(NotCss)?))
             }
         };
         let sign = match fields.remove("sign") {
             None => None,
-            Some(raw) => Some(serde_json::from_str::<String>(raw.get()).map_err(|_| NotEvent)?),
+            Some(raw) => Some(serde_json::from_str::<String>(raw.get()).map_err(|_| NotCss)?),
         };
         let text = |name: &str| -> Option<String> {
             let raw = fields.get(name)?;
@@ -256,7 +256,7 @@ impl Event {
         // The surface's name first: no CSS body hashes as a TRTC one, whose app comes first.
         hasher.update(b"css\0");
         hasher.update(&canonical);
-        Ok(Event { event_type, appid, t, sign, stream, time, digest: hasher.finalize().into() })
+        Ok(CssEvent { event_type, appid, t, sign, stream, time, digest: hasher.finalize().into() })
     }
 
     /// `css.{name}`, or `css.{event_type}` for a type Tencent does not document.
@@ -320,7 +320,7 @@ mod tests {
     const PUSH: &str = r#"{"app":"test.domain.com","appid":12345678,"appname":"live","channel_id":"test_stream","errcode":0,"errmsg":"ok","event_time":1703731478,"event_type":1,"height":0,"idc_id":34,"node":"42.81.194.37","sequence":"2210464508206756938","set_id":2,"stream_id":"test_stream","stream_param":"stream_param=test","t":1703732078,"user_ip":"1.1.1.1","width":0}"#;
 
     fn signed(body: &str, key: &str) -> String {
-        let event = Event::parse(body.as_bytes()).unwrap();
+        let event = CssEvent::parse(body.as_bytes()).unwrap();
         let t = event.t.unwrap().0;
         body.replacen('{', &format!(r#"{{"sign":"{}","#, sign(key, &t)), 1)
     }
@@ -353,35 +353,39 @@ mod tests {
     #[test]
     fn verify_finds_the_key_that_signed_t() {
         let body = signed(PUSH, "key-b");
-        let event = Event::parse(body.as_bytes()).unwrap();
+        let event = CssEvent::parse(body.as_bytes()).unwrap();
         assert!(event.is_signed());
         assert_eq!(event.verify(["key-a", "key-b"]), Ok(1));
         assert_eq!(event.verify(["key-a"]), Err(BodySignError::Mismatch));
         assert_eq!(event.verify([] as [&str; 0]), Err(BodySignError::Mismatch));
         let upper = body.replace(&sign("key-b", "1703732078"), &sign("key-b", "1703732078").to_uppercase());
-        assert_eq!(Event::parse(upper.as_bytes()).unwrap().verify(["key-b"]), Ok(0), "hex in any case");
+        assert_eq!(CssEvent::parse(upper.as_bytes()).unwrap().verify(["key-b"]), Ok(0), "hex in any case");
         let other_t = body.replace("\"t\":1703732078", "\"t\":1703732079");
-        assert_eq!(Event::parse(other_t.as_bytes()).unwrap().verify(["key-b"]), Err(BodySignError::Mismatch));
+        assert_eq!(CssEvent::parse(other_t.as_bytes()).unwrap().verify(["key-b"]), Err(BodySignError::Mismatch));
         let as_text = body.replace("\"t\":1703732078", "\"t\":\"1703732078\"");
-        assert_eq!(Event::parse(as_text.as_bytes()).unwrap().verify(["key-b"]), Ok(0), "t as a string");
+        assert_eq!(CssEvent::parse(as_text.as_bytes()).unwrap().verify(["key-b"]), Ok(0), "t as a string");
         for bad in ["", "xyz", "00"] {
             let bad = body.replace(&sign("key-b", "1703732078"), bad);
-            assert_eq!(Event::parse(bad.as_bytes()).unwrap().verify(["key-b"]), Err(BodySignError::Mismatch), "{bad}");
+            assert_eq!(
+                CssEvent::parse(bad.as_bytes()).unwrap().verify(["key-b"]),
+                Err(BodySignError::Mismatch),
+                "{bad}"
+            );
         }
-        let unsigned = Event::parse(PUSH.as_bytes()).unwrap();
+        let unsigned = CssEvent::parse(PUSH.as_bytes()).unwrap();
         assert!(!unsigned.is_signed());
         assert_eq!(unsigned.verify(["key-b"]), Err(BodySignError::Missing));
         let trtc = crate::trtc::sign("key-b", b"1703732078");
         let as_trtc = body.replace(&sign("key-b", "1703732078"), &trtc);
-        assert_eq!(Event::parse(as_trtc.as_bytes()).unwrap().verify(["key-b"]), Err(BodySignError::Mismatch));
+        assert_eq!(CssEvent::parse(as_trtc.as_bytes()).unwrap().verify(["key-b"]), Err(BodySignError::Mismatch));
         let live = crate::tencent::sign("key-b", "1703732078");
         let as_live = body.replace(&sign("key-b", "1703732078"), &live);
-        assert_eq!(Event::parse(as_live.as_bytes()).unwrap().verify(["key-b"]), Err(BodySignError::Mismatch));
+        assert_eq!(CssEvent::parse(as_live.as_bytes()).unwrap().verify(["key-b"]), Err(BodySignError::Mismatch));
     }
 
     #[test]
     fn t_is_an_expiry() {
-        let event = Event::parse(signed(PUSH, "k").as_bytes()).unwrap();
+        let event = CssEvent::parse(signed(PUSH, "k").as_bytes()).unwrap();
         let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         let (t, skew, window) = (1703732078, Duration::from_secs(60), RETRY_WINDOW.as_secs());
         assert_eq!(event.expires(at(t - 600), skew), Ok(t - 600 + window + 60), "the retries outlast t");
@@ -393,20 +397,20 @@ mod tests {
 
     #[test]
     fn the_event_names_its_type_app_stream_and_time() {
-        let event = Event::parse(PUSH.as_bytes()).unwrap();
+        let event = CssEvent::parse(PUSH.as_bytes()).unwrap();
         assert_eq!((event.event_type, event.command()), (1, "css.push.started".to_owned()));
         assert_eq!((event.appid.as_deref(), event.stream.as_deref()), (Some("12345678"), Some("test_stream")));
         assert_eq!(event.time, Some(UNIX_EPOCH + Duration::from_secs(1703731478)));
         let moderation = r#"{"event_type":317,"streamId":"s1","screenshotTime":1575513174,"appid":10000}"#;
-        let moderation = Event::parse(moderation.as_bytes()).unwrap();
+        let moderation = CssEvent::parse(moderation.as_bytes()).unwrap();
         assert_eq!((moderation.command().as_str(), moderation.stream.as_deref()), ("css.moderation.image", Some("s1")));
         assert_eq!(moderation.time, Some(UNIX_EPOCH + Duration::from_secs(1575513174)));
-        let error = Event::parse(br#"{"event_type":321,"data_time":1670588074971,"stream_id":""}"#).unwrap();
+        let error = CssEvent::parse(br#"{"event_type":321,"data_time":1670588074971,"stream_id":""}"#).unwrap();
         assert_eq!(error.time, Some(UNIX_EPOCH + Duration::from_millis(1670588074971)));
         assert_eq!((error.stream, error.appid), (None, None));
-        let unknown = Event::parse(br#"{"event_type":329,"event_time":1}"#).unwrap();
+        let unknown = CssEvent::parse(br#"{"event_type":329,"event_time":1}"#).unwrap();
         assert_eq!((unknown.command().as_str(), unknown.time), ("css.329", None));
-        assert_eq!(Event::parse(br#"{"event_type":0,"event_time":"x"}"#).unwrap().time, None, "no time: received");
+        assert_eq!(CssEvent::parse(br#"{"event_type":0,"event_time":"x"}"#).unwrap().time, None, "no time: received");
         for bad in [
             &br#"{"appid":1}"#[..],
             br#"{"event_type":"1"}"#,
@@ -418,7 +422,7 @@ mod tests {
             br#"{"event_type":1,"sign":5}"#,
             b"[]",
         ] {
-            assert_eq!(Event::parse(bad), Err(NotEvent), "{}", String::from_utf8_lossy(bad));
+            assert_eq!(CssEvent::parse(bad), Err(NotCss), "{}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -446,23 +450,23 @@ mod tests {
 
     #[test]
     fn every_copy_is_the_same_event_and_another_event_is_not() {
-        let first = Event::parse(signed(PUSH, "k").as_bytes()).unwrap();
+        let first = CssEvent::parse(signed(PUSH, "k").as_bytes()).unwrap();
         let id = first.id();
         let uuid = uuid::Uuid::parse_str(&id).unwrap();
         assert_eq!(uuid.get_version_num(), 8);
         assert_eq!(uuid.as_bytes()[..6], 1703731478000u64.to_be_bytes()[2..], "its own time first");
         let retry = signed(&PUSH.replace("1703732078", "1703732138"), "k");
-        let retry = Event::parse(retry.as_bytes()).unwrap();
+        let retry = CssEvent::parse(retry.as_bytes()).unwrap();
         assert_eq!((retry.id(), retry.fingerprint()), (id.clone(), first.fingerprint()), "new t and sign");
         let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(PUSH).unwrap()).unwrap();
-        assert_eq!(Event::parse(pretty.as_bytes()).unwrap().id(), id, "serialised anew");
-        assert_eq!(Event::parse(PUSH.replace("\"t\":1703732078,", "").as_bytes()).unwrap().id(), id, "unsigned");
+        assert_eq!(CssEvent::parse(pretty.as_bytes()).unwrap().id(), id, "serialised anew");
+        assert_eq!(CssEvent::parse(PUSH.replace("\"t\":1703732078,", "").as_bytes()).unwrap().id(), id, "unsigned");
         for other in [
             PUSH.replace("\"event_type\":1", "\"event_type\":0"),
             PUSH.replace("2210464508206756938", "2210464508206756939"),
             PUSH.replace("12345678", "12345679"),
         ] {
-            let other = Event::parse(other.as_bytes()).unwrap();
+            let other = CssEvent::parse(other.as_bytes()).unwrap();
             assert_ne!(other.id(), id);
             assert_ne!(other.fingerprint(), first.fingerprint());
         }
@@ -471,7 +475,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn parsing_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            let _ = Event::parse(&bytes);
+            let _ = CssEvent::parse(&bytes);
         }
 
         /// Whatever else the body holds, sending it again with another `t` and `sign` is the
@@ -491,11 +495,11 @@ mod tests {
                 fields.insert("sign".into(), sign("k", &t.to_string()).into());
                 serde_json::to_vec(&fields).unwrap()
             };
-            let first = Event::parse(&body(&fields, t)).unwrap();
-            let retry = Event::parse(&body(&fields, t + later)).unwrap();
+            let first = CssEvent::parse(&body(&fields, t)).unwrap();
+            let retry = CssEvent::parse(&body(&fields, t + later)).unwrap();
             proptest::prop_assert_eq!(first.id(), retry.id());
             fields.insert("event_type".into(), 0.into());
-            proptest::prop_assert_ne!(Event::parse(&body(&fields, t)).unwrap().id(), first.id());
+            proptest::prop_assert_ne!(CssEvent::parse(&body(&fields, t)).unwrap().id(), first.id());
         }
     }
 }

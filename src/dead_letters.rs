@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bus::{BusError, Message, Refusal};
+use crate::bus::{BrokerRefusal, BusError, Message};
 use crate::logs;
 use crate::spool::{self, field, frame, millis, put, take};
 
@@ -27,7 +27,7 @@ pub const NOTICE_TYPE: &str = "hookbus.deadletter";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// The broker refused it for good.
-    Refused(Refusal),
+    Refused(BrokerRefusal),
     /// The broker nacked it again and again while it confirmed others of its batch.
     Nacked,
     /// Still unconfirmed after `--dead-letter-after` attempts.
@@ -56,7 +56,8 @@ impl Reason {
 
     /// The reason a label names.
     fn parse(label: &str) -> Option<Reason> {
-        let refusals = [Refusal::TooLarge, Refusal::Invalid, Refusal::NotAuthorized, Refusal::NoStream];
+        let refusals =
+            [BrokerRefusal::TooLarge, BrokerRefusal::Invalid, BrokerRefusal::NotAuthorized, BrokerRefusal::NoStream];
         let mut reasons = refusals.into_iter().map(Reason::Refused).chain([Reason::Nacked, Reason::Attempts]);
         reasons.find(|reason| reason.label() == label)
     }
@@ -113,7 +114,7 @@ impl DeadLetter {
         }
         let message = &self.message;
         let body = match self.reason {
-            Reason::Refused(Refusal::TooLarge) => None,
+            Reason::Refused(BrokerRefusal::TooLarge) => None,
             _ => serde_json::from_slice(&message.payload).ok(),
         };
         let notice = Notice {
@@ -316,7 +317,8 @@ mod tests {
 
     fn letter(n: usize) -> DeadLetter {
         let message = Message::new("t", "Live.X", Some(format!("room-{n}")), Origin::default(), Bytes::from("{}"));
-        let error = BusError::Undeliverable { what: format!("too large {n}"), reason: Refusal::TooLarge, cause: None };
+        let error =
+            BusError::Undeliverable { what: format!("too large {n}"), reason: BrokerRefusal::TooLarge, cause: None };
         DeadLetter::new(message, &error, 1, SystemTime::now())
     }
 

@@ -150,9 +150,9 @@ mod tests {
         let listed: Vec<&str> = super::samples::TRTC.iter().map(|(command, _)| *command).collect();
         assert_eq!(named, listed);
         for (command, body) in super::samples::TRTC {
-            let event = crate::trtc::Event::parse("1400000000", body).expect("a TRTC event");
+            let event = crate::trtc::TrtcEvent::parse("1400000000", body).expect("a TRTC event");
             assert_eq!(event.command(), *command);
-            let stamped = crate::trtc::Event::parse("1400000000", &super::trtc_now(body)).expect("still one");
+            let stamped = crate::trtc::TrtcEvent::parse("1400000000", &super::trtc_now(body)).expect("still one");
             assert_eq!(stamped.id(), event.id(), "sent again: the same event");
         }
     }
@@ -166,10 +166,10 @@ mod tests {
         let listed: Vec<&str> = super::samples::CSS.iter().map(|(command, _)| *command).collect();
         assert_eq!(named, listed);
         for (command, body) in super::samples::CSS {
-            let event = crate::css::Event::parse(body).expect("a CSS event");
+            let event = crate::css::CssEvent::parse(body).expect("a CSS event");
             assert_eq!(event.command(), *command);
             let now = super::css_now(body, Some("k"));
-            let sent = crate::css::Event::parse(&now).expect("still one");
+            let sent = crate::css::CssEvent::parse(&now).expect("still one");
             assert_eq!(sent.id(), event.id(), "{command}: sent now, the same event");
             if *command == "css.relay.task" {
                 assert_eq!(now, body.to_vec(), "Tencent does not sign relay callbacks");

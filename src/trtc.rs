@@ -29,19 +29,19 @@ pub const RETRY_WINDOW: Duration = Duration::from_secs(70);
 
 /// A TRTC event type Tencent documents, with the readable name the README's table gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Documented {
+pub struct TrtcType {
     pub group: u64,
     pub kind: u64,
     pub alias: &'static str,
     pub summary: &'static str,
 }
 
-const fn documented(group: u64, kind: u64, alias: &'static str, summary: &'static str) -> Documented {
-    Documented { group, kind, alias, summary }
+const fn documented(group: u64, kind: u64, alias: &'static str, summary: &'static str) -> TrtcType {
+    TrtcType { group, kind, alias, summary }
 }
 
 /// The room (1) and media (2) event groups of trtc.io/document/39558, every type of each.
-pub const DOCUMENTED: [Documented; 11] = [
+pub const DOCUMENTED: [TrtcType; 11] = [
     documented(1, 101, "room.created", "a room was created"),
     documented(1, 102, "room.dismissed", "a room was dismissed"),
     documented(1, 103, "room.entered", "a user entered a room"),
@@ -55,7 +55,7 @@ pub const DOCUMENTED: [Documented; 11] = [
     documented(2, 206, "media.substream_stopped", "a user stopped pushing the substream"),
 ];
 
-impl Documented {
+impl TrtcType {
     /// The CloudEvents `type` of this event type, and its destination after the prefix.
     pub fn command(&self) -> String {
         command(self.group, self.kind)
@@ -143,7 +143,7 @@ pub fn verify<'a>(
 
 /// What the gateway reads of a TRTC body (already checked to be a JSON object within the limits).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct TrtcEvent {
     pub group: u64,
     pub kind: u64,
     /// `CallbackTs`: when Tencent sent it, Unix milliseconds.
@@ -154,24 +154,24 @@ pub struct Event {
 
 /// Why a body is not a TRTC event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotEvent;
+pub struct NotTrtc;
 
-impl NotEvent {
+impl NotTrtc {
     pub const LABEL: &'static str = "trtc_event_invalid";
     pub const REASON: &'static str = "EventGroupId, EventType and CallbackTs must be non-negative integers";
 }
 
-impl Event {
+impl TrtcEvent {
     /// Reads the event of `body`, sent for `sdk_app_id`. Its identity is the app and every
     /// top-level field but `CallbackTs`, the time of sending, which a retry may carry anew: the
     /// event itself (`EventInfo`, with its own times) is what a retry repeats. The body counts
     /// by its canonical text (`crate::canonical`: members sorted, a repeated one by its last
     /// value, no whitespace, fewest escapes, numbers by value), not by its bytes.
-    pub fn parse(sdk_app_id: &str, body: &[u8]) -> Result<Event, NotEvent> {
-        let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|_| NotEvent)?;
-        let number = |name: &str| -> Result<u64, NotEvent> {
-            let raw = fields.get(name).ok_or(NotEvent)?;
-            serde_json::from_str::<u64>(raw.get()).map_err(|_| NotEvent)
+    pub fn parse(sdk_app_id: &str, body: &[u8]) -> Result<TrtcEvent, NotTrtc> {
+        let fields: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|_| NotTrtc)?;
+        let number = |name: &str| -> Result<u64, NotTrtc> {
+            let raw = fields.get(name).ok_or(NotTrtc)?;
+            serde_json::from_str::<u64>(raw.get()).map_err(|_| NotTrtc)
         };
         let (group, kind, callback_ms) = (number("EventGroupId")?, number("EventType")?, number("CallbackTs")?);
         let mut fields = fields;
@@ -185,7 +185,7 @@ impl Event {
         hasher.update((sdk_app_id.len() as u64).to_le_bytes());
         hasher.update(sdk_app_id.as_bytes());
         hasher.update(&canonical);
-        Ok(Event { group, kind, callback_ms, digest: hasher.finalize().into() })
+        Ok(TrtcEvent { group, kind, callback_ms, digest: hasher.finalize().into() })
     }
 
     /// `trtc.{EventGroupId}.{EventType}`.
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn the_event_names_its_group_and_type() {
-        let event = Event::parse("1400", BODY).unwrap();
+        let event = TrtcEvent::parse("1400", BODY).unwrap();
         assert_eq!((event.group, event.kind, event.callback_ms), (1, 103, 1615554923704));
         assert_eq!(event.command(), "trtc.1.103");
         assert_eq!(DOCUMENTED[2].command(), "trtc.1.103");
@@ -280,24 +280,24 @@ mod tests {
             br#"{"EventGroupId":1,"EventType":103}"#,
             b"[]",
         ] {
-            assert_eq!(Event::parse("1400", bad), Err(NotEvent), "{}", String::from_utf8_lossy(bad));
+            assert_eq!(TrtcEvent::parse("1400", bad), Err(NotTrtc), "{}", String::from_utf8_lossy(bad));
         }
     }
 
     #[test]
     fn a_retry_is_the_same_event_and_another_event_is_not() {
-        let first = Event::parse("1400", BODY).unwrap();
+        let first = TrtcEvent::parse("1400", BODY).unwrap();
         let id = first.id();
         assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 8);
-        assert_eq!(Event::parse("1400", BODY).unwrap().id(), id, "deterministic");
+        assert_eq!(TrtcEvent::parse("1400", BODY).unwrap().id(), id, "deterministic");
         let restamped = String::from_utf8_lossy(BODY).replace("1615554923704", "1615554933704");
-        let retry = Event::parse("1400", restamped.as_bytes()).unwrap();
+        let retry = TrtcEvent::parse("1400", restamped.as_bytes()).unwrap();
         assert_eq!((retry.id(), retry.fingerprint()), (id.clone(), first.fingerprint()), "sent again, later");
         let other_user = String::from_utf8_lossy(BODY).replace("\"test\"", "\"test2\"");
         for other in [
-            Event::parse("1400", other_user.as_bytes()).unwrap(),
-            Event::parse("1401", BODY).unwrap(),
-            Event::parse("1400", br#"{"EventGroupId":1,"EventType":104,"CallbackTs":1,"EventInfo":{}}"#).unwrap(),
+            TrtcEvent::parse("1400", other_user.as_bytes()).unwrap(),
+            TrtcEvent::parse("1401", BODY).unwrap(),
+            TrtcEvent::parse("1400", br#"{"EventGroupId":1,"EventType":104,"CallbackTs":1,"EventInfo":{}}"#).unwrap(),
         ] {
             assert_ne!(other.id(), id);
             assert_ne!(other.fingerprint(), first.fingerprint());
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_retry_serialised_anew_is_the_same_event() {
-        let id = Event::parse("1400", BODY).unwrap().id();
+        let id = TrtcEvent::parse("1400", BODY).unwrap().id();
         let forms: [&[u8]; 4] = [
             br#"{"EventGroupId":1,"EventType":103,"CallbackTs":1615554923704,"EventInfo":{"RoomId":12345,"EventTs":1608441737,"UserId":"test","UniqueId":1615554922656,"Role":20,"Reason":1}}"#,
             br#"{"CallbackTs": 1615554933704, "EventInfo": {"Reason": 1, "Role": 20, "UniqueId": 1615554922656, "UserId": "test", "EventTs": 1608441737, "RoomId": 12345}, "EventType": 103, "EventGroupId": 1}"#,
@@ -314,10 +314,10 @@ mod tests {
             br#"{"EventGroupId":1,"EventType":103,"CallbackTs":1615554923704,"EventInfo":{"RoomId":1.2345e4,"EventTs":1608441737,"UserId":"test","UniqueId":1615554922656,"Role":20.0,"Reason":1}}"#,
         ];
         for form in forms {
-            assert_eq!(Event::parse("1400", form).unwrap().id(), id, "{}", String::from_utf8_lossy(form));
+            assert_eq!(TrtcEvent::parse("1400", form).unwrap().id(), id, "{}", String::from_utf8_lossy(form));
         }
         let string_room = String::from_utf8_lossy(BODY).replace("12345", "\"12345\"");
-        assert_ne!(Event::parse("1400", string_room.as_bytes()).unwrap().id(), id, "another value, another event");
+        assert_ne!(TrtcEvent::parse("1400", string_room.as_bytes()).unwrap().id(), id, "another value, another event");
     }
 
     proptest::proptest! {
@@ -329,12 +329,12 @@ mod tests {
             fields.insert("EventType".into(), 101.into());
             fields.insert("CallbackTs".into(), 1.into());
             let (compact, pretty) = (serde_json::to_vec(&fields).unwrap(), serde_json::to_vec_pretty(&fields).unwrap());
-            proptest::prop_assert_eq!(Event::parse("1400", &compact).unwrap().id(), Event::parse("1400", &pretty).unwrap().id());
+            proptest::prop_assert_eq!(TrtcEvent::parse("1400", &compact).unwrap().id(), TrtcEvent::parse("1400", &pretty).unwrap().id());
         }
 
         #[test]
         fn parsing_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            let _ = Event::parse("1400", &bytes);
+            let _ = TrtcEvent::parse("1400", &bytes);
         }
 
         /// Whatever else the body holds, sending it again at another time is the same event, and
@@ -354,17 +354,17 @@ mod tests {
                 fields.insert("CallbackTs".into(), sent.into());
                 serde_json::to_vec(&fields).unwrap()
             };
-            let first = Event::parse("1400", &body(&fields, sent)).unwrap();
-            let retry = Event::parse("1400", &body(&fields, sent + later)).unwrap();
+            let first = TrtcEvent::parse("1400", &body(&fields, sent)).unwrap();
+            let retry = TrtcEvent::parse("1400", &body(&fields, sent + later)).unwrap();
             proptest::prop_assert_eq!(first.id(), retry.id());
             fields.insert("EventType".into(), 102.into());
-            proptest::prop_assert_ne!(Event::parse("1400", &body(&fields, sent)).unwrap().id(), first.id());
+            proptest::prop_assert_ne!(TrtcEvent::parse("1400", &body(&fields, sent)).unwrap().id(), first.id());
         }
     }
 
     #[test]
     fn retries_are_accepted_for_tencents_window_only() {
-        let event = Event::parse("1400", BODY).unwrap();
+        let event = TrtcEvent::parse("1400", BODY).unwrap();
         let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         let skew = Duration::from_secs(60);
         let sent = 1615554923;

@@ -42,7 +42,7 @@ pub enum BusError {
     Undeliverable {
         what: String,
         /// Why.
-        reason: Refusal,
+        reason: BrokerRefusal,
         #[source]
         cause: Option<Cause>,
     },
@@ -55,7 +55,7 @@ pub enum BusError {
 
 /// Why the broker refused an event for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum BrokerRefusal {
     TooLarge,
     Invalid,
     NotAuthorized,
@@ -63,14 +63,14 @@ pub enum Refusal {
     NoStream,
 }
 
-impl Refusal {
+impl BrokerRefusal {
     /// Its metric label.
     pub fn label(self) -> &'static str {
         match self {
-            Refusal::TooLarge => "too_large",
-            Refusal::Invalid => "invalid",
-            Refusal::NotAuthorized => "not_authorized",
-            Refusal::NoStream => "no_stream",
+            BrokerRefusal::TooLarge => "too_large",
+            BrokerRefusal::Invalid => "invalid",
+            BrokerRefusal::NotAuthorized => "not_authorized",
+            BrokerRefusal::NoStream => "no_stream",
         }
     }
 }
@@ -94,7 +94,7 @@ impl BusError {
     /// This one event can never be delivered (because of `reason`), because of `cause`.
     pub fn undeliverable(
         what: impl Into<String>,
-        reason: Refusal,
+        reason: BrokerRefusal,
         cause: impl Error + Send + Sync + 'static,
     ) -> BusError {
         BusError::Undeliverable { what: what.into(), reason, cause: Some(Arc::new(cause)) }

@@ -23,7 +23,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::error::{BusError, Refusal};
+use super::error::{BrokerRefusal, BusError};
 use super::message::{attribute_names, Message};
 use super::reconnects::Reconnects;
 use super::replies::Replies;
@@ -668,9 +668,9 @@ fn unavailable(what: &str, error: KafkaError) -> BusError {
 fn classified(what: &str, error: KafkaError) -> BusError {
     use RDKafkaErrorCode::*;
     let reason = match error.rdkafka_error_code() {
-        Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize) => Refusal::TooLarge,
-        Some(InvalidRecord | InvalidTopic | InvalidPartitions | InvalidReplicationFactor) => Refusal::Invalid,
-        Some(TopicAuthorizationFailed | ClusterAuthorizationFailed) => Refusal::NotAuthorized,
+        Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize) => BrokerRefusal::TooLarge,
+        Some(InvalidRecord | InvalidTopic | InvalidPartitions | InvalidReplicationFactor) => BrokerRefusal::Invalid,
+        Some(TopicAuthorizationFailed | ClusterAuthorizationFailed) => BrokerRefusal::NotAuthorized,
         _ => return unavailable(what, error),
     };
     BusError::undeliverable(format!("Kafka {what}"), reason, error)

@@ -25,7 +25,7 @@ pub mod stdout;
 
 use bytes::Bytes;
 
-pub use error::{BusError, Cause, Refusal};
+pub use error::{BrokerRefusal, BusError, Cause};
 pub use message::{derived_id, request_destination, valid_name, Message, Origin, REQUESTS};
 pub use reconnects::Reconnects;
 pub use serve::{Answer, Ready};

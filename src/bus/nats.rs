@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::error::{BusError, Refusal};
+use super::error::{BrokerRefusal, BusError};
 use super::message::{attribute_names, Message};
 use super::reconnects::Reconnects;
 use super::replies::Replies;
@@ -325,7 +325,7 @@ impl NatsLink {
             match sent {
                 Ok(()) => results.push(Ok(())),
                 Err(error) if error.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                    results.push(Err(BusError::undeliverable("NATS publish", Refusal::TooLarge, error)));
+                    results.push(Err(BusError::undeliverable("NATS publish", BrokerRefusal::TooLarge, error)));
                 }
                 Err(error) => {
                     results.resize(batch.len(), Err(BusError::unavailable("NATS publish", error)));
@@ -403,7 +403,7 @@ impl NatsLink {
             .zip(batch)
             .map(|(acked, message)| {
                 acked.map_err(|(what, error)| match covered.get(message.destination.as_str()) {
-                    Some(false) => BusError::undeliverable(what, Refusal::NoStream, error),
+                    Some(false) => BusError::undeliverable(what, BrokerRefusal::NoStream, error),
                     _ => jetstream_error(what, error),
                 })
             })
@@ -671,7 +671,7 @@ fn jetstream_error(what: &str, error: jetstream::context::PublishError) -> BusEr
     let too_large =
         matches!(code, Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM));
     if error.kind() == PublishErrorKind::MaxPayloadExceeded || too_large {
-        BusError::undeliverable(what, Refusal::TooLarge, error)
+        BusError::undeliverable(what, BrokerRefusal::TooLarge, error)
     } else {
         BusError::unavailable(what, error)
     }

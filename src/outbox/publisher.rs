@@ -208,14 +208,14 @@ fn publish_span(message: &Message) -> Span {
 mod tests {
     use super::*;
     use crate::apps::{App, Apps};
-    use crate::bus::{Origin, Refusal};
+    use crate::bus::{BrokerRefusal, Origin};
     use bytes::Bytes;
 
     #[test]
     fn refusals_are_dead_letters_and_other_failures_retries() {
         let tries = |attempts, nacks| Tries { attempts, nacks };
         let rejected =
-            Err(BusError::Undeliverable { what: "too large".into(), reason: Refusal::TooLarge, cause: None });
+            Err(BusError::Undeliverable { what: "too large".into(), reason: BrokerRefusal::TooLarge, cause: None });
         let nacked = Err(BusError::Nacked("q".into()));
         let away = Err(BusError::unavailable_because("away"));
         assert_eq!(Verdict::of(&Ok(()), &tries(1, 0), false, None), Verdict::Settled);
@@ -244,7 +244,7 @@ mod tests {
         let policy = DeadLetterPolicy { after: None, notices: Some(Arc::new(Current::new(Apps::single(app)))) };
         let event = Message::new("p.q", "Live.X", None, Origin::default(), Bytes::from("{}"));
         let audit = event.follow_up("hookbus.decision", "p.q.audit.Live.CallbackBeforeSendGift".into(), Bytes::new());
-        let error = BusError::Undeliverable { what: "refused".into(), reason: Refusal::NoStream, cause: None };
+        let error = BusError::Undeliverable { what: "refused".into(), reason: BrokerRefusal::NoStream, cause: None };
         for message in [event, audit] {
             let notice = policy.notice(&DeadLetter::new(message, &error, 1, SystemTime::now())).unwrap();
             assert_eq!(notice.destination, "p.q.deadletter");

@@ -13,7 +13,7 @@ use super::refusal::Refusal;
 use super::request::{self, Checked, Gate};
 use crate::body::Body;
 use crate::bus::Origin;
-use crate::css::{self as protocol, BodySignError, Event, NotEvent};
+use crate::css::{self as protocol, BodySignError, CssEvent, NotCss};
 use crate::replay;
 use crate::tencent::Query;
 
@@ -43,7 +43,7 @@ where
     let payload = request::read_body(limits, request).await?;
     // The limits every body meets; the fields are read by the protocol's own parser.
     Body::parse(&payload, limits.max_json_depth).map_err(|invalid| Refusal::bad(invalid.label(), invalid.reason()))?;
-    let event = Event::parse(&payload).map_err(|NotEvent| Refusal::bad(NotEvent::LABEL, NotEvent::REASON))?;
+    let event = CssEvent::parse(&payload).map_err(|NotCss| Refusal::bad(NotCss::LABEL, NotCss::REASON))?;
     // The app is the body's: a body without one (the snapshot page lists none) has the shared
     // settings, which `Apps::any` holds whether or not apps are listed.
     let app = match &event.appid {

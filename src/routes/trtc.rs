@@ -15,7 +15,7 @@ use crate::body::Body;
 use crate::bus::Origin;
 use crate::replay;
 use crate::tencent::Query;
-use crate::trtc::{self as protocol, Event, HeaderSignError, NotEvent};
+use crate::trtc::{self as protocol, HeaderSignError, NotTrtc, TrtcEvent};
 
 /// Its name in `hookbus tail`, and what a refusal is counted under before its command is known.
 pub const NAME: &str = "trtc";
@@ -65,7 +65,7 @@ where
     let body = Body::parse(&payload, limits.max_json_depth)
         .map_err(|invalid| Refusal::bad(invalid.label(), invalid.reason()))?;
     let event =
-        Event::parse(&sdk_app_id, &payload).map_err(|NotEvent| Refusal::bad(NotEvent::LABEL, NotEvent::REASON))?;
+        TrtcEvent::parse(&sdk_app_id, &payload).map_err(|NotTrtc| Refusal::bad(NotTrtc::LABEL, NotTrtc::REASON))?;
     // Signed events only, as for Live and Chat: a retry is told from a new event by the cache
     // within Tencent's retry window, and a copy sent later is refused as stale.
     let replay = if signed {

@@ -10,7 +10,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hookbus::css::{Clock, Event, DOCUMENTED};
+use hookbus::css::{Clock, CssEvent, DOCUMENTED};
 use hyper::Method;
 use serde_json::Value;
 
@@ -134,7 +134,7 @@ async fn each_type_reaches(backend: Backend) {
         assert_eq!(attribute("sdkappid"), Some(appid.as_str()));
         assert_eq!(attribute("specversion"), Some("1.0"));
         assert_eq!(attribute("datacontenttype"), Some("application/json"));
-        assert_eq!(attribute("id"), Some(Event::parse(&body).unwrap().id().as_str()));
+        assert_eq!(attribute("id"), Some(CssEvent::parse(&body).unwrap().id().as_str()));
         match own_time(documented.name, &original) {
             Some(time) => assert_eq!(attribute("time"), Some(time.as_str()), "{}", documented.name),
             None => assert!(attribute("time").is_some()),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use hookbus::trtc::Event;
+use hookbus::trtc::TrtcEvent;
 use hyper::Method;
 use serde_json::Value;
 
@@ -109,7 +109,7 @@ async fn each_group_reaches(backend: Backend) {
         assert_eq!(attribute("sdkappid"), Some(APP));
         assert_eq!(attribute("specversion"), Some("1.0"));
         assert_eq!(attribute("datacontenttype"), Some("application/json"));
-        assert_eq!(attribute("id"), Some(Event::parse(APP, &body).unwrap().id().as_str()));
+        assert_eq!(attribute("id"), Some(TrtcEvent::parse(APP, &body).unwrap().id().as_str()));
         assert!(attribute("time").is_some() && attribute("traceparent").is_some());
     }
     gateway.stop().await;
