@@ -19,8 +19,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 
-#[path = "latencies.rs"]
-mod latencies;
+use hookbus_bench::latencies;
 
 /// Publishes in flight at most, as the gateway's outbox hands the bus (src/outbox.rs).
 const WINDOW: usize = 512;
