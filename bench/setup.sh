@@ -27,6 +27,7 @@ bin=target/release/hookbus
 load=target/release/load
 admin=target/release/admin
 ceiling=target/release/ceiling
+legs=target/release/legs
 clk_tck=$(getconf CLK_TCK)
 
 url() {
