@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Decisions over NATS at a fixed rate, on their own (bench/run.sh measures them right after a
 # saturation run): the gateway and `hookbus respond` on NATS core, the fixed-rate generator
-# (bench/load.rs, 32 connections) posting signed gift callbacks (bench/body-gift.json). For
+# (bench/src/bin/load.rs, 32 connections) posting signed gift callbacks (bench/body-gift.json). For
 # each configuration, round after round: p50 and p99 latency, and the CPU per decision of the
 # gateway and of the responder (utime + stime from /proc/PID/stat over the run), and how often
 # the gateway's threads were preempted (involuntary context switches, /proc/PID/task/*/status).
@@ -10,7 +10,7 @@
 # Each round also runs the bare requester (`admin nats-requests`: the same rate of requests with
 # the same body straight to the responder over NATS, no HTTP and no gateway), so that the
 # gateway's figures stand beside what this machine's broker and responder do on their own; and
-# once more with bare HTTP (the ceiling, bench/ceiling.rs) loaded at the same rate at the same
+# once more with bare HTTP (the ceiling, bench/src/bin/ceiling.rs) loaded at the same rate at the same
 # time: the two legs of a decision without the gateway, competing for the cores as they do in it.
 # With RESPONDER_BASELINE=path/to/another/hookbus, that build's `respond` is measured too, in
 # every configuration of every round: a change to the responder, side by side; with

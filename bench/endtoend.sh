@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end latency per bus: from the first byte of a callback to its event's receipt by a
-# consumer on this machine. The consumer runs inside the fixed-rate generator (bench/load.rs
+# consumer on this machine. The consumer runs inside the fixed-rate generator (bench/src/bin/load.rs
 # --consume), so both ends read one monotonic clock; the origin is the one its HTTP latency counts
 # from (no coordinated omission). Signed 230-byte bodies (bench/body-230.json), 32 connections,
 # at each rate, on NATS core, NATS JetStream, RabbitMQ (confirms) and Kafka (tansu), each without
@@ -8,13 +8,14 @@
 # $LINGERS (--publish-linger; default "5ms", the gateway's default; "5ms 0s" compares).
 # Prints a Markdown table (with the HTTP p50/p99, the gateway's CPU per callback over the load,
 # user + system from /proc, and its peak RSS beside: what a linger saves and costs), and appends
-# one line per point at the default linger to $TSV (default bench/latency.tsv, whose p50/p99
+# one line per point at the default linger to $TSV (default target/bench/latency.tsv, whose p50/p99
 # columns are then the end-to-end ones) for bench/plot.sh to draw beside the rows of bench/run.sh.
 # Usage: [TSV=file] [LINGERS="5ms 0s"] [BUSES="nats jetstream amqp kafka"]
 #        bench/endtoend.sh [seconds per point, 5] [rates, "1000 5000 10000"]
 source "$(dirname "$0")/setup.sh" "${1:-5}"
 rates=${2:-1000 5000 10000}
-tsv=${TSV:-bench/latency.tsv}
+tsv=${TSV:-target/bench/latency.tsv}
+mkdir -p "$(dirname "$tsv")"
 info=Live.CallbackAfterMemberStateChanged
 spool=/tmp/hookbus-bench-e2e-spool
 

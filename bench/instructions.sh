@@ -7,7 +7,7 @@
 # for the outbox to drain) are divided by the answers. User space only: the kernel's share
 # (sockets, wake-ups) is not counted; bench/cpu.sh measures it.
 # A server is one of:
-#   ceiling           the bare hyper server answering the same body (bench/ceiling.rs)
+#   ceiling           the bare hyper server answering the same body (bench/src/bin/ceiling.rs)
 #   unsigned[=BIN]    the gateway with no token: the target's configuration
 #   signed[=BIN]      the gateway checking the signature and remembering replays. Under valgrind,
 #                     SHA-256 runs its portable code instead of the CPU's SHA instructions, so the

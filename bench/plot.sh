@@ -3,11 +3,11 @@
 # latency, both log scales, one colour per configuration, p99 solid and p50 dashed. The title is
 # the TSV's first line (date, machine). Each configuration's points are sorted by rate first:
 # run.sh measures the half-rate point before the others.
-# Usage: bench/plot.sh [TSV, default bench/latency.tsv] [PNG, default latency.png]
+# Usage: bench/plot.sh [TSV, default target/bench/latency.tsv] [PNG, default target/bench/latency.png]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tsv=${1:-bench/latency.tsv}
-png=${2:-latency.png}
+tsv=${1:-target/bench/latency.tsv}
+png=${2:-target/bench/latency.png}
 # pngcairo draws dashes and antialiases; the libgd png terminal is the fallback.
 if gnuplot -e 'set terminal' 2>&1 | grep -qw pngcairo; then
   terminal='pngcairo size 1280,900 font "Sans,11"'

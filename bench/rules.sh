@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Decisions over NATS with and without 50 local rules, side by side: saturation (wrk, 2 threads,
-# 64 connections, 200s counted) and latency at a fixed 10,000/s (bench/load.rs, 32 connections).
+# 64 connections, 200s counted) and latency at a fixed 10,000/s (bench/src/bin/load.rs, 32 connections).
 # The 50 rules all apply before asking (when = "always") and none matches the benchmark's gift,
 # so every request is checked against all of them and still asks the responder: the worst case.
 # Two rounds, alternating, so that the noise of a shared machine shows.

@@ -2,13 +2,14 @@
 # Benchmarks hookbus side by side with a bare hyper server (the ceiling), on every bus, in one
 # run, and prints a Markdown table. Saturation: wrk, 1 thread, 64 connections, counting 200s
 # only; CPU per request is the server's utime + stime over that run (/proc/PID/stat) divided by
-# every answer wrk counted. Latency: the fixed-rate generator (bench/load.rs) at half the
+# every answer wrk counted. Latency: the fixed-rate generator (bench/src/bin/load.rs) at half the
 # saturation rate (or $rate), 32 connections, without coordinated omission. For the rows that
 # sweep, latency also at 10, 25, 75 and 90 % of the saturation rate (3 s each, less when the
-# measurements are shorter), into bench/latency.tsv, drawn into latency.png by bench/plot.sh.
+# measurements are shorter), into target/bench/latency.tsv, drawn into target/bench/latency.png by bench/plot.sh.
 # Usage: bench/run.sh [seconds per measurement, default 10]
 source "$(dirname "$0")/setup.sh"
-tsv=bench/latency.tsv
+tsv=target/bench/latency.tsv
+mkdir -p target/bench
 sweep_seconds=$(( seconds < 3 ? seconds : 3 ))
 
 rss() { awk -v key="$2:" '$1 == key { print int($2 / 1024) }' "/proc/$1/status"; }
@@ -78,7 +79,7 @@ print(f"| {name} | {int(rps):,} | {int(rps) / max(int(ceiling), 1):.2f} | {error
 PY
 }
 
-# The bare RabbitMQ client (bench/admin.rs amqp-flood), with the gateway's publishing settings:
+# The bare RabbitMQ client (bench/src/bin/admin.rs amqp-flood), with the gateway's publishing settings:
 # its confirmed/s in the saturation column and its CPU per confirmed message; nacked and returned
 # messages under errors.
 bare_amqp() {
@@ -154,4 +155,4 @@ print(f"RabbitMQ under wrk's flood: the gateway accepted {accepted:,}/s (200) = 
       f"{confirmed:,}/s confirmed = {confirmed / rate:.2f} x the bare client's {int(bare['rate']):,} confirmed/s "
       f"(a 200 means the event is in the outbox; the outbox filled during the run).")
 PY
-bench/plot.sh "$tsv" latency.png
+bench/plot.sh "$tsv" target/bench/latency.png

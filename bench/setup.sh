@@ -22,11 +22,12 @@ apt_install() {
 command -v wrk >/dev/null || apt_install wrk
 command -v gnuplot >/dev/null || apt_install gnuplot-nox
 scripts/services.sh >/dev/null
-cargo build --release --locked --bins --examples 2>&1 | tail -1 >&2
+cargo build --release --locked --workspace --bins 2>&1 | tail -1 >&2
 bin=target/release/hookbus
-load=target/release/examples/load
-admin=target/release/examples/admin
-ceiling=target/release/examples/ceiling
+load=target/release/load
+admin=target/release/admin
+ceiling=target/release/ceiling
+legs=target/release/legs
 clk_tck=$(getconf CLK_TCK)
 
 url() {

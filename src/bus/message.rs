@@ -274,8 +274,9 @@ fn cut_owned(mut text: String) -> String {
 /// value back exactly, and no CR or LF (on which the NATS client panics) reaches a header.
 /// Values with nothing to encode (ids, types, times) are borrowed as they are.
 pub(crate) fn percent_encoded(value: &str) -> Cow<'_, str> {
-    let plain = |byte: u8| matches!(byte, 0x21..=0x7E) && byte != b'"' && byte != b'%';
-    if value.bytes().all(plain) {
+    let plain = |byte: u8| matches!(byte, 0x21..=0x7E) & (byte != b'"') & (byte != b'%');
+    // No early exit, so that the check vectorises: a value is nearly always plain.
+    if value.bytes().fold(true, |all, byte| all & plain(byte)) {
         return Cow::Borrowed(value);
     }
     let mut encoded = String::with_capacity(value.len() * 3);

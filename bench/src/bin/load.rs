@@ -9,7 +9,7 @@
 //! HTTP latency counts from) to the event's receipt, on the one monotonic clock of this process.
 //! Events are told apart by the `Seq` field every body gets.
 //!
-//! `cargo run --release --example load -- --url http://127.0.0.1:8080/ --rate 20000 \
+//! `cargo run --release -p hookbus-bench --bin load -- --url http://127.0.0.1:8080/ --rate 20000 \
 //!     --duration 10s --body bench/body-1k.json --command Live.CallbackAfterMemberStateChanged --token T`
 
 use std::collections::HashMap;
@@ -24,8 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-#[path = "latencies.rs"]
-mod latencies;
+use hookbus_bench::latencies;
 
 #[derive(Parser)]
 struct Args {

@@ -9,6 +9,13 @@
 //! gateway's decisions are compared with: 32 concurrent requesters share RATE requests per second
 //! to SUBJECT (a `hookbus respond` answers them), timed as `bench/load.rs` times its requests, and
 //! it prints one JSON line with the p50, p99 and p99.9 round trip.
+//!
+//! The ledger of a run, what reached the bus counted at a consumer or in the broker:
+//! `admin nats-count URL SUBJECT FILE` counts the messages on SUBJECT (wildcards allowed) and
+//! writes the count so far to FILE every 100 ms until killed; `admin jetstream-count URL STREAM`
+//! prints the stream's message count; `admin amqp-count URL QUEUE` the queue's; `admin
+//! kafka-count BROKERS TOPIC` the sum of the topic's high watermarks (made first when missing,
+//! one partition) once an empty marker record was written (each count adds one). `amqp-sink` takes the queue's bound as a fifth argument (default 10000).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,8 +26,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 
-#[path = "latencies.rs"]
-mod latencies;
+use hookbus_bench::latencies;
 
 /// Publishes in flight at most, as the gateway's outbox hands the bus (src/outbox.rs).
 const WINDOW: usize = 512;
@@ -29,7 +35,16 @@ const WINDOW: usize = 512;
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["amqp-sink", url, exchange, key] => sink(url, exchange, key).await,
+        ["amqp-sink", url, exchange, key] => sink(url, exchange, key, 10_000).await,
+        ["amqp-sink", url, exchange, key, bound] => sink(url, exchange, key, bound.parse().expect("a bound")).await,
+        ["amqp-count", url, queue] => println!("{}", amqp_count(url, queue).await),
+        ["nats-count", url, subject, file] => nats_count(url, subject, file).await,
+        ["jetstream-count", url, stream] => {
+            let client = async_nats::connect(url).await.expect("NATS");
+            let mut stream = async_nats::jetstream::new(client).get_stream(stream).await.expect("the stream");
+            println!("{}", stream.info().await.expect("the stream's state").state.messages);
+        }
+        ["kafka-count", brokers, topic] => println!("{}", kafka_count(brokers, topic).await),
         ["amqp-flood", url, exchange, key, seconds, body] => {
             let seconds = seconds.parse().expect("SECONDS, a number");
             let body = std::fs::read(body).expect("a readable BODY_FILE");
@@ -47,7 +62,9 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: admin amqp-sink URL EXCHANGE KEY | admin jetstream-delete URL STREAM \
+                "usage: admin amqp-sink URL EXCHANGE KEY [BOUND] | admin jetstream-delete URL STREAM \
+                 | admin amqp-count URL QUEUE | admin nats-count URL SUBJECT FILE \
+                 | admin jetstream-count URL STREAM | admin kafka-count BROKERS TOPIC \
                  | admin amqp-flood URL EXCHANGE KEY SECONDS BODY_FILE \
                  | admin nats-requests URL SUBJECT RATE SECONDS BODY_FILE"
             );
@@ -57,10 +74,10 @@ async fn main() {
 }
 
 /// Declares the durable topic exchange and binds `bench.sink.{key}` to it: durable, as a
-/// persistent message is only written to disk in a durable queue, and bounded, so that a long
+/// persistent message is only written to disk in a durable queue, and bounded (`bound`), so that a long
 /// run does not fill the disk. Deleted first, so every measurement starts from an empty queue
 /// (and a transient queue of that name left by an earlier run is replaced).
-async fn sink(url: &str, exchange: &str, key: &str) {
+async fn sink(url: &str, exchange: &str, key: &str, bound: i32) {
     let connection = lapin::Connection::connect(url, Default::default()).await.expect("RabbitMQ");
     let channel = connection.create_channel().await.expect("channel");
     let options = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
@@ -71,7 +88,7 @@ async fn sink(url: &str, exchange: &str, key: &str) {
     let queue = format!("bench.sink.{key}");
     channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.expect("delete queue");
     let mut arguments = FieldTable::default();
-    arguments.insert("x-max-length".into(), AMQPValue::LongInt(10_000));
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(bound));
     let options = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(queue.as_str().into(), options, arguments).await.expect("queue");
     channel
@@ -85,6 +102,61 @@ async fn sink(url: &str, exchange: &str, key: &str) {
         .await
         .expect("bind");
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// The messages ready in `queue` (declared passively: it must exist).
+async fn amqp_count(url: &str, queue: &str) -> u32 {
+    let connection = lapin::Connection::connect(url, Default::default()).await.expect("RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    let options = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = channel.queue_declare(queue.into(), options, FieldTable::default()).await.expect("the queue");
+    let _ = connection.close(200, "done".into()).await;
+    declared.message_count()
+}
+
+/// Counts the messages on `subject` and writes the count so far to `file` every 100 ms, until
+/// the process is killed. The subscription is in place once the file first holds 0.
+async fn nats_count(url: &str, subject: &str, file: &str) {
+    let client = async_nats::connect(url).await.expect("NATS");
+    let mut messages = client.subscribe(subject.to_owned()).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let write = |count: u64| std::fs::write(file, format!("{count}\n")).expect("the count file");
+    write(0);
+    let (mut count, mut tick) = (0u64, tokio::time::interval(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(_) => count += 1,
+                None => panic!("the subscription ended"),
+            },
+            _ = tick.tick() => write(count),
+        }
+    }
+}
+
+/// The sum of `topic`'s high watermarks: every message it ever took. The topic is made first
+/// when missing (one partition), so that a publisher's first message does not wait for it.
+async fn kafka_count(brokers: &str, topic: &str) -> i64 {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = config.create().expect("a Kafka admin client");
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    // An existing topic answers "already exists": what is wanted.
+    let _ = admin.create_topics([&new], &AdminOptions::new()).await;
+    // tansu's high watermark leaves out the newest records until more come: one more (a marker,
+    // empty) brings everything before it in. Each count so adds one record, counted by the next.
+    let producer: rdkafka::producer::FutureProducer = config.create().expect("a Kafka producer");
+    let marker = rdkafka::producer::FutureRecord::<(), [u8]>::to(topic).payload(&[]);
+    producer.send(marker, Duration::from_secs(10)).await.map_err(|(error, _)| error).expect("the marker");
+    let consumer: BaseConsumer = config.create().expect("a Kafka consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("the topic's metadata");
+    let partitions = metadata.topics().first().map(|topic| topic.partitions().len()).unwrap_or(0);
+    (0..partitions as i32)
+        .map(|partition| consumer.fetch_watermarks(topic, partition, timeout).expect("watermarks").1)
+        .sum()
 }
 
 /// Keeps [`WINDOW`] publishes unconfirmed for `duration`, refilling the window as each confirm

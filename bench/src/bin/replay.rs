@@ -1,6 +1,6 @@
 //! What the replay cache costs: fills a cache with `N` signed requests (default 600,000:
 //! 10,000 requests/s for a 60 s window) and prints the resident memory it added.
-//! `cargo run --release --example replay -- 600000`
+//! `cargo run --release -p hookbus-bench --bin replay -- 600000`
 
 use hookbus::replay::{Answered, Key, Replays};
 

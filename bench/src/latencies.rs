@@ -1,6 +1,5 @@
-//! What the fixed-rate generators (`bench/load.rs`, `admin nats-requests`) share: when each
-//! request is sent, when it counts from, and the one JSON line that sums a run up. Included by
-//! both with `#[path]`.
+//! What the fixed-rate generators (`load`, `admin nats-requests`) share: when each request is
+//! sent, when it counts from, and the one JSON line that sums a run up.
 
 use std::time::Duration;
 

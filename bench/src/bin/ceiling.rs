@@ -2,7 +2,7 @@
 //! OK JSON hookbus gives Tencent, with no verification and no bus. Same hyper, same runtime, so
 //! the ratio to it is what the gateway's own work costs.
 //!
-//! `cargo run --release --example ceiling -- 127.0.0.1:8090`
+//! `cargo run --release -p hookbus-bench --bin ceiling -- 127.0.0.1:8090`
 
 use std::convert::Infallible;
 
