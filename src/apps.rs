@@ -34,13 +34,22 @@ pub struct App {
     /// A request must be signed with one of these; none: signatures are not checked.
     pub tokens: Vec<Token>,
     /// A TRTC callback must be signed with one of these; with none, TRTC callbacks are
-    /// accepted unsigned only when `tokens` is empty too.
+    /// accepted unsigned only when the app signs nothing else ([`App::signs_anything`]).
     pub trtc_keys: Vec<Token>,
     /// A Cloud Streaming (CSS) callback must be signed with one of these; with none, CSS
-    /// callbacks are accepted unsigned only when `tokens` and `trtc_keys` are empty too.
+    /// callbacks are accepted unsigned only when the app signs nothing else.
     pub css_keys: Vec<Token>,
     pub prefix: String,
     pub fallbacks: Fallbacks,
+}
+
+impl App {
+    /// Whether any of this app's callbacks must be signed. A surface whose own keys are not set
+    /// refuses the app's callbacks rather than take them unsigned: otherwise listing an app for
+    /// one surface would open the others to anyone.
+    pub fn signs_anything(&self) -> bool {
+        !self.tokens.is_empty() || !self.trtc_keys.is_empty() || !self.css_keys.is_empty()
+    }
 }
 
 /// Every app, by SdkAppid; with none listed, `any` serves every SdkAppid.
@@ -54,6 +63,11 @@ impl Apps {
     /// One app for every SdkAppid.
     pub fn single(app: App) -> Apps {
         Apps { listed: BTreeMap::new(), any: app }
+    }
+
+    /// Whether any app served signs any of its callbacks.
+    pub fn signs_anything(&self) -> bool {
+        self.any.signs_anything() || self.listed.values().any(App::signs_anything)
     }
 
     /// The app a request for `sdk_app_id` belongs to; `None` when apps are listed and this is

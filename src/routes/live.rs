@@ -47,6 +47,11 @@ where
             .map_err(|refused| Refusal::unauthorized(refused.label(), refused.reason()))?;
         gate.metrics.signed(&sdk_app_id, &app.tokens[signed.token].name);
         replay_until = Some((signed.request_time, signed.request_time + limits.max_clock_skew.as_secs()));
+    } else if app.signs_anything() {
+        return Err(Refusal::unauthorized(
+            "token_missing",
+            "no token is set for this app's Live and Chat callbacks, and its other callbacks are signed",
+        ));
     }
     let (traceparent, tracestate) = request::trace_headers(request.headers());
     let received = SystemTime::now();

@@ -262,6 +262,34 @@ async fn a_gateway_with_other_keys_but_no_css_key_refuses_css_and_one_without_an
     assert_eq!(events[1].get("subject"), None, "no stream, no key");
 }
 
+/// Keys set for one surface of one app only: no surface of any app is open to unsigned callbacks
+/// because another app is listed, or because its own keys are not set.
+#[tokio::test]
+async fn an_app_with_keys_for_one_surface_takes_none_of_its_callbacks_unsigned() {
+    let css_only = format!("{APPID}:css-key={KEY}");
+    let live_only = format!("{APP}:token={TOKEN}");
+    let (gateway, captured) = Running::stdout(&["--app", &css_only, "--app", &live_only]).await;
+    // CSS with no appid (as the snapshot page has it), unsigned.
+    let forged = br#"{"event_type":1,"stream_id":"forged"}"#;
+    assert_eq!(post(gateway.addr, forged).await.0, 401, "no appid, unsigned");
+    // Live and TRTC for the app that has a CSS key only, unsigned.
+    let live = format!("/?SdkAppid={APPID}&CallbackCommand=Live.CallbackAfterCreateRoom&contenttype=json");
+    let room = br#"{"CallbackCommand":"Live.CallbackAfterCreateRoom","RoomId":"r1"}"#;
+    assert_eq!(request_with(gateway.addr, Method::POST, &live, &[], room).await.0, 401, "Live, unsigned");
+    let trtc = br#"{"EventGroupId":1,"EventType":101,"CallbackTs":1,"EventInfo":{"RoomId":"r1"}}"#;
+    assert_eq!(request_with(gateway.addr, Method::POST, "/", &[("SdkAppId", APPID)], trtc).await.0, 401, "TRTC");
+    let text = metrics(gateway.addr).await;
+    for line in [
+        "hookbus_rejections_total{reason=\"css_key_missing\"} 1",
+        "hookbus_rejections_total{reason=\"token_missing\"} 1",
+        "hookbus_rejections_total{reason=\"trtc_key_missing\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    gateway.stop().await;
+    assert!(captured.lines().is_empty(), "nothing unsigned was published");
+}
+
 /// Tencent sends a callback again, with a new `t` and `sign`, when the answer did not come:
 /// three sends of one event are one event on the bus, and another gateway (a replica, or this one
 /// after a restart) gives a fourth copy, serialised anew, the same id.
