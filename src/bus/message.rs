@@ -114,8 +114,12 @@ impl Message {
     }
 
     /// Says when the event happened (CloudEvents `time`), for a callback that names it itself;
-    /// otherwise `time` is when it was received.
+    /// otherwise `time` is when it was received. A time RFC 3339 cannot write (past the year
+    /// 9999) is not a time the event happened: the received time stays.
     pub fn happened_at(&mut self, time: SystemTime) {
+        if time.duration_since(UNIX_EPOCH).is_ok_and(|since| since.as_secs() > LAST_RFC3339_SECOND) {
+            return;
+        }
         self.time = time;
         self.time_text = humantime::format_rfc3339_millis(time).to_string();
     }
@@ -302,6 +306,9 @@ pub fn valid_name(text: &str) -> bool {
         && !text.contains("..")
 }
 
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +346,16 @@ mod tests {
         let untimed = uuid::Uuid::parse_str(&derived_id(None, digest)).unwrap();
         assert_eq!(&untimed.as_bytes()[..6], &digest[..6]);
         assert_ne!(derived_id(Some(1), digest), derived_id(Some(2), digest));
+    }
+
+    #[test]
+    fn a_time_past_the_year_9999_leaves_the_received_time() {
+        let mut message = Message::new("p", "css.push.started", None, Origin::default(), Bytes::new());
+        let received = message.time_text.clone();
+        message.happened_at(UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND + 1));
+        assert_eq!(message.time_text, received);
+        message.happened_at(UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND));
+        assert_eq!(message.time_text, "9999-12-31T23:59:59.000Z");
     }
 
     #[test]
