@@ -140,6 +140,9 @@ impl Amqp {
             }
             unavailable(what, error)
         };
+        // Each result as it settles: what the broker confirmed stays confirmed when the wait for
+        // the rest is given up.
+        let settled: Mutex<Vec<Option<Result<(), BusError>>>> = Mutex::new(vec![None; batch.len()]);
         let publishing = async {
             let mut sent = Vec::with_capacity(batch.len());
             for message in batch {
@@ -155,36 +158,45 @@ impl Amqp {
                         .await,
                 );
             }
-            join_all(sent.into_iter().zip(batch).map(|(sent, message)| async move {
-                let confirm = sent.map_err(|error| failed("publish", error))?;
-                match confirm.await.map_err(|error| failed("confirm", error))? {
-                    Confirmation::Ack(None) => Ok(()),
-                    Confirmation::Ack(Some(returned)) => Err(BusError::Unroutable(format!(
-                        "{} {} (no queue bound to the routing key, and the exchange has no alternate exchange)",
-                        returned.reply_code, returned.reply_text
-                    ))),
-                    Confirmation::Nack(_) => Err(BusError::Nacked(format!("AMQP confirm for {}", message.destination))),
-                    Confirmation::NotRequested => {
-                        Err(BusError::unavailable_because("AMQP confirm: confirms not enabled"))
-                    }
+            join_all(sent.into_iter().zip(batch).enumerate().map(|(index, (sent, message))| {
+                let settled = &settled;
+                async move {
+                    let result = match sent.map_err(|error| failed("publish", error)) {
+                        Ok(confirm) => match confirm.await.map_err(|error| failed("confirm", error)) {
+                            Ok(confirmation) => confirmed(confirmation, message),
+                            Err(error) => Err(error),
+                        },
+                        Err(error) => Err(error),
+                    };
+                    settled.lock().unwrap_or_else(|poisoned| poisoned.into_inner())[index] = Some(result);
                 }
             }))
-            .await
+            .await;
         };
         // A publish or confirm registered while the link was breaking may never be resolved by
         // the client: a link seen down ends the wait at once, and nothing waits past the timeout.
-        let results = tokio::select! {
+        let given_up = tokio::select! {
             biased;
-            results = publishing => results,
+            () = publishing => None,
             lost = link.lost() => {
-                tracing::warn!(channel = link.events.id(), "AMQP link lost while publishing; the batch is sent again");
-                return vec![Err(BusError::unavailable_because(lost)); batch.len()];
+                tracing::warn!(channel = link.events.id(), "AMQP link lost while publishing; the unconfirmed are sent again");
+                Some(lost)
             }
             () = tokio::time::sleep(TIMEOUT) => {
                 self.inner.link.reopen_events(&link, "confirm timed out").await;
-                return vec![Err(BusError::unavailable_because("AMQP confirm timed out")); batch.len()];
+                Some("AMQP confirm timed out")
             }
         };
+        let results: Vec<_> = settled
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(BusError::unavailable_because(given_up.unwrap_or("AMQP publish not settled")))
+                })
+            })
+            .collect();
         if refused.load(Relaxed) {
             self.refused(&link).await;
         } else if results.iter().any(answered) && self.refused_since().take().is_some() {
@@ -471,6 +483,19 @@ fn answered(result: &Result<(), BusError>) -> bool {
 /// Whether the broker refused for want of permission.
 fn is_access_refused(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)))
+}
+
+/// What the broker's answer to the publish of `message` means for it.
+fn confirmed(confirmation: Confirmation, message: &Message) -> Result<(), BusError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(BusError::Unroutable(format!(
+            "{} {} (no queue bound to the routing key, and the exchange has no alternate exchange)",
+            returned.reply_code, returned.reply_text
+        ))),
+        Confirmation::Nack(_) => Err(BusError::Nacked(format!("AMQP confirm for {}", message.destination))),
+        Confirmation::NotRequested => Err(BusError::unavailable_because("AMQP confirm: confirms not enabled")),
+    }
 }
 
 /// The AMQP properties and CloudEvents headers of an event; with unrouted events kept, the
