@@ -46,7 +46,7 @@ struct Channel<'a> {
 
 /// The CloudEvents attributes every event carries, and what they hold.
 const ATTRIBUTES: [(&str, &str); 12] = [
-    ("id", "UUIDv7 (TRTC, CSS: derived from the body), the same on every retry: deduplicate on it"),
+    ("id", "a UUID: version 7, or version 8 derived from the callback (signed Live and Chat, TRTC, CSS), the same on every retry: deduplicate on it"),
     ("type", "the CallbackCommand, trtc.{EventGroupId}.{EventType}, or css.{name}"),
     ("source", "/tencent/{SdkAppid} (CSS: /tencent/{appid})"),
     ("specversion", "1.0"),
