@@ -12,8 +12,6 @@ use md5::Md5;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::tencent::Query;
-
 /// What Tencent's samples answer; it reads nothing but the status 200.
 pub const OK: &[u8] = br#"{"code":0}"#;
 
@@ -120,17 +118,6 @@ pub fn documented_type(event_type: u64) -> Option<&'static CssType> {
 /// `type`, and the destination after the prefix.
 pub fn command(event_type: u64) -> String {
     documented_type(event_type).map_or_else(|| format!("css.{event_type}"), CssType::command)
-}
-
-/// Whether a request on the callback path speaks CSS: its query has none of the Live and Chat
-/// protocol parameters (which Tencent puts in every Live and Chat callback's query, and never in
-/// a CSS one's) and it has no `SdkAppId` header (which every TRTC callback has, and no CSS one).
-pub fn addressed(query: &Query, has_sdk_app_id_header: bool) -> bool {
-    !has_sdk_app_id_header
-        && query.sdk_app_id.is_none()
-        && query.command.is_none()
-        && query.sign.is_none()
-        && query.request_time.is_none()
 }
 
 /// Why a CSS callback's `t` and `sign` were refused; the text goes to the caller and the log.
@@ -435,16 +422,6 @@ mod tests {
         for documented in DOCUMENTED {
             assert!(crate::bus::valid_name(&documented.command()), "{}", documented.name);
             assert_eq!(command(documented.event_type), documented.command());
-        }
-    }
-
-    #[test]
-    fn the_surface_is_told_by_the_query_and_the_header() {
-        assert!(addressed(&Query::parse(""), false));
-        assert!(addressed(&Query::parse("contenttype=json&x=1"), false));
-        assert!(!addressed(&Query::parse(""), true), "an SdkAppId header: a TRTC request");
-        for live in ["SdkAppid=1", "CallbackCommand=Live.X", "Sign=ab", "requesttime=1"] {
-            assert!(!addressed(&Query::parse(live), false), "{live}");
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::apps::{self, Current};
@@ -66,15 +66,18 @@ enum Surface {
 }
 
 impl Surface {
-    /// The surface a request speaks, by its query string and headers.
+    /// The surface a request speaks: Live and Chat by their query parameters; without them, TRTC
+    /// by its `SdkAppId` header, else CSS (which has neither).
     fn of(query: &str, headers: &HeaderMap) -> Surface {
+        // Asked of every callback: the name made once, not parsed at each look-up.
+        const SDK_APP_ID: HeaderName = HeaderName::from_static(crate::trtc::SDK_APP_ID);
         let query = Query::parse(query);
-        if trtc::addressed(&query, headers) {
-            Surface::Trtc
-        } else if css::addressed(&query, headers) {
-            Surface::Css
-        } else {
+        if query.names_live() {
             Surface::Live(query)
+        } else if headers.contains_key(SDK_APP_ID) {
+            Surface::Trtc
+        } else {
+            Surface::Css
         }
     }
 
@@ -487,6 +490,20 @@ mod tests {
     use crate::bus::stdout::Stdout;
     use crate::{outbox, tencent};
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn the_surface_is_told_by_the_query_and_the_header() {
+        let (none, trtc) =
+            (HeaderMap::new(), HeaderMap::from_iter([(HeaderName::from_static("sdkappid"), "1".parse().unwrap())]));
+        for query in ["", "contenttype=json&x=1"] {
+            assert!(matches!(Surface::of(query, &trtc), Surface::Trtc), "{query}");
+            assert!(matches!(Surface::of(query, &none), Surface::Css), "{query}: no SdkAppId header");
+        }
+        for live in ["SdkAppid=1", "CallbackCommand=Live.X", "Sign=ab", "requesttime=1"] {
+            assert!(matches!(Surface::of(live, &trtc), Surface::Live(_)), "{live}");
+            assert!(matches!(Surface::of(live, &none), Surface::Live(_)), "{live}");
+        }
+    }
 
     fn shared(outbox_capacity: usize) -> Shared {
         let token = apps::Token { name: "t".into(), secret: "tok".into() };

@@ -32,6 +32,12 @@ const PROTOCOL_KEYS: [&str; 7] =
     ["SdkAppid", "CallbackCommand", "ClientIP", "OptPlatform", "Sign", "RequestTime", "contenttype"];
 
 impl Query {
+    /// Whether the query carries a Live and Chat protocol parameter: Tencent puts them in every
+    /// Live and Chat callback's query, and never in a TRTC or CSS one's.
+    pub fn names_live(&self) -> bool {
+        self.sdk_app_id.is_some() || self.command.is_some() || self.sign.is_some() || self.request_time.is_some()
+    }
+
     /// Parses a raw query string. Unknown keys are ignored; of a repeated protocol key the first
     /// value is kept and the repetition noted in [`Query::repeated`].
     pub fn parse(raw: &str) -> Query {

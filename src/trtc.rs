@@ -12,8 +12,6 @@ use hmac::{Hmac, Mac};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::tencent::Query;
-
 /// The header that names the app (HTTP header names are matched in any case).
 pub const SDK_APP_ID: &str = "sdkappid";
 /// The header that carries the signature.
@@ -65,17 +63,6 @@ impl TrtcType {
 /// `trtc.{EventGroupId}.{EventType}`: the CloudEvents `type`, and the destination after the prefix.
 pub fn command(group: u64, kind: u64) -> String {
     format!("trtc.{group}.{kind}")
-}
-
-/// Whether a request on the callback path speaks TRTC's protocol: it names its app in an
-/// `SdkAppId` header, and its query has none of the Live and Chat protocol parameters (which
-/// Tencent puts in every Live and Chat callback's query, and never in a TRTC one's).
-pub fn addressed(query: &Query, has_sdk_app_id_header: bool) -> bool {
-    has_sdk_app_id_header
-        && query.sdk_app_id.is_none()
-        && query.command.is_none()
-        && query.sign.is_none()
-        && query.request_time.is_none()
 }
 
 /// Why a TRTC callback's `Sign` header (or its `CallbackTs`) was refused; the text goes to the
@@ -254,16 +241,6 @@ mod tests {
         assert_eq!(verify(["key-b"], Some(""), BODY), Err(HeaderSignError::Missing));
         let live = crate::tencent::sign("key-b", "1615554923");
         assert_eq!(verify(["key-b"], Some(&live), BODY), Err(HeaderSignError::Mismatch), "a Live signature");
-    }
-
-    #[test]
-    fn the_surface_is_told_by_the_query_and_the_header() {
-        assert!(addressed(&Query::parse(""), true));
-        assert!(addressed(&Query::parse("contenttype=json&x=1"), true));
-        assert!(!addressed(&Query::parse(""), false), "no SdkAppId header: a Live or Chat request");
-        for live in ["SdkAppid=1", "CallbackCommand=Live.X", "Sign=ab", "requesttime=1"] {
-            assert!(!addressed(&Query::parse(live), true), "{live}");
-        }
     }
 
     #[test]

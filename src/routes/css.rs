@@ -6,7 +6,6 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use hyper::header::{HeaderMap, HeaderName};
 use hyper::Request;
 
 use super::refusal::Refusal;
@@ -15,20 +14,12 @@ use crate::body::Body;
 use crate::bus::Origin;
 use crate::css::{self as protocol, BodySignError, CssEvent, NotCss};
 use crate::replay;
-use crate::tencent::Query;
 
 /// Its name in `hookbus tail`, and what a refusal is counted under before its event type is known.
 pub const NAME: &str = "css";
 
 /// The answer to an accepted callback.
 pub const OK: &[u8] = protocol::OK;
-
-/// Whether this request is a CSS callback (see [`protocol::addressed`]).
-pub fn addressed(query: &Query, headers: &HeaderMap) -> bool {
-    // Asked of every callback: the name made once, not parsed at each look-up.
-    const SDK_APP_ID: HeaderName = HeaderName::from_static(crate::trtc::SDK_APP_ID);
-    protocol::addressed(query, headers.contains_key(SDK_APP_ID))
-}
 
 /// The checks of a CSS callback, in the README's order, up to the event it names.
 pub async fn check<'a, B>(gate: &Gate<'a>, request: Request<B>) -> Result<Checked<'a>, Refusal>
