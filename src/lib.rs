@@ -40,11 +40,13 @@
 //! - [`traces`]: spans over OTLP/HTTP (`--otlp-endpoint`).
 //! - [`logs`]: log fields that carry outside bytes (escaped, cut), lines rate-limited.
 //!
-//! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
-//! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `css`, `body`, `tail`, `bus`, `logs`; `admin` → `outbox`,
-//! `tail`; `spool_command` → `admin`; `outbox` → `spool`, `dead_letters`, `metrics`, `apps`, `bus`
-//! (its `publisher` → its `queue`, never back); `trtc` and `css` → `canonical`; `bus` → `traces` (the trace context a message carries) and
-//! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
+//! No module imports one that imports it back: `assembly` → `config` and everything it builds;
+//! `routes` → `decision`, `outbox`, `spool` (its errors), `metrics`, `apps`, `replay`, `tencent`,
+//! `trtc`, `css`, `body`, `tail`, `traces`, `bus`, `logs`; `admin` → `outbox`, `tail`;
+//! `spool_command` → `admin`; `outbox` → `spool`, `dead_letters`, `metrics`, `apps`, `bus` (its
+//! `publisher` → its `queue`, never back); `trtc` and `css` → `tencent`, `body`, `canonical`,
+//! `bus`; `bus` → `traces` (the trace context a message carries) and `logs`, nothing else of the
+//! gateway's; `logs` imports nothing of it.
 
 pub mod admin;
 pub mod apps;
