@@ -10,11 +10,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::bus::{BusError, Message};
 use crate::logs;
-use crate::spool::{self, field, frame, millis, put, take};
+use crate::record::{self, Body, Fields};
 
 /// The dead-letter log's file name in a spool directory.
 pub const LOG: &str = "dead-letters.log";
@@ -98,25 +98,17 @@ impl DeadLetter {
     }
 
     fn record(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.message.payload.len() + 512);
-        body.extend_from_slice(&millis(self.dead_at).to_le_bytes());
-        body.extend_from_slice(&millis(self.first_attempt).to_le_bytes());
-        body.extend_from_slice(&self.attempts.to_le_bytes());
-        put(&mut body, self.reason.as_bytes());
-        put(&mut body, self.error.as_bytes());
-        spool::put_message(&mut body, &self.message);
-        frame(&body)
+        let mut body = Body::with_capacity(self.message.payload.len() + 512);
+        body.time(self.dead_at).time(self.first_attempt).u32(self.attempts);
+        body.bytes(self.reason.as_bytes()).bytes(self.error.as_bytes()).message(&self.message);
+        body.record()
     }
 
     fn decode(body: &[u8]) -> Option<DeadLetter> {
-        let mut rest = body;
-        let time = |bytes: &[u8]| Some(UNIX_EPOCH + Duration::from_millis(u64::from_le_bytes(bytes.try_into().ok()?)));
-        let dead_at = time(take(&mut rest, 8)?)?;
-        let first_attempt = time(take(&mut rest, 8)?)?;
-        let attempts = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
-        let reason = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
-        let error = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
-        let message = spool::decode(rest)?;
+        let mut fields = Fields::new(body);
+        let (dead_at, first_attempt, attempts) = (fields.time()?, fields.time()?, fields.u32()?);
+        let (reason, error) = (fields.text()?, fields.text()?);
+        let message = fields.message()?;
         Some(DeadLetter { message, reason, error, attempts, first_attempt, dead_at })
     }
 }
@@ -176,7 +168,7 @@ impl DeadLetters {
         let path = dir.join(LOG);
         let letters = match fs::read(&path) {
             Ok(data) => {
-                let records = spool::read_records(&data);
+                let records = record::read(&data);
                 if let Some(offset) = records.torn_at {
                     tracing::warn!(file = %path.display(), offset, "torn dead-letter tail truncated");
                     OpenOptions::new().write(true).open(&path)?.set_len(offset as u64)?;
@@ -267,7 +259,7 @@ impl DeadLetters {
 /// may be writing them): for `hookbus spool`.
 pub fn read(dir: &Path) -> io::Result<Vec<DeadLetter>> {
     match fs::read(dir.join(LOG)) {
-        Ok(data) => Ok(spool::read_records(&data).bodies.iter().filter_map(|body| DeadLetter::decode(body)).collect()),
+        Ok(data) => Ok(record::read(&data).bodies.iter().filter_map(|body| DeadLetter::decode(body)).collect()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(error) => Err(error),
     }

@@ -22,6 +22,7 @@
 //! - [`outbox`]: accepted events until the bus confirms them; the publisher task.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
 //! - [`dead_letters`]: events the broker will never take, kept (with a spool, on disk).
+//! - [`record`]: the record format the spool and the dead-letter log share.
 //! - [`spool_command`]: `hookbus spool`, the operator's look into a spool directory.
 //! - [`admin`]: the running gateway's admin socket (requeue, tail).
 //! - [`tail`]: `hookbus tail`, a live view of the callbacks a gateway answers, and the tap it reads.
@@ -36,7 +37,7 @@
 //! No module imports one that imports it back: `assembly` → `config` and everything it builds; `routes` →
 //! `decision`, `outbox`, `metrics`, `tencent`, `trtc`, `tail`, `bus`, `logs`; `admin` → `outbox`,
 //! `tail`; `outbox` → `spool`,
-//! `dead_letters`, `metrics`, `bus`; `trtc` → `canonical`; `bus` → `traces` (the trace context a message carries) and
+//! `dead_letters`, `metrics`, `bus`; `spool`, `dead_letters` → `record`; `trtc` → `canonical`; `bus` → `traces` (the trace context a message carries) and
 //! `logs`, nothing else of the gateway's; `logs` imports nothing of it.
 
 pub mod admin;
@@ -52,6 +53,7 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod outbox;
+pub mod record;
 pub mod replay;
 pub mod respond;
 pub mod routes;
