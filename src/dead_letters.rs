@@ -228,11 +228,14 @@ impl DeadLetters {
         state.letters.iter().filter(|letter| ids.is_none_or(|ids| ids.contains(&letter.message.id))).cloned().collect()
     }
 
-    /// Removes the dead letters with these ids, and rewrites the log without them (a new file
-    /// renamed over the old one, so a crash leaves one or the other).
-    pub fn forget(&self, ids: &[String]) -> io::Result<()> {
+    /// Removes these dead letters (as [`DeadLetters::take`] gave them), and rewrites the log
+    /// without them (a new file renamed over the old one, so a crash leaves one or the other).
+    /// A requeued event that died again since it was taken is a dead letter of its own, and
+    /// stays.
+    pub fn forget(&self, taken: &[DeadLetter]) -> io::Result<()> {
         let mut state = self.lock();
-        state.letters.retain(|letter| !ids.contains(&letter.message.id));
+        let same = |a: &DeadLetter, b: &DeadLetter| a.message.id == b.message.id && a.dead_at == b.dead_at;
+        state.letters.retain(|letter| !taken.iter().any(|gone| same(gone, letter)));
         state.bytes = state.letters.iter().map(DeadLetter::bytes).sum();
         let Some(path) = &self.log else { return Ok(()) };
         let records: Vec<u8> = state.letters.iter().flat_map(DeadLetter::record).collect();
@@ -284,6 +287,7 @@ mod tests {
     use super::*;
     use crate::bus::Origin;
     use bytes::Bytes;
+    use std::time::Duration;
 
     fn letter(n: usize) -> DeadLetter {
         let message = Message::new("t", "Live.X", Some(format!("room-{n}")), Origin::default(), Bytes::from("{}"));
@@ -320,9 +324,24 @@ mod tests {
         assert_eq!(read.iter().map(|l| &l.message.id).collect::<Vec<_>>(), ids.iter().collect::<Vec<_>>());
         assert_eq!((read[1].reason.as_str(), read[1].error.as_str()), ("too_large", "too large 1"));
         assert_eq!(read[2].message.key.as_deref(), Some("room-2"));
-        reopened.forget(&ids[..1]).unwrap();
+        reopened.forget(&read[..1]).unwrap();
         let left: Vec<_> = super::read(&dir).unwrap().into_iter().map(|l| l.message.id).collect();
         assert_eq!(left, ids[1..]);
+    }
+
+    #[test]
+    fn a_requeued_letter_that_died_again_before_it_was_forgotten_stays() {
+        let dir = tempdir();
+        let store = DeadLetters::open(&dir, 1 << 20, None).unwrap();
+        store.keep(vec![letter(0)]).unwrap();
+        let taken = store.take(None);
+        std::thread::sleep(Duration::from_millis(2));
+        let mut again = taken[0].clone();
+        again.dead_at = SystemTime::now();
+        store.keep(vec![again]).unwrap();
+        store.forget(&taken).unwrap();
+        assert_eq!(store.held().0, 1, "the second death stays");
+        assert_eq!(super::read(&dir).unwrap().len(), 1, "in the log too");
     }
 
     #[test]

@@ -313,12 +313,11 @@ impl Outbox {
         let mut requeued = Vec::with_capacity(letters.len());
         let mut result = Ok(());
         for letter in letters {
-            let id = letter.message.id.clone();
-            if let Err(error) = self.push(letter.message).await {
+            if let Err(error) = self.push(letter.message.clone()).await {
                 result = Err(error);
                 break;
             }
-            requeued.push(id);
+            requeued.push(letter);
         }
         let dead_letters = self.dead_letters.clone();
         let n = requeued.len();
