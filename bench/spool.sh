@@ -14,7 +14,7 @@
 # rate with spool ≥ 0.8 × without; p99 with spool at half its rate ≤ memory p99 at that rate +
 # 3 × fdatasync p99; CPU per callback ≤ 1.3 ×; peak RSS ≤ 64 MB.
 # Usage: [BUSES="nats amqp kafka"] [BODY=bench/body-1k.json] [SPOOL_PARENT=/var/tmp]
-#        [FSYNC_SECONDS=3] [BASELINE=binary] bench/spool.sh [rounds, 5] [seconds per measurement, 5]
+#        [FSYNC_SECONDS=3] [BASELINE=binary] [PORT=18180] bench/spool.sh [rounds, 5] [seconds per measurement, 5]
 # With BASELINE, that build's spool is a third configuration of every round (a change measured
 # against the gateway before it).
 
@@ -23,6 +23,10 @@ load_tool=target/release/examples/load
 
 rounds=${1:-5}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
+# A port and logs of its own: another benchmark may hold setup.sh's.
+port=${PORT:-18180}
+log=/tmp/hookbus-spool-bench-logs
+mkdir -p "$log"
 info=Live.CallbackAfterMemberStateChanged
 body=${BODY:-bench/body-1k.json}
 spool=${SPOOL_PARENT:-/var/tmp}/hookbus-bench-spool

@@ -1,7 +1,6 @@
 //! The record format of the spool and of the dead-letter log. A record is
 //! `magic, length, crc32(length ++ body), body`; a log is records end to end, read back by
-//! resynchronising on the next magic after a damaged one; zeros to its end are room written
-//! ahead, not a record (a record starts with its magic). A body is fields in order:
+//! resynchronising on the next magic after a damaged one. A body is fields in order:
 //! little-endian integers, times in milliseconds since the epoch, byte strings and texts as
 //! `u32` length and bytes, optional ones behind a `0`/`1` byte; an event's fields are
 //! [`Body::message`]'s.
@@ -172,29 +171,23 @@ impl<'a> Fields<'a> {
 }
 
 /// What a log of records holds: the bodies of the intact records in order, the damaged
-/// regions skipped (offset, length), where a torn tail starts, and where the records end (before
-/// a torn tail, or before zeros written ahead).
+/// regions skipped (offset, length), and where a torn tail starts.
 pub struct Records<'a> {
     pub bodies: Vec<&'a [u8]>,
     pub skipped: Vec<(usize, usize)>,
     pub torn_at: Option<usize>,
-    pub end: usize,
 }
 
 /// Reads the records of `data` without changing anything: the reader resynchronises on the
 /// next magic after a damaged record.
 pub fn read(data: &[u8]) -> Records<'_> {
-    let mut records = Records { bodies: Vec::new(), skipped: Vec::new(), torn_at: None, end: data.len() };
+    let mut records = Records { bodies: Vec::new(), skipped: Vec::new(), torn_at: None };
     let mut offset = 0;
     while offset < data.len() {
         if let Some((body, next)) = body_at(data, offset) {
             records.bodies.push(body);
             offset = next;
             continue;
-        }
-        if data[offset..].iter().all(|&byte| byte == 0) {
-            records.end = offset;
-            break;
         }
         let resume = (offset + 1..data.len()).find(|&at| data[at..].starts_with(&MAGIC) && body_at(data, at).is_some());
         match resume {
@@ -204,7 +197,6 @@ pub fn read(data: &[u8]) -> Records<'_> {
             }
             None => {
                 records.torn_at = Some(offset);
-                records.end = offset;
                 break;
             }
         }
@@ -296,19 +288,5 @@ mod tests {
         assert_eq!(read.bodies.len(), 2);
         assert_eq!(read.skipped, [(records[0].len(), records[1].len())]);
         assert_eq!(read.torn_at, Some(records[0].len() + records[1].len() + records[2].len()));
-        assert_eq!(read.end, read.torn_at.unwrap());
-    }
-
-    #[test]
-    fn zeros_written_ahead_end_the_records_and_are_no_tear() {
-        let record = of_message(&message(None));
-        let mut data = [record.clone(), record.clone()].concat();
-        data.resize(data.len() + 10_000, 0);
-        let read = read(&data);
-        assert_eq!((read.bodies.len(), read.torn_at, read.end), (2, None, 2 * record.len()));
-        // A record torn over the zeros is a tear: its header is there.
-        data[2 * record.len()..][..HEADER + 3].copy_from_slice(&record[..HEADER + 3]);
-        let read = super::read(&data);
-        assert_eq!((read.bodies.len(), read.torn_at), (2, Some(2 * record.len())));
     }
 }

@@ -1,24 +1,19 @@
 //! The crash-safe outbox on disk (`--spool-dir`): an append-only log of segment files. Each
-//! record is `magic, length, crc32(length ++ body), body` ([`crate::record`]); a writer thread
-//! appends records in groups and calls `fdatasync` once per group (group commit), and an append
-//! returns only once its record is durable. The next segment is filled with zeros and synced
-//! ahead, on a thread of its own, so that writing a group changes no metadata and its
-//! `fdatasync` flushes the group alone (on a disk without the room, a segment is appended to
-//! instead); the reader takes zeros after the last record for the end. Confirmed records are
-//! noted beside their segment (`{segment}.acks`, records holding the offsets confirmed): written
-//! every [`ACK_FLUSH`], synced every [`ACK_SYNC`] and at a clean stop. A segment (and its notes)
+//! record is `magic, length, crc32(length ++ body), body`; a writer thread appends records in
+//! groups and calls `fdatasync` once per group (group commit), and an append returns only once
+//! its record is durable. Confirmed records are noted beside their segment (`{segment}.acks`,
+//! records of the same format holding the offsets confirmed): written every
+//! [`ACK_FLUSH`], synced every [`ACK_SYNC`] and at a clean stop. A segment (and its notes)
 //! is deleted once every event in it is confirmed and it is no longer written to; the segment
-//! being written is replaced by a fresh one once everything in it is confirmed and a write
-//! failed, so that a full disk recovers as soon as its events are confirmed (or, when it was not
-//! filled ahead, once it holds a sixteenth of a segment or more, so that it does not grow). On
-//! open, the records of earlier runs are read back in order, less the confirmed ones; a corrupt
-//! record is skipped (the reader resynchronises on the next magic), a torn tail is truncated,
-//! and both are reported.
+//! being written is replaced by a fresh one once everything in it is confirmed and it holds a
+//! sixteenth of a segment or more, or a write failed, so that a full disk recovers as soon as
+//! its events are confirmed. On open, the records of earlier runs are read back in order, less the confirmed
+//! ones; a corrupt record is skipped (the reader resynchronises on the next magic), a torn tail
+//! is truncated, and both are reported.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -181,21 +176,11 @@ impl Spool {
         }
         recovery.events = events.len();
         state.active = segments.last().map_or(0, |(last, _)| last + 1);
-        let active = state.active;
-        state.segments.insert(active, Segment::default());
-        let file = create_segment(dir, active)?;
+        state.segments.insert(state.active, Segment::default());
+        let file = create_segment(dir, state.active)?;
         let state = Arc::new(Mutex::new(state));
         let (appends, receiver) = mpsc::unbounded_channel();
-        let mut writer = Writer {
-            dir: dir.to_owned(),
-            file,
-            filled: false,
-            next: None,
-            state: state.clone(),
-            segment_bytes,
-            failed: false,
-        };
-        writer.prepare_next(active + 1);
+        let writer = Writer { dir: dir.to_owned(), file, state: state.clone(), segment_bytes, failed: false };
         std::thread::Builder::new().name("hookbus-spool".into()).spawn(move || writer.run(receiver))?;
         let (notes_dir, notes_state) = (dir.to_owned(), Arc::downgrade(&state));
         std::thread::Builder::new().name("hookbus-spool-acks".into()).spawn(move || note(&notes_dir, notes_state))?;
@@ -284,8 +269,8 @@ pub fn inspect(dir: &Path) -> io::Result<Contents> {
         let data = fs::read(&path)?;
         let confirmed = read_notes(dir, id)?;
         contents.segments += 1;
+        contents.bytes += data.len() as u64;
         let records = record::read(&data);
-        contents.bytes += records.end as u64;
         let waiting = records.bodies.into_iter().filter(|body| !confirmed.contains(&record::offset_of(&data, body)));
         contents.events.extend(waiting.filter_map(|body| Fields::new(body).message()));
     }
@@ -309,10 +294,6 @@ pub fn is_held(dir: &Path) -> io::Result<bool> {
 struct Writer {
     dir: PathBuf,
     file: File,
-    /// The segment being written was zero-filled ahead.
-    filled: bool,
-    /// The next segment, being zero-filled on a thread of its own.
-    next: Option<std::thread::JoinHandle<io::Result<(File, bool)>>>,
     state: Arc<Mutex<Segments>>,
     segment_bytes: u64,
     /// The last group failed (a full disk?).
@@ -351,7 +332,7 @@ impl Writer {
             for append in &group {
                 bytes.extend_from_slice(&append.record);
             }
-            let written = self.file.write_all_at(&bytes, start).and_then(|()| self.file.sync_data());
+            let written = self.file.write_all(&bytes).and_then(|()| self.file.sync_data());
             self.failed = written.is_err();
             if written.is_err() {
                 if let Err(error) = self.file.set_len(start) {
@@ -380,15 +361,14 @@ impl Writer {
         }
     }
 
-    /// Starts a new segment when the active one is full, or when it holds nothing unconfirmed
-    /// and either a write failed or it holds a sixteenth of a segment or more and was not filled
-    /// ahead (a filled one takes its room whatever it holds); a drained one is deleted then, so
-    /// that a full disk gets its room back.
+    /// Starts a new segment when the active one is full, or holds nothing unconfirmed and a
+    /// sixteenth of a segment or more, or anything after a failed write (deleting it then: a
+    /// full disk gets its room back).
     fn rotate_when_due(&mut self) -> io::Result<()> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let active = state.active;
         let (live, bytes) = state.segments.get(&active).map_or((0, 0), |s| (s.live, s.bytes));
-        let drained = live == 0 && bytes > 0 && (self.failed || (!self.filled && bytes >= self.segment_bytes / 16));
+        let drained = live == 0 && bytes > 0 && (self.failed || bytes >= self.segment_bytes / 16);
         if bytes < self.segment_bytes && !drained {
             return Ok(());
         }
@@ -400,68 +380,16 @@ impl Writer {
             }
         }
         drop(state);
-        let prepared = self.next.take().map(|next| next.join().unwrap_or_else(|_| Err(io::Error::other("panicked"))));
-        let (file, filled) = match prepared {
-            Some(Ok(prepared)) => prepared,
-            Some(Err(error)) => {
-                tracing::warn!(%error, segment = active + 1, "spool segment not prepared ahead");
-                (create_segment(&self.dir, active + 1)?, false)
-            }
-            None => (create_segment(&self.dir, active + 1)?, false),
-        };
-        self.prepare_next(active + 2);
+        let file = create_segment(&self.dir, active + 1)?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if live == 0 {
             state.remove(&self.dir, active);
         }
         state.active = active + 1;
         state.segments.insert(active + 1, Segment::default());
-        (self.file, self.filled) = (file, filled);
+        self.file = file;
         Ok(())
     }
-
-    /// Starts making segment `id` ready on a thread of its own, for the rotation after this one.
-    fn prepare_next(&mut self, id: u64) {
-        let (dir, size) = (self.dir.clone(), self.segment_bytes);
-        let prepare =
-            std::thread::Builder::new().name("hookbus-spool-next".into()).spawn(move || prepare(&dir, id, size));
-        match prepare {
-            Ok(next) => self.next = Some(next),
-            Err(error) => tracing::warn!(%error, segment = id, "spool segment not prepared ahead"),
-        }
-    }
-}
-
-/// Segment `id`, made ready ahead of its use: created and filled with zeros to `size`, synced
-/// with its directory entry, so that writing it later changes only its data and its
-/// `fdatasync` flushes that data alone, with no journal commit of the file's size and blocks.
-/// Returns the file and whether it was filled: on a disk with less than twice `size` free (the
-/// zeros must not take the room the segment being written needs) it is left empty, to be
-/// appended to.
-fn prepare(dir: &Path, id: u64, size: u64) -> io::Result<(File, bool)> {
-    let file = create_segment(dir, id)?;
-    let free = rustix::fs::statvfs(dir).map_or(0, |disk| disk.f_bavail.saturating_mul(disk.f_frsize));
-    if free < size.saturating_mul(2) {
-        return Ok((file, false));
-    }
-    let zeros = vec![0; (1 << 20).min(size as usize)];
-    let mut filled = 0;
-    let fill = loop {
-        if filled >= size {
-            break file.sync_all();
-        }
-        let n = zeros.len().min((size - filled) as usize);
-        if let Err(error) = file.write_all_at(&zeros[..n], filled) {
-            break Err(error);
-        }
-        filled += n as u64;
-    };
-    if let Err(error) = fill {
-        tracing::debug!(%error, segment = id, "no room to fill a spool segment ahead: it is appended to");
-        file.set_len(0)?;
-        return Ok((file, false));
-    }
-    Ok((file, true))
 }
 
 /// Writes the confirmations of `state` beside their segments every [`ACK_FLUSH`], and syncs
@@ -554,7 +482,7 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
-    let file = OpenOptions::new().create(true).truncate(true).write(true).open(segment_path(dir, id))?;
+    let file = OpenOptions::new().create(true).append(true).open(segment_path(dir, id))?;
     // The new file's directory entry must survive a crash too.
     File::open(dir)?.sync_all()?;
     Ok(file)
@@ -593,11 +521,8 @@ fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Me
     if let Some(offset) = records.torn_at {
         let cut = (data.len() - offset) as u64;
         tracing::warn!(file = %path.display(), offset, bytes = cut, "torn spool tail truncated");
+        OpenOptions::new().write(true).open(path)?.set_len(offset as u64)?;
         recovery.truncated += cut;
-    }
-    // And the zeros of a segment filled ahead: the segment is not written again.
-    if records.end < data.len() {
-        OpenOptions::new().write(true).open(path)?.set_len(records.end as u64)?;
     }
     Ok(messages)
 }
@@ -643,9 +568,7 @@ mod tests {
         for (_, record) in &replayed {
             spool.confirmed(*record);
         }
-        for (_, record) in &replayed {
-            assert!(!segment_path(&dir, record.segment).exists(), "confirmed segments are deleted");
-        }
+        assert_eq!(segment_files(&dir).unwrap().len(), 1, "only the active segment is left");
     }
 
     #[tokio::test]
