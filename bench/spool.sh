@@ -14,9 +14,9 @@
 # rate with spool ≥ 0.8 × without; p99 with spool at half its rate ≤ memory p99 at that rate +
 # 3 × fdatasync p99; CPU per callback ≤ 1.3 ×; peak RSS ≤ 64 MB.
 # Usage: [BUSES="nats amqp kafka"] [BODY=bench/body-1k.json] [SPOOL_PARENT=/var/tmp]
-#        [FSYNC_SECONDS=3] [BASELINE=binary] [PORT=18180] bench/spool.sh [rounds, 5] [seconds per measurement, 5]
+#        [FSYNC_SECONDS=3] [BASELINE=binary] [GATEWAY=binary] [PORT=18180] bench/spool.sh [rounds, 5] [seconds per measurement, 5]
 # With BASELINE, that build's spool is a third configuration of every round (a change measured
-# against the gateway before it).
+# against the gateway before it); GATEWAY measures another build than target/release's.
 
 # How the load generator is invoked (the release build of bench/load.rs).
 load_tool=target/release/examples/load
@@ -25,6 +25,7 @@ rounds=${1:-5}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
 # A port and logs of its own: another benchmark may hold setup.sh's.
 port=${PORT:-18180}
+bin=${GATEWAY:-$bin}
 log=/tmp/hookbus-spool-bench-logs
 mkdir -p "$log"
 info=Live.CallbackAfterMemberStateChanged
