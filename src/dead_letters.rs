@@ -176,7 +176,7 @@ impl DeadLetters {
                 if !records.skipped.is_empty() {
                     tracing::warn!(file = %path.display(), regions = records.skipped.len(), "corrupt dead letters skipped");
                 }
-                records.bodies.iter().filter_map(|body| DeadLetter::decode(body)).collect()
+                latest(records.bodies.iter().filter_map(|body| DeadLetter::decode(body)))
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(error) => return Err(error),
@@ -194,6 +194,14 @@ impl DeadLetters {
         let mut records = Vec::new();
         for letter in letters {
             let message = &letter.message;
+            // The same event dead again (replayed after a crash, or requeued): it replaces its
+            // earlier letter, so that copies do not fill the store.
+            let earlier = state.letters.iter().position(|held| held.message.id == message.id);
+            let freed = earlier.map_or(0, |at| state.letters[at].bytes());
+            if let Some(at) = earlier.filter(|_| state.bytes - freed + letter.bytes() <= self.max_bytes) {
+                state.letters.remove(at);
+                state.bytes -= freed;
+            }
             if state.bytes + letter.bytes() > self.max_bytes {
                 tracing::error!(id = %message.id, destination = %message.destination, reason = %letter.reason, error = logs::field(&letter.error), body = logs::field(&message.payload), "dead-letter store full: the event is dropped, logged here only");
                 state.dropped += 1;
@@ -262,10 +270,21 @@ impl DeadLetters {
 /// may be writing them): for `hookbus spool`.
 pub fn read(dir: &Path) -> io::Result<Vec<DeadLetter>> {
     match fs::read(dir.join(LOG)) {
-        Ok(data) => Ok(record::read(&data).bodies.iter().filter_map(|body| DeadLetter::decode(body)).collect()),
+        Ok(data) => Ok(latest(record::read(&data).bodies.iter().filter_map(|body| DeadLetter::decode(body)))),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(error) => Err(error),
     }
+}
+
+/// The letters of a log, each event's latest only (the log keeps an earlier letter of an event
+/// that died again until it is next rewritten), in the order of those.
+fn latest(letters: impl Iterator<Item = DeadLetter>) -> Vec<DeadLetter> {
+    let mut letters: Vec<DeadLetter> = letters.collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<DeadLetter> =
+        letters.drain(..).rev().filter(|letter| seen.insert(letter.message.id.clone())).collect();
+    kept.reverse();
+    kept
 }
 
 /// The `{prefix}.` an event's destination starts with: its destination less its command, or
@@ -342,6 +361,12 @@ mod tests {
         store.forget(&taken).unwrap();
         assert_eq!(store.held().0, 1, "the second death stays");
         assert_eq!(super::read(&dir).unwrap().len(), 1, "in the log too");
+        let mut third = taken[0].clone();
+        third.dead_at = SystemTime::now() + Duration::from_secs(1);
+        store.keep(vec![third]).unwrap();
+        assert_eq!(store.held().0, 1, "an event is kept once, its latest death");
+        assert_eq!(super::read(&dir).unwrap().len(), 1, "and read back once");
+        assert_eq!(DeadLetters::open(&dir, 1 << 20, None).unwrap().held().0, 1, "after a restart too");
     }
 
     #[test]

@@ -241,6 +241,16 @@ fn exported(dir: &std::path::Path, select: &[&str]) -> HashSet<String> {
         .collect()
 }
 
+/// How many events `hookbus spool export` finds in the spool `dir`, copies included.
+fn exported_all(dir: &std::path::Path, select: &[&str]) -> usize {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+        .args(["spool", "--spool-dir", dir.to_str().unwrap(), "export"])
+        .args(select)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).lines().count()
+}
+
 /// `hookbus spool stat` of the spool `dir`.
 fn stat(dir: &std::path::Path) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
@@ -310,7 +320,13 @@ async fn dead_letters_reported_kept_survive_power_cuts_during_requeue() {
             if rooms.iter().all(|room| kept.contains(room)) {
                 break kept;
             }
-            assert!(Instant::now() < deadline, "cut {cut}: the large callbacks became dead letters: {kept:?}");
+            assert!(
+                Instant::now() < deadline,
+                "cut {cut}: the large callbacks became dead letters: {} rooms listed, {} letters in the log: {}",
+                kept.len(),
+                exported_all(&fs.mount, &["--dead"]),
+                stat(&fs.mount)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let gateway_gone = random.next().is_multiple_of(2);
