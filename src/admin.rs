@@ -104,12 +104,11 @@ async fn put_back(outbox: &Outbox, ids: Option<&[String]>) -> Result<usize, (usi
     let mut requeued = Vec::with_capacity(letters.len());
     let mut result = Ok(());
     for letter in letters {
-        let id = letter.message.id.clone();
-        if let Err(error) = outbox.push(letter.message).await {
+        if let Err(error) = outbox.push(letter.message.clone()).await {
             result = Err(error);
             break;
         }
-        requeued.push(id);
+        requeued.push(letter);
     }
     let dead_letters = outbox.dead_letters().clone();
     let n = requeued.len();

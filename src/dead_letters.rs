@@ -12,11 +12,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::bus::{BrokerRefusal, BusError, Message};
 use crate::logs;
-use crate::spool::{self, field, frame, millis, put, take};
+use crate::record::{self, Body, Fields};
 
 /// The dead-letter log's file name in a spool directory.
 pub const LOG: &str = "dead-letters.log";
@@ -138,25 +138,17 @@ impl DeadLetter {
     }
 
     fn record(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(self.message.payload.len() + 512);
-        body.extend_from_slice(&millis(self.dead_at).to_le_bytes());
-        body.extend_from_slice(&millis(self.first_attempt).to_le_bytes());
-        body.extend_from_slice(&self.attempts.to_le_bytes());
-        put(&mut body, self.reason.label().as_bytes());
-        put(&mut body, self.error.as_bytes());
-        spool::put_message(&mut body, &self.message);
-        frame(&body)
+        let mut body = Body::with_capacity(self.message.payload.len() + 512);
+        body.time(self.dead_at).time(self.first_attempt).u32(self.attempts);
+        body.bytes(self.reason.label().as_bytes()).bytes(self.error.as_bytes()).message(&self.message);
+        body.record()
     }
 
     fn decode(body: &[u8]) -> Option<DeadLetter> {
-        let mut rest = body;
-        let time = |bytes: &[u8]| Some(UNIX_EPOCH + Duration::from_millis(u64::from_le_bytes(bytes.try_into().ok()?)));
-        let dead_at = time(take(&mut rest, 8)?)?;
-        let first_attempt = time(take(&mut rest, 8)?)?;
-        let attempts = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
-        let reason = Reason::parse(std::str::from_utf8(field(&mut rest)?).ok()?)?;
-        let error = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
-        let message = spool::decode(rest)?;
+        let mut fields = Fields::new(body);
+        let (dead_at, first_attempt, attempts) = (fields.time()?, fields.time()?, fields.u32()?);
+        let (reason, error) = (Reason::parse(&fields.text()?)?, fields.text()?);
+        let message = fields.message()?;
         Some(DeadLetter { message, reason, error, attempts, first_attempt, dead_at })
     }
 }
@@ -212,7 +204,7 @@ impl DeadLetters {
         let path = dir.join(LOG);
         let letters = match fs::read(&path) {
             Ok(data) => {
-                let records = spool::read_records(&data);
+                let records = record::read(&data);
                 if let Some(offset) = records.torn_at {
                     tracing::warn!(file = %path.display(), offset, "torn dead-letter tail truncated");
                     OpenOptions::new().write(true).open(&path)?.set_len(offset as u64)?;
@@ -220,7 +212,7 @@ impl DeadLetters {
                 if !records.skipped.is_empty() {
                     tracing::warn!(file = %path.display(), regions = records.skipped.len(), "corrupt dead letters skipped");
                 }
-                records.bodies.iter().filter_map(|body| DeadLetter::decode(body)).collect()
+                latest(records.bodies.iter().filter_map(|body| DeadLetter::decode(body)))
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(error) => return Err(error),
@@ -238,6 +230,14 @@ impl DeadLetters {
         let mut records = Vec::new();
         for letter in letters {
             let message = &letter.message;
+            // The same event dead again (replayed after a crash, or requeued): it replaces its
+            // earlier letter, so that copies do not fill the store.
+            let earlier = state.letters.iter().position(|held| held.message.id == message.id);
+            let freed = earlier.map_or(0, |at| state.letters[at].bytes());
+            if let Some(at) = earlier.filter(|_| state.bytes - freed + letter.bytes() <= self.max_bytes) {
+                state.letters.remove(at);
+                state.bytes -= freed;
+            }
             if state.bytes + letter.bytes() > self.max_bytes {
                 tracing::error!(id = %message.id, destination = %message.destination, reason = %letter.reason, error = logs::field(&letter.error), body = logs::field(&message.payload), "dead-letter store full: the event is dropped, logged here only");
                 state.dropped += 1;
@@ -272,11 +272,14 @@ impl DeadLetters {
         state.letters.iter().filter(|letter| ids.is_none_or(|ids| ids.contains(&letter.message.id))).cloned().collect()
     }
 
-    /// Removes the dead letters with these ids, and rewrites the log without them (a new file
-    /// renamed over the old one, so a crash leaves one or the other).
-    pub fn forget(&self, ids: &[String]) -> io::Result<()> {
+    /// Removes these dead letters (as [`DeadLetters::take`] gave them), and rewrites the log
+    /// without them (a new file renamed over the old one, so a crash leaves one or the other).
+    /// A requeued event that died again since it was taken is a dead letter of its own, and
+    /// stays.
+    pub fn forget(&self, taken: &[DeadLetter]) -> io::Result<()> {
         let mut state = self.lock();
-        state.letters.retain(|letter| !ids.contains(&letter.message.id));
+        let same = |a: &DeadLetter, b: &DeadLetter| a.message.id == b.message.id && a.dead_at == b.dead_at;
+        state.letters.retain(|letter| !taken.iter().any(|gone| same(gone, letter)));
         state.bytes = state.letters.iter().map(DeadLetter::bytes).sum();
         let Some(path) = &self.log else { return Ok(()) };
         let records: Vec<u8> = state.letters.iter().flat_map(DeadLetter::record).collect();
@@ -303,10 +306,21 @@ impl DeadLetters {
 /// may be writing them): for `hookbus spool`.
 pub fn read(dir: &Path) -> io::Result<Vec<DeadLetter>> {
     match fs::read(dir.join(LOG)) {
-        Ok(data) => Ok(spool::read_records(&data).bodies.iter().filter_map(|body| DeadLetter::decode(body)).collect()),
+        Ok(data) => Ok(latest(record::read(&data).bodies.iter().filter_map(|body| DeadLetter::decode(body)))),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(error) => Err(error),
     }
+}
+
+/// The letters of a log, each event's latest only (the log keeps an earlier letter of an event
+/// that died again until it is next rewritten), in the order of those.
+fn latest(letters: impl Iterator<Item = DeadLetter>) -> Vec<DeadLetter> {
+    let mut letters: Vec<DeadLetter> = letters.collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<DeadLetter> =
+        letters.drain(..).rev().filter(|letter| seen.insert(letter.message.id.clone())).collect();
+    kept.reverse();
+    kept
 }
 
 #[cfg(test)]
@@ -314,6 +328,7 @@ mod tests {
     use super::*;
     use crate::bus::Origin;
     use bytes::Bytes;
+    use std::time::Duration;
 
     fn letter(n: usize) -> DeadLetter {
         let message = Message::new("t", "Live.X", Some(format!("room-{n}")), Origin::default(), Bytes::from("{}"));
@@ -340,9 +355,30 @@ mod tests {
         assert_eq!(read.iter().map(|l| &l.message.id).collect::<Vec<_>>(), ids.iter().collect::<Vec<_>>());
         assert_eq!((read[1].reason.label(), read[1].error.as_str()), ("too_large", "too large 1"));
         assert_eq!(read[2].message.key.as_deref(), Some("room-2"));
-        reopened.forget(&ids[..1]).unwrap();
+        reopened.forget(&read[..1]).unwrap();
         let left: Vec<_> = super::read(&dir).unwrap().into_iter().map(|l| l.message.id).collect();
         assert_eq!(left, ids[1..]);
+    }
+
+    #[test]
+    fn a_requeued_letter_that_died_again_before_it_was_forgotten_stays() {
+        let dir = tempdir();
+        let store = DeadLetters::open(&dir, 1 << 20).unwrap();
+        store.keep(vec![letter(0)]).unwrap();
+        let taken = store.take(None);
+        std::thread::sleep(Duration::from_millis(2));
+        let mut again = taken[0].clone();
+        again.dead_at = SystemTime::now();
+        store.keep(vec![again]).unwrap();
+        store.forget(&taken).unwrap();
+        assert_eq!(store.held().0, 1, "the second death stays");
+        assert_eq!(super::read(&dir).unwrap().len(), 1, "in the log too");
+        let mut third = taken[0].clone();
+        third.dead_at = SystemTime::now() + Duration::from_secs(1);
+        store.keep(vec![third]).unwrap();
+        assert_eq!(store.held().0, 1, "an event is kept once, its latest death");
+        assert_eq!(super::read(&dir).unwrap().len(), 1, "and read back once");
+        assert_eq!(DeadLetters::open(&dir, 1 << 20).unwrap().held().0, 1, "after a restart too");
     }
 
     #[test]

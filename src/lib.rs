@@ -28,6 +28,7 @@
 //!   its dead-letter policy.
 //! - [`spool`]: the crash-safe outbox log on disk (`--spool-dir`).
 //! - [`dead_letters`]: events the broker will never take, kept (with a spool, on disk).
+//! - [`record`]: the record format the spool and the dead-letter log share.
 //! - [`spool_command`]: `hookbus spool`, the operator's look into a spool directory.
 //! - [`admin`]: the running gateway's admin socket (requeue, tail): both ends of its line protocol.
 //! - [`tail`]: `hookbus tail`, a live view of the callbacks a gateway answers, and the tap it reads.
@@ -44,7 +45,7 @@
 //! `routes` → `decision`, `outbox`, `spool` (its errors), `metrics`, `apps`, `replay`, `tencent`,
 //! `trtc`, `css`, `body`, `tail`, `traces`, `bus`, `logs`; `admin` → `outbox`, `tail`;
 //! `spool_command` → `admin`; `outbox` → `spool`, `dead_letters`, `metrics`, `apps`, `bus` (its
-//! `publisher` → its `queue`, never back); `trtc` and `css` → `tencent`, `body`, `canonical`,
+//! `publisher` → its `queue`, never back); `spool` and `dead_letters` → `record`; `trtc` and `css` → `tencent`, `body`, `canonical`,
 //! `bus`; `bus` → `traces` (the trace context a message carries) and `logs`, nothing else of the
 //! gateway's; `logs` imports nothing of it.
 
@@ -63,6 +64,7 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod outbox;
+pub mod record;
 pub mod replay;
 pub mod respond;
 pub mod routes;

@@ -16,17 +16,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus::{Message, Origin};
+use crate::bus::Message;
+use crate::record::{self, Body, Fields};
 
-const MAGIC: [u8; 4] = *b"HBS1";
-const HEADER: usize = 12;
-/// A record larger than this cannot be valid (bodies are bounded by `--max-body-bytes`).
-const MAX_RECORD: usize = 64 << 20;
 /// Records written in one group commit at most.
 const GROUP: usize = 1024;
 /// Segments are deleted whole, once every event in them is confirmed.
@@ -193,7 +189,7 @@ impl Spool {
 
     /// Appends an event and returns where its record is once it is on disk.
     pub async fn append(&self, message: &Message) -> Result<Location, SpoolError> {
-        let record = encode(message);
+        let record = record::of_message(message);
         {
             let mut state = self.lock();
             if state.bytes + record.len() as u64 > self.max_bytes {
@@ -274,9 +270,9 @@ pub fn inspect(dir: &Path) -> io::Result<Contents> {
         let confirmed = read_notes(dir, id)?;
         contents.segments += 1;
         contents.bytes += data.len() as u64;
-        let records = read_records(&data);
-        let waiting = records.bodies.into_iter().filter(|body| !confirmed.contains(&record_offset(&data, body)));
-        contents.events.extend(waiting.filter_map(decode));
+        let records = record::read(&data);
+        let waiting = records.bodies.into_iter().filter(|body| !confirmed.contains(&record::offset_of(&data, body)));
+        contents.events.extend(waiting.filter_map(|body| Fields::new(body).message()));
     }
     Ok(contents)
 }
@@ -427,8 +423,11 @@ fn write_notes(dir: &Path, state: &Mutex<Segments>, sync: bool) -> io::Result<()
             if !state.segments.contains_key(&segment) {
                 continue;
             }
-            let body: Vec<u8> = offsets.iter().flat_map(|offset| offset.to_le_bytes()).collect();
-            let record = frame(&body);
+            let mut body = Body::with_capacity(8 * offsets.len());
+            for &offset in &offsets {
+                body.u64(offset);
+            }
+            let record = body.record();
             let mut created = false;
             let file = match state.notes.entry(segment) {
                 std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
@@ -466,9 +465,12 @@ fn read_notes(dir: &Path, id: u64) -> io::Result<std::collections::HashSet<u64>>
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Default::default()),
         Err(error) => return Err(error),
     };
-    let records = read_records(&data);
-    let offsets = records.bodies.iter().flat_map(|body| body.chunks_exact(8));
-    Ok(offsets.map(|offset| u64::from_le_bytes(offset.try_into().expect("chunks of 8"))).collect())
+    let mut confirmed = std::collections::HashSet::new();
+    for body in record::read(&data).bodies {
+        let mut offsets = Fields::new(body);
+        confirmed.extend(std::iter::from_fn(|| offsets.u64()));
+    }
+    Ok(confirmed)
 }
 
 fn notes_path(dir: &Path, id: u64) -> PathBuf {
@@ -503,12 +505,15 @@ fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// cutting a torn tail.
 fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Message)>> {
     let data = fs::read(path)?;
-    let records = read_records(&data);
+    let records = record::read(&data);
     for &(offset, skipped) in &records.skipped {
         tracing::warn!(file = %path.display(), offset, skipped, "corrupt spool record skipped");
     }
-    let messages: Vec<(u64, Message)> =
-        records.bodies.iter().filter_map(|body| Some((record_offset(&data, body), decode(body)?))).collect();
+    let messages: Vec<(u64, Message)> = records
+        .bodies
+        .iter()
+        .filter_map(|body| Some((record::offset_of(&data, body), Fields::new(body).message()?)))
+        .collect();
     // A whole record whose body does not decode (written by another version?) is damaged too.
     // A torn tail is a damaged region too.
     recovery.corrupt += records.skipped.len() + usize::from(records.torn_at.is_some());
@@ -522,173 +527,11 @@ fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Me
     Ok(messages)
 }
 
-/// Where in `data` the record of `body` (one of [`read_records`]'s bodies, a slice of `data`)
-/// starts: a header before its body.
-fn record_offset(data: &[u8], body: &[u8]) -> u64 {
-    (body.as_ptr() as usize - data.as_ptr() as usize - HEADER) as u64
-}
-
-/// What a log of records holds: the bodies of the intact records in order, the damaged
-/// regions skipped (offset, length), and where a torn tail starts.
-pub(crate) struct Records<'a> {
-    pub bodies: Vec<&'a [u8]>,
-    pub skipped: Vec<(usize, usize)>,
-    pub torn_at: Option<usize>,
-}
-
-/// Reads the records of `data` without changing anything: the reader resynchronises on the
-/// next magic after a damaged record. The spool and the dead-letter log share this format.
-pub(crate) fn read_records(data: &[u8]) -> Records<'_> {
-    let mut records = Records { bodies: Vec::new(), skipped: Vec::new(), torn_at: None };
-    let mut offset = 0;
-    while offset < data.len() {
-        if let Some((body, next)) = body_at(data, offset) {
-            records.bodies.push(body);
-            offset = next;
-            continue;
-        }
-        let resume = (offset + 1..data.len()).find(|&at| data[at..].starts_with(&MAGIC) && body_at(data, at).is_some());
-        match resume {
-            Some(at) => {
-                records.skipped.push((offset, at - offset));
-                offset = at;
-            }
-            None => {
-                records.torn_at = Some(offset);
-                break;
-            }
-        }
-    }
-    records
-}
-
-fn encode(message: &Message) -> Vec<u8> {
-    let mut body = Vec::with_capacity(message.payload.len() + 256);
-    put_message(&mut body, message);
-    frame(&body)
-}
-
-/// Appends the fields of `message` to a record's body.
-pub(crate) fn put_message(body: &mut Vec<u8>, message: &Message) {
-    body.extend_from_slice(&millis(message.time).to_le_bytes());
-    for field in [
-        &message.id,
-        &message.event_type,
-        &message.destination,
-        &message.sdk_app_id,
-        &message.client_ip,
-        &message.opt_platform,
-    ] {
-        put(body, field.as_bytes());
-    }
-    match &message.key {
-        Some(key) => {
-            body.push(1);
-            put(body, key.as_bytes());
-        }
-        None => body.push(0),
-    }
-    put(body, &message.payload);
-    // Added after the payload, so that records written before them still read back.
-    put(body, message.trace.header().as_bytes());
-    match &message.tracestate {
-        Some(state) => {
-            body.push(1);
-            put(body, state.as_bytes());
-        }
-        None => body.push(0),
-    }
-}
-
-/// A record: `magic, length, crc32(length ++ body), body`.
-pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
-    let length = (body.len() as u32).to_le_bytes();
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&length);
-    hasher.update(body);
-    let mut record = Vec::with_capacity(HEADER + body.len());
-    record.extend_from_slice(&MAGIC);
-    record.extend_from_slice(&length);
-    record.extend_from_slice(&hasher.finalize().to_le_bytes());
-    record.extend_from_slice(body);
-    record
-}
-
-pub(crate) fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
-pub(crate) fn put(body: &mut Vec<u8>, field: &[u8]) {
-    body.extend_from_slice(&(field.len() as u32).to_le_bytes());
-    body.extend_from_slice(field);
-}
-
-/// The body of the record at `offset` and the offset after it, if it is whole and its
-/// checksum holds.
-fn body_at(data: &[u8], offset: usize) -> Option<(&[u8], usize)> {
-    let header = data.get(offset..offset + HEADER)?;
-    if header[..4] != MAGIC {
-        return None;
-    }
-    let length = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
-    if length > MAX_RECORD {
-        return None;
-    }
-    let body = data.get(offset + HEADER..offset + HEADER + length)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[4..8]);
-    hasher.update(body);
-    if hasher.finalize() != u32::from_le_bytes(header[8..12].try_into().ok()?) {
-        return None;
-    }
-    Some((body, offset + HEADER + length))
-}
-
-/// The message of a record's body.
-pub(crate) fn decode(body: &[u8]) -> Option<Message> {
-    let mut rest = body;
-    let ms = u64::from_le_bytes(take(&mut rest, 8)?.try_into().ok()?);
-    let mut text = || -> Option<String> {
-        let length = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?) as usize;
-        String::from_utf8(take(&mut rest, length)?.to_vec()).ok()
-    };
-    let (id, command, destination) = (text()?, text()?, text()?);
-    let (sdk_app_id, client_ip, opt_platform) = (text()?, text()?, text()?);
-    let key = match take(&mut rest, 1)? {
-        [1] => Some(String::from_utf8(field(&mut rest)?.to_vec()).ok()?),
-        _ => None,
-    };
-    let payload = Bytes::copy_from_slice(field(&mut rest)?);
-    let (mut traceparent, mut tracestate) = (String::new(), None);
-    if !rest.is_empty() {
-        traceparent = String::from_utf8(field(&mut rest)?.to_vec()).ok()?;
-        if take(&mut rest, 1)? == [1] {
-            tracestate = Some(String::from_utf8(field(&mut rest)?.to_vec()).ok()?);
-        }
-    }
-    let time = UNIX_EPOCH + Duration::from_millis(ms);
-    let origin = Origin { sdk_app_id, client_ip, opt_platform, traceparent, tracestate };
-    Some(Message::restore(id, time, command, destination, key, origin, payload))
-}
-
-pub(crate) fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let length = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?) as usize;
-    take(rest, length)
-}
-
-pub(crate) fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if rest.len() < n {
-        return None;
-    }
-    let (head, tail) = rest.split_at(n);
-    *rest = tail;
-    Some(head)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bus::Origin;
+    use bytes::Bytes;
 
     fn message(n: usize) -> Message {
         let origin = Origin {
@@ -700,22 +543,6 @@ mod tests {
         };
         let key = n.is_multiple_of(2).then(|| format!("room-{n}"));
         Message::new("t", "Live.X", key, origin, Bytes::from(format!("{{\"n\":{n}}}")))
-    }
-
-    #[test]
-    fn records_round_trip() {
-        let original = message(2);
-        let record = encode(&original);
-        let (body, next) = body_at(&record, 0).unwrap();
-        assert_eq!(next, record.len());
-        let decoded = decode(body).unwrap();
-        assert_eq!(decoded.id, original.id);
-        assert_eq!(decoded.destination, original.destination);
-        assert_eq!(decoded.key, original.key);
-        assert_eq!(decoded.time_text, original.time_text);
-        assert_eq!(decoded.payload, original.payload);
-        assert_eq!(decoded.opt_platform, "Web");
-        assert_eq!(decode(body_at(&encode(&message(1)), 0).unwrap().0).unwrap().key, None);
     }
 
     #[tokio::test]
@@ -766,10 +593,10 @@ mod tests {
     #[test]
     fn torn_tails_and_flipped_bytes_are_reported_and_intact_records_kept() {
         let dir = tempdir();
-        let records: Vec<Vec<u8>> = (0..4).map(|n| encode(&message(n))).collect();
+        let records: Vec<Vec<u8>> = (0..4).map(|n| record::of_message(&message(n))).collect();
         let mut data: Vec<u8> = records.concat();
         // Flip a byte inside the second record's body, and tear the last record in half.
-        let second = records[0].len() + HEADER + 5;
+        let second = records[0].len() + record::HEADER + 5;
         data[second] ^= 0xff;
         data.truncate(data.len() - records[3].len() / 2);
         fs::write(segment_path(&dir, 7), &data).unwrap();

@@ -150,9 +150,8 @@ async fn requeue(dir: &Path, ids: Option<&[String]>) -> anyhow::Result<String> {
     for letter in &taken {
         spool.append(&letter.message).await?;
     }
-    let requeued: Vec<String> = taken.into_iter().map(|letter| letter.message.id).collect();
-    letters.forget(&requeued)?;
-    Ok(format!("requeued {} (into the spool: published at the next start)", requeued.len()))
+    letters.forget(&taken)?;
+    Ok(format!("requeued {} (into the spool: published at the next start)", taken.len()))
 }
 
 /// Asks the running gateway, through its admin socket.

@@ -135,7 +135,7 @@ async fn damaged_spool_files_are_reported_and_every_intact_record_delivered() {
             spool.append(&message).await.unwrap();
         }
     }
-    let segment = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let segment = dir.join(format!("{:020}.log", 0));
     let mut data = std::fs::read(&segment).unwrap();
     let starts: Vec<usize> = (0..data.len()).filter(|&at| data[at..].starts_with(b"HBS1")).collect();
     assert_eq!(starts.len(), 4);

@@ -5,7 +5,7 @@
 //! of its 4 KiB pages kept; every name since the directory's last `fsync` lost). The next start
 //! on what survived must deliver every callback that was answered 200, or keep it as a dead
 //! letter: one callback in 40 is too large for the test's NATS server, so cuts fall during
-//! dead-letter writes too.
+//! dead-letter writes too. A second test cuts the power while those dead letters are requeued.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
@@ -219,8 +219,15 @@ async fn every_callback_answered_200_survives_power_cuts() {
 
 /// The rooms of the dead letters `hookbus spool export --dead` finds in the spool `dir`.
 fn dead_letters(dir: &std::path::Path) -> HashSet<String> {
+    exported(dir, &["--dead"])
+}
+
+/// The rooms of the events `hookbus spool export` finds in the spool `dir` (with `--dead`, of
+/// its dead letters).
+fn exported(dir: &std::path::Path, select: &[&str]) -> HashSet<String> {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
-        .args(["spool", "--spool-dir", dir.to_str().unwrap(), "export", "--dead"])
+        .args(["spool", "--spool-dir", dir.to_str().unwrap(), "export"])
+        .args(select)
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -232,4 +239,132 @@ fn dead_letters(dir: &std::path::Path) -> HashSet<String> {
             event["data"]["RoomId"].as_str().unwrap().to_owned()
         })
         .collect()
+}
+
+/// How many events `hookbus spool export` finds in the spool `dir`, copies included.
+fn exported_all(dir: &std::path::Path, select: &[&str]) -> usize {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+        .args(["spool", "--spool-dir", dir.to_str().unwrap(), "export"])
+        .args(select)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).lines().count()
+}
+
+/// `hookbus spool stat` of the spool `dir`.
+fn stat(dir: &std::path::Path) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+        .args(["spool", "--spool-dir", dir.to_str().unwrap(), "stat"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Power cuts while dead letters are requeued: through the running gateway's admin socket, or,
+/// with the gateway gone, into the spool by `hookbus spool requeue` itself; the cut falls at a
+/// random moment of either (the requeue killed with the gateway). After every cut, each dead
+/// letter that `hookbus spool` listed before it is still a dead letter or back in the spool:
+/// nothing it reported as kept vanishes. The spool's lock file is never synced (a cut may
+/// take it or leave it): `hookbus spool stat` says no gateway holds the spool after a cut, and
+/// the next gateway starts on it. Requeued dead letters are still too large for the broker:
+/// they die again, and the next round requeues them all again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_reported_kept_survive_power_cuts_during_requeue() {
+    let cuts: usize = std::env::var("HOOKBUS_POWERCUT_REQUEUES").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
+    let seed = std::env::var("HOOKBUS_POWERCUT_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    println!("power cuts during requeue: {cuts}, seed {seed} (HOOKBUS_POWERCUT_SEED={seed} repeats the run)");
+    let mut random = Random(seed);
+    let fs = LazyFs::mount();
+    let prefix = unique("t");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _server = NatsServer::start(port, &format!("max_payload: {MAX_PAYLOAD}\n"));
+    let url = format!("nats://127.0.0.1:{port}");
+    let spool = fs.mount.to_str().unwrap().to_owned();
+    let flags: Vec<&str> = vec![
+        "--bus",
+        "nats",
+        "--nats-url",
+        &url,
+        "--prefix",
+        &prefix,
+        "--sdk-app-id",
+        APP,
+        "--token",
+        TOKEN,
+        "--spool-dir",
+        &spool,
+        "--spool-segment-bytes",
+        "32768",
+        "--publish-linger",
+        "1ms",
+    ];
+    let (mut offline, mut finished, mut checked) = (0, 0, 0);
+    for cut in 0..cuts {
+        let (mut child, addr, _logs) = spawn_binary_with_logs(&flags);
+        let mut client = Client::connect(addr).await;
+        let mut rooms = Vec::new();
+        for n in 0..3 {
+            let room = format!("requeue{cut}-{n}");
+            let body = format!(r#"{{"RoomId":"{room}","Pad":"{}"}}"#, "x".repeat(MAX_PAYLOAD + 1000));
+            assert_eq!(client.post("Live.CallbackAfterMemberStateChanged", body.as_bytes()).await.0, 200);
+            rooms.push(room);
+        }
+        // Each start publishes what the spool holds first (requeued letters, which die again):
+        // slow on this file system under a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let kept = loop {
+            let kept = dead_letters(&fs.mount);
+            if rooms.iter().all(|room| kept.contains(room)) {
+                break kept;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cut {cut}: the large callbacks became dead letters: {} rooms listed, {} letters in the log: {}",
+                kept.len(),
+                exported_all(&fs.mount, &["--dead"]),
+                stat(&fs.mount)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let gateway_gone = random.next().is_multiple_of(2);
+        if gateway_gone {
+            signal(&child, "KILL");
+            child.wait().unwrap();
+            offline += 1;
+        }
+        let mut requeue = std::process::Command::new(env!("CARGO_BIN_EXE_hookbus"))
+            .args(["spool", "--spool-dir", &spool, "requeue", "--all"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(random.next() % 300)).await;
+        let _ = requeue.kill();
+        let answer = requeue.wait_with_output().unwrap();
+        finished += usize::from(String::from_utf8_lossy(&answer.stdout).starts_with("requeued"));
+        if !gateway_gone {
+            signal(&child, "KILL");
+            child.wait().unwrap();
+        }
+        let keep = [0.0, 0.5, 1.0][(random.next() % 3) as usize];
+        fs.cut(keep, random.next());
+        let (dead, waiting) = (dead_letters(&fs.mount), exported(&fs.mount, &[]));
+        checked += kept.len();
+        let vanished: Vec<&String> =
+            kept.iter().filter(|room| !dead.contains(*room) && !waiting.contains(*room)).collect();
+        assert!(
+            vanished.is_empty(),
+            "cut {cut} (gateway {}): dead letters listed as kept, then neither dead letters nor in the spool: {vanished:?} (seed {seed})",
+            if gateway_gone { "gone, requeue into the spool" } else { "running, requeue through it" }
+        );
+        assert!(stat(&fs.mount).contains("gateway running: no"), "cut {cut}: the lock of a dead gateway holds nothing");
+    }
+    println!(
+        "power cuts during requeue: {cuts} ({offline} into the spool with no gateway), {finished} requeues \
+         answered before their cut, {checked} dead letters listed before a cut and found after it"
+    );
+    assert!(offline > 0 && offline < cuts, "both ways were cut");
 }

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The spool at the disk's speed: hookbus with `--spool-dir` against the memory outbox on the
+# same bus, and the disk's own fdatasync, side by side in one run, alternating rounds (the order
+# of the two gateways flips every round). Each round, per bus:
+# - saturation: wrk -t1 -c64 for $seconds posting $BODY, counting 200s only; CPU per callback is
+#   the gateway's utime + stime over the run (/proc/PID/stat) divided by every answer wrk counted;
+# - latency: the fixed-rate generator (bench/load.rs, 32 connections, no coordinated omission)
+#   at half the spool's saturation rate of that round, against both gateways;
+# - peak RSS (VmHWM) of the spooled gateway over both;
+# - the disk: $FSYNC_SECONDS of 4 KiB appends each followed by fdatasync, on a file in the spool's
+#   directory (the spool's group commit is one append and one fdatasync), latency per fdatasync.
+# The spool lives in $SPOOL_PARENT (default /var/tmp: the disk, not a tmpfs), wiped before each
+# gateway starts. Prints each round and the medians, and checks the targets:
+# rate with spool ≥ 0.8 × without; p99 with spool at half its rate ≤ memory p99 at that rate +
+# 3 × fdatasync p99; CPU per callback ≤ 1.3 ×; peak RSS ≤ 64 MB.
+# Usage: [BUSES="nats amqp kafka"] [BODY=bench/body-1k.json] [SPOOL_PARENT=/var/tmp]
+#        [FSYNC_SECONDS=3] [BASELINE=binary] [GATEWAY=binary] [PORT=18180] bench/spool.sh [rounds, 5] [seconds per measurement, 5]
+# With BASELINE, that build's spool is a third configuration of every round (a change measured
+# against the gateway before it); GATEWAY measures another build than target/release's.
+
+# How the load generator is invoked (the release build of bench/load.rs).
+load_tool=target/release/examples/load
+
+rounds=${1:-5}
+source "$(dirname "$0")/setup.sh" "${2:-5}"
+# A port and logs of its own: another benchmark may hold setup.sh's.
+port=${PORT:-18180}
+bin=${GATEWAY:-$bin}
+log=/tmp/hookbus-spool-bench-logs
+mkdir -p "$log"
+info=Live.CallbackAfterMemberStateChanged
+body=${BODY:-bench/body-1k.json}
+spool=${SPOOL_PARENT:-/var/tmp}/hookbus-bench-spool
+results=$log/spool.tsv
+: >"$results"
+
+bus_flags() { # bus → its gateway flags
+  case $1 in
+    nats) echo "--bus nats --nats-url $nats" ;;
+    amqp) echo "--bus amqp --amqp-url $amqp" ;;
+    kafka) echo "--bus kafka --instance-id bench" ;;
+  esac
+}
+configurations=(memory spool)
+[[ -z ${BASELINE:-} ]] || configurations+=(baseline)
+command_line() { # bus configuration → its command line
+  case $2 in
+    memory) gateway $(bus_flags $1) ;;
+    spool) gateway $(bus_flags $1) --spool-dir $spool ;;
+    baseline) bin=$BASELINE gateway $(bus_flags $1) --spool-dir $spool ;;
+  esac
+}
+fresh() { # bus configuration → a started gateway ($pid), ready, on an empty spool
+  rm -rf "$spool"
+  [[ $1 != amqp ]] || target/release/examples/admin amqp-sink "$amqp" tencent "bench.$info" >/dev/null
+  start "spool-$1-$2" $(command_line "$1" "$2")
+  wait_ready /readyz >/dev/null
+  [[ $1 != kafka ]] || curl -sf -o /dev/null --data-binary @"$body" "$(url $info)"
+  sleep 0.5
+}
+peak_rss() { awk '$1 == "VmHWM:" { print int($2 / 1024) }' "/proc/$1/status"; }
+
+# $FSYNC_SECONDS of 4 KiB appends and fdatasyncs in the spool's directory → "p50_ms p99_ms syncs/s"
+disk() {
+  mkdir -p "$spool"
+  python3 - "$spool/fdatasync-probe" "${FSYNC_SECONDS:-3}" <<'PY'
+import os, sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+page, times = b"x" * 4096, []
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    os.write(fd, page)
+    start = time.perf_counter()
+    os.fdatasync(fd)
+    times.append(time.perf_counter() - start)
+os.close(fd)
+os.unlink(path)
+times.sort()
+at = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1000
+print(f"{at(0.5):.3f} {at(0.99):.3f} {len(times) / seconds:.0f}")
+PY
+}
+
+for round in $(seq 1 "$rounds"); do
+  for bus in ${BUSES:-nats}; do
+    order=("${configurations[@]}")
+    (( round % 2 )) || order=($(printf '%s\n' "${configurations[@]}" | tac))
+    declare -A rate=() cpu=() peak=()
+    for configuration in "${order[@]}"; do
+      fresh $bus $configuration
+      saturate $pid "$body" "$(url $info)"
+      rate[$configuration]=$rps cpu[$configuration]=$cpu_us peak[$configuration]=$(peak_rss $pid)
+      stop $pid
+    done
+    half=$(( rate[spool] / 2 ))
+    for configuration in "${order[@]}"; do
+      fresh $bus $configuration
+      out=$($load_tool --url "http://127.0.0.1:$port/" --rate $(( half > 0 ? half : 1 )) --duration "${seconds}s" \
+        --body "$body" --command $info --token $token)
+      read -r p50 p99 errors < <(python3 -c 'import json, sys; f = json.loads(sys.argv[1]); print(f["p50_ms"], f["p99_ms"], f["errors"])' "$out")
+      peak[$configuration]=$(( $(peak_rss $pid) > peak[$configuration] ? $(peak_rss $pid) : peak[$configuration] ))
+      stop $pid
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$bus" "$configuration" "${rate[$configuration]}" \
+        "${cpu[$configuration]}" "$half" "$p50" "$p99" "$errors" "${peak[$configuration]}" >>"$results"
+    done
+    read -r sync50 sync99 syncs < <(disk)
+    printf '%s\t%s\tfdatasync\t%s\t%s\t%s\n' "$round" "$bus" "$sync50" "$sync99" "$syncs" >>"$results"
+  done
+done
+rm -rf "$spool"
+
+python3 - "$results" "$seconds" "$body" "${configurations[@]}" <<'PY'
+import statistics, sys
+results, seconds, body, configurations = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+rows = [line.rstrip("\n").split("\t") for line in open(results)]
+med = statistics.median
+print(f"Medians over the rounds; saturation wrk -t1 -c64 -d{seconds}s, latency at half the spool's rate "
+      f"for {seconds} s, 32 connections; {body}.")
+print()
+print("| bus | configuration | 200/s at saturation | × memory | CPU µs/callback | × memory | fixed rate /s | p50 ms | p99 ms | errors | peak RSS MB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for bus in dict.fromkeys(r[1] for r in rows):
+    of = lambda c, i: [float(r[i]) for r in rows if r[1] == bus and r[2] == c]
+    m = {c: dict(rate=med(of(c, 3)), cpu=med(of(c, 4)), half=med(of(c, 5)), p50=med(of(c, 6)), p99=med(of(c, 7)),
+                 errors=sum(of(c, 8)), peak=max(of(c, 9))) for c in configurations}
+    for c in configurations:
+        f = m[c]
+        print(f"| {bus} | {c} | {f['rate']:,.0f} | {f['rate'] / m['memory']['rate']:.2f} | {f['cpu']:.1f} | "
+              f"{f['cpu'] / m['memory']['cpu']:.2f} | {f['half']:,.0f} | {f['p50']:.2f} | {f['p99']:.2f} | "
+              f"{f['errors']:.0f} | {f['peak']:.0f} |")
+    sync50, sync99 = med(of("fdatasync", 3)), med(of("fdatasync", 4))
+    print(f"| {bus} | the disk: 4 KiB append + fdatasync | {med(of('fdatasync', 5)):,.0f} syncs/s | — | — | — | — | "
+          f"{sync50:.2f} | {sync99:.2f} | — | — |")
+    s, mem = m["spool"], m["memory"]
+    bound = mem["p99"] + 3 * sync99
+    verdict = lambda ok: "met" if ok else "not met"
+    print()
+    print(f"Targets, {bus}: rate {s['rate'] / mem['rate']:.2f} × (≥ 0.8: {verdict(s['rate'] >= 0.8 * mem['rate'])}); "
+          f"p99 {s['p99']:.2f} ms ≤ {mem['p99']:.2f} + 3 × {sync99:.2f} = {bound:.2f} ms: {verdict(s['p99'] <= bound)}; "
+          f"CPU {s['cpu'] / mem['cpu']:.2f} × (≤ 1.3: {verdict(s['cpu'] <= 1.3 * mem['cpu'])}); "
+          f"peak RSS {s['peak']:.0f} MB (≤ 64: {verdict(s['peak'] <= 64)}).")
+    print()
+print("Rounds:")
+for r in rows:
+    if r[2] == "fdatasync":
+        print(f"- round {r[0]}, {r[1]}, the disk: fdatasync p50 {r[3]} ms, p99 {r[4]} ms ({r[5]} syncs/s)")
+    else:
+        print(f"- round {r[0]}, {r[1]}, {r[2]}: {int(r[3]):,} 200/s, {r[4]} µs/callback; at {int(r[5]):,}/s "
+              f"p50 {float(r[6]):.2f} ms, p99 {float(r[7]):.2f} ms, {r[8]} errors; peak RSS {r[9]} MB")
+PY
