@@ -228,7 +228,12 @@ impl CssEvent {
         };
         let stream = text("stream_id").or_else(|| text("streamId"));
         let time = documented_type(event_type).and_then(|documented| documented.time).and_then(|(field, clock)| {
-            let value = integer(fields.get(field)?)?;
+            // By value, as the id's canonical form takes numbers: 1703731478.0 is 1703731478.
+            let raw = fields.get(field)?;
+            let value = integer(raw).or_else(|| {
+                let number = serde_json::from_str::<f64>(raw.get()).ok()?;
+                (number.fract() == 0.0 && (0.0..9e15).contains(&number)).then_some(number as u64)
+            })?;
             let since = match clock {
                 Clock::Seconds => Duration::from_secs(value),
                 Clock::Millis => Duration::from_millis(value),
@@ -398,6 +403,14 @@ mod tests {
         let unknown = CssEvent::parse(br#"{"event_type":329,"event_time":1}"#).unwrap();
         assert_eq!((unknown.command().as_str(), unknown.time), ("css.329", None));
         assert_eq!(CssEvent::parse(br#"{"event_type":0,"event_time":"x"}"#).unwrap().time, None, "no time: received");
+        for spelled in ["1703731478.0", "1.703731478e9", "17037314780e-1"] {
+            let body = format!(r#"{{"event_type":1,"event_time":{spelled}}}"#);
+            let event = CssEvent::parse(body.as_bytes()).unwrap();
+            assert_eq!(event.time, Some(UNIX_EPOCH + Duration::from_secs(1_703_731_478)), "{spelled}");
+            let whole = CssEvent::parse(br#"{"event_type":1,"event_time":1703731478}"#).unwrap();
+            assert_eq!(event.id(), whole.id(), "{spelled}: the same event");
+        }
+        assert_eq!(CssEvent::parse(br#"{"event_type":1,"event_time":1.5}"#).unwrap().time, None, "not a whole second");
         for bad in [
             &br#"{"appid":1}"#[..],
             br#"{"event_type":"1"}"#,
