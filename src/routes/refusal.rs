@@ -14,7 +14,7 @@ pub enum Refusal {
     MethodNotAllowed(&'static str),
     #[error("not found")]
     NotFound,
-    #[error("SdkAppid is not accepted")]
+    #[error("the app (SdkAppid, or a CSS body's appid) is not one this gateway serves")]
     Forbidden,
     /// A signature missing, stale or not matching, in the words and label of its surface.
     #[error("{reason}")]
