@@ -72,6 +72,17 @@ fn number(text: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// The value of a JSON number that is a whole number from 0 to `u64::MAX`, however it is
+/// written (`20`, `20.0`, `2e1`): what the canonical form takes as the same number.
+pub fn whole(raw: &RawValue) -> Option<u64> {
+    let canonical = decimal(raw.get())?;
+    let (digits, zeros) = match canonical.split_once('e') {
+        Some((digits, exponent)) => (digits, exponent.parse::<u32>().ok()?),
+        None => (canonical.as_str(), 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(10u64.checked_pow(zeros)?)
+}
+
 fn decimal(text: &str) -> Option<String> {
     let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -114,6 +125,18 @@ mod tests {
         ];
         for form in forms {
             assert_eq!(canonical(form), r#"{"a":{"c":"é","d":2},"b":[1,"x",true,null]}"#, "{form}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_are_read_however_they_are_written() {
+        let whole = |text: &str| super::whole(&RawValue::from_string(text.to_owned()).unwrap());
+        for text in ["1703731478", "1703731478.0", "1.703731478e9", "17037314780e-1", "1703731478000E-3"] {
+            assert_eq!(whole(text), Some(1_703_731_478), "{text}");
+        }
+        assert_eq!((whole("0"), whole("-0"), whole("18446744073709551615")), (Some(0), Some(0), Some(u64::MAX)));
+        for text in ["1.5", "-1", "18446744073709551616", "1e20", "1e-1"] {
+            assert_eq!(whole(text), None, "{text}");
         }
     }
 

@@ -229,11 +229,7 @@ impl CssEvent {
         let stream = text("stream_id").or_else(|| text("streamId"));
         let time = documented_type(event_type).and_then(|documented| documented.time).and_then(|(field, clock)| {
             // By value, as the id's canonical form takes numbers: 1703731478.0 is 1703731478.
-            let raw = fields.get(field)?;
-            let value = integer(raw).or_else(|| {
-                let number = serde_json::from_str::<f64>(raw.get()).ok()?;
-                (number.fract() == 0.0 && (0.0..9e15).contains(&number)).then_some(number as u64)
-            })?;
+            let value = crate::canonical::whole(fields.get(field)?)?;
             let since = match clock {
                 Clock::Seconds => Duration::from_secs(value),
                 Clock::Millis => Duration::from_millis(value),
