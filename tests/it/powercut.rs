@@ -116,19 +116,31 @@ fn load(
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_callback_answered_200_survives_power_cuts() {
-    let cuts: usize = std::env::var("HOOKBUS_POWERCUT_CUTS").ok().and_then(|n| n.parse().ok()).unwrap_or(50);
+/// How many cuts (`variable`, else `default`) and the seed of the random choices:
+/// `HOOKBUS_POWERCUT_SEED` or the clock; the seed is printed so that a run can be repeated.
+fn cuts_and_seed(variable: &str, default: usize, what: &str) -> (usize, u64) {
+    let cuts = std::env::var(variable).ok().and_then(|n| n.parse().ok()).unwrap_or(default);
     let seed = std::env::var("HOOKBUS_POWERCUT_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });
-    println!("power cuts: {cuts}, seed {seed} (HOOKBUS_POWERCUT_SEED={seed} repeats the run)");
+    println!("{what}: {cuts}, seed {seed} (HOOKBUS_POWERCUT_SEED={seed} repeats the run)");
+    (cuts, seed)
+}
+
+/// A NATS server of the test's own whose payload limit makes some callbacks dead letters.
+fn small_nats() -> (NatsServer, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = NatsServer::start(port, &format!("max_payload: {MAX_PAYLOAD}\n"));
+    (server, format!("nats://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_callback_answered_200_survives_power_cuts() {
+    let (cuts, seed) = cuts_and_seed("HOOKBUS_POWERCUT_CUTS", 50, "power cuts");
     let mut random = Random(seed);
     let fs = LazyFs::mount();
     let prefix = unique("t");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _server = NatsServer::start(port, &format!("max_payload: {MAX_PAYLOAD}\n"));
-    let url = format!("nats://127.0.0.1:{port}");
+    let (_server, url) = small_nats();
     let client = async_nats::connect(url.as_str()).await.unwrap();
     let mut watcher = client.subscribe(format!("{prefix}.>")).await.unwrap();
     client.flush().await.unwrap();
@@ -271,17 +283,11 @@ fn stat(dir: &std::path::Path) -> String {
 /// they die again, and the next round requeues them all again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_reported_kept_survive_power_cuts_during_requeue() {
-    let cuts: usize = std::env::var("HOOKBUS_POWERCUT_REQUEUES").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
-    let seed = std::env::var("HOOKBUS_POWERCUT_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
-    println!("power cuts during requeue: {cuts}, seed {seed} (HOOKBUS_POWERCUT_SEED={seed} repeats the run)");
+    let (cuts, seed) = cuts_and_seed("HOOKBUS_POWERCUT_REQUEUES", 20, "power cuts during requeue");
     let mut random = Random(seed);
     let fs = LazyFs::mount();
     let prefix = unique("t");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _server = NatsServer::start(port, &format!("max_payload: {MAX_PAYLOAD}\n"));
-    let url = format!("nats://127.0.0.1:{port}");
+    let (_server, url) = small_nats();
     let spool = fs.mount.to_str().unwrap().to_owned();
     let flags: Vec<&str> = vec![
         "--bus",
