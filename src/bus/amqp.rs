@@ -161,13 +161,11 @@ impl Amqp {
             join_all(sent.into_iter().zip(batch).enumerate().map(|(index, (sent, message))| {
                 let settled = &settled;
                 async move {
-                    let result = match sent.map_err(|error| failed("publish", error)) {
-                        Ok(confirm) => match confirm.await.map_err(|error| failed("confirm", error)) {
-                            Ok(confirmation) => confirmed(confirmation, message),
-                            Err(error) => Err(error),
-                        },
-                        Err(error) => Err(error),
-                    };
+                    let result = async {
+                        let confirm = sent.map_err(|error| failed("publish", error))?;
+                        confirmed(confirm.await.map_err(|error| failed("confirm", error))?, message)
+                    }
+                    .await;
                     settled.lock().unwrap_or_else(|poisoned| poisoned.into_inner())[index] = Some(result);
                 }
             }))
