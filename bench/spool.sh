@@ -4,7 +4,7 @@
 # of the two gateways flips every round). Each round, per bus:
 # - saturation: wrk -t1 -c64 for $seconds posting $BODY, counting 200s only; CPU per callback is
 #   the gateway's utime + stime over the run (/proc/PID/stat) divided by every answer wrk counted;
-# - latency: the fixed-rate generator (bench/load.rs, 32 connections, no coordinated omission)
+# - latency: the fixed-rate generator (bench/src/bin/load.rs, 32 connections, no coordinated omission)
 #   at half the spool's saturation rate of that round, against both gateways;
 # - peak RSS (VmHWM) of the spooled gateway over both;
 # - the disk: $FSYNC_SECONDS of 4 KiB appends each followed by fdatasync, on a file in the spool's
@@ -17,9 +17,6 @@
 #        [FSYNC_SECONDS=3] [BASELINE=binary] [GATEWAY=binary] [PORT=18180] bench/spool.sh [rounds, 5] [seconds per measurement, 5]
 # With BASELINE, that build's spool is a third configuration of every round (a change measured
 # against the gateway before it); GATEWAY measures another build than target/release's.
-
-# How the load generator is invoked (the release build of bench/load.rs).
-load_tool=target/release/examples/load
 
 rounds=${1:-5}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
@@ -52,7 +49,7 @@ command_line() { # bus configuration → its command line
 }
 fresh() { # bus configuration → a started gateway ($pid), ready, on an empty spool
   rm -rf "$spool"
-  [[ $1 != amqp ]] || target/release/examples/admin amqp-sink "$amqp" tencent "bench.$info" >/dev/null
+  [[ $1 != amqp ]] || $admin amqp-sink "$amqp" tencent "bench.$info" >/dev/null
   start "spool-$1-$2" $(command_line "$1" "$2")
   wait_ready /readyz >/dev/null
   [[ $1 != kafka ]] || curl -sf -o /dev/null --data-binary @"$body" "$(url $info)"
@@ -96,7 +93,7 @@ for round in $(seq 1 "$rounds"); do
     half=$(( rate[spool] / 2 ))
     for configuration in "${order[@]}"; do
       fresh $bus $configuration
-      out=$($load_tool --url "http://127.0.0.1:$port/" --rate $(( half > 0 ? half : 1 )) --duration "${seconds}s" \
+      out=$($load --url "http://127.0.0.1:$port/" --rate $(( half > 0 ? half : 1 )) --duration "${seconds}s" \
         --body "$body" --command $info --token $token)
       read -r p50 p99 errors < <(python3 -c 'import json, sys; f = json.loads(sys.argv[1]); print(f["p50_ms"], f["p99_ms"], f["errors"])' "$out")
       peak[$configuration]=$(( $(peak_rss $pid) > peak[$configuration] ? $(peak_rss $pid) : peak[$configuration] ))
