@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The spool at the disk's speed: hookbus with `--spool-dir` against the memory outbox on the
-# same bus, and the disk's own fdatasync, side by side in one run, alternating rounds (the order
-# of the two gateways flips every round). Each round, per bus:
+# same bus, the legs without and with a spool of their own (bench/src/bin/legs.rs `--spool`: the
+# smallest program appending each callback and syncing it before the answer, group commit), and
+# the disk's own fdatasync, side by side in one run, alternating rounds (the order of the
+# configurations flips every round). Each round, per bus:
 # - saturation: wrk -t1 -c64 for $seconds posting $BODY, counting 200s only; CPU per callback is
 #   the gateway's utime + stime over the run (/proc/PID/stat) divided by every answer wrk counted;
 # - latency: the fixed-rate generator (bench/src/bin/load.rs, 32 connections, no coordinated omission)
-#   at half the spool's saturation rate of that round, against both gateways;
-# - peak RSS (VmHWM) of the spooled gateway over both;
+#   at half the spool's saturation rate of that round, against each;
+# - peak RSS (VmHWM) of each program over both;
 # - the disk: $FSYNC_SECONDS of 4 KiB appends each followed by fdatasync, on a file in the spool's
 #   directory (the spool's group commit is one append and one fdatasync), latency per fdatasync.
 # The spool lives in $SPOOL_PARENT (default /var/tmp: the disk, not a tmpfs), wiped before each
@@ -15,7 +17,7 @@
 # 3 × fdatasync p99; CPU per callback ≤ 1.3 ×; peak RSS ≤ 64 MB.
 # Usage: [BUSES="nats amqp kafka"] [BODY=bench/body-1k.json] [SPOOL_PARENT=/var/tmp]
 #        [FSYNC_SECONDS=3] [BASELINE=binary] [GATEWAY=binary] [PORT=18180] bench/spool.sh [rounds, 5] [seconds per measurement, 5]
-# With BASELINE, that build's spool is a third configuration of every round (a change measured
+# With BASELINE, that build's spool is a fifth configuration of every round (a change measured
 # against the gateway before it); GATEWAY measures another build than target/release's.
 
 rounds=${1:-5}
@@ -38,13 +40,15 @@ bus_flags() { # bus → its gateway flags
     kafka) echo "--bus kafka --instance-id bench" ;;
   esac
 }
-configurations=(memory spool)
+configurations=(memory spool legs legs-spool)
 [[ -z ${BASELINE:-} ]] || configurations+=(baseline)
 command_line() { # bus configuration → its command line
   case $2 in
     memory) gateway $(bus_flags $1) ;;
     spool) gateway $(bus_flags $1) --spool-dir $spool ;;
     baseline) bin=$BASELINE gateway $(bus_flags $1) --spool-dir $spool ;;
+    legs) echo "$legs $1 127.0.0.1:$port --prefix bench" ;;
+    legs-spool) mkdir -p $spool && echo "$legs $1 127.0.0.1:$port --prefix bench --spool $spool/legs" ;;
   esac
 }
 fresh() { # bus configuration → a started gateway ($pid), ready, on an empty spool
@@ -119,12 +123,13 @@ print("| bus | configuration | 200/s at saturation | × memory | CPU µs/callbac
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for bus in dict.fromkeys(r[1] for r in rows):
     of = lambda c, i: [float(r[i]) for r in rows if r[1] == bus and r[2] == c]
+    base = lambda c: "legs" if c.startswith("legs") else "memory"
     m = {c: dict(rate=med(of(c, 3)), cpu=med(of(c, 4)), half=med(of(c, 5)), p50=med(of(c, 6)), p99=med(of(c, 7)),
                  errors=sum(of(c, 8)), peak=max(of(c, 9))) for c in configurations}
     for c in configurations:
         f = m[c]
-        print(f"| {bus} | {c} | {f['rate']:,.0f} | {f['rate'] / m['memory']['rate']:.2f} | {f['cpu']:.1f} | "
-              f"{f['cpu'] / m['memory']['cpu']:.2f} | {f['half']:,.0f} | {f['p50']:.2f} | {f['p99']:.2f} | "
+        print(f"| {bus} | {c} | {f['rate']:,.0f} | {f['rate'] / m[base(c)]['rate']:.2f} | {f['cpu']:.1f} | "
+              f"{f['cpu'] / m[base(c)]['cpu']:.2f} | {f['half']:,.0f} | {f['p50']:.2f} | {f['p99']:.2f} | "
               f"{f['errors']:.0f} | {f['peak']:.0f} |")
     sync50, sync99 = med(of("fdatasync", 3)), med(of("fdatasync", 4))
     print(f"| {bus} | the disk: 4 KiB append + fdatasync | {med(of('fdatasync', 5)):,.0f} syncs/s | — | — | — | — | "
@@ -137,6 +142,10 @@ for bus in dict.fromkeys(r[1] for r in rows):
           f"p99 {s['p99']:.2f} ms ≤ {mem['p99']:.2f} + 3 × {sync99:.2f} = {bound:.2f} ms: {verdict(s['p99'] <= bound)}; "
           f"CPU {s['cpu'] / mem['cpu']:.2f} × (≤ 1.3: {verdict(s['cpu'] <= 1.3 * mem['cpu'])}); "
           f"peak RSS {s['peak']:.0f} MB (≤ 64: {verdict(s['peak'] <= 64)}).")
+    legs, legs_spool = m["legs"], m["legs-spool"]
+    print(f"The legs, {bus} (the same parts, the same guarantee, nothing else): with their spool "
+          f"rate {legs_spool['rate'] / legs['rate']:.2f} ×, p99 {legs_spool['p99']:.2f} ms against {legs['p99']:.2f} ms, "
+          f"CPU {legs_spool['cpu'] / legs['cpu']:.2f} ×, peak RSS {legs_spool['peak']:.0f} MB against {legs['peak']:.0f} MB.")
     print()
 print("Rounds:")
 for r in rows:

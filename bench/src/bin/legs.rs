@@ -16,6 +16,10 @@
 //!   confirmed request and replies consumed (on a second connection, as the gateway does) from a
 //!   queue of this process, matched by correlation id.
 //!
+//! With `--spool FILE`, each callback is also appended to FILE (its id, subject and body) before
+//! its answer: a writer thread writes what waits at once and `fdatasync`s it (group commit), and
+//! the answer follows the sync, the spool's guarantee; nothing is ever deleted or read back.
+//!
 //! What the legs leave out is the gateway's own work: the query and signature checks, the body
 //! scan (the room is a constant of the benchmark body's room's length), the outbox's retries,
 //! metrics and logs. The callback's command, SdkAppid, ClientIP and OptPlatform come from the
@@ -93,6 +97,9 @@ struct Args {
     stream: String,
     #[arg(long, default_value = "tencent")]
     prefix: String,
+    /// Append each callback to this file, synced before its answer (truncated at start).
+    #[arg(long)]
+    spool: Option<std::path::PathBuf>,
 }
 
 /// One accepted callback with the attributes the gateway gives it.
@@ -230,7 +237,7 @@ fn prefixed(name: &str, prefix: &str) -> &'static str {
 /// What answers a callback: a publisher behind a channel, or a requester.
 #[derive(Clone)]
 enum Sink {
-    Events { queue: mpsc::Sender<Event>, pending: Arc<AtomicU64> },
+    Events { queue: mpsc::Sender<Event>, pending: Arc<AtomicU64>, spool: Option<mpsc::UnboundedSender<Append>> },
     Nats(async_nats::Client),
     Amqp(Arc<AmqpRequester>),
 }
@@ -251,7 +258,7 @@ async fn main() {
             let (queue, events) = mpsc::channel(QUEUE);
             let pending = Arc::new(AtomicU64::new(0));
             tokio::spawn(publish(events, pending.clone(), start(path, &args).await));
-            Sink::Events { queue, pending }
+            Sink::Events { queue, pending, spool: args.spool.as_deref().map(spool) }
         }
     };
     let prefix: Arc<str> = args.prefix.into();
@@ -280,7 +287,7 @@ async fn answer(
     };
     if request.method() == Method::GET {
         let drained = match &sink {
-            Sink::Events { queue, pending } => pending.load(Relaxed) == 0 && queue.capacity() == QUEUE,
+            Sink::Events { queue, pending, .. } => pending.load(Relaxed) == 0 && queue.capacity() == QUEUE,
             _ => true,
         };
         let ready = request.uri().path() != "/drained" || drained;
@@ -292,9 +299,16 @@ async fn answer(
         return reply(StatusCode::BAD_REQUEST, Bytes::new());
     };
     match sink {
-        Sink::Events { queue, pending } => {
+        Sink::Events { queue, pending, spool } => {
+            let event = Event::new(&prefix, &query, body, false);
+            if let Some(spool) = spool {
+                let record = [event.id.as_bytes(), event.subject.as_bytes(), &event.payload].concat();
+                let (done, synced) = oneshot::channel();
+                spool.send(Append { record, done }).expect("the spool writer");
+                synced.await.expect("the spool writer").expect("a spool write");
+            }
             pending.fetch_add(1, Relaxed);
-            match queue.try_send(Event::new(&prefix, &query, body, false)) {
+            match queue.try_send(event) {
                 Ok(()) => reply(StatusCode::OK, Bytes::from_static(OK)),
                 Err(_) => {
                     pending.fetch_sub(1, Relaxed);
@@ -315,6 +329,35 @@ async fn answer(
             None => reply(StatusCode::GATEWAY_TIMEOUT, Bytes::new()),
         },
     }
+}
+
+/// A record to append, and where to say it is on disk.
+struct Append {
+    record: Vec<u8>,
+    done: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// Starts the writer of `path`: it writes every record waiting at once and syncs them with one
+/// `fdatasync` (group commit) before it says each is written.
+fn spool(path: &std::path::Path) -> mpsc::UnboundedSender<Append> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("the spool file");
+    let (appends, mut waiting) = mpsc::unbounded_channel::<Append>();
+    std::thread::spawn(move || {
+        let mut group = Vec::new();
+        let mut bytes = Vec::new();
+        while waiting.blocking_recv_many(&mut group, 1024) > 0 {
+            bytes.clear();
+            for append in &group {
+                bytes.extend_from_slice(&append.record);
+            }
+            let written = file.write_all(&bytes).and_then(|()| file.sync_data());
+            for append in group.drain(..) {
+                let _ = append.done.send(written.as_ref().map(|_| ()).map_err(|error| error.kind().into()));
+            }
+        }
+    });
+    appends
 }
 
 /// A connected publisher of one path.
