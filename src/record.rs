@@ -18,24 +18,33 @@ pub const HEADER: usize = 12;
 const MAX_RECORD: usize = 64 << 20;
 
 /// A record being written: its header's room first, then its body's fields, framed in place
-/// by [`Body::record`] (the body is not copied again).
-pub struct Body(Vec<u8>);
+/// by [`Body::record`] (the body is not copied again), after whatever its buffer held.
+pub struct Body {
+    buffer: Vec<u8>,
+    /// Where this record starts in `buffer`.
+    start: usize,
+}
 
 impl Body {
     /// An empty body, with room for about `capacity` bytes of fields.
     pub fn with_capacity(capacity: usize) -> Body {
-        let mut record = Vec::with_capacity(HEADER + capacity);
-        record.resize(HEADER, 0);
-        Body(record)
+        Body::after(Vec::with_capacity(HEADER + capacity))
+    }
+
+    /// An empty body appended to `buffer`, after the records it holds.
+    pub fn after(mut buffer: Vec<u8>) -> Body {
+        let start = buffer.len();
+        buffer.resize(start + HEADER, 0);
+        Body { buffer, start }
     }
 
     pub fn u32(&mut self, value: u32) -> &mut Body {
-        self.0.extend_from_slice(&value.to_le_bytes());
+        self.buffer.extend_from_slice(&value.to_le_bytes());
         self
     }
 
     pub fn u64(&mut self, value: u64) -> &mut Body {
-        self.0.extend_from_slice(&value.to_le_bytes());
+        self.buffer.extend_from_slice(&value.to_le_bytes());
         self
     }
 
@@ -47,7 +56,7 @@ impl Body {
     /// A byte string (or text): its length, then it.
     pub fn bytes(&mut self, field: &[u8]) -> &mut Body {
         self.u32(field.len() as u32);
-        self.0.extend_from_slice(field);
+        self.buffer.extend_from_slice(field);
         self
     }
 
@@ -55,11 +64,11 @@ impl Body {
     pub fn optional(&mut self, field: Option<&str>) -> &mut Body {
         match field {
             Some(text) => {
-                self.0.push(1);
+                self.buffer.push(1);
                 self.bytes(text.as_bytes())
             }
             None => {
-                self.0.push(0);
+                self.buffer.push(0);
                 self
             }
         }
@@ -85,17 +94,17 @@ impl Body {
         self.optional(message.tracestate.as_deref())
     }
 
-    /// The whole record: its header filled in before the body.
+    /// The buffer with the whole record at its end: its header filled in before the body.
     pub fn record(mut self) -> Vec<u8> {
-        let length = ((self.0.len() - HEADER) as u32).to_le_bytes();
+        let (head, body) = self.buffer[self.start..].split_at_mut(HEADER);
+        let length = (body.len() as u32).to_le_bytes();
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&length);
-        hasher.update(&self.0[HEADER..]);
-        let checksum = hasher.finalize().to_le_bytes();
-        self.0[..4].copy_from_slice(&MAGIC);
-        self.0[4..8].copy_from_slice(&length);
-        self.0[8..12].copy_from_slice(&checksum);
-        self.0
+        hasher.update(body);
+        head[..4].copy_from_slice(&MAGIC);
+        head[4..8].copy_from_slice(&length);
+        head[8..].copy_from_slice(&hasher.finalize().to_le_bytes());
+        self.buffer
     }
 }
 
@@ -276,6 +285,14 @@ mod tests {
         );
         expected.extend_from_slice(&[7, 0, 0, 0, 2, 0, 0, 0, b'a', b'b']);
         assert_eq!(record, expected);
+    }
+
+    #[test]
+    fn records_appended_to_one_buffer_are_those_records_end_to_end() {
+        let (first, second) = (message(Some("room-1")), message(None));
+        let mut body = Body::after(of_message(&first));
+        body.message(&second);
+        assert_eq!(body.record(), [of_message(&first), of_message(&second)].concat());
     }
 
     #[test]

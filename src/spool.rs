@@ -1,7 +1,8 @@
 //! The crash-safe outbox on disk (`--spool-dir`): an append-only log of segment files. Each
-//! record is `magic, length, crc32(length ++ body), body`; a writer thread appends records in
-//! groups and calls `fdatasync` once per group (group commit), and an append returns only once
-//! its record is durable. Confirmed records are noted beside their segment (`{segment}.acks`,
+//! record is `magic, length, crc32(length ++ body), body`; an append encodes its record at the
+//! end of one buffer of waiting records, a writer thread takes the whole buffer (a group), writes
+//! it and calls `fdatasync` once (group commit), and an append returns only once its record is
+//! durable. The writer's and the appenders' two buffers are swapped, not allocated, per group. Confirmed records are noted beside their segment (`{segment}.acks`,
 //! records of the same format holding the offsets confirmed): written every
 //! [`ACK_FLUSH`], synced every [`ACK_SYNC`] and at a clean stop. A segment (and its notes)
 //! is deleted once every event in it is confirmed and it is no longer written to; the segment
@@ -15,16 +16,16 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::bus::Message;
 use crate::record::{self, Body, Fields};
 
-/// Records written in one group commit at most.
-const GROUP: usize = 1024;
+/// A group buffer that grew past this in a burst is not kept for the next group.
+const KEEP_BUFFER: usize = 4 << 20;
 /// Segments are deleted whole, once every event in them is confirmed.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// How often confirmations are written beside their segments: what a killed process may
@@ -75,7 +76,37 @@ pub struct Spool {
     _lock: File,
     max_bytes: u64,
     state: Arc<Mutex<Segments>>,
-    appends: mpsc::UnboundedSender<Append>,
+    waiting: Arc<Waiting>,
+}
+
+/// The records waiting for the writer, and the writer's wake-up.
+#[derive(Default)]
+struct Waiting {
+    group: Mutex<Group>,
+    wake: Condvar,
+}
+
+/// Records encoded end to end, each with its length and who waits for it to be durable.
+#[derive(Default)]
+struct Group {
+    bytes: Vec<u8>,
+    records: Vec<(usize, oneshot::Sender<io::Result<Location>>)>,
+    /// The writer waits for a record (and must be woken).
+    asleep: bool,
+    /// No record is taken any more: the spool is dropped, or its writer stopped.
+    closed: bool,
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// No more records: the writer writes what waits and stops.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -123,11 +154,6 @@ fn delete(files: [PathBuf; 2]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-struct Append {
-    record: Vec<u8>,
-    done: oneshot::Sender<io::Result<Location>>,
 }
 
 impl Spool {
@@ -179,29 +205,45 @@ impl Spool {
         state.segments.insert(state.active, Segment::default());
         let file = create_segment(dir, state.active)?;
         let state = Arc::new(Mutex::new(state));
-        let (appends, receiver) = mpsc::unbounded_channel();
-        let writer = Writer { dir: dir.to_owned(), file, state: state.clone(), segment_bytes, failed: false };
-        std::thread::Builder::new().name("hookbus-spool".into()).spawn(move || writer.run(receiver))?;
+        let waiting = Arc::new(Waiting::default());
+        let writer = Writer {
+            dir: dir.to_owned(),
+            file,
+            state: state.clone(),
+            waiting: waiting.clone(),
+            segment_bytes,
+            failed: false,
+        };
+        std::thread::Builder::new().name("hookbus-spool".into()).spawn(move || writer.run())?;
         let (notes_dir, notes_state) = (dir.to_owned(), Arc::downgrade(&state));
         std::thread::Builder::new().name("hookbus-spool-acks".into()).spawn(move || note(&notes_dir, notes_state))?;
-        Ok((Spool { dir: dir.to_owned(), _lock: lock, max_bytes, state, appends }, Backlog { events, recovery }))
+        Ok((Spool { dir: dir.to_owned(), _lock: lock, max_bytes, state, waiting }, Backlog { events, recovery }))
     }
 
     /// Appends an event and returns where its record is once it is on disk.
     pub async fn append(&self, message: &Message) -> Result<Location, SpoolError> {
-        let record = record::of_message(message);
+        let (done, written) = oneshot::channel();
         {
+            let mut group = self.waiting.lock();
+            if group.closed {
+                return Err(io::Error::other("spool writer stopped").into());
+            }
+            let before = group.bytes.len();
+            let mut body = Body::after(std::mem::take(&mut group.bytes));
+            body.message(message);
+            group.bytes = body.record();
+            let size = group.bytes.len() - before;
             let mut state = self.lock();
-            if state.bytes + record.len() as u64 > self.max_bytes {
+            if state.bytes + size as u64 > self.max_bytes {
+                group.bytes.truncate(before);
                 return Err(SpoolError::Full(self.max_bytes));
             }
-            state.bytes += record.len() as u64;
-        }
-        let (done, written) = oneshot::channel();
-        let size = record.len() as u64;
-        if self.appends.send(Append { record, done }).is_err() {
-            self.lock().bytes -= size;
-            return Err(io::Error::other("spool writer stopped").into());
+            state.bytes += size as u64;
+            drop(state);
+            group.records.push((size, done));
+            if std::mem::take(&mut group.asleep) {
+                self.waiting.wake.notify_one();
+            }
         }
         match written.await {
             Ok(Ok(location)) => Ok(location),
@@ -253,6 +295,12 @@ impl Spool {
     }
 }
 
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.waiting.close();
+    }
+}
+
 /// What a spool directory holds, read without changing anything (a gateway may be writing it).
 pub struct Contents {
     pub segments: usize,
@@ -295,69 +343,83 @@ struct Writer {
     dir: PathBuf,
     file: File,
     state: Arc<Mutex<Segments>>,
+    waiting: Arc<Waiting>,
     segment_bytes: u64,
     /// The last group failed (a full disk?).
     failed: bool,
 }
 
 impl Writer {
-    /// Writes groups of records, one `fdatasync` per group, until every sender is gone. A
-    /// group that fails is cut off the segment again, so that no part of it is left behind.
-    fn run(mut self, mut appends: mpsc::UnboundedReceiver<Append>) {
-        while let Some(first) = appends.blocking_recv() {
-            let mut group = vec![first];
-            while group.len() < GROUP {
-                match appends.try_recv() {
-                    Ok(append) => group.push(append),
-                    Err(_) => break,
-                }
-            }
-            // A segment that could not be replaced may be gone already: the group fails rather
-            // than be written where nothing keeps it.
-            if let Err(error) = self.rotate_when_due() {
-                tracing::error!(%error, "cannot start a new spool segment");
-                let size: usize = group.iter().map(|append| append.record.len()).sum();
-                self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes -= size as u64;
-                self.failed = true;
-                for append in group {
-                    let _ = append.done.send(Err(io::Error::new(error.kind(), error.to_string())));
-                }
-                continue;
-            }
-            let (segment, start) = {
-                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                (state.active, state.segments.get(&state.active).map_or(0, |s| s.bytes))
-            };
-            let mut bytes = Vec::with_capacity(group.iter().map(|append| append.record.len()).sum());
-            for append in &group {
-                bytes.extend_from_slice(&append.record);
-            }
-            let written = self.file.write_all(&bytes).and_then(|()| self.file.sync_data());
-            self.failed = written.is_err();
-            if written.is_err() {
-                if let Err(error) = self.file.set_len(start) {
-                    tracing::error!(%error, segment, "cannot cut a failed write off the spool segment");
-                }
-            }
+    /// Writes what waits as one group, one `fdatasync` per group, until the spool is dropped and
+    /// nothing waits. Its buffers are swapped with the appenders', so that neither is allocated
+    /// again per group.
+    fn run(mut self) {
+        let (mut bytes, mut records) = (Vec::new(), Vec::new());
+        loop {
             {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                if written.is_ok() {
-                    let entry = state.segments.entry(segment).or_default();
-                    entry.live += group.len();
-                    entry.bytes += bytes.len() as u64;
-                } else {
-                    state.bytes -= bytes.len() as u64;
+                let mut group = self.waiting.lock();
+                while group.records.is_empty() {
+                    if group.closed {
+                        return;
+                    }
+                    group.asleep = true;
+                    group = self.waiting.wake.wait(group).unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
+                std::mem::swap(&mut group.bytes, &mut bytes);
+                std::mem::swap(&mut group.records, &mut records);
             }
-            let mut offset = start;
-            for append in group {
-                let result = match &written {
-                    Ok(()) => Ok(Location { segment, offset }),
-                    Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
-                };
-                offset += append.record.len() as u64;
-                let _ = append.done.send(result);
+            self.write(&bytes, &mut records);
+            bytes.clear();
+            if bytes.capacity() > KEEP_BUFFER {
+                bytes = Vec::new();
             }
+        }
+    }
+
+    /// Writes one group and says where each of its records is, or why it is not. A group that
+    /// fails is cut off the segment again, so that no part of it is left behind.
+    fn write(&mut self, bytes: &[u8], records: &mut Vec<(usize, oneshot::Sender<io::Result<Location>>)>) {
+        // A segment that could not be replaced may be gone already: the group fails rather
+        // than be written where nothing keeps it.
+        if let Err(error) = self.rotate_when_due() {
+            tracing::error!(%error, "cannot start a new spool segment");
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes -= bytes.len() as u64;
+            self.failed = true;
+            for (_, done) in records.drain(..) {
+                let _ = done.send(Err(io::Error::new(error.kind(), error.to_string())));
+            }
+            return;
+        }
+        let (segment, start) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (state.active, state.segments.get(&state.active).map_or(0, |s| s.bytes))
+        };
+        let written = self.file.write_all(bytes).and_then(|()| self.file.sync_data());
+        self.failed = written.is_err();
+        if written.is_err() {
+            if let Err(error) = self.file.set_len(start) {
+                tracing::error!(%error, segment, "cannot cut a failed write off the spool segment");
+            }
+        }
+        {
+            // Counted before anyone hears of its record, which may be confirmed at once.
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if written.is_ok() {
+                let entry = state.segments.entry(segment).or_default();
+                entry.live += records.len();
+                entry.bytes += bytes.len() as u64;
+            } else {
+                state.bytes -= bytes.len() as u64;
+            }
+        }
+        let mut offset = start;
+        for (size, done) in records.drain(..) {
+            let result = match &written {
+                Ok(()) => Ok(Location { segment, offset }),
+                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+            };
+            offset += size as u64;
+            let _ = done.send(result);
         }
     }
 
@@ -389,6 +451,15 @@ impl Writer {
         state.segments.insert(active + 1, Segment::default());
         self.file = file;
         Ok(())
+    }
+}
+
+impl Drop for Writer {
+    /// A writer that stops (panics) takes no more records, and fails those waiting.
+    fn drop(&mut self) {
+        let mut group = self.waiting.lock();
+        group.closed = true;
+        group.records.clear();
     }
 }
 
