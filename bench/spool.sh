@@ -6,8 +6,10 @@
 # configurations flips every round). Each round, per bus:
 # - saturation: wrk -t1 -c64 for $seconds posting $BODY, counting 200s only; CPU per callback is
 #   the gateway's utime + stime over the run (/proc/PID/stat) divided by every answer wrk counted;
-# - latency: the fixed-rate generator (bench/src/bin/load.rs, 32 connections, no coordinated omission)
-#   at half the spool's saturation rate of that round, against each;
+# - latency: the fixed-rate generator (bench/src/bin/load.rs, no coordinated omission) at half the
+#   spool's saturation rate of that round, against each, on the 64 connections of the saturation:
+#   a spool's answer waits for a sync, so its rate is the connections over that wait, and half
+#   of it on half the connections would load each connection fully, not half;
 # - peak RSS (VmHWM) of each program over both;
 # - the disk: $FSYNC_SECONDS of 4 KiB appends each followed by fdatasync, on a file in the spool's
 #   directory (the spool's group commit is one append and one fdatasync), latency per fdatasync.
@@ -98,7 +100,7 @@ for round in $(seq 1 "$rounds"); do
     for configuration in "${order[@]}"; do
       fresh $bus $configuration
       out=$($load --url "http://127.0.0.1:$port/" --rate $(( half > 0 ? half : 1 )) --duration "${seconds}s" \
-        --body "$body" --command $info --token $token)
+        --connections 64 --body "$body" --command $info --token $token)
       read -r p50 p99 errors < <(python3 -c 'import json, sys; f = json.loads(sys.argv[1]); print(f["p50_ms"], f["p99_ms"], f["errors"])' "$out")
       peak[$configuration]=$(( $(peak_rss $pid) > peak[$configuration] ? $(peak_rss $pid) : peak[$configuration] ))
       stop $pid
@@ -117,7 +119,7 @@ results, seconds, body, configurations = sys.argv[1], sys.argv[2], sys.argv[3], 
 rows = [line.rstrip("\n").split("\t") for line in open(results)]
 med = statistics.median
 print(f"Medians over the rounds; saturation wrk -t1 -c64 -d{seconds}s, latency at half the spool's rate "
-      f"for {seconds} s, 32 connections; {body}.")
+      f"for {seconds} s, 64 connections; {body}.")
 print()
 print("| bus | configuration | 200/s at saturation | × memory | CPU µs/callback | × memory | fixed rate /s | p50 ms | p99 ms | errors | peak RSS MB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
