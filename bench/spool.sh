@@ -14,7 +14,9 @@
 # - the disk: $FSYNC_SECONDS of 4 KiB appends each followed by fdatasync, on a file in the spool's
 #   directory (the spool's group commit is one append and one fdatasync), latency per fdatasync.
 # The spool lives in $SPOOL_PARENT (default /var/tmp: the disk, not a tmpfs), wiped before each
-# gateway starts. Prints each round and the medians, and checks the targets:
+# gateway starts. Every measurement checks its ledger (bench/ledger.sh: each callback answered 200
+# counted by the bus after the program drained); a void one says so and is left out of the
+# medians. Prints each round and the medians, and checks the targets:
 # rate with spool ≥ 0.8 × without; p99 with spool at half its rate ≤ memory p99 at that rate +
 # 3 × fdatasync p99; CPU per callback ≤ 1.3 ×; peak RSS ≤ 64 MB.
 # Usage: [BUSES="nats amqp kafka"] [BODY=bench/body-1k.json] [SPOOL_PARENT=/var/tmp]
@@ -24,6 +26,7 @@
 
 rounds=${1:-5}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
+source "$(dirname "$0")/ledger.sh"
 # A port and logs of its own: another benchmark may hold setup.sh's.
 port=${PORT:-18180}
 bin=${GATEWAY:-$bin}
@@ -53,9 +56,10 @@ command_line() { # bus configuration → its command line
     legs-spool) mkdir -p $spool && echo "$legs $1 127.0.0.1:$port --prefix bench --spool $spool/legs" ;;
   esac
 }
+program() { [[ $1 == legs* ]] && echo legs || echo gateway; } # configuration → its kind
 fresh() { # bus configuration → a started gateway ($pid), ready, on an empty spool
   rm -rf "$spool"
-  [[ $1 != amqp ]] || $admin amqp-sink "$amqp" tencent "bench.$info" >/dev/null
+  prepare "$1" >/dev/null
   start "spool-$1-$2" $(command_line "$1" "$2")
   wait_ready /readyz >/dev/null
   [[ $1 != kafka ]] || curl -sf -o /dev/null --data-binary @"$body" "$(url $info)"
@@ -85,38 +89,54 @@ print(f"{at(0.5):.3f} {at(0.99):.3f} {len(times) / seconds:.0f}")
 PY
 }
 
+counter=
+[[ " ${BUSES:-nats} " != *" nats "* ]] || count_nats
 for round in $(seq 1 "$rounds"); do
   for bus in ${BUSES:-nats}; do
     order=("${configurations[@]}")
     (( round % 2 )) || order=($(printf '%s\n' "${configurations[@]}" | tac))
-    declare -A rate=() cpu=() peak=()
+    declare -A rate=() cpu=() peak=() void=()
     for configuration in "${order[@]}"; do
       fresh $bus $configuration
+      before=$(counted $bus x)
       saturate $pid "$body" "$(url $info)"
       rate[$configuration]=$rps cpu[$configuration]=$cpu_us peak[$configuration]=$(peak_rss $pid)
+      drained=1
+      drain $bus "$(program $configuration)" || drained=0
+      ledger $bus $((responses - errors)) "$before" "$(counted $bus x)" $drained
+      [[ $ledger == ok ]] || void[$configuration]="saturation: $ledger"
       stop $pid
     done
     half=$(( rate[spool] / 2 ))
     for configuration in "${order[@]}"; do
       fresh $bus $configuration
+      before=$(counted $bus x)
       out=$($load --url "http://127.0.0.1:$port/" --rate $(( half > 0 ? half : 1 )) --duration "${seconds}s" \
         --connections 64 --body "$body" --command $info --token $token)
-      read -r p50 p99 errors < <(python3 -c 'import json, sys; f = json.loads(sys.argv[1]); print(f["p50_ms"], f["p99_ms"], f["errors"])' "$out")
+      read -r ok p50 p99 errors < <(python3 -c 'import json, sys; f = json.loads(sys.argv[1]); print(f["ok"], f["p50_ms"], f["p99_ms"], f["errors"])' "$out")
       peak[$configuration]=$(( $(peak_rss $pid) > peak[$configuration] ? $(peak_rss $pid) : peak[$configuration] ))
+      drained=1
+      drain $bus "$(program $configuration)" || drained=0
+      ledger $bus "$ok" "$before" "$(counted $bus x)" $drained
+      [[ $ledger == ok ]] || void[$configuration]+="${void[$configuration]:+; }latency: $ledger"
       stop $pid
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$bus" "$configuration" "${rate[$configuration]}" \
-        "${cpu[$configuration]}" "$half" "$p50" "$p99" "$errors" "${peak[$configuration]}" >>"$results"
+      [[ -z ${void[$configuration]:-} ]] || echo "round $round, $bus, $configuration: VOID: ${void[$configuration]}" >&2
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$bus" "$configuration" "${rate[$configuration]}" \
+        "${cpu[$configuration]}" "$half" "$p50" "$p99" "$errors" "${peak[$configuration]}" "${void[$configuration]:-ok}" >>"$results"
     done
     read -r sync50 sync99 syncs < <(disk)
     printf '%s\t%s\tfdatasync\t%s\t%s\t%s\n' "$round" "$bus" "$sync50" "$sync99" "$syncs" >>"$results"
   done
 done
 rm -rf "$spool"
+[[ -z $counter ]] || { kill "$counter"; wait "$counter" 2>/dev/null || true; }
 
 python3 - "$results" "$seconds" "$body" "${configurations[@]}" <<'PY'
 import statistics, sys
 results, seconds, body, configurations = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 rows = [line.rstrip("\n").split("\t") for line in open(results)]
+void = [r for r in rows if r[2] != "fdatasync" and r[10] != "ok"]
+rows = [r for r in rows if r[2] == "fdatasync" or r[10] == "ok"]
 med = statistics.median
 print(f"Medians over the rounds; saturation wrk -t1 -c64 -d{seconds}s, latency at half the spool's rate "
       f"for {seconds} s, 64 connections; {body}.")
@@ -125,10 +145,14 @@ print("| bus | configuration | 200/s at saturation | × memory | CPU µs/callbac
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for bus in dict.fromkeys(r[1] for r in rows):
     of = lambda c, i: [float(r[i]) for r in rows if r[1] == bus and r[2] == c]
+    measured = [c for c in configurations if of(c, 3)]
     base = lambda c: "legs" if c.startswith("legs") else "memory"
     m = {c: dict(rate=med(of(c, 3)), cpu=med(of(c, 4)), half=med(of(c, 5)), p50=med(of(c, 6)), p99=med(of(c, 7)),
-                 errors=sum(of(c, 8)), peak=max(of(c, 9))) for c in configurations}
-    for c in configurations:
+                 errors=sum(of(c, 8)), peak=max(of(c, 9))) for c in measured}
+    if {"memory", "spool", "legs", "legs-spool"} - set(measured):
+        print(f"| {bus} | every round of {', '.join(sorted({'memory', 'spool', 'legs', 'legs-spool'} - set(measured)))} void |")
+        continue
+    for c in measured:
         f = m[c]
         print(f"| {bus} | {c} | {f['rate']:,.0f} | {f['rate'] / m[base(c)]['rate']:.2f} | {f['cpu']:.1f} | "
               f"{f['cpu'] / m[base(c)]['cpu']:.2f} | {f['half']:,.0f} | {f['p50']:.2f} | {f['p99']:.2f} | "
@@ -150,6 +174,8 @@ for bus in dict.fromkeys(r[1] for r in rows):
           f"CPU {legs_spool['cpu'] / legs['cpu']:.2f} ×, peak RSS {legs_spool['peak']:.0f} MB against {legs['peak']:.0f} MB.")
     print()
 print("Rounds:")
+for r in void:
+    print(f"- round {r[0]}, {r[1]}, {r[2]}: VOID, left out of the medians: {r[10]}")
 for r in rows:
     if r[2] == "fdatasync":
         print(f"- round {r[0]}, {r[1]}, the disk: fdatasync p50 {r[3]} ms, p99 {r[4]} ms ({r[5]} syncs/s)")

@@ -1,0 +1,72 @@
+# Sourced by the benchmark scripts after setup.sh: each measurement's ledger, every callback
+# answered 200 counted by the bus (NATS core: a subscriber on bench.>; JetStream: the stream's
+# message count; RabbitMQ: the message count of an unbounded durable queue bound to the subject;
+# Kafka: the topic's high watermark; a gateway's decisions: its replies counted in /metrics).
+# The caller sets $info (the callback's command) and $port before it uses them.
+kafka=127.0.0.1:9092
+
+metric() { # name pattern → the sum of the gateway's samples of it
+  curl -s "http://127.0.0.1:$port/metrics" | awk -v name="$1" -v pattern="$2" \
+    'index($1, name) == 1 && $0 ~ pattern { n += $NF } END { print n + 0 }'
+}
+
+count_nats() { # → a subscriber on bench.> counting into $log/nats-count; sets $counter
+  rm -f "$log/nats-count"
+  $admin nats-count "$nats" 'bench.>' "$log/nats-count" &
+  counter=$!
+  until [[ -s $log/nats-count ]]; do sleep 0.05; done
+}
+
+prepare() { # bus → the broker made ready for one measurement
+  case $1 in
+    jetstream) $admin jetstream-delete "$nats" HOOKBUS_BENCH ;;
+    amqp) $admin amqp-sink "$amqp" tencent "bench.$info" 10000000 ;;
+    kafka) $admin kafka-count $kafka "bench.$info" >/dev/null ;;
+  esac
+}
+
+counted() { # bus program → what the bus counted so far (decisions: the replies)
+  case $1 in
+    nats) cat "$log/nats-count" ;;
+    jetstream) $admin jetstream-count "$nats" HOOKBUS_BENCH ;;
+    amqp) $admin amqp-count "$amqp" "bench.sink.bench.$info" ;;
+    kafka) $admin kafka-count $kafka "bench.$info" ;;
+    decide-*) [[ $2 == gateway ]] && metric hookbus_decisions_total 'outcome="reply"' || echo legs ;;
+  esac
+}
+
+drain() { # bus program → returns once what was answered 200 is confirmed (1 after 120 s)
+  local started=$SECONDS
+  if [[ $2 == gateway ]]; then
+    until [[ $(metric hookbus_outbox_depth '') == 0 ]]; do
+      (( SECONDS - started < 120 )) || return 1
+      sleep 0.05
+    done
+  else
+    until curl -sf -o /dev/null "http://127.0.0.1:$port/drained"; do
+      (( SECONDS - started < 120 )) || return 1
+      sleep 0.05
+    done
+  fi
+  # A consumer counts what the broker passed on a little later: until two reads agree.
+  if [[ $1 == nats ]]; then
+    local last=-1 now
+    now=$(counted "$1" "$2")
+    while [[ $now != "$last" ]]; do last=$now; sleep 0.3; now=$(counted "$1" "$2"); done
+  fi
+}
+
+# bus ok before after drained → $ledger: "ok" when the bus counted every callback answered 200
+# (and at most 64 more: requests in flight when the load stopped, accepted but whose answer the
+# load no longer read), else why the measurement is void; $count: what the bus counted.
+ledger() {
+  local markers=0
+  [[ $1 != kafka ]] || markers=1  # the marker record the count before wrote (admin kafka-count)
+  if [[ $4 == legs ]]; then
+    ledger=ok count=$2  # the legs answer a decision 200 only with its reply
+  elif count=$(($4 - $3 - markers)); (( $5 && count >= $2 && count <= $2 + 64 )); then
+    ledger=ok
+  else
+    ledger="void: $2 answered 200, $(($4 - $3)) counted$( (($5)) || echo ', never drained')"
+  fi
+}
