@@ -3,8 +3,11 @@
 //! is its own work. The same hyper answers HTTP; the same bus client, at the gateway's version
 //! (one Cargo.lock), publishes with the gateway's settings and CloudEvents headers:
 //!
-//! - `nats`: each callback answered 200 at once and handed to a publisher task by a channel; the
-//!   task publishes what waits (up to 512) with the 11 `ce-` headers and confirms the batch with
+//! - `nats`: each callback answered 200 at once and handed to a publisher task by a channel,
+//!   within the gateway's default outbox bounds (20,000 events, 8 MiB until confirmed, a callback
+//!   waiting 250 ms for room before its 503: an unbounded queue would take callbacks faster than
+//!   the bus confirms them, past the memory the gateway may hold, and confirm the rest after the
+//!   load stopped, with the cores to itself); the task publishes what waits (up to 512) with the 11 `ce-` headers and confirms the batch with
 //!   one round trip to the server (a request nobody serves comes back "no responders").
 //! - `jetstream`: the same, with `Nats-Msg-Id`, each batch's PubAcks awaited together.
 //! - `amqp`: lapin with publisher confirms, persistent, `mandatory`, the gateway's properties
@@ -60,9 +63,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
 /// Publishes in flight at most, as the gateway's outbox hands the bus.
 const WINDOW: usize = 512;
-/// Callbacks accepted and not yet handed over, at most (the gateway's outbox bound is larger;
-/// a full channel answers 503).
-const QUEUE: usize = 100_000;
+/// Callbacks accepted and not yet handed over, at most: the gateway's `--outbox-capacity`.
+const QUEUE: usize = 20_000;
+/// Memory the accepted callbacks hold until confirmed, at most: the gateway's
+/// `--outbox-max-bytes`, counted as it counts (each event's fields and body, and 64 bytes). A
+/// callback that finds no room waits [`ROOM_WAIT`] for some, then is answered 503.
+const MAX_BYTES: usize = 8 << 20;
+/// The gateway's `--outbox-wait`.
+const ROOM_WAIT: Duration = Duration::from_millis(250);
 /// The benchmark body's room: the gateway finds it in the body, the legs take it as given.
 const ROOM: &str = "room_20231226_01";
 /// The gateway's default `--decision-timeout`.
@@ -116,6 +124,8 @@ struct Event {
     traceparent: String,
     deadline: Option<String>,
     payload: Bytes,
+    /// The memory it holds against [`MAX_BYTES`], given back once it is confirmed.
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Event {
@@ -146,7 +156,16 @@ impl Event {
             sdk_app_id,
             deadline,
             payload,
+            held: None,
         }
+    }
+
+    /// What it holds in memory, as the gateway counts an event.
+    fn footprint(&self) -> usize {
+        let texts = [&self.id, &self.command, &self.subject, &self.time_text, &self.source, &self.sdk_app_id]
+            .into_iter()
+            .chain([&self.client_ip, &self.opt_platform, &self.traceparent]);
+        std::mem::size_of::<Event>() + texts.map(String::len).sum::<usize>() + self.payload.len() + 64
     }
 
     /// The CloudEvents attributes under names that start with `prefix`, as the gateway names
@@ -237,7 +256,12 @@ fn prefixed(name: &str, prefix: &str) -> &'static str {
 /// What answers a callback: a publisher behind a channel, or a requester.
 #[derive(Clone)]
 enum Sink {
-    Events { queue: mpsc::Sender<Event>, pending: Arc<AtomicU64>, spool: Option<mpsc::UnboundedSender<Append>> },
+    Events {
+        queue: mpsc::Sender<Event>,
+        pending: Arc<AtomicU64>,
+        room: Arc<tokio::sync::Semaphore>,
+        spool: Option<mpsc::UnboundedSender<Append>>,
+    },
     Nats(async_nats::Client),
     Amqp(Arc<AmqpRequester>),
 }
@@ -258,7 +282,8 @@ async fn main() {
             let (queue, events) = mpsc::channel(QUEUE);
             let pending = Arc::new(AtomicU64::new(0));
             tokio::spawn(publish(events, pending.clone(), start(path, &args).await));
-            Sink::Events { queue, pending, spool: args.spool.as_deref().map(spool) }
+            let room = Arc::new(tokio::sync::Semaphore::new(MAX_BYTES));
+            Sink::Events { queue, pending, room, spool: args.spool.as_deref().map(spool) }
         }
     };
     let prefix: Arc<str> = args.prefix.into();
@@ -299,8 +324,13 @@ async fn answer(
         return reply(StatusCode::BAD_REQUEST, Bytes::new());
     };
     match sink {
-        Sink::Events { queue, pending, spool } => {
-            let event = Event::new(&prefix, &query, body, false);
+        Sink::Events { queue, pending, room, spool } => {
+            let mut event = Event::new(&prefix, &query, body, false);
+            let held = tokio::time::timeout(ROOM_WAIT, room.acquire_many_owned(event.footprint() as u32)).await;
+            let Ok(Ok(held)) = held else {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, Bytes::new());
+            };
+            event.held = Some(held);
             if let Some(spool) = spool {
                 let record = [event.id.as_bytes(), event.subject.as_bytes(), &event.payload].concat();
                 let (done, synced) = oneshot::channel();
