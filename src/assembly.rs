@@ -141,7 +141,7 @@ impl ServeArgs {
     pub fn build(&self, bus: Bus) -> anyhow::Result<Gateway> {
         let spool = match &self.spool_dir {
             Some(dir) => Some(
-                Spool::open(dir, self.spool_max_bytes, self.spool_segment_bytes)
+                Spool::open(dir, self.spool_max_bytes, self.spool_segment_bytes, self.outbox_max_bytes)
                     .map_err(|error| anyhow::anyhow!("cannot open --spool-dir {}: {error}", dir.display()))?,
             ),
             None => None,

@@ -219,17 +219,17 @@ pub fn offset_of(data: &[u8], body: &[u8]) -> u64 {
     (body.as_ptr() as usize - data.as_ptr() as usize - HEADER) as u64
 }
 
+/// The body length a record's header gives, if it is a record's header.
+pub fn length_in(header: &[u8; HEADER]) -> Option<usize> {
+    let length = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
+    (header[..4] == MAGIC && length <= MAX_RECORD).then_some(length)
+}
+
 /// The body of the record at `offset` and the offset after it, if it is whole and its
 /// checksum holds.
 fn body_at(data: &[u8], offset: usize) -> Option<(&[u8], usize)> {
-    let header = data.get(offset..offset + HEADER)?;
-    if header[..4] != MAGIC {
-        return None;
-    }
-    let length = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
-    if length > MAX_RECORD {
-        return None;
-    }
+    let header: &[u8; HEADER] = data.get(offset..offset + HEADER)?.try_into().ok()?;
+    let length = length_in(header)?;
     let body = data.get(offset + HEADER..offset + HEADER + length)?;
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header[4..8]);

@@ -50,9 +50,11 @@ pub enum SpoolError {
 }
 
 /// What an earlier run left in the spool and did not confirm, in order, each event with its
-/// record's location.
+/// record's location and size: the first ones read into memory, the rest (past the memory
+/// given to [`Spool::open`]) left on disk, to be read back with [`Spool::read`] when their turn
+/// comes.
 pub struct Backlog {
-    pub events: Vec<(Message, Location)>,
+    pub events: Vec<(Option<Message>, Location, usize)>,
     pub recovery: Recovery,
 }
 
@@ -158,8 +160,9 @@ fn delete(files: [PathBuf; 2]) -> io::Result<()> {
 
 impl Spool {
     /// Opens (creating) `dir`, reads back what earlier runs left, and starts the writer on a
-    /// fresh segment. Returns the spooled events in order, each with its segment.
-    pub fn open(dir: &Path, max_bytes: u64, segment_bytes: u64) -> io::Result<(Spool, Backlog)> {
+    /// fresh segment. Returns the spooled events in order, each with its segment; of those past
+    /// `memory` bytes (as [`Message::footprint`] counts them), only where they are.
+    pub fn open(dir: &Path, max_bytes: u64, segment_bytes: u64, memory: usize) -> io::Result<(Spool, Backlog)> {
         fs::create_dir_all(dir)?;
         let lock = File::create(dir.join("LOCK"))?;
         match lock.try_lock() {
@@ -175,12 +178,13 @@ impl Spool {
         let mut recovery = Recovery::default();
         let mut state = Segments::default();
         let mut events = Vec::new();
+        let mut held = 0;
         let segments = segment_files(dir)?;
         for &(id, ref path) in &segments {
             let confirmed = read_notes(dir, id)?;
             let found = read_segment(path, &mut recovery)?;
             let before = found.len();
-            let found: Vec<_> = found.into_iter().filter(|(offset, _)| !confirmed.contains(offset)).collect();
+            let found: Vec<_> = found.into_iter().filter(|(offset, ..)| !confirmed.contains(offset)).collect();
             recovery.confirmed += before - found.len();
             if found.is_empty() {
                 delete([path.clone(), notes_path(dir, id)])?;
@@ -190,7 +194,11 @@ impl Spool {
             let noted = fs::metadata(notes_path(dir, id)).map_or(0, |notes| notes.len());
             state.segments.insert(id, Segment { live: found.len(), bytes, noted });
             state.bytes += bytes + noted;
-            events.extend(found.into_iter().map(|(offset, message)| (message, Location { segment: id, offset })));
+            for (offset, message, size) in found {
+                held += message.footprint();
+                let kept = (held <= memory).then_some(message);
+                events.push((kept, Location { segment: id, offset }, size));
+            }
         }
         // Notes whose segment is gone (deleted between the two).
         for entry in fs::read_dir(dir)? {
@@ -249,6 +257,23 @@ impl Spool {
             Ok(Ok(location)) => Ok(location),
             Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(io::Error::other("spool writer stopped").into()),
+        }
+    }
+
+    /// Reads back the event whose record is at `location` (one left on disk, not in memory).
+    pub fn read(&self, location: Location) -> io::Result<Message> {
+        use std::os::unix::fs::FileExt;
+        let damaged = || io::Error::new(io::ErrorKind::InvalidData, "spool record damaged");
+        let file = File::open(segment_path(&self.dir, location.segment))?;
+        let mut header = [0; record::HEADER];
+        file.read_exact_at(&mut header, location.offset)?;
+        let length = record::length_in(&header).ok_or_else(damaged)?;
+        let mut data = vec![0; record::HEADER + length];
+        file.read_exact_at(&mut data, location.offset)?;
+        let records = record::read(&data);
+        match records.bodies[..] {
+            [body] => Fields::new(body).message().ok_or_else(damaged),
+            _ => Err(damaged()),
         }
     }
 
@@ -574,16 +599,18 @@ fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 /// Reads every intact record of a segment with its offset, skipping damaged regions and
 /// cutting a torn tail.
-fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Message)>> {
+fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Message, usize)>> {
     let data = fs::read(path)?;
     let records = record::read(&data);
     for &(offset, skipped) in &records.skipped {
         tracing::warn!(file = %path.display(), offset, skipped, "corrupt spool record skipped");
     }
-    let messages: Vec<(u64, Message)> = records
+    let messages: Vec<(u64, Message, usize)> = records
         .bodies
         .iter()
-        .filter_map(|body| Some((record::offset_of(&data, body), Fields::new(body).message()?)))
+        .filter_map(|body| {
+            Some((record::offset_of(&data, body), Fields::new(body).message()?, record::HEADER + body.len()))
+        })
         .collect();
     // A whole record whose body does not decode (written by another version?) is damaged too.
     // A torn tail is a damaged region too.
@@ -619,7 +646,7 @@ mod tests {
     #[tokio::test]
     async fn unconfirmed_events_survive_a_reopen_and_confirmed_ones_do_not() {
         let dir = tempdir();
-        let (spool, replay) = Spool::open(&dir, 1 << 20, 300).unwrap();
+        let (spool, replay) = Spool::open(&dir, 1 << 20, 300, usize::MAX).unwrap();
         assert!(replay.events.is_empty());
         let mut records = Vec::new();
         for n in 0..6 {
@@ -630,13 +657,13 @@ mod tests {
         spool.confirmed(records[4]);
         spool.sync_confirmations().unwrap();
         drop(spool);
-        let (spool, Backlog { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 300).unwrap();
-        let payloads: Vec<_> = replayed.iter().map(|(m, _)| m.payload.clone()).collect();
+        let (spool, Backlog { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 300, usize::MAX).unwrap();
+        let payloads: Vec<_> = replayed.iter().map(|(m, ..)| m.as_ref().unwrap().payload.clone()).collect();
         let expected: Vec<_> = [1, 2, 3, 5].iter().map(|n| Bytes::from(format!("{{\"n\":{n}}}"))).collect();
         assert_eq!(payloads, expected, "the confirmed ones are left out, the others kept in order");
         assert_eq!(recovery, Recovery { events: 4, confirmed: 2, corrupt: 0, truncated: 0 });
         assert_eq!(inspect(&dir).unwrap().events.len(), 4, "spool ls shows what waits");
-        for (_, record) in &replayed {
+        for (_, record, _) in &replayed {
             spool.confirmed(*record);
         }
         assert_eq!(segment_files(&dir).unwrap().len(), 1, "only the active segment is left");
@@ -645,7 +672,7 @@ mod tests {
     #[tokio::test]
     async fn a_drained_segment_is_replaced_before_the_next_write() {
         let dir = tempdir();
-        let (spool, _) = Spool::open(&dir, 1 << 20, 1600).unwrap();
+        let (spool, _) = Spool::open(&dir, 1 << 20, 1600, usize::MAX).unwrap();
         let first = spool.append(&message(0)).await.unwrap();
         spool.confirmed(first);
         let second = spool.append(&message(1)).await.unwrap();
@@ -656,7 +683,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_spool_refuses() {
         let dir = tempdir();
-        let (spool, _) = Spool::open(&dir, 200, 1 << 20).unwrap();
+        let (spool, _) = Spool::open(&dir, 200, 1 << 20, usize::MAX).unwrap();
         spool.append(&message(0)).await.unwrap();
         assert!(matches!(spool.append(&message(1)).await, Err(SpoolError::Full(200))));
     }
@@ -671,8 +698,8 @@ mod tests {
         data[second] ^= 0xff;
         data.truncate(data.len() - records[3].len() / 2);
         fs::write(segment_path(&dir, 7), &data).unwrap();
-        let (_spool, Backlog { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
-        let payloads: Vec<_> = replayed.iter().map(|(m, _)| m.payload.clone()).collect();
+        let (_spool, Backlog { events: replayed, recovery }) = Spool::open(&dir, 1 << 20, 1 << 20, usize::MAX).unwrap();
+        let payloads: Vec<_> = replayed.iter().map(|(m, ..)| m.as_ref().unwrap().payload.clone()).collect();
         assert_eq!(payloads, [Bytes::from("{\"n\":0}"), Bytes::from("{\"n\":2}")]);
         assert_eq!(recovery.corrupt, 2);
         assert_eq!(recovery.truncated, (records[3].len() - records[3].len() / 2) as u64);

@@ -144,7 +144,7 @@ async fn requeue(dir: &Path, ids: Option<&[String]>) -> anyhow::Result<String> {
     if spool::is_held(dir)? {
         return ask(dir, ids).await;
     }
-    let (spool, _) = spool::Spool::open(dir, u64::MAX, spool::SEGMENT_BYTES)?;
+    let (spool, _) = spool::Spool::open(dir, u64::MAX, spool::SEGMENT_BYTES, 0)?;
     let letters = DeadLetters::open(dir, usize::MAX)?;
     let taken = letters.take(ids);
     for letter in &taken {

@@ -1,5 +1,7 @@
 //! The outbox's queue: accepted events, in order, until the bus confirms them; bounded in
 //! events and memory, with a spool (`--spool-dir`) durable on disk before a callback's answer.
+//! With a spool, events past the memory bound wait on disk alone (their place in the queue
+//! kept, their message not) and are read back from the spool when the publisher takes them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -34,7 +36,8 @@ pub enum PushError {
 pub struct Bounds {
     /// Events.
     pub capacity: usize,
-    /// Memory the events hold (memory outbox; with a spool, the spool's bound applies).
+    /// Memory the events hold (memory outbox; with a spool, the spool's bound applies to what
+    /// is accepted, and events past this one wait on disk alone).
     pub max_bytes: usize,
     /// A callback that finds the outbox full waits this long for the broker to confirm
     /// enough to make room, before it is refused.
@@ -53,6 +56,8 @@ pub struct Outbox {
     /// Confirmed events made room.
     room: Notify,
     bounds: Bounds,
+    /// With a spool: the memory the waiting events may hold; the others wait on disk alone.
+    in_memory: usize,
     spool: Option<Spool>,
     dead_letters: Arc<DeadLetters>,
     /// Spool write failures are logged at most once a second.
@@ -65,12 +70,15 @@ pub struct Outbox {
 pub(super) struct Held {
     record: Option<Location>,
     bytes: usize,
+    /// Its message waits in memory, counted against the bound (else on disk alone, until taken).
+    counted: bool,
 }
 
 #[derive(Default)]
 struct Queue {
-    /// Events, in order, with what is held for each.
-    queue: VecDeque<(Message, Held)>,
+    /// Events, in order, with what is held for each; without its message, an event that waits
+    /// on disk alone.
+    queue: VecDeque<(Option<Message>, Held)>,
     /// Taken by the publisher and not yet confirmed: still counted against the capacity.
     in_flight: usize,
     /// Being written to the spool: counted so that concurrent pushes respect the capacity.
@@ -89,16 +97,22 @@ impl Outbox {
     /// broker will not take go to `dead_letters`.
     pub fn new(mut bounds: Bounds, spool: Option<(Spool, Backlog)>, dead_letters: Arc<DeadLetters>) -> Outbox {
         let mut state = Queue::default();
+        let in_memory = bounds.max_bytes;
         let spool = spool.map(|(spool, replay)| {
-            state.queue.extend(replay.events.into_iter().map(|(message, record)| {
-                let bytes = size(&message);
-                (message, Held { record: Some(record), bytes })
-            }));
-            state.bytes = state.queue.iter().map(|(_, held)| held.bytes).sum();
+            for (message, record, on_disk) in replay.events {
+                let held = |bytes, counted| Held { record: Some(record), bytes, counted };
+                let entry = match message {
+                    Some(message) if state.bytes + size(&message) <= in_memory => {
+                        state.bytes += size(&message);
+                        (held(size(&message), true), Some(message))
+                    }
+                    _ => (held(on_disk + OVERHEAD, false), None),
+                };
+                state.queue.push_back((entry.1, entry.0));
+            }
             spool
         });
-        // With a spool, its own bound (`--spool-max-bytes`) limits the waiting events; they are
-        // kept in memory as well, so that bound is a memory bound too.
+        // With a spool, its own bound (`--spool-max-bytes`) limits the waiting events.
         if spool.is_some() {
             bounds.max_bytes = usize::MAX;
         }
@@ -108,6 +122,7 @@ impl Outbox {
             ready: Notify::new(),
             room: Notify::new(),
             bounds,
+            in_memory,
             spool,
             dead_letters,
             spool_errors,
@@ -140,10 +155,7 @@ impl Outbox {
                     state.spool_failing |= matches!(error, SpoolError::Io(_));
                     drop(state);
                     if let SpoolError::Io(cause) = &error {
-                        let allowed = self.spool_errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
-                        if let Some(suppressed) = allowed {
-                            tracing::error!(error = %cause, suppressed, "spool write failed: callbacks are answered 503");
-                        }
+                        self.spool_error(cause, "spool write failed: callbacks are answered 503");
                     }
                     return Err(error.into());
                 }
@@ -157,13 +169,26 @@ impl Outbox {
             state.spool_failing = false;
         }
         let was_empty = state.queue.is_empty();
-        state.queue.push_back((message, Held { record, bytes }));
+        // Past the memory bound, a spooled event waits on disk alone.
+        let counted = record.is_none() || state.bytes <= self.in_memory;
+        if !counted {
+            state.bytes -= bytes;
+        }
+        state.queue.push_back((counted.then_some(message), Held { record, bytes, counted }));
         drop(state);
         // The publisher only waits on an empty queue: one wake-up per batch, not per event.
         if was_empty {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Logs a spool failure, at most once a second.
+    fn spool_error(&self, error: &std::io::Error, what: &'static str) {
+        let allowed = self.spool_errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).allow();
+        if let Some(suppressed) = allowed {
+            tracing::error!(%error, suppressed, "{what}");
+        }
     }
 
     /// Takes a place and `bytes` for an event being accepted, if there is room.
@@ -235,9 +260,40 @@ impl Outbox {
     }
 
     /// Waits for events and takes a batch: up to [`WINDOW`] events and [`WINDOW_BYTES`] (one
-    /// event at least). A batch that is not full yet waits [`Bounds::linger`] for more first. `None`
-    /// once closed and empty.
+    /// event at least), those waiting on disk alone read back from the spool. A batch that is
+    /// not full yet waits [`Bounds::linger`] for more first. `None` once closed and empty.
     pub(super) async fn take(&self) -> Option<(Vec<Message>, Vec<Held>)> {
+        loop {
+            let taken = self.take_waiting().await?;
+            let (mut messages, mut kept) = (Vec::with_capacity(taken.len()), Vec::with_capacity(taken.len()));
+            let mut unread = 0;
+            for (message, held) in taken {
+                let read = match (message, &self.spool, held.record) {
+                    (Some(message), ..) => Ok(message),
+                    (None, Some(spool), Some(record)) => spool.read(record),
+                    (None, ..) => unreachable!("only a spooled event waits on disk alone"),
+                };
+                match read {
+                    Ok(message) => (messages.push(message), kept.push(held)).1,
+                    // Left unconfirmed in the spool: the next start publishes it.
+                    Err(error) => {
+                        unread += 1;
+                        self.spool_error(&error, "spool record not read back: published after the next start");
+                    }
+                }
+            }
+            if unread > 0 {
+                self.lock().in_flight -= unread;
+                self.room.notify_waiters();
+            }
+            if !messages.is_empty() {
+                return Some((messages, kept));
+            }
+        }
+    }
+
+    /// Waits for events and takes a batch of them as they wait.
+    async fn take_waiting(&self) -> Option<Vec<(Option<Message>, Held)>> {
         // A zero linger is one already waited.
         let mut lingered = self.bounds.linger.is_zero();
         loop {
@@ -250,7 +306,7 @@ impl Outbox {
                 let (n, full) = batch(&state.queue);
                 if n > 0 && (full || lingered || state.closed) {
                     state.in_flight += n;
-                    return Some(state.queue.drain(..n).unzip());
+                    return Some(state.queue.drain(..n).collect());
                 }
                 n > 0
             };
@@ -267,7 +323,7 @@ impl Outbox {
     pub(super) fn confirmed(&self, held: impl IntoIterator<Item = Held>) {
         let (mut n, mut bytes) = (0, 0);
         for held in held {
-            (n, bytes) = (n + 1, bytes + held.bytes);
+            (n, bytes) = (n + 1, bytes + if held.counted { held.bytes } else { 0 });
             if let (Some(spool), Some(record)) = (&self.spool, held.record) {
                 spool.confirmed(record);
             }
@@ -298,7 +354,7 @@ impl Outbox {
 /// How many of the first events of `queue` make a batch (none of an empty queue), and whether
 /// that batch is full: as many events as the window takes, or as many bytes (one event at
 /// least, however large).
-fn batch(queue: &VecDeque<(Message, Held)>) -> (usize, bool) {
+fn batch(queue: &VecDeque<(Option<Message>, Held)>) -> (usize, bool) {
     let mut bytes = 0;
     for (n, (_, held)) in queue.iter().enumerate().take(WINDOW) {
         bytes += held.bytes;
@@ -402,14 +458,52 @@ mod tests {
         assert!(outbox.is_full());
     }
 
+    #[tokio::test]
+    async fn spooled_events_past_the_memory_bound_wait_on_disk_and_are_read_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("hookbus-outbox-{}", uuid::Uuid::now_v7().simple()));
+        let numbered = |n: usize| {
+            let payload = Bytes::from(format!("{{\"n\":{n}}}"));
+            Message::new("t", "C", Some(format!("room-{n}")), Origin::default(), payload)
+        };
+        let bound = 3 * size(&numbered(0));
+        let spool = Spool::open(&dir, 1 << 20, 1 << 20, usize::MAX).unwrap();
+        let outbox = Outbox::new(Bounds { linger: Duration::ZERO, ..bounds(100, bound) }, Some(spool), memory());
+        for n in 0..10 {
+            outbox.push(numbered(n)).await.unwrap();
+        }
+        assert!(outbox.memory().0 <= bound, "7 of 10 wait on disk alone: {:?}", outbox.memory());
+        assert!(!outbox.is_full(), "the spool's bound applies, not memory's");
+        let (batch, held) = outbox.take().await.unwrap();
+        let payloads: Vec<_> = batch.iter().map(|m| m.payload.clone()).collect();
+        let expected: Vec<_> = (0..10).map(|n| numbered(n).payload).collect();
+        assert_eq!(payloads, expected, "read back, in order");
+        assert_eq!(batch[9].key.as_deref(), Some("room-9"));
+        outbox.confirmed(held);
+        assert_eq!((outbox.depth(), outbox.memory().0), (0, 0));
+        // A restart reads back into memory only what fits; the rest when taken.
+        for n in 10..20 {
+            outbox.push(numbered(n)).await.unwrap();
+        }
+        outbox.checkpoint();
+        drop(outbox);
+        let (spool, backlog) = Spool::open(&dir, 1 << 20, 1 << 20, 2 * size(&numbered(0))).unwrap();
+        assert_eq!(backlog.events.iter().filter(|(m, ..)| m.is_some()).count(), 2, "two fit");
+        let outbox =
+            Outbox::new(Bounds { linger: Duration::ZERO, ..bounds(100, bound) }, Some((spool, backlog)), memory());
+        let (batch, _) = outbox.take().await.unwrap();
+        let payloads: Vec<_> = batch.iter().map(|m| m.payload.clone()).collect();
+        assert_eq!(payloads, (10..20).map(|n| numbered(n).payload).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_batch_is_full_at_the_window_in_events_or_in_bytes() {
-        let events = |n: usize, bytes: usize| -> VecDeque<(Message, Held)> {
+        let events = |n: usize, bytes: usize| -> VecDeque<(Option<Message>, Held)> {
             let payload = Bytes::from(vec![b' '; bytes]);
             let event = |_| {
                 let message = Message::new("t", "C", None, Origin::default(), payload.clone());
-                let held = Held { record: None, bytes: size(&message) };
-                (message, held)
+                let held = Held { record: None, bytes: size(&message), counted: true };
+                (Some(message), held)
             };
             (0..n).map(event).collect()
         };

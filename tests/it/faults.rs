@@ -127,7 +127,7 @@ async fn damaged_spool_files_are_reported_and_every_intact_record_delivered() {
     let prefix = unique("t");
     let dir = tempdir("spool");
     {
-        let (spool, _) = hookbus::spool::Spool::open(&dir, 1 << 20, 1 << 20).unwrap();
+        let (spool, _) = hookbus::spool::Spool::open(&dir, 1 << 20, 1 << 20, usize::MAX).unwrap();
         for n in 0..4 {
             let body = format!(r#"{{"RoomId":"room-{n}"}}"#);
             let origin = hookbus::bus::Origin { sdk_app_id: APP.into(), ..Default::default() };
