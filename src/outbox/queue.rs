@@ -100,15 +100,15 @@ impl Outbox {
         let in_memory = bounds.max_bytes;
         let spool = spool.map(|(spool, replay)| {
             for (message, record, on_disk) in replay.events {
-                let held = |bytes, counted| Held { record: Some(record), bytes, counted };
                 let entry = match message {
                     Some(message) if state.bytes + size(&message) <= in_memory => {
-                        state.bytes += size(&message);
-                        (held(size(&message), true), Some(message))
+                        let bytes = size(&message);
+                        state.bytes += bytes;
+                        (Some(message), Held { record: Some(record), bytes, counted: true })
                     }
-                    _ => (held(on_disk + OVERHEAD, false), None),
+                    _ => (None, Held { record: Some(record), bytes: on_disk + OVERHEAD, counted: false }),
                 };
-                state.queue.push_back((entry.1, entry.0));
+                state.queue.push_back(entry);
             }
             spool
         });
@@ -274,7 +274,10 @@ impl Outbox {
                     (None, ..) => unreachable!("only a spooled event waits on disk alone"),
                 };
                 match read {
-                    Ok(message) => (messages.push(message), kept.push(held)).1,
+                    Ok(message) => {
+                        messages.push(message);
+                        kept.push(held);
+                    }
                     // Left unconfirmed in the spool: the next start publishes it.
                     Err(error) => {
                         unread += 1;
