@@ -56,19 +56,19 @@ pub struct Shared {
 
 /// A Tencent protocol spoken on the callback path: its checks (a file of its own under
 /// `routes/`), its answer and whether its callbacks may block. Chosen once, from the head.
-enum Surface {
+enum Surface<'q> {
     /// Live and Chat callbacks, with the query that names their app, command and signature.
-    Live(Query),
+    Live(Query<'q>),
     /// TRTC room and media callbacks.
     Trtc,
     /// Cloud Streaming (CSS) callbacks.
     Css,
 }
 
-impl Surface {
+impl<'q> Surface<'q> {
     /// The surface a request speaks: Live and Chat by their query parameters; without them, TRTC
     /// by its `SdkAppId` header, else CSS (which has neither).
-    fn of(query: &str, headers: &HeaderMap) -> Surface {
+    fn of(query: &'q str, headers: &HeaderMap) -> Surface<'q> {
         // Asked of every callback: the name made once, not parsed at each look-up.
         const SDK_APP_ID: HeaderName = HeaderName::from_static(crate::trtc::SDK_APP_ID);
         let query = Query::parse(query);
@@ -95,7 +95,8 @@ impl Surface {
     fn named(&self) -> (String, String) {
         match self {
             Surface::Live(query) => {
-                (query.sdk_app_id.clone().unwrap_or_default(), query.command.clone().unwrap_or_default())
+                let text = |value: &Option<std::borrow::Cow<str>>| value.as_deref().unwrap_or_default().to_owned();
+                (text(&query.sdk_app_id), text(&query.command))
             }
             Surface::Trtc => (String::new(), trtc::NAME.to_owned()),
             Surface::Css => (String::new(), css::NAME.to_owned()),
@@ -177,8 +178,11 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let surface = Surface::of(request.uri().query().unwrap_or(""), request.headers());
-    let (name, (queried_app, command)) = (surface.name(), surface.named());
+    // The query is read where it lies, in a handle on the request's own bytes (no copy), and read
+    // again only for a refusal: the app and command it names are what a refusal is shown under.
+    let uri = request.uri().clone();
+    let surface = Surface::of(uri.query().unwrap_or(""), request.headers());
+    let name = surface.name();
     // The caller's request id when it sends one, whatever its length (the log cuts it and notes
     // its size); else the event id, or a fresh one for a refusal.
     let request_id =
@@ -206,6 +210,10 @@ where
             response
         }
         Err(refusal) => {
+            let (queried_app, command) = match name {
+                live::NAME => Surface::Live(Query::parse(uri.query().unwrap_or(""))).named(),
+                _ => (String::new(), name.to_owned()),
+            };
             let request_id = request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
             let outcome = format!("refused {}", refusal.label());
             let response = reject(shared, &command, refusal, &request_id, started);
@@ -251,7 +259,7 @@ impl Accepted {
 }
 
 /// The checks, then the event decided or enqueued; a replay is answered as before.
-async fn accept<B>(shared: &Shared, request: Request<B>, surface: Surface) -> Result<Accepted, Refusal>
+async fn accept<B>(shared: &Shared, request: Request<B>, surface: Surface<'_>) -> Result<Accepted, Refusal>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
