@@ -159,6 +159,24 @@ impl Message {
         &self,
         names: &'static [&'static str; 13],
     ) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
+        self.attribute_values().into_iter().zip(names).filter_map(|(value, name)| Some((*name, value?)))
+    }
+
+    /// The attributes as the CloudEvents NATS binding writes header values ([`percent_encoded`]),
+    /// under `names` as [`Message::attributes_named`] gives them, each an owned text (what a
+    /// header value holds). Those the gateway writes itself ([`MADE_PLAIN`]) are not checked.
+    pub fn attributes_percent_encoded(
+        &self,
+        names: &'static [&'static str; 13],
+    ) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        self.attribute_values().into_iter().zip(names.iter().zip(MADE_PLAIN)).filter_map(|(value, (name, plain))| {
+            let value = value?;
+            Some((*name, if plain { value.into_owned() } else { percent_encoded(&value).into_owned() }))
+        })
+    }
+
+    /// Every attribute's value, in the order of [`ATTRIBUTES`]; `None` where it has none.
+    fn attribute_values(&self) -> [Option<Cow<'_, str>>; 13] {
         [
             Some(Cow::Borrowed(self.id.as_str())),
             Some(Cow::Borrowed(self.event_type.as_str())),
@@ -174,9 +192,6 @@ impl Message {
             self.tracestate.as_deref().map(Cow::Borrowed),
             self.deadline_ms.map(|ms| Cow::Owned(ms.to_string())),
         ]
-        .into_iter()
-        .zip(names)
-        .filter_map(|(value, name)| Some((*name, value?)))
     }
 
     /// Memory this message holds: itself, its attributes and its payload.
@@ -253,6 +268,12 @@ pub(crate) use attribute_names;
 /// The attributes' own names.
 pub const ATTRIBUTES: [&str; 13] = attribute_names!("");
 
+/// The attributes whose values the gateway writes itself, in the order of [`ATTRIBUTES`]: the id
+/// (a UUID), `specversion`, `time` (RFC 3339), `datacontenttype`, `traceparent` (checked when it
+/// came with the request) and `deadline` (digits). Printable ASCII without a space, `"` or `%`,
+/// they have nothing [`percent_encoded`] would change.
+const MADE_PLAIN: [bool; 13] = [true, false, false, true, true, true, false, false, false, false, true, false, true];
+
 /// Longest attribute taken from a request (the room, `OptPlatform`, the client address); a
 /// longer one is cut at a character boundary. Tencent's rooms are at most 48 bytes.
 pub const MAX_ATTRIBUTE_BYTES: usize = 256;
@@ -322,6 +343,27 @@ mod tests {
         assert_eq!(percent_encoded("t\u{0}\u{7f}\u{85}"), "t%00%7F%C2%85");
         assert_ne!(percent_encoded("a\r"), percent_encoded("a%0D"), "two rooms, two keys");
         assert_eq!(percent_encoded("a%0D"), "a%250D");
+    }
+
+    #[test]
+    fn the_attributes_the_gateway_writes_need_no_encoding() {
+        let origin = Origin {
+            sdk_app_id: "14 00".into(),
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: Some("a=\"1\"".into()),
+            ..Origin::default()
+        };
+        let mut message = Message::new("t", "C", Some("房".into()), origin, Bytes::new());
+        message.ask(1_700_000_000_000);
+        for (plain, (value, name)) in MADE_PLAIN.into_iter().zip(message.attribute_values().iter().zip(ATTRIBUTES)) {
+            let value = value.as_deref().unwrap_or_default();
+            assert!(!plain || percent_encoded(value) == value, "{name}: {value}");
+        }
+        let encoded: Vec<_> = message.attributes_percent_encoded(&ATTRIBUTES).collect();
+        let expected: Vec<_> =
+            message.attributes().map(|(name, value)| (name, percent_encoded(&value).into_owned())).collect();
+        assert_eq!(encoded, expected);
+        assert_eq!(encoded.len(), 13);
     }
 
     #[test]
