@@ -102,7 +102,7 @@ impl Message {
             destination,
             key,
             time,
-            time_text: humantime::format_rfc3339_millis(time).to_string(),
+            time_text: time_text(time),
             accepted: time,
             source: ["/tencent/", &origin.sdk_app_id].concat(),
             sdk_app_id: origin.sdk_app_id,
@@ -121,7 +121,7 @@ impl Message {
             return;
         }
         self.time = time;
-        self.time_text = humantime::format_rfc3339_millis(time).to_string();
+        self.time_text = time_text(time);
     }
 
     /// Makes this callback a decision request whose reply is useful until `deadline_ms` (Unix
@@ -217,6 +217,36 @@ impl Message {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         self.deadline_ms.map(|ms| Duration::from_millis(ms).saturating_sub(now)).unwrap_or_default()
     }
+}
+
+/// `time` in RFC 3339 to the millisecond, as humantime writes it. Every callback's time is
+/// written, and nearly always in the second of the one before: the text of that second is made
+/// once per second on each thread, and only the milliseconds are written per callback.
+fn time_text(time: SystemTime) -> String {
+    std::thread_local! {
+        /// A second since the epoch, and its text up to the seconds (`2026-12-04T17:27:00`).
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
+    let since = match time.duration_since(UNIX_EPOCH) {
+        Ok(since) if since.as_secs() <= LAST_RFC3339_SECOND => since,
+        // Whatever humantime makes of it (it refuses such a time).
+        _ => return humantime::format_rfc3339_millis(time).to_string(),
+    };
+    let (second, mut text) = SECOND.get();
+    if second != since.as_secs() {
+        let whole = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(since.as_secs())).to_string();
+        text.copy_from_slice(&whole.as_bytes()[..19]);
+        SECOND.set((since.as_secs(), text));
+    }
+    let millis = since.subsec_millis();
+    let mut written = String::with_capacity(24);
+    written.push_str(std::str::from_utf8(&text).expect("ASCII"));
+    written.push('.');
+    for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+        written.push(char::from(b'0' + digit as u8));
+    }
+    written.push('Z');
+    written
 }
 
 /// An event id its callback determines, so that every instance and every retry of the same
@@ -388,6 +418,17 @@ mod tests {
         let untimed = uuid::Uuid::parse_str(&derived_id(None, digest)).unwrap();
         assert_eq!(&untimed.as_bytes()[..6], &digest[..6]);
         assert_ne!(derived_id(Some(1), digest), derived_id(Some(2), digest));
+    }
+
+    #[test]
+    fn time_text_is_humantimes() {
+        let seconds = [0, 1, 59, 951_782_400, 1_703_589_922, 1_703_589_923, 4_102_444_800, LAST_RFC3339_SECOND];
+        for (second, nanos) in
+            seconds.into_iter().flat_map(|s| [0, 999_999, 1_000_000, 123_456_789, 999_999_999].map(|n| (s, n)))
+        {
+            let time = UNIX_EPOCH + Duration::new(second, nanos);
+            assert_eq!(time_text(time), humantime::format_rfc3339_millis(time).to_string(), "{second} {nanos}");
+        }
     }
 
     #[test]
