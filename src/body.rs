@@ -63,18 +63,18 @@ enum Scanned {
 
 impl Scanned {
     /// The value as an id: a non-empty string, or a number in its JSON form.
-    fn id(&self) -> Option<String> {
+    fn into_id(self) -> Option<String> {
         match self {
-            Scanned::Text(text) if !text.is_empty() => Some(text.clone()),
+            Scanned::Text(text) if !text.is_empty() => Some(text),
             Scanned::Number(number) => Some(number.to_string()),
             _ => None,
         }
     }
 
     /// An object's `RoomId` as an id.
-    fn room_id(&self) -> Option<String> {
+    fn into_room_id(self) -> Option<String> {
         match self {
-            Scanned::Object { room_id: Some(room_id) } => room_id.id(),
+            Scanned::Object { room_id: Some(room_id) } => room_id.into_id(),
             _ => None,
         }
     }
@@ -257,15 +257,15 @@ impl Body {
 
     /// The room the event belongs to: the first of `RoomId`, `RoomInfo.RoomId`, `GroupId`,
     /// `FromRoomId`, `FromRoomInfo.RoomId`, `EventInfo.RoomId` (the README's "Field").
-    pub fn room_key(&self) -> Option<String> {
-        let id = |value: &Option<Scanned>| value.as_ref().and_then(Scanned::id);
-        let room = |value: &Option<Scanned>| value.as_ref().and_then(Scanned::room_id);
-        id(&self.room_id)
-            .or_else(|| room(&self.room_info))
-            .or_else(|| id(&self.group_id))
-            .or_else(|| id(&self.from_room_id))
-            .or_else(|| room(&self.from_room_info))
-            .or_else(|| room(&self.event_info))
+    pub fn room_key(self) -> Option<String> {
+        let id = |value: Option<Scanned>| value.and_then(Scanned::into_id);
+        let room = |value: Option<Scanned>| value.and_then(Scanned::into_room_id);
+        id(self.room_id)
+            .or_else(|| room(self.room_info))
+            .or_else(|| id(self.group_id))
+            .or_else(|| id(self.from_room_id))
+            .or_else(|| room(self.from_room_info))
+            .or_else(|| room(self.event_info))
     }
 }
 
@@ -704,7 +704,7 @@ pub(crate) mod tests {
         assert_eq!(body.callback_command.as_deref(), Some("Live.X"));
         // Found by fuzzing: repeated fields and odd types are still a JSON object.
         let body = Body::parse(br#"{"GroupId":"a","GroupId":"b","CallbackCommand":7}"#, MAX_DEPTH).unwrap();
-        assert_eq!(body.room_key().as_deref(), Some("b"));
         assert_eq!(body.callback_command.as_deref(), Some(""));
+        assert_eq!(body.room_key().as_deref(), Some("b"));
     }
 }
