@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
-port=18080
+# Another run on the same machine sets its own (BENCH_PORT, BENCH_LOG), or the two collide.
+port=${BENCH_PORT:-18080}
 token=bench-token
 app=1400000000
-log=/tmp/hookbus-bench
+log=${BENCH_LOG:-/tmp/hookbus-bench}
 nats=nats://127.0.0.1:4222
 amqp=amqp://guest:guest@127.0.0.1:5672/%2f
 mkdir -p "$log"

@@ -9,7 +9,7 @@ pub const MAX_DEPTH: usize = 32;
 /// unexpected type or a repeated field (the last one counts, as in most JSON parsers) is
 /// tolerated, not an error. Every value is walked once, in the pass that validates the JSON,
 /// and its depth checked on the way.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Body {
     /// `Some("")` when the body's command is not a string, so that it never matches.
     pub callback_command: Option<String>,
@@ -52,7 +52,7 @@ impl BodyError {
 
 /// What the gateway keeps of one JSON value: a string or number (an id), an object's
 /// `RoomId`, or nothing.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum Scanned {
     Text(String),
     Number(serde_json::Number),
@@ -63,18 +63,18 @@ enum Scanned {
 
 impl Scanned {
     /// The value as an id: a non-empty string, or a number in its JSON form.
-    fn id(&self) -> Option<String> {
+    fn into_id(self) -> Option<String> {
         match self {
-            Scanned::Text(text) if !text.is_empty() => Some(text.clone()),
+            Scanned::Text(text) if !text.is_empty() => Some(text),
             Scanned::Number(number) => Some(number.to_string()),
             _ => None,
         }
     }
 
     /// An object's `RoomId` as an id.
-    fn room_id(&self) -> Option<String> {
+    fn into_room_id(self) -> Option<String> {
         match self {
-            Scanned::Object { room_id: Some(room_id) } => room_id.id(),
+            Scanned::Object { room_id: Some(room_id) } => room_id.into_id(),
             _ => None,
         }
     }
@@ -244,6 +244,9 @@ impl Body {
         }
         // UTF-8 first: a consumer must never receive invalid JSON (found by fuzzing).
         let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?;
+        if let Some(body) = (Plain { text, at: 0, max: max_depth.min(PLAIN_MAX_DEPTH) }).body() {
+            return Ok(body);
+        }
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let body = serde::de::DeserializeSeed::deserialize(Fields { max: max_depth }, &mut deserializer)
             .and_then(|body| deserializer.end().map(|()| body));
@@ -254,16 +257,248 @@ impl Body {
 
     /// The room the event belongs to: the first of `RoomId`, `RoomInfo.RoomId`, `GroupId`,
     /// `FromRoomId`, `FromRoomInfo.RoomId`, `EventInfo.RoomId` (the README's "Field").
-    pub fn room_key(&self) -> Option<String> {
-        let id = |value: &Option<Scanned>| value.as_ref().and_then(Scanned::id);
-        let room = |value: &Option<Scanned>| value.as_ref().and_then(Scanned::room_id);
-        id(&self.room_id)
-            .or_else(|| room(&self.room_info))
-            .or_else(|| id(&self.group_id))
-            .or_else(|| id(&self.from_room_id))
-            .or_else(|| room(&self.from_room_info))
-            .or_else(|| room(&self.event_info))
+    pub fn room_key(self) -> Option<String> {
+        let id = |value: Option<Scanned>| value.and_then(Scanned::into_id);
+        let room = |value: Option<Scanned>| value.and_then(Scanned::into_room_id);
+        id(self.room_id)
+            .or_else(|| room(self.room_info))
+            .or_else(|| id(self.group_id))
+            .or_else(|| id(self.from_room_id))
+            .or_else(|| room(self.from_room_info))
+            .or_else(|| room(self.event_info))
     }
+}
+
+/// Deepest nesting [`Plain`] reads itself (its recursion stays well within a thread's stack);
+/// serde_json, which reads the deeper ones, refuses past 128.
+const PLAIN_MAX_DEPTH: usize = 128;
+
+/// The common body read without serde, at a fraction of its cost (it runs on every callback):
+/// JSON without an escape in any string and without an exponent in any number, whose kept
+/// numbers are whole and non-negative. It gives the [`Body`] the serde reading would give, or
+/// `None` wherever it is not certain of it, an error included: that body is read by serde
+/// again, which also words the error. `text` is valid UTF-8; the reading starts at `at`.
+struct Plain<'a> {
+    text: &'a str,
+    at: usize,
+    /// The deepest array or object level read here: past it, serde reads the body (and
+    /// refuses it when past the configured limit).
+    max: usize,
+}
+
+impl<'a> Plain<'a> {
+    /// The body: one object, and nothing after it but whitespace.
+    fn body(mut self) -> Option<Body> {
+        self.whitespace();
+        let mut body = Body::default();
+        let mut fields = self.object_start(1)?;
+        while fields {
+            let key = self.key()?;
+            let field = match key {
+                "CallbackCommand" => Field::CallbackCommand,
+                "RoomId" => Field::RoomId,
+                "RoomInfo" => Field::RoomInfo,
+                "GroupId" => Field::GroupId,
+                "FromRoomId" => Field::FromRoomId,
+                "FromRoomInfo" => Field::FromRoomInfo,
+                "EventInfo" => Field::EventInfo,
+                _ => Field::Other,
+            };
+            let value = self.value(2, field != Field::Other)?;
+            // As `Fields` stores them.
+            let slot = match field {
+                Field::CallbackCommand => {
+                    body.callback_command = match value {
+                        Scanned::Text(command) => Some(command),
+                        Scanned::Null => None,
+                        _ => Some(String::new()),
+                    };
+                    fields = self.next_member(b'}')?;
+                    continue;
+                }
+                Field::RoomId => &mut body.room_id,
+                Field::RoomInfo => &mut body.room_info,
+                Field::GroupId => &mut body.group_id,
+                Field::FromRoomId => &mut body.from_room_id,
+                Field::FromRoomInfo => &mut body.from_room_info,
+                Field::EventInfo => &mut body.event_info,
+                Field::Other => {
+                    fields = self.next_member(b'}')?;
+                    continue;
+                }
+            };
+            *slot = Some(value);
+            fields = self.next_member(b'}')?;
+        }
+        self.whitespace();
+        (self.at == self.text.len()).then_some(body)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// JSON's whitespace (serde_json's: not a form feed).
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// `{` of an object at `level`, and the whitespace after it: whether a member follows.
+    fn object_start(&mut self, level: usize) -> Option<bool> {
+        self.container_start(level, b'{', b'}')
+    }
+
+    fn container_start(&mut self, level: usize, open: u8, close: u8) -> Option<bool> {
+        if level > self.max || self.peek() != Some(open) {
+            return None;
+        }
+        self.at += 1;
+        self.whitespace();
+        if self.peek() == Some(close) {
+            self.at += 1;
+            return Some(false);
+        }
+        Some(true)
+    }
+
+    /// After a member: `,` (then whether another follows: always) or `close` (none).
+    fn next_member(&mut self, close: u8) -> Option<bool> {
+        self.whitespace();
+        let next = self.peek()?;
+        self.at += 1;
+        if next == b',' {
+            self.whitespace();
+            Some(true)
+        } else {
+            (next == close).then_some(false)
+        }
+    }
+
+    /// A member's key and its `:`, with the whitespace around it.
+    fn key(&mut self) -> Option<&'a str> {
+        let key = self.string()?;
+        self.whitespace();
+        (self.peek() == Some(b':')).then_some(())?;
+        self.at += 1;
+        self.whitespace();
+        Some(key)
+    }
+
+    /// A string without an escape or a control character: its text, the quotes read.
+    fn string(&mut self) -> Option<&'a str> {
+        (self.peek() == Some(b'"')).then_some(())?;
+        let start = self.at + 1;
+        let rest = &self.text.as_bytes()[start..];
+        let length = string_end(rest)?;
+        (rest[length] == b'"').then_some(())?;
+        self.at = start + length + 1;
+        let text: &'a str = self.text;
+        Some(&text[start..start + length])
+    }
+
+    /// One value at `level` (the level of its members, if it has any), as [`Scan`] gives it
+    /// when it is kept; when not, only checked (its result is dropped).
+    fn value(&mut self, level: usize, keep: bool) -> Option<Scanned> {
+        match self.peek()? {
+            b'"' => {
+                let text = self.string()?;
+                Some(if keep { Scanned::Text(text.to_owned()) } else { Scanned::Other })
+            }
+            b'{' => {
+                let mut room_id = None;
+                let mut members = self.object_start(level)?;
+                while members {
+                    let key = self.key()?;
+                    let kept = keep && key == "RoomId";
+                    let value = self.value(level + 1, kept)?;
+                    if kept {
+                        room_id = Some(Box::new(value));
+                    }
+                    members = self.next_member(b'}')?;
+                }
+                Some(if keep { Scanned::Object { room_id } } else { Scanned::Other })
+            }
+            b'[' => {
+                let mut items = self.container_start(level, b'[', b']')?;
+                while items {
+                    self.value(level + 1, false)?;
+                    items = self.next_member(b']')?;
+                }
+                Some(Scanned::Other)
+            }
+            b't' => self.literal("true", Scanned::Other),
+            b'f' => self.literal("false", Scanned::Other),
+            b'n' => self.literal("null", Scanned::Null),
+            _ => self.number(keep),
+        }
+    }
+
+    fn literal(&mut self, word: &str, value: Scanned) -> Option<Scanned> {
+        self.text[self.at..].starts_with(word).then_some(())?;
+        self.at += word.len();
+        Some(value)
+    }
+
+    /// A number without an exponent, of at most 300 whole digits (so that it is surely finite
+    /// as an f64, as serde_json requires). Kept only when whole, non-negative and within a u64:
+    /// serde_json writes that one back as it came.
+    fn number(&mut self, keep: bool) -> Option<Scanned> {
+        let negative = self.peek() == Some(b'-');
+        self.at += usize::from(negative);
+        let whole = self.at;
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        let digits = &self.text[whole..self.at];
+        let fraction = self.peek() == Some(b'.');
+        if fraction {
+            self.at += 1;
+            let start = self.at;
+            self.digits();
+            (self.at > start).then_some(())?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) || digits.len() > 300 {
+            return None;
+        }
+        if !keep {
+            return Some(Scanned::Other);
+        }
+        if negative || fraction {
+            return None;
+        }
+        Some(Scanned::Number(digits.parse::<u64>().ok()?.into()))
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+    }
+}
+
+/// Where the first `"`, `\\` or control character of `bytes` is: 8 bytes at a time, by the
+/// classic word tricks for "has a zero byte" (of the word xor the byte sought) and "has a byte
+/// less than" (0x20). Each flags a byte's high bit; a false flag only ever follows a true one,
+/// so the lowest flag is the first match.
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+    let below = |word: u64, byte: u8| word.wrapping_sub(ONES * u64::from(byte)) & !word & HIGH;
+    let mut at = 0;
+    while let Some(word) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let flags =
+            below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1) | below(word, 0x20);
+        if flags != 0 {
+            return Some(at + flags.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    bytes[at..].iter().position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20).map(|end| at + end)
 }
 
 #[cfg(test)]
@@ -360,6 +595,105 @@ pub(crate) mod tests {
         .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
     }
 
+    /// The serde reading alone, without [`Plain`].
+    fn read_by_serde(bytes: &[u8], max_depth: usize) -> Result<Body, BodyError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let body = serde::de::DeserializeSeed::deserialize(Fields { max: max_depth }, &mut deserializer)
+            .and_then(|body| deserializer.end().map(|()| body));
+        body.map_err(
+            |error| if error.to_string().starts_with(TOO_DEEP) { BodyError::TooDeep } else { BodyError::NotJson },
+        )
+    }
+
+    fn plain(text: &str, max: usize) -> Option<Body> {
+        Plain { text, at: 0, max: max.min(PLAIN_MAX_DEPTH) }.body()
+    }
+
+    #[test]
+    fn the_plain_reading_is_the_serde_one_where_it_reads_at_all() {
+        let bench = include_str!("../bench/body-230.json");
+        for simple in [r#"{}"#, r#"{"a":1}"#, r#"{"a":"b"}"#, r#"{"a":[1]}"#, r#"{"a":{"b":1}}"#, r#"{"RoomId":"x"}"#] {
+            assert!(plain(simple, MAX_DEPTH).is_some(), "{simple}");
+        }
+        assert!(plain(bench, MAX_DEPTH).is_some(), "the common body is read without serde");
+        assert_eq!(plain(bench, MAX_DEPTH), read_by_serde(bench.as_bytes(), MAX_DEPTH).ok());
+        for text in [
+            r#"{"RoomId":635055}"#,
+            r#"{"RoomId":18446744073709551615}"#,
+            r#"{"RoomId":18446744073709551616}"#,
+            r#"{"RoomId":-0}"#,
+            r#"{"RoomId":-1,"GroupId":1.50}"#,
+            r#"{"RoomId":0,"x":-0.0}"#,
+            r#"{"RoomId":1e3}"#,
+            r#"{"x":1e400}"#,
+            r#"{"x":01}"#,
+            r#"{"x":1.}"#,
+            r#"{"x":-}"#,
+            r#"{"x":.5}"#,
+            r#"{"x":[1,]}"#,
+            r#"{"x":1,}"#,
+            r#"{,}"#,
+            r#"{}"#,
+            " {\t\"a\" :\r[ ] ,\"b\":{ }}\n ",
+            "{\"a\":1}\u{c}",
+            r#"{"a":tru}"#,
+            r#"{"a":nul,"b":null}"#,
+            r#"{"CallbackCommand":null}"#,
+            r#"{"CallbackCommand":7,"RoomId":"r","RoomId":"s"}"#,
+            r#"{"CallbackCommand":"C","CallbackCommand":"D"}"#,
+            r#"{"RoomInfo":{"RoomId":{"RoomId":"x"}},"EventInfo":{"RoomId":null}}"#,
+            r#"{"FromRoomInfo":{"RoomId":"a","RoomId":7},"GroupId":""}"#,
+            r#"{"Room\u0049d":"r9"}"#,
+            "{\"a\":\"\u{1}\"}",
+            r#"{"a":"\n"}"#,
+            r#"{"a":"房间"}"#,
+            r#"{"a":[[[[1]]]]}"#,
+            r#"{"a":{"b":{"c":{}}}}"#,
+            r#"{"a" "b"}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":1}}"#,
+        ] {
+            for max in [1, 2, 3, 4, MAX_DEPTH] {
+                if let Some(body) = plain(text, max) {
+                    assert_eq!(Ok(body), read_by_serde(text.as_bytes(), max), "{text} at {max}");
+                }
+                let read = Body::parse(text.as_bytes(), max);
+                assert_eq!(read, read_by_serde(text.as_bytes(), max), "{text} at {max}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_plain_reading_gives_what_serde_gives(value in json_object(), max in 1usize..6, pretty: bool) {
+            let bytes = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }.unwrap();
+            let text = std::str::from_utf8(&bytes).unwrap();
+            if let Some(body) = plain(text, max) {
+                proptest::prop_assert_eq!(Ok(body), read_by_serde(&bytes, max));
+            }
+            proptest::prop_assert_eq!(Body::parse(&bytes, max), read_by_serde(&bytes, max));
+        }
+
+        #[test]
+        fn string_end_finds_the_first_quote_backslash_or_control_character(
+            bytes in proptest::collection::vec(proptest::prop_oneof![0x18u8..0x26, 0x5au8..0x5e, 0x7eu8..=0xff], 0..40)
+        ) {
+            let first = bytes.iter().position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20);
+            proptest::prop_assert_eq!(string_end(&bytes), first);
+        }
+
+        #[test]
+        fn the_plain_reading_is_never_wrong_on_any_text(text in "[{}\\[\\],:\" 0-9a-zA-Z.eE+-]{0,40}") {
+            for max in [1, 3, MAX_DEPTH] {
+                if let Some(body) = plain(&text, max) {
+                    proptest::prop_assert_eq!(Ok(body), read_by_serde(text.as_bytes(), max), "{}", text);
+                }
+            }
+        }
+    }
+
     #[test]
     fn body_must_be_one_json_object() {
         assert!(Body::parse(b" {\"CallbackCommand\":\"x\"}\n", MAX_DEPTH).is_ok());
@@ -370,7 +704,7 @@ pub(crate) mod tests {
         assert_eq!(body.callback_command.as_deref(), Some("Live.X"));
         // Found by fuzzing: repeated fields and odd types are still a JSON object.
         let body = Body::parse(br#"{"GroupId":"a","GroupId":"b","CallbackCommand":7}"#, MAX_DEPTH).unwrap();
-        assert_eq!(body.room_key().as_deref(), Some("b"));
         assert_eq!(body.callback_command.as_deref(), Some(""));
+        assert_eq!(body.room_key().as_deref(), Some("b"));
     }
 }

@@ -5,6 +5,7 @@
 //! enqueued here. Generic over the request body so that the unit tests below call [`handle`]
 //! without a socket; sockets, connections and shutdown belong to `http`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -56,19 +57,19 @@ pub struct Shared {
 
 /// A Tencent protocol spoken on the callback path: its checks (a file of its own under
 /// `routes/`), its answer and whether its callbacks may block. Chosen once, from the head.
-enum Surface {
+enum Surface<'q> {
     /// Live and Chat callbacks, with the query that names their app, command and signature.
-    Live(Query),
+    Live(Query<'q>),
     /// TRTC room and media callbacks.
     Trtc,
     /// Cloud Streaming (CSS) callbacks.
     Css,
 }
 
-impl Surface {
+impl<'q> Surface<'q> {
     /// The surface a request speaks: Live and Chat by their query parameters; without them, TRTC
     /// by its `SdkAppId` header, else CSS (which has neither).
-    fn of(query: &str, headers: &HeaderMap) -> Surface {
+    fn of(query: &'q str, headers: &HeaderMap) -> Surface<'q> {
         // Asked of every callback: the name made once, not parsed at each look-up.
         const SDK_APP_ID: HeaderName = HeaderName::from_static(crate::trtc::SDK_APP_ID);
         let query = Query::parse(query);
@@ -95,7 +96,8 @@ impl Surface {
     fn named(&self) -> (String, String) {
         match self {
             Surface::Live(query) => {
-                (query.sdk_app_id.clone().unwrap_or_default(), query.command.clone().unwrap_or_default())
+                let text = |value: &Option<std::borrow::Cow<str>>| value.as_deref().unwrap_or_default().to_owned();
+                (text(&query.sdk_app_id), text(&query.command))
             }
             Surface::Trtc => (String::new(), trtc::NAME.to_owned()),
             Surface::Css => (String::new(), css::NAME.to_owned()),
@@ -177,8 +179,11 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let surface = Surface::of(request.uri().query().unwrap_or(""), request.headers());
-    let (name, (queried_app, command)) = (surface.name(), surface.named());
+    // The query is read where it lies, in a handle on the request's own bytes (no copy), and read
+    // again only for a refusal: the app and command it names are what a refusal is shown under.
+    let uri = request.uri().clone();
+    let surface = Surface::of(uri.query().unwrap_or(""), request.headers());
+    let name = surface.name();
     // The caller's request id when it sends one, whatever its length (the log cuts it and notes
     // its size); else the event id, or a fresh one for a refusal.
     let request_id =
@@ -206,8 +211,12 @@ where
             response
         }
         Err(refusal) => {
+            let (queried_app, command) = match name {
+                live::NAME => Surface::Live(Query::parse(uri.query().unwrap_or(""))).named(),
+                _ => (String::new(), name.to_owned()),
+            };
             let request_id = request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            let outcome = format!("refused {}", refusal.label());
+            let outcome = format!("refused {}", refusal.label()).into();
             let response = reject(shared, &command, refusal, &request_id, started);
             shared.tap.record(Seen {
                 time: SystemTime::now(),
@@ -237,7 +246,7 @@ struct Accepted {
     app: String,
     room: Option<String>,
     /// `accepted`, `replay`, or how it was decided (`reply 0`, `fallback timeout 1`).
-    outcome: String,
+    outcome: Cow<'static, str>,
     body: Bytes,
 }
 
@@ -251,7 +260,7 @@ impl Accepted {
 }
 
 /// The checks, then the event decided or enqueued; a replay is answered as before.
-async fn accept<B>(shared: &Shared, request: Request<B>, surface: Surface) -> Result<Accepted, Refusal>
+async fn accept<B>(shared: &Shared, request: Request<B>, surface: Surface<'_>) -> Result<Accepted, Refusal>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -308,11 +317,11 @@ where
     let (trace, answered, answer, outcome) = match kind {
         Some(kind) => {
             let (trace, answer, outcome) = decide(shared, kind, message, receive, app).await;
-            (trace, Answered::Decision(answer.clone()), answer, outcome)
+            (trace, Answered::Decision(answer.clone()), answer, outcome.into())
         }
         None => {
             let trace = enqueue(shared, message, receive).await?;
-            (trace, Answered::Event, Bytes::from_static(ok), "accepted".to_owned())
+            (trace, Answered::Event, Bytes::from_static(ok), "accepted".into())
         }
     };
     if let Some((key, expires)) = checked.replay {
@@ -322,14 +331,15 @@ where
         deciding.decided(answer.clone());
     }
     let app = checked.sdk_app_id;
-    Ok(Accepted { command, id, trace: Some(trace), answer, app, room, outcome, body })
+    Ok(Accepted { command, id, trace, answer, app, room, outcome, body })
 }
 
 /// A callback's `receive` span, when spans are exported: the caller's span (when a valid one
 /// came) is its parent, and it is the parent of what follows on the bus.
 pub struct Receive {
-    /// The context the event travels with: the receive span's when exporting.
-    trace: Context,
+    /// The context the event travels with (the receive span's when exporting), kept only when
+    /// spans are exported or the callback's answer is logged: a copy otherwise unread.
+    trace: Option<Context>,
     span: Option<(Tracer, SystemTime, Option<String>)>,
 }
 
@@ -342,17 +352,18 @@ impl Receive {
             message.trace = message.trace.child();
             (tracer.clone(), received, caller)
         });
-        Receive { trace: message.trace.clone(), span }
+        let keep = span.is_some() || tracing::enabled!(tracing::Level::DEBUG);
+        Receive { trace: keep.then(|| message.trace.clone()), span }
     }
 
     /// Records a child span of `receive`, from `start` to now.
     fn child(&self, name: &'static str, start: SystemTime, attributes: Vec<(&'static str, String)>) {
-        if let Some((tracer, _, _)) = &self.span {
+        if let (Some((tracer, _, _)), Some(trace)) = (&self.span, &self.trace) {
             tracer.record(Span {
                 name,
-                trace_id: self.trace.trace_id().to_owned(),
+                trace_id: trace.trace_id().to_owned(),
                 span_id: traces::span_id(),
-                parent_id: Some(self.trace.span_id().to_owned()),
+                parent_id: Some(trace.span_id().to_owned()),
                 start,
                 end: SystemTime::now(),
                 attributes,
@@ -361,12 +372,12 @@ impl Receive {
     }
 
     /// Ends the `receive` span of the event `id` of `command`; gives back its trace context.
-    fn end(self, command: &str, id: &str) -> Context {
-        if let Some((tracer, start, parent_id)) = self.span {
+    fn end(self, command: &str, id: &str) -> Option<Context> {
+        if let (Some((tracer, start, parent_id)), Some(trace)) = (self.span, &self.trace) {
             tracer.record(Span {
                 name: "receive",
-                trace_id: self.trace.trace_id().to_owned(),
-                span_id: self.trace.span_id().to_owned(),
+                trace_id: trace.trace_id().to_owned(),
+                span_id: trace.span_id().to_owned(),
                 parent_id,
                 start,
                 end: SystemTime::now(),
@@ -385,7 +396,7 @@ async fn decide(
     message: Message,
     receive: Receive,
     app: &apps::App,
-) -> (Context, Bytes, String) {
+) -> (Option<Context>, Bytes, String) {
     let (started, decision_start) = (Instant::now(), SystemTime::now());
     let (command, id) = (message.event_type.clone(), message.id.clone());
     let request = shared.audit.then(|| message.clone());
@@ -414,10 +425,12 @@ async fn decide(
 }
 
 /// Puts an informational event into the outbox: once this returns, it will be delivered.
-/// Gives back the trace context it travels with.
-pub async fn enqueue(shared: &Shared, message: Message, receive: Receive) -> Result<Context, Refusal> {
-    let (command, id) = (message.event_type.clone(), message.id.clone());
+/// Gives back the trace context it travels with (when kept, [`Receive`]).
+pub async fn enqueue(shared: &Shared, message: Message, receive: Receive) -> Result<Option<Context>, Refusal> {
+    // Its names are copied only for a span that records them.
+    let named = receive.span.is_some().then(|| (message.event_type.clone(), message.id.clone()));
     shared.outbox.push(message).await?;
+    let (command, id) = named.unwrap_or_default();
     Ok(receive.end(&command, &id))
 }
 

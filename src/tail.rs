@@ -6,6 +6,7 @@
 //! [`crate::admin::Client::tail`]), filters, and prints lines for people (or JSON lines with
 //! `--json`). Nothing secret is recorded: no query (the `Sign`), no header.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ pub struct Seen {
     pub status: u16,
     /// `accepted`, `replay`, `reply 0` (the responder's code), `rule NAME 1`, `fallback timeout 1`,
     /// `refused sign_mismatch`…
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     pub latency_us: u64,
     /// The event id (a request id for a refusal).
     pub id: String,

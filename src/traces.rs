@@ -104,13 +104,14 @@ impl Context {
 
 /// Whether `text` is a W3C trace context `traceparent` of version 00 with non-zero ids.
 pub fn valid(text: &str) -> bool {
-    let parts: Vec<&str> = text.split('-').collect();
-    let hex = |part: &str, len: usize| {
-        part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    matches!(parts.as_slice(), [version, trace, span, flags]
-        if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2)
-            && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'))
+    // `00-{32 hex}-{16 hex}-{2 hex}`, read in place: asked of every callback.
+    let bytes = text.as_bytes();
+    let hex = |part: &[u8]| part.iter().all(|&b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let nonzero = |part: &[u8]| part.iter().any(|&b| b != b'0');
+    bytes.len() == 55 && bytes.starts_with(b"00-") && bytes[35] == b'-' && bytes[52] == b'-' && {
+        let (trace, span, flags) = (&bytes[3..35], &bytes[36..52], &bytes[53..]);
+        hex(trace) && hex(span) && hex(flags) && nonzero(trace) && nonzero(span)
+    }
 }
 
 impl Tracer {
@@ -207,4 +208,48 @@ fn encode(spans: &[Span]) -> Value {
         "resource": { "attributes": [{ "key": "service.name", "value": { "stringValue": "hookbus" } }] },
         "scopeSpans": [{ "scope": { "name": "hookbus", "version": env!("CARGO_PKG_VERSION") }, "spans": spans }],
     }]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `valid` as it was first written, split at its dashes.
+    fn valid_by_parts(text: &str) -> bool {
+        let parts: Vec<&str> = text.split('-').collect();
+        let hex = |part: &str, len: usize| {
+            part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        matches!(parts.as_slice(), [version, trace, span, flags]
+            if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2)
+                && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'))
+    }
+
+    #[test]
+    fn traceparents_are_told_as_before() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(valid(good));
+        for text in [
+            "",
+            good,
+            &good.replace("00-4b", "01-4b"),
+            &good.replace("4bf92f3577b34da6a3ce929d0e0e4736", "00000000000000000000000000000000"),
+            &good.replace("00f067aa0ba902b7", "0000000000000000"),
+            &good.to_uppercase(),
+            &good.replace("-01", "-0g"),
+            &good.replace("-01", "-01-"),
+            &good.replace("-00f0", "-é0"),
+            &format!("{good}-"),
+            &good[1..],
+        ] {
+            assert_eq!(valid(text), valid_by_parts(text), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_told_as_before(text in "(00|01|0)?-?[0-9a-fA-F-]{0,60}") {
+            proptest::prop_assert_eq!(valid(&text), valid_by_parts(&text));
+        }
+    }
 }

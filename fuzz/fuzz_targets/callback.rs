@@ -12,7 +12,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
     let (query, body) = (&data[..split], data.get(split + 1..).unwrap_or_default());
-    let query = Query::parse(&String::from_utf8_lossy(query));
+    let query = String::from_utf8_lossy(query);
+    let query = Query::parse(&query);
     let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let verdict = verify(["token"], query.sign.as_deref(), query.request_time.as_deref(), Duration::from_secs(60), now);
     if let Ok(0) = verdict {

@@ -102,7 +102,7 @@ impl Message {
             destination,
             key,
             time,
-            time_text: humantime::format_rfc3339_millis(time).to_string(),
+            time_text: time_text(time),
             accepted: time,
             source: ["/tencent/", &origin.sdk_app_id].concat(),
             sdk_app_id: origin.sdk_app_id,
@@ -121,7 +121,7 @@ impl Message {
             return;
         }
         self.time = time;
-        self.time_text = humantime::format_rfc3339_millis(time).to_string();
+        self.time_text = time_text(time);
     }
 
     /// Makes this callback a decision request whose reply is useful until `deadline_ms` (Unix
@@ -159,6 +159,24 @@ impl Message {
         &self,
         names: &'static [&'static str; 13],
     ) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
+        self.attribute_values().into_iter().zip(names).filter_map(|(value, name)| Some((*name, value?)))
+    }
+
+    /// The attributes as the CloudEvents NATS binding writes header values ([`percent_encoded`]),
+    /// under `names` as [`Message::attributes_named`] gives them, each an owned text (what a
+    /// header value holds). Those the gateway writes itself ([`MADE_PLAIN`]) are not checked.
+    pub fn attributes_percent_encoded(
+        &self,
+        names: &'static [&'static str; 13],
+    ) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        self.attribute_values().into_iter().zip(names.iter().zip(MADE_PLAIN)).filter_map(|(value, (name, plain))| {
+            let value = value?;
+            Some((*name, if plain { value.into_owned() } else { percent_encoded(&value).into_owned() }))
+        })
+    }
+
+    /// Every attribute's value, in the order of [`ATTRIBUTES`]; `None` where it has none.
+    fn attribute_values(&self) -> [Option<Cow<'_, str>>; 13] {
         [
             Some(Cow::Borrowed(self.id.as_str())),
             Some(Cow::Borrowed(self.event_type.as_str())),
@@ -174,9 +192,6 @@ impl Message {
             self.tracestate.as_deref().map(Cow::Borrowed),
             self.deadline_ms.map(|ms| Cow::Owned(ms.to_string())),
         ]
-        .into_iter()
-        .zip(names)
-        .filter_map(|(value, name)| Some((*name, value?)))
     }
 
     /// Memory this message holds: itself, its attributes and its payload.
@@ -202,6 +217,36 @@ impl Message {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         self.deadline_ms.map(|ms| Duration::from_millis(ms).saturating_sub(now)).unwrap_or_default()
     }
+}
+
+/// `time` in RFC 3339 to the millisecond, as humantime writes it. Every callback's time is
+/// written, and nearly always in the second of the one before: the text of that second is made
+/// once per second on each thread, and only the milliseconds are written per callback.
+fn time_text(time: SystemTime) -> String {
+    std::thread_local! {
+        /// A second since the epoch, and its text up to the seconds (`2026-12-04T17:27:00`).
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
+    let since = match time.duration_since(UNIX_EPOCH) {
+        Ok(since) if since.as_secs() <= LAST_RFC3339_SECOND => since,
+        // Whatever humantime makes of it (it refuses such a time).
+        _ => return humantime::format_rfc3339_millis(time).to_string(),
+    };
+    let (second, mut text) = SECOND.get();
+    if second != since.as_secs() {
+        let whole = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(since.as_secs())).to_string();
+        text.copy_from_slice(&whole.as_bytes()[..19]);
+        SECOND.set((since.as_secs(), text));
+    }
+    let millis = since.subsec_millis();
+    let mut written = String::with_capacity(24);
+    written.push_str(std::str::from_utf8(&text).expect("ASCII"));
+    written.push('.');
+    for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+        written.push(char::from(b'0' + digit as u8));
+    }
+    written.push('Z');
+    written
 }
 
 /// An event id its callback determines, so that every instance and every retry of the same
@@ -253,6 +298,12 @@ pub(crate) use attribute_names;
 /// The attributes' own names.
 pub const ATTRIBUTES: [&str; 13] = attribute_names!("");
 
+/// The attributes whose values the gateway writes itself, in the order of [`ATTRIBUTES`]: the id
+/// (a UUID), `specversion`, `time` (RFC 3339), `datacontenttype`, `traceparent` (checked when it
+/// came with the request) and `deadline` (digits). Printable ASCII without a space, `"` or `%`,
+/// they have nothing [`percent_encoded`] would change.
+const MADE_PLAIN: [bool; 13] = [true, false, false, true, true, true, false, false, false, false, true, false, true];
+
 /// Longest attribute taken from a request (the room, `OptPlatform`, the client address); a
 /// longer one is cut at a character boundary. Tencent's rooms are at most 48 bytes.
 pub const MAX_ATTRIBUTE_BYTES: usize = 256;
@@ -298,13 +349,28 @@ pub(crate) fn percent_encoded(value: &str) -> Cow<'_, str> {
 /// strictest): letters, digits, `.`, `_` and `-`, no empty part between dots, at most 128 bytes.
 /// Prefixes and commands are both checked with it.
 pub fn valid_name(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 128
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !text.starts_with('.')
-        && !text.ends_with('.')
-        && !text.contains("..")
+    // One pass without a branch per byte (a callback's command is asked on every callback): the
+    // byte before the first is taken as a dot, so that a dot may follow none, nor be the last.
+    let (mut refused, mut after_dot) = (false, true);
+    for &byte in text.as_bytes() {
+        let dot = byte == b'.';
+        refused |= !NAME_BYTES[usize::from(byte)] | (dot & after_dot);
+        after_dot = dot;
+    }
+    !refused && !after_dot && text.len() <= 128
 }
+
+/// The bytes a destination name may hold: letters, digits, `.`, `_` and `-`.
+static NAME_BYTES: [bool; 256] = {
+    let mut allowed = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        allowed[byte] = b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-';
+        byte += 1;
+    }
+    allowed
+};
 
 /// 9999-12-31T23:59:59Z, the last second RFC 3339 can write.
 const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
@@ -322,6 +388,27 @@ mod tests {
         assert_eq!(percent_encoded("t\u{0}\u{7f}\u{85}"), "t%00%7F%C2%85");
         assert_ne!(percent_encoded("a\r"), percent_encoded("a%0D"), "two rooms, two keys");
         assert_eq!(percent_encoded("a%0D"), "a%250D");
+    }
+
+    #[test]
+    fn the_attributes_the_gateway_writes_need_no_encoding() {
+        let origin = Origin {
+            sdk_app_id: "14 00".into(),
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: Some("a=\"1\"".into()),
+            ..Origin::default()
+        };
+        let mut message = Message::new("t", "C", Some("房".into()), origin, Bytes::new());
+        message.ask(1_700_000_000_000);
+        for (plain, (value, name)) in MADE_PLAIN.into_iter().zip(message.attribute_values().iter().zip(ATTRIBUTES)) {
+            let value = value.as_deref().unwrap_or_default();
+            assert!(!plain || percent_encoded(value) == value, "{name}: {value}");
+        }
+        let encoded: Vec<_> = message.attributes_percent_encoded(&ATTRIBUTES).collect();
+        let expected: Vec<_> =
+            message.attributes().map(|(name, value)| (name, percent_encoded(&value).into_owned())).collect();
+        assert_eq!(encoded, expected);
+        assert_eq!(encoded.len(), 13);
     }
 
     #[test]
@@ -349,6 +436,17 @@ mod tests {
     }
 
     #[test]
+    fn time_text_is_humantimes() {
+        let seconds = [0, 1, 59, 951_782_400, 1_703_589_922, 1_703_589_923, 4_102_444_800, LAST_RFC3339_SECOND];
+        for (second, nanos) in
+            seconds.into_iter().flat_map(|s| [0, 999_999, 1_000_000, 123_456_789, 999_999_999].map(|n| (s, n)))
+        {
+            let time = UNIX_EPOCH + Duration::new(second, nanos);
+            assert_eq!(time_text(time), humantime::format_rfc3339_millis(time).to_string(), "{second} {nanos}");
+        }
+    }
+
+    #[test]
     fn a_time_past_the_year_9999_leaves_the_received_time() {
         let mut message = Message::new("p", "css.push.started", None, Origin::default(), Bytes::new());
         let received = message.time_text.clone();
@@ -367,13 +465,27 @@ mod tests {
         assert_eq!(message.deadline_ms, Some(7));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn names_are_told_as_before(text in "[a-c._\\- é]{0,8}|x{120,130}") {
+            let before = !text.is_empty()
+                && text.len() <= 128
+                && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && !text.starts_with('.')
+                && !text.ends_with('.')
+                && !text.contains("..");
+            proptest::prop_assert_eq!(valid_name(&text), before);
+        }
+    }
+
     #[test]
     fn names_must_fit_every_bus() {
         assert!(valid_name("Live.CallbackAfterCreateRoom"));
         assert!(valid_name("Future_Thing-2"));
-        for bad in ["", "a b", "a.>", "a.*", ".a", "a.", "a..b", &"x".repeat(129)] {
+        for bad in ["", "a b", "a.>", "a.*", ".a", "a.", "a..b", &"x".repeat(129), ".", "..", "a.é", "a\u{0}"] {
             assert!(!valid_name(bad), "{bad}");
         }
+        assert!(valid_name(&"x".repeat(128)) && valid_name("a") && valid_name("a.b-c_d.9"));
     }
 
     #[test]

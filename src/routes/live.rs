@@ -2,6 +2,7 @@
 //! query (`SdkAppid`, `CallbackCommand`, `Sign`, `RequestTime`), checked in the order of the
 //! README's "What Tencent sees". The protocol itself (query, signature, body) is `crate::tencent`.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -26,7 +27,7 @@ pub const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
 const RESERVED: [&str; 5] = [bus::REQUESTS, "audit", "deadletter", "trtc", "css"];
 
 /// The checks of a callback, in the README's order, up to a body that names its command.
-pub async fn check<'a, B>(gate: &Gate<'a>, request: Request<B>, query: Query) -> Result<Checked<'a>, Refusal>
+pub async fn check<'a, B>(gate: &Gate<'a>, request: Request<B>, query: Query<'_>) -> Result<Checked<'a>, Refusal>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -36,7 +37,7 @@ where
     if query.repeated.is_some() {
         return Err(Refusal::bad("param_repeated", "a protocol parameter appears more than once in the query"));
     }
-    let sdk_app_id = query.sdk_app_id.clone().unwrap_or_default();
+    let sdk_app_id = query.sdk_app_id.as_deref().unwrap_or_default().to_owned();
     let Some(app) = gate.apps.get(&sdk_app_id) else { return Err(Refusal::Forbidden) };
     // Signed requests can be told apart: the time until which a replay would be accepted.
     let mut replay_until = None;
@@ -62,7 +63,7 @@ where
         (Some(query), Some(body)) if query != body => {
             return Err(Refusal::bad("command_mismatch", "CallbackCommand differs between query and body"));
         }
-        (Some(query), _) => query,
+        (Some(query), _) => query.into_owned(),
         (None, Some(body)) => body.to_owned(),
         (None, None) => return Err(Refusal::bad("command_missing", "CallbackCommand is missing")),
     };
@@ -90,8 +91,8 @@ where
     let replay = replay.map(|(key, _, expires)| (key, expires));
     let origin = Origin {
         sdk_app_id: sdk_app_id.clone(),
-        client_ip: query.client_ip.unwrap_or_default(),
-        opt_platform: query.opt_platform.unwrap_or_default(),
+        client_ip: query.client_ip.map(Cow::into_owned).unwrap_or_default(),
+        opt_platform: query.opt_platform.map(Cow::into_owned).unwrap_or_default(),
         traceparent,
         tracestate,
     };
