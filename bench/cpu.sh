@@ -49,7 +49,7 @@ for round in $(seq 1 "$rounds"); do
     drain "$(bus_of $n)" "$(program_of $n)" || drained=0
     ledger "$(bus_of $n)" $((responses - errors)) "$before" "$(counted "$(bus_of $n)" gateway)" $drained
     stop $pid
-    [[ $ledger != void* ]] || echo "round $round, ${names[n]}: VOID: $ledger" >&2
+    [[ $ledger != void* ]] || echo "round $round, ${names[n]}: VOID: ${ledger#void: }" >&2
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${names[n]}" "$rps" "$cpu_us" "$responses" "$errors" "$ledger" "$count" >>"$results"
   done
 done

@@ -85,7 +85,7 @@ for round in $(seq 1 "$rounds"); do
         stop $pid
         stop $responder
         label="gateway $gateway_threads$gateway_name, responder $responder_threads$responder_name"
-        [[ $ledger != void* ]] || echo "round $round, $label: VOID: $ledger" >&2
+        [[ $ledger != void* ]] || echo "round $round, $label: VOID: ${ledger#void: }" >&2
         [[ $ledger != ok ]] || ledger="ok, $count replies counted"
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" \
           "$fixed" $((gateway_after - gateway_before)) $((responder_after - responder_before)) \
@@ -130,7 +130,7 @@ rows, rounds, void = [], [], []
 for line in open(results):
     round_, threads, fixed, gateway, responder, preempted, writes, ledger = line.rstrip("\n").split("\t")
     if ledger.startswith("void"):  # left out of every figure
-        void.append(f"round {round_}, {threads}: VOID: {ledger}")
+        void.append(f"round {round_}, {threads}: VOID: {ledger[6:]}")
         continue
     f = json.loads(fixed)
     rounds.append(round_)

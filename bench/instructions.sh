@@ -90,7 +90,7 @@ for server in "${@:-ceiling unsigned signed}"; do
     callgrind_control --dump "$pid" >/dev/null 2>&1
     ledger $counts $ok "$before" "$(counted $counts $program)" $drained
     stop "$pid"
-    [[ $ledger != void* ]] || echo "$server: VOID: $ledger" >&2
+    [[ $ledger != void* ]] || echo "$server: VOID: ${ledger#void: }" >&2
     [[ $ledger != ok ]] || ledger="ok, $ok answered 200, $count counted"
     # The dump holds what ran between zero and dump; the file written at exit, the shutdown.
     # (The metrics requests above are counted too: a handful against thousands of callbacks.)

@@ -49,7 +49,7 @@ for round in 1 2; do
     drain decide-nats gateway || drained=0
     ledger decide-nats $answered "$before" "$(counted decide-nats gateway)" $drained
     stop $pid
-    [[ $ledger != void* ]] || echo "rules $config, round $round: VOID: $ledger" >&2
+    [[ $ledger != void* ]] || echo "rules $config, round $round: VOID: ${ledger#void: }" >&2
     ledgers+=("rules $config, round $round: $ledger$([[ $ledger != ok ]] || echo " ($answered answered 200, $count replies counted)")")
     python3 - "$config" "$round" "$rps" "$fixed" "$ledger" <<'PY'
 import json, sys

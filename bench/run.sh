@@ -93,7 +93,7 @@ measure() {
   ledgers+=("$name: $ledger$([[ $ledger != ok ]] || echo " ($answered answered 200, $count counted)")$(
     [[ -z ${retried:-} ]] || echo "; at least once: the outbox publishes again what the paused broker had not confirmed")")
   if [[ $ledger == void* ]]; then
-    echo "$name: VOID: $ledger" >&2
+    echo "$name: VOID: ${ledger#void: }" >&2
   else
     cat "$tsv.row" >>"$tsv"
   fi
@@ -123,7 +123,7 @@ bare_amqp() {
   confirmed=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["confirmed"])' "$bare")
   ledger amqp "$confirmed" "$before" "$(counted amqp client)" 1
   ledgers+=("bare lapin client: $ledger$([[ $ledger != ok ]] || echo " ($confirmed confirmed, $count counted)")")
-  [[ $ledger != void* ]] || echo "bare lapin client: VOID: $ledger" >&2
+  [[ $ledger != void* ]] || echo "bare lapin client: VOID: ${ledger#void: }" >&2
   python3 - "$bare" "$ceiling_rps" "$ceiling_cpu" "$clk_tck" "$ledger" <<'PY'
 import json, sys
 bare, ceiling, ceiling_cpu, hz, ledger = sys.argv[1:]
