@@ -2,7 +2,10 @@
 # What 10,000 dead letters cost: a NATS server of its own with max_payload 1024, the release
 # gateway with and without a spool, 10,000 callbacks of 2 KB (each refused by the server, so
 # each a dead letter); prints the gateway's RSS before and after, the dead-letter log's size and
-# what the store counts. Usage: bench/dead_letters.sh [events] [body bytes]
+# what the store counts. Its ledger is already checked: each callback must be answered 200 (the
+# loader asserts it) and the figures are printed only once the gateway's dead-letter count
+# (hookbus_dead_letters in /metrics) equals the callbacks sent, waiting until then.
+# Usage: bench/dead_letters.sh [events] [body bytes]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-10000}

@@ -27,11 +27,17 @@
 # run at once: a decision is one of each, one after the other. (A sum of two p99s is more than
 # the p99 of the sums, so this understates the overhead at p99 somewhat; the legs cannot be
 # paired request by request.) Also AMQP's gateway CPU per decision against NATS's ≤ 1.3 ×.
+# Every gateway measurement checks its ledger (bench/ledger.sh): each decision answered 200 is a
+# reply counted in the gateway's /metrics (hookbus_decisions_total{outcome="reply"}), not a
+# fallback; a void one says so (stderr and the rounds) and is left out of the medians. The bare
+# requester's ledger is its own count of the replies it got; bare HTTP (the ceiling) publishes
+# nothing and cannot be counted: the rounds say so.
 # Usage: [BUSES="nats amqp"] [GATEWAY_THREADS="1 2"] [RESPONDER_THREADS="1 2"] [RESPONDER_BASELINE=binary]
 #        [GATEWAY_BASELINE=binary] bench/decisions.sh [rounds, 3] [seconds, 5] [rate, 10000]
 rounds=${1:-3}
 rate=${3:-10000}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
+source "$(dirname "$0")/ledger.sh"
 gift=Live.CallbackBeforeSendGift
 results=$log/decisions.tsv
 : >"$results"
@@ -47,6 +53,8 @@ writes() { # pid → its write and writev calls so far
 bus_flags() { # bus → the flags that connect to it
   [[ $1 == nats ]] && echo "--bus nats --nats-url $nats" || echo "--bus amqp --amqp-url $amqp"
 }
+
+ok_of() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])["ok"])' "$1"; } # JSON line → its 200s
 
 start_responder() { # binary threads [bus] → $responder, once it answers requests
   "$1" respond $(bus_flags "${3:-nats}") --prefix bench --threads "$2" >/dev/null 2>"$log/respond.log" &
@@ -66,17 +74,22 @@ for round in $(seq 1 "$rounds"); do
         wait_ready /readyz >/dev/null
         sleep 0.5
         gateway_before=$(cpu_ticks $pid) responder_before=$(cpu_ticks $responder) preempted_before=$(preemptions $pid)
-        writes_before=$(writes $pid)
+        writes_before=$(writes $pid) replies_before=$(counted decide-$bus gateway)
         fixed=$($load --url "$(url $gift)" --rate "$rate" --duration "${seconds}s" --body bench/body-gift.json \
           --command $gift --token $token)
         gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder) preempted_after=$(preemptions $pid)
         writes_after=$(writes $pid)
+        drained=1
+        drain decide-$bus gateway || drained=0
+        ledger decide-$bus "$(ok_of "$fixed")" "$replies_before" "$(counted decide-$bus gateway)" $drained
         stop $pid
         stop $responder
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" \
-          "gateway $gateway_threads$gateway_name, responder $responder_threads$responder_name" \
+        label="gateway $gateway_threads$gateway_name, responder $responder_threads$responder_name"
+        [[ $ledger != void* ]] || echo "round $round, $label: VOID: ${ledger#void: }" >&2
+        [[ $ledger != ok ]] || ledger="ok, $count replies counted"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" \
           "$fixed" $((gateway_after - gateway_before)) $((responder_after - responder_before)) \
-          $((preempted_after - preempted_before)) $((writes_after - writes_before)) >>"$results"
+          $((preempted_after - preempted_before)) $((writes_after - writes_before)) "$ledger" >>"$results"
       done; done
     done; done
     for responder_threads in ${RESPONDER_THREADS:-2}; do
@@ -100,10 +113,11 @@ for round in $(seq 1 "$rounds"); do
           wait $http
           stop $pid
           label+=", beside bare HTTP"
-          printf '%s\t%s\t%s\t\t\t\t\n' "$round" "bare HTTP (ceiling), beside the bare requester$responder_name" \
-            "$(<"$log/ceiling-beside.json")" >>"$results"
+          printf '%s\t%s\t%s\t\t\t\t\t%s\n' "$round" "bare HTTP (ceiling), beside the bare requester$responder_name" \
+            "$(<"$log/ceiling-beside.json")" "$(uncounted ceiling)" >>"$results"
         fi
-        printf '%s\t%s\t%s\t\t%s\t\t\n' "$round" "$label" "$fixed" $((responder_after - responder_before)) >>"$results"
+        printf '%s\t%s\t%s\t\t%s\t\t\t%s\n' "$round" "$label" "$fixed" $((responder_after - responder_before)) \
+          "ok, the requester's own count of its replies" >>"$results"
       done
     done
   done
@@ -112,14 +126,17 @@ done
 python3 - "$results" "$clk_tck" "$rate" "$seconds" <<'PY'
 import json, statistics, sys
 results, hz, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-rows, rounds = [], []
+rows, rounds, void = [], [], []
 for line in open(results):
-    round_, threads, fixed, gateway, responder, preempted, writes = line.rstrip("\n").split("\t")
+    round_, threads, fixed, gateway, responder, preempted, writes, ledger = line.rstrip("\n").split("\t")
+    if ledger.startswith("void"):  # left out of every figure
+        void.append(f"round {round_}, {threads}: VOID: {ledger[6:]}")
+        continue
     f = json.loads(fixed)
     rounds.append(round_)
     per = lambda ticks: int(ticks) * 1e6 / hz / max(f["ok"], 1) if ticks else float("nan")
     rows.append((threads, f, per(gateway), per(responder), int(preempted) / float(seconds) if preempted else float("nan"),
-                 int(writes) / max(f["ok"], 1) if writes else float("nan")))
+                 int(writes) / max(f["ok"], 1) if writes else float("nan"), ledger))
 cpu = lambda value: "—" if value != value else f"{value:.1f}"  # NaN: no gateway in the row
 count = lambda value: "—" if value != value else f"{value:,.0f}"
 ratio = lambda value: "—" if value != value else f"{value:.2f}"
@@ -173,8 +190,11 @@ if amqp and gateways:
     print(f"AMQP decisions: {amqp_cpu:.1f} against {nats_cpu:.1f} µs of gateway CPU over NATS, "
           f"{amqp_cpu / nats_cpu:.2f} × (≤ 1.3: {'holds' if amqp_cpu <= 1.3 * nats_cpu else 'misses'}).")
 print()
-print("Rounds (threads: p50 / p99 ms, gateway / responder µs per decision, gateway preempted /s, writes/decision):")
-for threads, f, gateway, responder, preempted, writes in rows:
+print("Rounds (threads: p50 / p99 ms, gateway / responder µs per decision, gateway preempted /s, writes/decision; "
+      "ledger):")
+for threads, f, gateway, responder, preempted, writes, ledger in rows:
     print(f"- {threads}: {f['p50_ms']:.2f} / {f['p99_ms']:.2f}, {cpu(gateway)} / {cpu(responder)}, {count(preempted)}, "
-          f"{ratio(writes)}")
+          f"{ratio(writes)}; {f['ok']:,} answered, {ledger}")
+for line in void:
+    print(f"- {line}")
 PY

@@ -10,6 +10,9 @@
 # user + system from /proc, and its peak RSS beside: what a linger saves and costs), and appends
 # one line per point at the default linger to $TSV (default target/bench/latency.tsv, whose p50/p99
 # columns are then the end-to-end ones) for bench/plot.sh to draw beside the rows of bench/run.sh.
+# Its ledger is already counted at a consumer, callback by callback: the generator's consumer
+# takes each event it receives off the list of callbacks answered 200 (by the Seq of its body),
+# and what is left after 10 s is the `events missing` column; bench/ledger.sh adds nothing here.
 # Usage: [TSV=file] [LINGERS="5ms 0s"] [BUSES="nats jetstream amqp kafka"]
 #        bench/endtoend.sh [seconds per point, 5] [rates, "1000 5000 10000"]
 source "$(dirname "$0")/setup.sh" "${1:-5}"

@@ -17,17 +17,35 @@
 # where each gateway's instructions went, grouped by the code that ran them (self cost, so an
 # inlined function counts where it was inlined), and each gateway's 25 costliest functions. The
 # profiles stay in $log (callgrind_annotate reads them).
+# Every gateway checks its ledger (bench/ledger.sh): each callback answered 200 in the measured
+# stretch counted once the outbox drained (NATS core: a subscriber on bench.>; JetStream: the
+# stream HOOKBUS_BENCH; RabbitMQ: an unbounded durable queue bound to the subject; Kafka: the
+# topic's high watermark). A void one prints VOID instead of its count, and no profile. The
+# warm-up drains before the counters are zeroed, so its publishes are neither counted nor
+# charged. The ceiling (publishes nothing) and `--bus stdout` (to /dev/null) cannot be counted:
+# the output says so.
 # Target: unsigned on NATS core ≤ 2.0 × the ceiling, in one run.
 # Usage: [BUS="--bus nats --nats-url URL"] bench/instructions.sh [seconds, 6] [server...]
 #   servers default to: ceiling unsigned signed
 source "$(dirname "$0")/setup.sh" "${1:-6}"
+source "$(dirname "$0")/ledger.sh"
 shift || true
 command -v valgrind >/dev/null || apt_install valgrind
 bus=${BUS:---bus nats --nats-url $nats}
-callback=$(url Live.CallbackAfterMemberStateChanged)
+case " $bus " in  # the bus the ledger counts
+  *" --nats-jetstream "*) ledger_bus=jetstream ;;
+  *" --bus amqp "*) ledger_bus=amqp ;;
+  *" --bus kafka "*) ledger_bus=kafka ;;
+  *" --bus stdout "*) ledger_bus=stdout ;;
+  *) ledger_bus=nats ;;
+esac
+info=Live.CallbackAfterMemberStateChanged
+callback=$(url $info)
 post() { BENCH_BODY=bench/body-230.json wrk -t1 -c16 -d"$1" -s bench/post.lua "$callback"; }
 results=$log/instructions.tsv
 : >"$results"
+counter=
+[[ $ledger_bus != nats ]] || count_nats
 
 n=0
 for server in "${@:-ceiling unsigned signed}"; do
@@ -35,6 +53,9 @@ for server in "${@:-ceiling unsigned signed}"; do
     n=$((n + 1))
     out=$log/callgrind-$n.out
     rm -f "$out"*
+    counts=$ledger_bus program=gateway
+    [[ $server != ceiling ]] || counts=ceiling program=ceiling
+    prepare $counts
     case $server in
       ceiling)
         start callgrind valgrind --tool=callgrind --callgrind-out-file="$out" $ceiling 127.0.0.1:$port
@@ -53,27 +74,42 @@ for server in "${@:-ceiling unsigned signed}"; do
     esac
     wait_ready $ready >/dev/null
     post 2s >/dev/null
+    drain $counts $program || true
+    before=$(counted $counts $program)
     callgrind_control --zero "$pid" >/dev/null 2>&1
-    answers=$(post "${seconds}s" | awk '/requests in/ { print $1 }')
-    # Slowed down by valgrind, the publisher may still be working through the outbox.
+    wrk_out=$(post "${seconds}s")
+    answers=$(awk '/requests in/ { print $1 }' <<<"$wrk_out")
+    ok=$(( answers - $(awk '/Non-2xx/ { n += $5 } END { print n + 0 }' <<<"$wrk_out") ))
+    # Slowed down by valgrind, the publisher may still be working through the outbox (asked
+    # every 0.2 s: each /metrics request is counted in the dump).
     until [[ $server == ceiling ]] || curl -s "http://127.0.0.1:$port/metrics" | grep -q '^hookbus_outbox_depth 0$'; do
       sleep 0.2
     done
+    drained=1
+    drain $counts $program || drained=0
     callgrind_control --dump "$pid" >/dev/null 2>&1
+    ledger $counts $ok "$before" "$(counted $counts $program)" $drained
     stop "$pid"
+    [[ $ledger != void* ]] || echo "$server: VOID: ${ledger#void: }" >&2
+    [[ $ledger != ok ]] || ledger="ok, $ok answered 200, $count counted"
     # The dump holds what ran between zero and dump; the file written at exit, the shutdown.
     # (The metrics requests above are counted too: a handful against thousands of callbacks.)
-    counted=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.1")
-    printf '%s\t%s\t%s\t%s\n' "$server" "$answers" "$counted" "$out.1" >>"$results"
+    instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.1")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$server" "$answers" "$instructions" "$out.1" "$ledger" >>"$results"
   done
 done
+[[ -z $counter ]] || { kill "$counter"; wait "$counter" 2>/dev/null || true; }
 
 python3 - "$results" <<'PY'
 import re, sys
-rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+every = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+rows = [r[:4] for r in every if not r[4].startswith("void")]  # a void measurement is left out
 ceiling = next((int(c) / int(a) for s, a, c, _ in rows if s == "ceiling"), None)
 print("| server | answers counted | instructions per callback | × ceiling |")
 print("|---|---|---|---|")
+for server, answers, _, _, ledger in every:
+    if ledger.startswith("void"):
+        print(f"| {server} | {int(answers):,} | VOID | — |")
 for server, answers, counted, _ in rows:
     per = int(counted) / int(answers)
     print(f"| {server} | {int(answers):,} | {per:,.0f} | {per / ceiling:.2f} |" if ceiling else
@@ -83,6 +119,9 @@ if ceiling and unsigned:
     server, per = unsigned[0]
     ratio = per / ceiling
     print(f"\nTarget, {server}: {ratio:.2f} × the ceiling (≤ 2.0: {'holds' if ratio <= 2.0 else 'misses'}).")
+print("\nLedger (each callback answered 200 counted once the outbox drained):")
+for server, _, _, _, ledger in every:
+    print(f"- {server}: {ledger}")
 
 # Self cost by the code that ran it, first match wins (a demangled Rust path names its crate).
 GROUPS = [
