@@ -28,13 +28,12 @@
 rounds=${1:-7}
 callgrind_seconds=${3:-4}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
+source "$(dirname "$0")/ledger.sh"
 command -v valgrind >/dev/null || apt_install valgrind
 paths=${PATHS:-nats jetstream amqp kafka decide-nats decide-amqp}
 rates=${RATES:-2000 5000}
 info=Live.CallbackAfterMemberStateChanged
 gift=Live.CallbackBeforeSendGift
-kafka=127.0.0.1:9092
-queue=bench.sink.bench.$info
 results=$log/legs.tsv
 : >"$results"
 
@@ -50,50 +49,6 @@ command_line() { # path program → its command line on $port
     echo "$bin serve --listen 127.0.0.1:$port --sdk-app-id $app --prefix bench --instance-id bench $flags"
   else
     echo "$legs $1 127.0.0.1:$port --prefix bench --kafka-brokers $kafka"
-  fi
-}
-
-metric() { # name pattern → the sum of the gateway's samples of it
-  curl -s "http://127.0.0.1:$port/metrics" | awk -v name="$1" -v pattern="$2" \
-    'index($1, name) == 1 && $0 ~ pattern { n += $NF } END { print n + 0 }'
-}
-
-prepare() { # path → the broker made ready for one measurement
-  case $1 in
-    jetstream) $admin jetstream-delete "$nats" HOOKBUS_BENCH ;;
-    amqp) $admin amqp-sink "$amqp" tencent "bench.$info" 10000000 ;;
-    kafka) $admin kafka-count $kafka "bench.$info" >/dev/null ;;
-  esac
-}
-
-counted() { # path program → what the bus counted so far (decisions: the replies)
-  case $1 in
-    nats) cat "$log/nats-count" ;;
-    jetstream) $admin jetstream-count "$nats" HOOKBUS_BENCH ;;
-    amqp) $admin amqp-count "$amqp" "$queue" ;;
-    kafka) $admin kafka-count $kafka "bench.$info" ;;
-    decide-*) [[ $2 == gateway ]] && metric hookbus_decisions_total 'outcome="reply"' || echo legs ;;
-  esac
-}
-
-drain() { # path program → returns once what was answered 200 is confirmed (1 after 120 s)
-  local started=$SECONDS
-  if [[ $2 == gateway ]]; then
-    until [[ $(metric hookbus_outbox_depth '') == 0 ]]; do
-      (( SECONDS - started < 120 )) || return 1
-      sleep 0.05
-    done
-  else
-    until curl -sf -o /dev/null "http://127.0.0.1:$port/drained"; do
-      (( SECONDS - started < 120 )) || return 1
-      sleep 0.05
-    done
-  fi
-  # A consumer counts what the broker passed on a little later: until two reads agree.
-  if [[ $1 == nats ]]; then
-    local last=-1 now
-    now=$(counted "$1" "$2")
-    while [[ $now != "$last" ]]; do last=$now; sleep 0.3; now=$(counted "$1" "$2"); done
   fi
 }
 
@@ -155,16 +110,7 @@ measure() {
     instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$profile")
   fi
   stop "$server"
-  # Kafka: less the marker record the count before wrote (admin kafka-count says why).
-  local count markers=0
-  [[ $path != kafka ]] || markers=1
-  if [[ $after == legs ]]; then
-    ledger=ok count=$ok  # the legs answer a decision 200 only with its reply
-  elif count=$((after - before - markers)); (( drained && count >= ok && count <= ok + 64 )); then
-    ledger=ok
-  else
-    ledger="void: $ok answered 200, $((after - before)) counted$( ((drained)) || echo ', never drained')"
-  fi
+  ledger "$path" "$ok" "$before" "$after" $drained
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$path" "$program" "$round" \
     "${rate:--}" "$ok" "$others" "$count" "$ledger" \
     "$(awk -v t=$cpu -v hz="$clk_tck" -v n="$ok" 'BEGIN { printf "%.2f", (n > 0 ? t * 1e6 / hz / n : 0) }')" \
@@ -174,12 +120,7 @@ measure() {
 
 for path in $paths; do
   counter=
-  if [[ $path == nats ]]; then
-    rm -f "$log/nats-count"
-    $admin nats-count "$nats" 'bench.>' "$log/nats-count" &
-    counter=$!
-    until [[ -s $log/nats-count ]]; do sleep 0.05; done
-  fi
+  [[ $path != nats ]] || count_nats
   responder=
   if [[ $path == decide-* ]]; then
     bus=${path#decide-}
