@@ -211,30 +211,36 @@ impl<'de> serde::de::Visitor<'de> for Fields {
         let inner = Scan { depth: 1, max: self.max, keep: false }.members()?;
         while let Some(key) = map.next_key::<Field>()? {
             let value = map.next_value_seed(inner.keeping(key != Field::Other))?;
-            let slot = match key {
-                Field::CallbackCommand => {
-                    body.callback_command = match value {
-                        Scanned::Text(command) => Some(command),
-                        Scanned::Null => None,
-                        _ => Some(String::new()),
-                    };
-                    continue;
-                }
-                Field::RoomId => &mut body.room_id,
-                Field::RoomInfo => &mut body.room_info,
-                Field::GroupId => &mut body.group_id,
-                Field::FromRoomId => &mut body.from_room_id,
-                Field::FromRoomInfo => &mut body.from_room_info,
-                Field::EventInfo => &mut body.event_info,
-                Field::Other => continue,
-            };
-            *slot = Some(value);
+            body.keep(key, value);
         }
         Ok(body)
     }
 }
 
 impl Body {
+    /// Keeps a top-level member's value where its field goes (an unknown field's is dropped),
+    /// whichever reader scanned it.
+    fn keep(&mut self, field: Field, value: Scanned) {
+        let slot = match field {
+            Field::CallbackCommand => {
+                self.callback_command = match value {
+                    Scanned::Text(command) => Some(command),
+                    Scanned::Null => None,
+                    _ => Some(String::new()),
+                };
+                return;
+            }
+            Field::RoomId => &mut self.room_id,
+            Field::RoomInfo => &mut self.room_info,
+            Field::GroupId => &mut self.group_id,
+            Field::FromRoomId => &mut self.from_room_id,
+            Field::FromRoomInfo => &mut self.from_room_info,
+            Field::EventInfo => &mut self.event_info,
+            Field::Other => return,
+        };
+        *slot = Some(value);
+    }
+
     /// Parses a body that must be one JSON object, and nothing after it, nested at most
     /// `max_depth` levels (the object itself is level 1).
     pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Body, BodyError> {
@@ -305,29 +311,7 @@ impl<'a> Plain<'a> {
                 _ => Field::Other,
             };
             let value = self.value(2, field != Field::Other)?;
-            // As `Fields` stores them.
-            let slot = match field {
-                Field::CallbackCommand => {
-                    body.callback_command = match value {
-                        Scanned::Text(command) => Some(command),
-                        Scanned::Null => None,
-                        _ => Some(String::new()),
-                    };
-                    fields = self.next_member(b'}')?;
-                    continue;
-                }
-                Field::RoomId => &mut body.room_id,
-                Field::RoomInfo => &mut body.room_info,
-                Field::GroupId => &mut body.group_id,
-                Field::FromRoomId => &mut body.from_room_id,
-                Field::FromRoomInfo => &mut body.from_room_info,
-                Field::EventInfo => &mut body.event_info,
-                Field::Other => {
-                    fields = self.next_member(b'}')?;
-                    continue;
-                }
-            };
-            *slot = Some(value);
+            body.keep(field, value);
             fields = self.next_member(b'}')?;
         }
         self.whitespace();
