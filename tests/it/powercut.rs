@@ -162,6 +162,9 @@ async fn every_callback_answered_200_survives_power_cuts() {
         ["--bus", "nats", "--nats-url", url, "--prefix", &prefix, "--sdk-app-id", APP, "--token", TOKEN]
             .into_iter()
             .chain(["--spool-dir", &spool, "--spool-segment-bytes", "32768", "--publish-linger", "1ms"])
+            // Memory holds a few waiting events; the others wait on the spool alone and are read
+            // back from it, after cuts too.
+            .chain(["--outbox-max-bytes", "16384"])
             .map(String::from)
             .collect()
     };
