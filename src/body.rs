@@ -275,9 +275,10 @@ impl Body {
     }
 }
 
-/// Deepest nesting [`Plain`] reads itself (its recursion stays well within a thread's stack);
-/// serde_json, which reads the deeper ones, refuses past 128.
-const PLAIN_MAX_DEPTH: usize = 128;
+/// Deepest nesting [`Plain`] reads itself (its recursion stays well within a thread's stack):
+/// serde_json, which reads the deeper ones, refuses 128 levels, so the plain reader takes at
+/// most 127, as it would.
+const PLAIN_MAX_DEPTH: usize = 127;
 
 /// The common body read without serde, at a fraction of its cost (it runs on every callback):
 /// JSON without an escape in any string and without an exponent in any number, whose kept
@@ -497,6 +498,11 @@ pub(crate) mod tests {
         assert!(Body::parse(br#"{"a":[1]}"#, 2).is_ok());
         assert_eq!(Body::parse(br#"{"a":[[1]]}"#, 2).err(), Some(BodyError::TooDeep));
         assert_eq!(Body::parse(br#"{"RoomInfo":{"RoomId":[[1]]}}"#, 3).err(), Some(BodyError::TooDeep));
+        // Both readers take what serde_json would: 127 levels, not 128, whatever the limit.
+        for levels in [127, 128] {
+            let serde = serde_json::from_str::<serde_json::Value>(&nested(levels)).is_ok();
+            assert_eq!(Body::parse(nested(levels).as_bytes(), 200).is_ok(), serde, "{levels} levels");
+        }
         let bomb = format!("{{\"a\":{}{}}}", "[".repeat(20_000), "]".repeat(20_000));
         assert_eq!(Body::parse(bomb.as_bytes(), MAX_DEPTH).err(), Some(BodyError::TooDeep));
         assert_eq!(Body::parse(br#"{"a":[1,}"#, MAX_DEPTH).err(), Some(BodyError::NotJson));

@@ -297,8 +297,9 @@ pub struct ServeArgs {
     /// callback, how long after its expiry `t` it is still taken).
     #[arg(long, env = "HOOKBUS_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
-    /// Largest accepted callback body.
-    #[arg(long, env = "HOOKBUS_MAX_BODY_BYTES", default_value_t = 65536)]
+    /// Largest accepted callback body (at most 16 MiB: a spool record holds at most 64 MiB, and
+    /// a larger one would be refused when read back).
+    #[arg(long, env = "HOOKBUS_MAX_BODY_BYTES", default_value_t = 65536, value_parser = parse_body_bytes)]
     pub max_body_bytes: usize,
     /// Deepest nesting of arrays and objects accepted in a body (the body itself is 1).
     #[arg(long, env = "HOOKBUS_MAX_JSON_DEPTH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -476,6 +477,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (write e.g. 1500ms or 2s)"))
 }
 
+fn parse_body_bytes(text: &str) -> Result<usize, String> {
+    let bytes: usize = text.parse().map_err(|error| format!("{error}"))?;
+    match bytes {
+        1..=MAX_BODY_BYTES => Ok(bytes),
+        _ => Err(format!("between 1 and {MAX_BODY_BYTES} bytes")),
+    }
+}
+
+/// The largest `--max-body-bytes`.
+const MAX_BODY_BYTES: usize = 16 << 20;
+
 fn parse_linger(text: &str) -> Result<Duration, String> {
     let linger = parse_duration(text)?;
     if linger > Duration::from_secs(1) {
@@ -615,6 +627,14 @@ mod tests {
         assert_eq!(serve(&["--max-reply-bytes", "4096"]).unwrap().max_reply_bytes, 4096);
         assert_eq!(serve(&["--max-reply-bytes", "63"]).unwrap_err().exit_code(), 2);
         assert!(serve(&["--max-reply-bytes", "4k"]).is_err());
+    }
+
+    #[test]
+    fn the_largest_body_is_bounded_below_what_a_spool_record_holds() {
+        assert_eq!(serve(&["--max-body-bytes", "16777216"]).unwrap().max_body_bytes, 16 << 20);
+        for refused in ["16777217", "0", "-1", "lots"] {
+            assert!(serve(&["--max-body-bytes", refused]).is_err(), "{refused}");
+        }
     }
 
     #[test]
