@@ -2,15 +2,17 @@
 //! record is `magic, length, crc32(length ++ body), body`; an append encodes its record at the
 //! end of one buffer of waiting records, a writer thread takes the whole buffer (a group), writes
 //! it and calls `fdatasync` once (group commit), and an append returns only once its record is
-//! durable. The writer's and the appenders' two buffers are swapped, not allocated, per group. Confirmed records are noted beside their segment (`{segment}.acks`,
-//! records of the same format holding the offsets confirmed): written every
-//! [`ACK_FLUSH`], synced every [`ACK_SYNC`] and at a clean stop. A segment (and its notes)
-//! is deleted once every event in it is confirmed and it is no longer written to; the segment
-//! being written is replaced by a fresh one once everything in it is confirmed and it holds a
-//! sixteenth of a segment or more, or a write failed, so that a full disk recovers as soon as
-//! its events are confirmed. On open, the records of earlier runs are read back in order, less the confirmed
-//! ones; a corrupt record is skipped (the reader resynchronises on the next magic), a torn tail
-//! is truncated, and both are reported.
+//! durable. The writer's and the appenders' two buffers are swapped, not allocated, per group.
+//! Confirmed records are noted beside their segment (`{segment}.acks`, records of the same
+//! format holding the offsets confirmed): written every [`ACK_FLUSH`], synced every [`ACK_SYNC`]
+//! and at a clean stop. A segment (and its notes) is deleted once every event in it is confirmed
+//! and it is no longer written to; the segment being written is replaced by a fresh one once
+//! everything in it is confirmed and it holds a sixteenth of a segment or more, or a write
+//! failed, so that a full disk recovers as soon as its events are confirmed. On open, the records
+//! of earlier runs are read back in order, less the confirmed ones (those past the memory it is
+//! given left on disk, to be read back one by one, [`Spool::read`]); a corrupt record is skipped
+//! (the reader resynchronises on the next magic), a torn tail is truncated, and both are
+//! reported.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
