@@ -56,8 +56,6 @@ pub struct Outbox {
     /// Confirmed events made room.
     room: Notify,
     bounds: Bounds,
-    /// With a spool: the memory the waiting events may hold; the others wait on disk alone.
-    in_memory: usize,
     spool: Option<Spool>,
     dead_letters: Arc<DeadLetters>,
     /// Spool write failures are logged at most once a second.
@@ -95,13 +93,12 @@ struct Queue {
 impl Outbox {
     /// An outbox within `bounds`; with a spool, starting with what it replayed. Events the
     /// broker will not take go to `dead_letters`.
-    pub fn new(mut bounds: Bounds, spool: Option<(Spool, Backlog)>, dead_letters: Arc<DeadLetters>) -> Outbox {
+    pub fn new(bounds: Bounds, spool: Option<(Spool, Backlog)>, dead_letters: Arc<DeadLetters>) -> Outbox {
         let mut state = Queue::default();
-        let in_memory = bounds.max_bytes;
         let spool = spool.map(|(spool, replay)| {
             for (message, record, on_disk) in replay.events {
                 let entry = match message {
-                    Some(message) if state.bytes + size(&message) <= in_memory => {
+                    Some(message) if state.bytes + size(&message) <= bounds.max_bytes => {
                         let bytes = size(&message);
                         state.bytes += bytes;
                         (Some(message), Held { record: Some(record), bytes, counted: true })
@@ -112,17 +109,12 @@ impl Outbox {
             }
             spool
         });
-        // With a spool, its own bound (`--spool-max-bytes`) limits the waiting events.
-        if spool.is_some() {
-            bounds.max_bytes = usize::MAX;
-        }
         let spool_errors = Mutex::default();
         Outbox {
             state: Mutex::new(state),
             ready: Notify::new(),
             room: Notify::new(),
             bounds,
-            in_memory,
             spool,
             dead_letters,
             spool_errors,
@@ -170,7 +162,7 @@ impl Outbox {
         }
         let was_empty = state.queue.is_empty();
         // Past the memory bound, a spooled event waits on disk alone.
-        let counted = record.is_none() || state.bytes <= self.in_memory;
+        let counted = record.is_none() || state.bytes <= self.bounds.max_bytes;
         if !counted {
             state.bytes -= bytes;
         }
@@ -197,7 +189,9 @@ impl Outbox {
         if state.queue.len() + state.in_flight + state.reserved >= self.bounds.capacity {
             return Err(PushError::Full(self.bounds.capacity));
         }
-        if state.bytes + bytes > self.bounds.max_bytes {
+        // With a spool, its own bound (`--spool-max-bytes`) limits the waiting events; memory's
+        // decides only which of them wait on disk alone.
+        if self.spool.is_none() && state.bytes + bytes > self.bounds.max_bytes {
             return Err(PushError::FullBytes(self.bounds.max_bytes));
         }
         state.reserved += 1;
@@ -236,7 +230,7 @@ impl Outbox {
         let state = self.lock();
         state.refusing
             || state.queue.len() + state.in_flight >= self.bounds.capacity
-            || state.bytes >= self.bounds.max_bytes
+            || (self.spool.is_none() && state.bytes >= self.bounds.max_bytes)
             || spool_full
     }
 
