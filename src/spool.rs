@@ -10,9 +10,9 @@
 //! everything in it is confirmed and it holds a sixteenth of a segment or more, or a write
 //! failed, so that a full disk recovers as soon as its events are confirmed. On open, the records
 //! of earlier runs are read back in order, less the confirmed ones (those past the memory it is
-//! given left on disk, to be read back one by one, [`Spool::read`]); a corrupt record is skipped
-//! (the reader resynchronises on the next magic), a torn tail is truncated, and both are
-//! reported.
+//! given left on disk, to be read back as their turn comes, [`Spool::reader`]); a corrupt record
+//! is skipped (the reader resynchronises on the next magic), a torn tail is truncated, and both
+//! are reported.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -53,7 +53,7 @@ pub enum SpoolError {
 
 /// What an earlier run left in the spool and did not confirm, in order, each event with its
 /// record's location and size: the first ones read into memory, the rest (past the memory
-/// given to [`Spool::open`]) left on disk, to be read back with [`Spool::read`] when their turn
+/// given to [`Spool::open`]) left on disk, to be read back with [`Spool::reader`] when their turn
 /// comes.
 pub struct Backlog {
     pub events: Vec<(Option<Message>, Location, usize)>,
@@ -262,21 +262,9 @@ impl Spool {
         }
     }
 
-    /// Reads back the event whose record is at `location` (one left on disk, not in memory).
-    pub fn read(&self, location: Location) -> io::Result<Message> {
-        use std::os::unix::fs::FileExt;
-        let damaged = || io::Error::new(io::ErrorKind::InvalidData, "spool record damaged");
-        let file = File::open(segment_path(&self.dir, location.segment))?;
-        let mut header = [0; record::HEADER];
-        file.read_exact_at(&mut header, location.offset)?;
-        let length = record::length_in(&header).ok_or_else(damaged)?;
-        let mut data = vec![0; record::HEADER + length];
-        file.read_exact_at(&mut data, location.offset)?;
-        let records = record::read(&data);
-        match records.bodies[..] {
-            [body] => Fields::new(body).message().ok_or_else(damaged),
-            _ => Err(damaged()),
-        }
+    /// A reader of events left on disk, not in memory, that opens each segment once.
+    pub fn reader(&self) -> Reader<'_> {
+        Reader { dir: &self.dir, open: None }
     }
 
     /// Marks the event at `location` confirmed: noted beside its segment within [`ACK_FLUSH`],
@@ -319,6 +307,34 @@ impl Spool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Segments> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Reads back events whose records are in the spool, keeping the last segment it read open.
+pub struct Reader<'a> {
+    dir: &'a Path,
+    open: Option<(u64, File)>,
+}
+
+impl Reader<'_> {
+    /// The event whose record is at `location`.
+    pub fn read(&mut self, location: Location) -> io::Result<Message> {
+        use std::os::unix::fs::FileExt;
+        let damaged = || io::Error::new(io::ErrorKind::InvalidData, "spool record damaged");
+        let file = match &mut self.open {
+            Some((segment, file)) if *segment == location.segment => file,
+            open => &open.insert((location.segment, File::open(segment_path(self.dir, location.segment))?)).1,
+        };
+        let mut header = [0; record::HEADER];
+        file.read_exact_at(&mut header, location.offset)?;
+        let length = record::length_in(&header).ok_or_else(damaged)?;
+        let mut data = vec![0; record::HEADER + length];
+        file.read_exact_at(&mut data, location.offset)?;
+        let records = record::read(&data);
+        match records.bodies[..] {
+            [body] => Fields::new(body).message().ok_or_else(damaged),
+            _ => Err(damaged()),
+        }
     }
 }
 

@@ -261,10 +261,11 @@ impl Outbox {
             let taken = self.take_waiting().await?;
             let (mut messages, mut kept) = (Vec::with_capacity(taken.len()), Vec::with_capacity(taken.len()));
             let mut unread = 0;
+            let mut reader = self.spool.as_ref().map(Spool::reader);
             for (message, held) in taken {
-                let read = match (message, &self.spool, held.record) {
+                let read = match (message, &mut reader, held.record) {
                     (Some(message), ..) => Ok(message),
-                    (None, Some(spool), Some(record)) => spool.read(record),
+                    (None, Some(reader), Some(record)) => reader.read(record),
                     (None, ..) => unreachable!("only a spooled event waits on disk alone"),
                 };
                 match read {
