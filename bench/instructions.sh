@@ -101,7 +101,7 @@ done
 [[ -z $counter ]] || { kill "$counter"; wait "$counter" 2>/dev/null || true; }
 
 python3 - "$results" <<'PY'
-import re, sys
+import importlib.util, sys
 every = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
 rows = [r[:4] for r in every if not r[4].startswith("void")]  # a void measurement is left out
 ceiling = next((int(c) / int(a) for s, a, c, _ in rows if s == "ceiling"), None)
@@ -137,41 +137,12 @@ GROUPS = [
     ("allocator (mimalloc)", r"\bmi_|mimalloc|_mi_"),
     ("hashing, copies and strings (std, libc; most SipHash is async-nats's HeaderMap)", r"\bmem(cpy|move|set|cmp|chr)|\bcore::|\balloc::|\bstd::"),
 ]
-def self_costs(path):
-    """Each function's own instructions in a callgrind profile: the cost lines under its `fn=`,
-    less the lines that follow a `calls=` (those are the callee's inclusive cost)."""
-    names, costs, fn, callee = {}, {}, None, False
-    for line in open(path, errors="replace"):
-        if line.startswith(("fn=", "cfn=")):
-            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
-            if m:
-                if m.group(2):
-                    names[m.group(1)] = m.group(2)
-                if line.startswith("fn="):
-                    fn = names.get(m.group(1))
-        elif line.startswith("calls="):
-            callee = True
-        elif line[:1].isdigit() or line[:1] in "+-*":
-            parts = line.split()
-            if not callee and fn and len(parts) >= 2:
-                costs[fn] = costs.get(fn, 0) + int(parts[1])
-            callee = False
-    return costs
-
-for server, answers, counted, profile in rows:
-    if server == "ceiling":
-        continue
-    costs, answers = self_costs(profile), int(answers)
-    total, sums = sum(costs.values()), {name: 0 for name, _ in GROUPS + [("everything else", "")]}
-    for symbol, cost in costs.items():
-        group = next((name for name, pattern in GROUPS if re.search(pattern, symbol)), "everything else")
-        sums[group] += cost
-    print(f"\nWhere {server}'s instructions went (self cost per callback, {answers:,} callbacks):\n")
-    print("| code | instructions per callback | share |")
-    print("|---|---|---|")
-    for name, cost in sums.items():
-        print(f"| {name} | {cost / answers:,.0f} | {100 * cost / total:.1f} % |")
-    print(f"\nCostliest functions of {server} (self, per callback):\n")
-    for symbol, cost in sorted(costs.items(), key=lambda item: -item[1])[:25]:
-        print(f"- {cost / answers:,.0f} {symbol[:140]}")
+# Read by bench/profile.py (loaded by its path: the standard library has a `profile` too).
+spec = importlib.util.spec_from_file_location("callgrind_profile", "bench/profile.py")
+profile = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(profile)
+for server, answers, counted, path in rows:
+    if server != "ceiling":
+        print()
+        profile.report(path, int(answers), server, 25, GROUPS)
 PY

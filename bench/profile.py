@@ -44,24 +44,23 @@ def self_costs(path):
     return costs
 
 
-def groups(costs):
-    sums = {name: 0 for name, _ in GROUPS + [("everything else", "")]}
+def groups(costs, patterns=GROUPS):
+    sums = {name: 0 for name, _ in patterns + [("everything else", "")]}
     for symbol, cost in costs.items():
-        group = next((name for name, pattern in GROUPS if re.search(pattern, symbol)), "everything else")
+        group = next((name for name, pattern in patterns if re.search(pattern, symbol)), "everything else")
         sums[group] += cost
     return sums
 
 
-def main():
-    path, callbacks = sys.argv[1], int(sys.argv[2])
-    name = sys.argv[3] if len(sys.argv) > 3 else path
-    top = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+def report(path, callbacks, name, top=20, patterns=GROUPS):
+    """Prints where the profile's instructions went, by group (`patterns`: name and regular
+    expression, first match wins), and its costliest functions."""
     costs = self_costs(path)
     total = sum(costs.values())
     print(f"Where {name}'s instructions went (self cost per callback, {callbacks:,} callbacks):\n")
     print("| code | instructions per callback | share |")
     print("|---|---|---|")
-    for group, cost in groups(costs).items():
+    for group, cost in groups(costs, patterns).items():
         print(f"| {group} | {cost / callbacks:,.0f} | {100 * cost / max(total, 1):.1f} % |")
     print(f"\nCostliest functions of {name} (self, per callback):\n")
     for symbol, cost in sorted(costs.items(), key=lambda item: -item[1])[:top]:
@@ -69,4 +68,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    report(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else sys.argv[1],
+           int(sys.argv[4]) if len(sys.argv) > 4 else 20)
