@@ -646,20 +646,8 @@ fn read_segment(path: &Path, recovery: &mut Recovery) -> io::Result<Vec<(u64, Me
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::Origin;
+    use crate::record::tests::message;
     use bytes::Bytes;
-
-    fn message(n: usize) -> Message {
-        let origin = Origin {
-            sdk_app_id: "1400".into(),
-            client_ip: "10.0.0.1".into(),
-            opt_platform: "Web".into(),
-            tracestate: Some("vendor=1".into()),
-            ..Origin::default()
-        };
-        let key = n.is_multiple_of(2).then(|| format!("room-{n}"));
-        Message::new("t", "Live.X", key, origin, Bytes::from(format!("{{\"n\":{n}}}")))
-    }
 
     #[tokio::test]
     async fn unconfirmed_events_survive_a_reopen_and_confirmed_ones_do_not() {
