@@ -33,7 +33,7 @@ where
     let received = SystemTime::now();
     let payload = request::read_body(limits, request).await?;
     // The limits every body meets; the fields are read by the protocol's own parser.
-    Body::parse(&payload, limits.max_json_depth).map_err(|invalid| Refusal::bad(invalid.label(), invalid.reason()))?;
+    Body::parse(&payload, limits.max_json_depth)?;
     let event = CssEvent::parse(&payload).map_err(|NotCss| Refusal::bad(NotCss::LABEL, NotCss::REASON))?;
     // The app is the body's: a body without one (the snapshot page lists none) has the shared
     // settings, which `Apps::any` holds whether or not apps are listed.

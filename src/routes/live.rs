@@ -57,8 +57,7 @@ where
     let (traceparent, tracestate) = request::trace_headers(request.headers());
     let received = SystemTime::now();
     let payload = request::read_body(limits, request).await?;
-    let body = Body::parse(&payload, limits.max_json_depth)
-        .map_err(|invalid| Refusal::bad(invalid.label(), invalid.reason()))?;
+    let body = Body::parse(&payload, limits.max_json_depth)?;
     let command = match (query.command, body.callback_command.as_deref()) {
         (Some(query), Some(body)) if query != body => {
             return Err(Refusal::bad("command_mismatch", "CallbackCommand differs between query and body"));

@@ -3,6 +3,7 @@
 
 use hyper::StatusCode;
 
+use crate::body::BodyError;
 use crate::outbox::PushError;
 use crate::spool::SpoolError;
 
@@ -69,6 +70,13 @@ impl Refusal {
     /// A 401 with its label and reason.
     pub fn unauthorized(label: &'static str, reason: &'static str) -> Refusal {
         Refusal::Unauthorized { label, reason }
+    }
+}
+
+/// A body that is not one JSON object within the limits.
+impl From<BodyError> for Refusal {
+    fn from(invalid: BodyError) -> Refusal {
+        Refusal::bad(invalid.label(), invalid.reason())
     }
 }
 

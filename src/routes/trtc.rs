@@ -53,8 +53,7 @@ where
         gate.metrics.signed(&sdk_app_id, &app.trtc_keys[key].name);
         true
     };
-    let body = Body::parse(&payload, limits.max_json_depth)
-        .map_err(|invalid| Refusal::bad(invalid.label(), invalid.reason()))?;
+    let body = Body::parse(&payload, limits.max_json_depth)?;
     let event =
         TrtcEvent::parse(&sdk_app_id, &payload).map_err(|NotTrtc| Refusal::bad(NotTrtc::LABEL, NotTrtc::REASON))?;
     // Signed events only, as for Live and Chat: a retry is told from a new event by the cache
