@@ -24,7 +24,7 @@
 # in flight when the load stopped, accepted but whose answer the load no longer read); a
 # measurement whose counts do not add up is void: it says so, and is left out of the medians.
 # Usage: [PATHS="nats jetstream amqp kafka decide-nats decide-amqp"] [RATES="2000 5000"]
-#        [NO_CALLGRIND=1] bench/legs.sh [rounds, 7] [seconds, 5] [callgrind seconds, 4]
+#        [NO_CALLGRIND=1] [GATEWAY_FLAGS="--threads 2"] bench/legs.sh [rounds, 7] [seconds, 5] [callgrind seconds, 4]
 rounds=${1:-7}
 callgrind_seconds=${3:-4}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
@@ -46,7 +46,7 @@ command_line() { # path program → its command line on $port
     kafka) flags="--bus kafka --kafka-brokers $kafka" ;;
   esac
   if [[ $2 == gateway ]]; then
-    echo "$bin serve --listen 127.0.0.1:$port --sdk-app-id $app --prefix bench --instance-id bench $flags"
+    echo "$bin serve --listen 127.0.0.1:$port --sdk-app-id $app --prefix bench --instance-id bench $flags ${GATEWAY_FLAGS:-}"
   else
     echo "$legs $1 127.0.0.1:$port --prefix bench --kafka-brokers $kafka"
   fi
@@ -151,7 +151,7 @@ done
 $admin jetstream-delete "$nats" HOOKBUS_BENCH
 
 python3 - "$results" "$rounds" "$seconds" "$callgrind_seconds" <<'PY'
-import statistics, subprocess, sys
+import statistics, sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
 rounds, seconds, callgrind_seconds = sys.argv[2:]
 KEYS = "kind path program round rate ok others counted ledger cpu rate_s p50 p99 instructions profile".split()
@@ -236,9 +236,14 @@ print("Each measurement (kind, path, program, round, rate, answered 200, other a
       "CPU µs per event, events/s, p50, p99, instructions):")
 for r in rows:
     print("- " + ", ".join(r[k] for k in KEYS[:-1]))
-for r in good:
-    if r["kind"] == "callgrind" and int(r["ok"]):
+import importlib.util
+spec = importlib.util.spec_from_file_location("profile_", "bench/profile.py")  # not the standard library's
+profile = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(profile)
+for path in NAMES:
+    pair = {r["program"]: r for r in good if r["kind"] == "callgrind" and r["path"] == path and int(r["ok"])}
+    if len(pair) == 2:
         print()
-        subprocess.run([sys.executable, "bench/profile.py", r["profile"], r["ok"], f"{r['program']} on {r['path']}", "12"],
-                       check=False)
+        profile.compare(pair["gateway"]["profile"], int(pair["gateway"]["ok"]), pair["legs"]["profile"],
+                        int(pair["legs"]["ok"]), f"the gateway on {NAMES[path]}")
 PY

@@ -67,6 +67,27 @@ def report(path, callbacks, name, top=20, patterns=GROUPS):
         print(f"- {cost / callbacks:,.0f} {symbol[:140]}")
 
 
+def compare(path, callbacks, legs_path, legs_callbacks, name, top=15, patterns=GROUPS):
+    """Where a program's instructions went beside its legs' (`legs_path`), per callback: by group,
+    then the functions whose self cost differs the most: which part holds the difference."""
+    mine, legs = self_costs(path), self_costs(legs_path)
+    per = lambda costs, n, key: costs.get(key, 0) / n
+    print(f"Where {name}'s instructions went beside its legs' (self cost per callback, {callbacks:,} and "
+          f"{legs_callbacks:,} callbacks):\n")
+    print("| code | legs | gateway | more |")
+    print("|---|---|---|---|")
+    theirs = groups(legs, patterns)
+    for group, cost in groups(mine, patterns).items():
+        a, b = theirs[group] / legs_callbacks, cost / callbacks
+        print(f"| {group} | {a:,.0f} | {b:,.0f} | {b - a:+,.0f} |")
+    a, b = sum(legs.values()) / legs_callbacks, sum(mine.values()) / callbacks
+    print(f"| total | {a:,.0f} | {b:,.0f} | {b - a:+,.0f} |")
+    print(f"\nFunctions whose self cost per callback differs the most (gateway − legs):\n")
+    diff = {key: per(mine, callbacks, key) - per(legs, legs_callbacks, key) for key in set(mine) | set(legs)}
+    for symbol, more in sorted(diff.items(), key=lambda item: -abs(item[1]))[:top]:
+        print(f"- {more:+,.0f} {symbol[:140]}")
+
+
 if __name__ == "__main__":
     report(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else sys.argv[1],
            int(sys.argv[4]) if len(sys.argv) > 4 else 20)
