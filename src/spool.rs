@@ -262,9 +262,10 @@ impl Spool {
         }
     }
 
-    /// A reader of events left on disk, not in memory, that opens each segment once.
-    pub fn reader(&self) -> Reader<'_> {
-        Reader { dir: &self.dir, open: None }
+    /// A reader of events left on disk, not in memory, that opens each segment once; its own,
+    /// so that it can read on a blocking thread.
+    pub fn reader(&self) -> Reader {
+        Reader { dir: self.dir.clone(), open: None }
     }
 
     /// Marks the event at `location` confirmed: noted beside its segment within [`ACK_FLUSH`],
@@ -311,19 +312,19 @@ impl Spool {
 }
 
 /// Reads back events whose records are in the spool, keeping the last segment it read open.
-pub struct Reader<'a> {
-    dir: &'a Path,
+pub struct Reader {
+    dir: PathBuf,
     open: Option<(u64, File)>,
 }
 
-impl Reader<'_> {
+impl Reader {
     /// The event whose record is at `location`.
     pub fn read(&mut self, location: Location) -> io::Result<Message> {
         use std::os::unix::fs::FileExt;
         let damaged = || io::Error::new(io::ErrorKind::InvalidData, "spool record damaged");
         let file = match &mut self.open {
             Some((segment, file)) if *segment == location.segment => file,
-            open => &open.insert((location.segment, File::open(segment_path(self.dir, location.segment))?)).1,
+            open => &open.insert((location.segment, File::open(segment_path(&self.dir, location.segment))?)).1,
         };
         let mut header = [0; record::HEADER];
         file.read_exact_at(&mut header, location.offset)?;

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::bus::Message;
 use crate::dead_letters::DeadLetters;
-use crate::spool::{Backlog, Location, Spool, SpoolError};
+use crate::spool::{Backlog, Location, Reader, Spool, SpoolError};
 
 /// Largest batch handed to the bus at once: the window of publishes in flight.
 const WINDOW: usize = 512;
@@ -261,13 +261,22 @@ impl Outbox {
             let taken = self.take_waiting().await?;
             let (mut messages, mut kept) = (Vec::with_capacity(taken.len()), Vec::with_capacity(taken.len()));
             let mut unread = 0;
-            let mut reader = self.spool.as_ref().map(Spool::reader);
-            for (message, held) in taken {
-                let read = match (message, &mut reader, held.record) {
-                    (Some(message), ..) => Ok(message),
-                    (None, Some(reader), Some(record)) => reader.read(record),
-                    (None, ..) => unreachable!("only a spooled event waits on disk alone"),
-                };
+            let read = match &self.spool {
+                // Read on a blocking thread: a slow disk must not stall the callbacks served on
+                // this one while a backlog drains.
+                Some(spool) if taken.iter().any(|(message, _)| message.is_none()) => {
+                    let mut reader = spool.reader();
+                    let read = move || -> Vec<_> {
+                        taken
+                            .into_iter()
+                            .map(|(message, held)| (read_back(message, &held, &mut reader), held))
+                            .collect()
+                    };
+                    tokio::task::spawn_blocking(read).await.expect("reading events back does not panic")
+                }
+                _ => taken.into_iter().map(|(message, held)| (Ok(message.expect(SPOOLED)), held)).collect(),
+            };
+            for (read, held) in read {
                 match read {
                     Ok(message) => {
                         messages.push(message);
@@ -290,7 +299,8 @@ impl Outbox {
         }
     }
 
-    /// Waits for events and takes a batch of them as they wait.
+    /// Waits for events and takes a batch of them as they wait: each one's message, or `None`
+    /// for one waiting on disk alone.
     async fn take_waiting(&self) -> Option<Vec<(Option<Message>, Held)>> {
         // A zero linger is one already waited.
         let mut lingered = self.bounds.linger.is_zero();
@@ -346,6 +356,18 @@ impl Outbox {
     /// Where events the broker will never take are kept.
     pub fn dead_letters(&self) -> &Arc<DeadLetters> {
         &self.dead_letters
+    }
+}
+
+/// Why an event taken without its message has a record: it was spooled.
+const SPOOLED: &str = "only a spooled event waits on disk alone";
+
+/// An event's message: the one held in memory, else the one `reader` reads back from the spool.
+fn read_back(message: Option<Message>, held: &Held, reader: &mut Reader) -> std::io::Result<Message> {
+    match (message, held.record) {
+        (Some(message), _) => Ok(message),
+        (None, Some(record)) => reader.read(record),
+        (None, None) => unreachable!("{SPOOLED}"),
     }
 }
 
