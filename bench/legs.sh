@@ -9,7 +9,8 @@
 # 1. Instructions per callback (user space, callgrind; the primary figure: it does not drift with
 #    a shared machine): each program under callgrind, warmed by wrk -t1 -c16 for 2 s, drained,
 #    its counters zeroed, loaded for $callgrind_seconds more, drained again (the publisher's work
-#    counted), dumped; where its instructions went by crate (bench/profile.py).
+#    counted), dumped; where the gateway's instructions went beside the legs', by crate and by
+#    function (bench/profile.py compare): which part holds the gap.
 # 2. Rounds (default 7), the two programs alternating (gateway first in odd rounds, the legs in
 #    even ones): events saturated by wrk -t1 -c64 for $seconds; decisions at fixed rates ($RATES,
 #    default "2000 5000") by the load generator (32 connections). CPU per event is the program's
@@ -151,7 +152,7 @@ done
 $admin jetstream-delete "$nats" HOOKBUS_BENCH
 
 python3 - "$results" "$rounds" "$seconds" "$callgrind_seconds" <<'PY'
-import statistics, sys
+import importlib.util, statistics, sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
 rounds, seconds, callgrind_seconds = sys.argv[2:]
 KEYS = "kind path program round rate ok others counted ledger cpu rate_s p50 p99 instructions profile".split()
@@ -236,7 +237,6 @@ print("Each measurement (kind, path, program, round, rate, answered 200, other a
       "CPU µs per event, events/s, p50, p99, instructions):")
 for r in rows:
     print("- " + ", ".join(r[k] for k in KEYS[:-1]))
-import importlib.util
 spec = importlib.util.spec_from_file_location("profile_", "bench/profile.py")  # not the standard library's
 profile = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(profile)
