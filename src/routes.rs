@@ -316,9 +316,7 @@ where
     let (room, body) = (message.key.clone(), crate::tail::kept(&message.payload));
     let (trace, answered, answer, outcome) = match kind {
         Some(kind) => {
-            // Boxed: a decision's future is several KiB, and inline it would be copied with every
-            // informational callback's future too.
-            let (trace, answer, outcome) = Box::pin(decide(shared, kind, message, receive, app)).await;
+            let (trace, answer, outcome) = decide(shared, kind, message, receive, app).await;
             (trace, Answered::Decision(answer.clone()), answer, outcome.into())
         }
         None => {
