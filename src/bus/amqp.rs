@@ -237,7 +237,8 @@ impl Amqp {
         let link = self.inner.link.get().await?;
         let mut waiting = self.inner.replies.register(&message.id);
         let expiration = message.time_left().as_millis().max(1).to_string();
-        let properties = request_properties(message)
+        // Never kept when unrouted: a request nobody is bound for comes back at once.
+        let properties = properties(message, false)
             .with_reply_to(self.inner.link.reply_queue.as_str().into())
             .with_correlation_id(message.id.as_str().into())
             .with_expiration(expiration.into());
@@ -497,23 +498,16 @@ fn confirmed(confirmation: Confirmation, message: &Message) -> Result<(), BusErr
 }
 
 /// The AMQP properties and CloudEvents headers of an event; with unrouted events kept, the
-/// header that lets the alternate exchange's queue take it.
+/// header that lets the alternate exchange's queue take it (in the same table: one table is
+/// built per event, none copied).
 fn properties(message: &Message, keep_unrouted: bool) -> BasicProperties {
-    let properties = request_properties(message);
-    if !keep_unrouted {
-        return properties;
-    }
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    headers.insert(UNROUTED_HEADER.into(), AMQPValue::LongString("keep".into()));
-    properties.with_headers(headers)
-}
-
-/// The AMQP properties and CloudEvents headers of a request (and of an event).
-fn request_properties(message: &Message) -> BasicProperties {
     let mut headers = FieldTable::default();
     const NAMES: [&str; 13] = attribute_names!("cloudEvents:");
     for (name, value) in message.attributes_named(&NAMES) {
         headers.insert(name.into(), AMQPValue::LongString(value.as_ref().into()));
+    }
+    if keep_unrouted {
+        headers.insert(UNROUTED_HEADER.into(), AMQPValue::LongString("keep".into()));
     }
     let seconds = message.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     BasicProperties::default()
@@ -548,5 +542,10 @@ mod tests {
         assert_eq!(header("cloudEvents:partitionkey"), Some(AMQPValue::LongString("r1".into())));
         assert_eq!(header("cloudEvents:source"), Some(AMQPValue::LongString("/tencent/1400".into())));
         assert!(header("cloudEvents:deadline").is_none());
+        assert!(header(UNROUTED_HEADER).is_none());
+        let kept = super::properties(&message, true);
+        let kept = kept.headers().as_ref().unwrap().inner();
+        assert_eq!(kept.get(UNROUTED_HEADER), Some(&AMQPValue::LongString("keep".into())));
+        assert_eq!(kept.len(), headers.inner().len() + 1, "the same headers, and the unrouted one");
     }
 }
