@@ -250,9 +250,15 @@ impl Body {
         }
         // UTF-8 first: a consumer must never receive invalid JSON (found by fuzzing).
         let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?;
-        if let Some(body) = (Plain { text, at: 0, max: max_depth.min(PLAIN_MAX_DEPTH) }).body() {
-            return Ok(body);
+        match (Plain { text, at: 0, max: max_depth.min(PLAIN_MAX_DEPTH) }).body() {
+            Some(body) => Ok(body),
+            None => Body::read_by_serde(text, max_depth),
         }
+    }
+
+    /// The reading of any body, by serde_json: what [`Plain`] does not read, and the wording of
+    /// every error.
+    fn read_by_serde(text: &str, max_depth: usize) -> Result<Body, BodyError> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let body = serde::de::DeserializeSeed::deserialize(Fields { max: max_depth }, &mut deserializer)
             .and_then(|body| deserializer.end().map(|()| body));
@@ -587,13 +593,7 @@ pub(crate) mod tests {
 
     /// The serde reading alone, without [`Plain`].
     fn read_by_serde(bytes: &[u8], max_depth: usize) -> Result<Body, BodyError> {
-        let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?;
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let body = serde::de::DeserializeSeed::deserialize(Fields { max: max_depth }, &mut deserializer)
-            .and_then(|body| deserializer.end().map(|()| body));
-        body.map_err(
-            |error| if error.to_string().starts_with(TOO_DEEP) { BodyError::TooDeep } else { BodyError::NotJson },
-        )
+        Body::read_by_serde(std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8)?, max_depth)
     }
 
     fn plain(text: &str, max: usize) -> Option<Body> {
