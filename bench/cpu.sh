@@ -35,7 +35,6 @@ command_line() { # configuration number → its command line
 }
 ready_path() { [[ $1 == 0 ]] && echo / || echo /readyz; }
 bus_of() { case $1 in 0) echo ceiling ;; 1) echo stdout ;; *) echo nats ;; esac; } # configuration → its bus
-program_of() { [[ $1 == 0 ]] && echo ceiling || echo gateway; }
 
 count_nats
 for round in $(seq 1 "$rounds"); do
@@ -45,15 +44,13 @@ for round in $(seq 1 "$rounds"); do
     sleep 0.5
     before=$(counted "$(bus_of $n)" gateway)
     saturate $pid $body "$(url $info)"
-    drained=1
-    drain "$(bus_of $n)" "$(program_of $n)" || drained=0
-    ledger "$(bus_of $n)" $((responses - errors)) "$before" "$(counted "$(bus_of $n)" gateway)" $drained
+    settle "$(bus_of $n)" gateway $((responses - errors)) "$before"
     stop $pid
     [[ $ledger != void* ]] || echo "round $round, ${names[n]}: VOID: ${ledger#void: }" >&2
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${names[n]}" "$rps" "$cpu_us" "$responses" "$errors" "$ledger" "$count" >>"$results"
   done
 done
-kill "$counter"; wait "$counter" 2>/dev/null || true
+uncount
 
 python3 - "$results" "$seconds" "${names[@]}" <<'PY'
 import statistics, sys

@@ -79,9 +79,7 @@ for round in $(seq 1 "$rounds"); do
           --command $gift --token $token)
         gateway_after=$(cpu_ticks $pid) responder_after=$(cpu_ticks $responder) preempted_after=$(preemptions $pid)
         writes_after=$(writes $pid)
-        drained=1
-        drain decide-$bus gateway || drained=0
-        ledger decide-$bus "$(ok_of "$fixed")" "$replies_before" "$(counted decide-$bus gateway)" $drained
+        settle decide-$bus gateway "$(ok_of "$fixed")" "$replies_before"
         stop $pid
         stop $responder
         label="gateway $gateway_threads$gateway_name, responder $responder_threads$responder_name"

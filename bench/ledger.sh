@@ -20,6 +20,11 @@ count_nats() { # [url, $nats] → a subscriber on bench.> counting into $log/nat
   until [[ -s $log/nats-count ]]; do sleep 0.05; done
 }
 
+uncount() { # stops count_nats's subscriber, if one runs
+  [[ -z ${counter:-} ]] || stop "$counter"
+  counter=
+}
+
 prepare() { # bus → the broker made ready for one measurement
   case $1 in
     jetstream) $admin jetstream-delete "$nats" HOOKBUS_BENCH ;;
@@ -86,4 +91,12 @@ ledger() {
   else
     ledger="void: $2 answered 200, $(($4 - $3)) counted$( (($5)) || echo ', never drained')"
   fi
+}
+
+# bus program ok before [retried] → drains, then $ledger and $count as `ledger` gives them for
+# what the bus counted since `before`.
+settle() {
+  local drained=1
+  drain "$1" "$2" || drained=0
+  ledger "$1" "$3" "$4" "$(counted "$1" "$2")" $drained "${5:-0}"
 }

@@ -146,7 +146,7 @@ for path in $paths; do
       fi
     done
   done
-  [[ -z $counter ]] || { kill "$counter"; wait "$counter" 2>/dev/null || true; }
+  uncount
   [[ -z $responder ]] || stop "$responder"
 done
 $admin jetstream-delete "$nats" HOOKBUS_BENCH

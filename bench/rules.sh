@@ -45,9 +45,7 @@ for round in 1 2; do
     fixed=$($load --url "http://127.0.0.1:$port/" --rate 10000 --duration "${seconds}s" \
       --body bench/body-gift.json --command $gift --token $token)
     answered=$(( responses - errors + $(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["ok"])' "$fixed") ))
-    drained=1
-    drain decide-nats gateway || drained=0
-    ledger decide-nats $answered "$before" "$(counted decide-nats gateway)" $drained
+    settle decide-nats gateway $answered "$before"
     stop $pid
     [[ $ledger != void* ]] || echo "rules $config, round $round: VOID: ${ledger#void: }" >&2
     ledgers+=("rules $config, round $round: $ledger$([[ $ledger != ok ]] || echo " ($answered answered 200, $count replies counted)")")

@@ -25,7 +25,7 @@ rss() { awk -v key="$2:" '$1 == key { print int($2 / 1024) }' "/proc/$1/status";
 ledgers=()  # each row's ledger, printed under the table
 
 # Events the gateway on $port has had confirmed by its bus so far (0 from the ceiling).
-confirmed() { curl -s "http://127.0.0.1:$port/metrics" | awk '/^hookbus_publishes_confirmed_total/ { n = $2 } END { print n + 0 }'; }
+confirmed() { metric hookbus_publishes_confirmed_total ''; }
 
 # The rows whose latency is also measured, and drawn, against the offered rate.
 swept_rows=("ceiling (bare hyper)" "NATS core" "NATS JetStream" "RabbitMQ (confirms)" "Kafka (tansu)"
@@ -58,17 +58,17 @@ ceiling_rps= ceiling_cpu=
 # the drain, the row runs $before_drain (the paused broker resumed); with $retried, the ledger
 # allows the outbox's retries after that outage (bench/ledger.sh).
 measure() {
-  local name=$1 bus=$2 body=$3 command=$4 ready=$5 pid program=gateway
+  local name=$1 bus=$2 body=$3 command=$4 ready=$5 pid
   shift 5
-  [[ $bus != ceiling ]] || program=ceiling
   : >"$tsv.row"
+  prepare $bus
   start "$name" "$@"
   local start_ms
   start_ms=$(wait_ready "$ready")
   sleep 0.5
   local idle before
   idle=$(rss $pid VmRSS)
-  before=$(counted $bus $program)
+  before=$(counted $bus gateway)
   # Saturation counts answers 200 only: a 503 from a full outbox is cheap and says nothing.
   local confirmed_before
   confirmed_before=$(confirmed)
@@ -86,9 +86,7 @@ measure() {
     done
   fi
   ${before_drain:-}
-  local drained=1
-  drain $bus $program || drained=0
-  ledger $bus $answered "$before" "$(counted $bus $program)" $drained ${retried:-0}
+  settle $bus gateway $answered "$before" ${retried:-0}
   stop $pid
   ledgers+=("$name: $ledger$([[ $ledger != ok ]] || echo " ($answered answered 200, $count counted)")$(
     [[ -z ${retried:-} ]] || echo "; at least once: the outbox publishes again what the paused broker had not confirmed")")
@@ -141,7 +139,6 @@ PY
 
 info=Live.CallbackAfterMemberStateChanged
 gift=Live.CallbackBeforeSendGift
-$admin jetstream-delete "$nats" HOOKBUS_BENCH
 {
   echo "# $(date -u +%Y-%m-%d), $(nproc) vCPU $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)," \
     "$(awk '/^MemTotal/ { printf "%d GiB", $2 / 1048576 }' /proc/meminfo), bench/run.sh $seconds"
@@ -154,17 +151,14 @@ count_nats
 measure "ceiling (bare hyper)" ceiling bench/body-1k.json $info / $ceiling 127.0.0.1:$port
 measure "stdout → /dev/null" stdout bench/body-1k.json $info /readyz $(gateway --bus stdout)
 measure "NATS core" nats bench/body-1k.json $info /readyz $(gateway --bus nats --nats-url $nats)
-prepare jetstream
 measure "NATS JetStream" jetstream bench/body-1k.json $info /readyz $(gateway --bus nats --nats-url $nats --nats-jetstream --nats-create-stream HOOKBUS_BENCH)
 $admin jetstream-delete "$nats" HOOKBUS_BENCH
 # The gateway, then the bare client, each against a fresh unbounded durable queue (counted).
-prepare amqp
 measure "RabbitMQ (confirms)" amqp bench/body-1k.json $info /readyz $(gateway --bus amqp --amqp-url $amqp)
 gateway_amqp_rps=$rps gateway_amqp_confirmed=$confirmed_rps gateway_amqp_ledger=$ledger
 bare_amqp
 # A bounded queue again, so that the broker does not keep what the counts needed.
 $admin amqp-sink "$amqp" tencent "bench.$info"
-prepare kafka
 measure "Kafka (tansu)" kafka bench/body-1k.json $info /readyz $(gateway --bus kafka --instance-id bench)
 rm -rf /tmp/hookbus-bench-spool
 measure "NATS core + spool" nats bench/body-1k.json $info /readyz $(gateway --bus nats --nats-url $nats --spool-dir /tmp/hookbus-bench-spool)
@@ -191,13 +185,13 @@ done
 nats-server -a 127.0.0.1 -p 4333 >/dev/null 2>&1 &
 paused=$!
 until (exec 3<>/dev/tcp/127.0.0.1/4333) 2>/dev/null; do sleep 0.05; done
-kill "$counter"; wait "$counter" 2>/dev/null || true
+uncount
 count_nats nats://127.0.0.1:4333
 (sleep 2 && kill -STOP $paused) &
 retried=1 before_drain="kill -CONT $paused" \
   measure "growing outbox (NATS paused)" nats bench/body-1k.json $info /readyz $(gateway --bus nats --nats-url nats://127.0.0.1:4333)
 kill -CONT $paused; kill $paused; wait $paused 2>/dev/null || true
-kill "$counter"; wait "$counter" 2>/dev/null || true
+uncount
 rm -f "$tsv.row"
 
 echo

@@ -25,13 +25,11 @@
 # against the gateway before it); GATEWAY measures another build than target/release's.
 
 rounds=${1:-5}
+# A port and logs of its own: another benchmark may hold setup.sh's.
+BENCH_PORT=${PORT:-${BENCH_PORT:-18180}} BENCH_LOG=${BENCH_LOG:-/tmp/hookbus-spool-bench-logs}
 source "$(dirname "$0")/setup.sh" "${2:-5}"
 source "$(dirname "$0")/ledger.sh"
-# A port and logs of its own: another benchmark may hold setup.sh's.
-port=${PORT:-18180}
 bin=${GATEWAY:-$bin}
-log=/tmp/hookbus-spool-bench-logs
-mkdir -p "$log"
 info=Live.CallbackAfterMemberStateChanged
 body=${BODY:-bench/body-1k.json}
 spool=${SPOOL_PARENT:-/var/tmp}/hookbus-bench-spool
@@ -101,9 +99,7 @@ for round in $(seq 1 "$rounds"); do
       before=$(counted $bus x)
       saturate $pid "$body" "$(url $info)"
       rate[$configuration]=$rps cpu[$configuration]=$cpu_us peak[$configuration]=$(peak_rss $pid)
-      drained=1
-      drain $bus "$(program $configuration)" || drained=0
-      ledger $bus $((responses - errors)) "$before" "$(counted $bus x)" $drained
+      settle $bus "$(program $configuration)" $((responses - errors)) "$before"
       [[ $ledger == ok ]] || void[$configuration]="saturation: $ledger"
       stop $pid
     done
@@ -115,9 +111,7 @@ for round in $(seq 1 "$rounds"); do
         --connections 64 --body "$body" --command $info --token $token)
       read -r ok p50 p99 errors < <(python3 -c 'import json, sys; f = json.loads(sys.argv[1]); print(f["ok"], f["p50_ms"], f["p99_ms"], f["errors"])' "$out")
       peak[$configuration]=$(( $(peak_rss $pid) > peak[$configuration] ? $(peak_rss $pid) : peak[$configuration] ))
-      drained=1
-      drain $bus "$(program $configuration)" || drained=0
-      ledger $bus "$ok" "$before" "$(counted $bus x)" $drained
+      settle $bus "$(program $configuration)" "$ok" "$before"
       [[ $ledger == ok ]] || void[$configuration]+="${void[$configuration]:+; }latency: $ledger"
       stop $pid
       [[ -z ${void[$configuration]:-} ]] || echo "round $round, $bus, $configuration: VOID: ${void[$configuration]}" >&2
@@ -129,7 +123,7 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 rm -rf "$spool"
-[[ -z $counter ]] || { kill "$counter"; wait "$counter" 2>/dev/null || true; }
+uncount
 
 python3 - "$results" "$seconds" "$body" "${configurations[@]}" <<'PY'
 import statistics, sys
